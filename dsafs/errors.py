@@ -1,0 +1,106 @@
+"""The DsafsError tree: every error a user can see, each naming the object and the fix.
+
+Invariant: an error raised by dsafs code is a DsafsError whose message is one line that names the
+object (a VU, a member path) and says what to do; `exit_code` is what the CLI returns for it.
+Engine I/O failures carry an errno so that `fusefs` (which holds the only errno table) can map
+them. Anything that is not a DsafsError is a bug: the CLI prints it as one line and exits 1, the
+FUSE layer logs it and returns EIO.
+"""
+
+import errno as _errno
+
+
+class DsafsError(Exception):
+    """Base of every dsafs error. str(exc) is the one-line message shown to the user."""
+
+    exit_code = 1
+    errno = _errno.EIO
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(DsafsError):
+    """The command line itself is malformed (exit 2)."""
+
+    exit_code = 2
+    errno = _errno.EINVAL
+
+
+class NoDaemonError(DsafsError):
+    """No daemon answers on the control socket (exit 3)."""
+
+    exit_code = 3
+
+
+class InvalidArgument(DsafsError):
+    """A value is out of range or malformed: a VU name, a size, a label (exit 1)."""
+
+    errno = _errno.EINVAL
+
+
+class MemberError(DsafsError):
+    """A member file cannot be used: missing, unreadable, too small, locked, no or bad metadata."""
+
+    def __init__(self, message: str, path: str = ""):
+        super().__init__(message)
+        self.path = path
+
+
+class MemberInUse(MemberError):
+    """Another process (or this one) holds the member's exclusive lock."""
+
+    errno = _errno.EBUSY
+
+
+class MetadataError(MemberError):
+    """A member's SCB is missing, torn in both slots, or of an unknown format version."""
+
+
+class MountRefused(DsafsError):
+    """The mount plan refuses the proposed members (mismatch, too many, copy needed with --nocopy)."""
+
+    errno = _errno.EINVAL
+
+
+class MembershipRefused(DsafsError):
+    """A membership change is refused (the only source member, an unknown member)."""
+
+    errno = _errno.EBUSY
+
+
+class VuError(DsafsError):
+    """A VU-level refusal: unknown VU, VU busy, VU already mounted."""
+
+    errno = _errno.ENOENT
+
+
+class IoRangeError(DsafsError):
+    """An I/O request lies outside the VU (writes past the end)."""
+
+    errno = _errno.ENOSPC
+
+
+class MemberIOError(DsafsError):
+    """One member failed one I/O. `member` is the member path, `op` read/write/flush."""
+
+    def __init__(self, member: str, op: str, err: int, detail: str = ""):
+        why = detail or _errno.errorcode.get(err, str(err))
+        super().__init__(f"member {member}: {op} failed ({why})")
+        self.member = member
+        self.op = op
+        self.errno = err
+
+
+class AllMembersFailed(DsafsError):
+    """No current member completed an I/O; lists every member's failure."""
+
+    def __init__(self, vu: str, op: str, failures: list):
+        parts = "; ".join(str(f) for f in failures) or "no current member"
+        super().__init__(f"{vu}: {op} failed on every member: {parts}")
+        self.failures = failures
+        self.errno = failures[0].errno if failures else _errno.EIO

@@ -1,0 +1,76 @@
+"""Units and names: 512-byte blocks (LBNs), 64 KiB chunks, byte sizes, VU names.
+
+Invariant: every quantity carries its unit in its name (`lbn`, `nblocks`, `nbytes`, `chunk`),
+and conversions between them happen only here. Display units stay 512-byte blocks, as in VMS.
+"""
+
+import re
+
+from .errors import InvalidArgument
+
+BLOCK_BYTES = 512
+CHUNK_BLOCKS = 128                       # one bitmap bit, one merge/copy compare unit
+CHUNK_BYTES = CHUNK_BLOCKS * BLOCK_BYTES  # 64 KiB
+PAGE_BYTES = 4096
+KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
+MAX_MEMBERS = 6
+NO_LBN = (1 << 64) - 1                   # "no fence" in on-disk fields
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(i?B?)?\s*$", re.IGNORECASE)
+_SIZE_MULT = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB, "P": 1 << 50}
+_VU_RE = re.compile(r"^_?DSA(\d{1,4}):?$", re.IGNORECASE)
+
+
+def align_up(nbytes: int, alignment: int) -> int:
+    return -(-nbytes // alignment) * alignment
+
+
+def lbn_of(nbytes: int) -> int:
+    """The LBN that holds byte offset `nbytes`."""
+    return nbytes // BLOCK_BYTES
+
+
+def nblocks_of(nbytes: int) -> int:
+    """Number of 512-byte blocks spanned by `nbytes` bytes (rounded up)."""
+    return -(-nbytes // BLOCK_BYTES)
+
+
+def nchunks_of(nbytes: int) -> int:
+    return -(-nbytes // CHUNK_BYTES)
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """'2G', '512M', '4096', '1GiB' -> bytes (binary multiples). Raises InvalidArgument."""
+    m = _SIZE_RE.match(str(text))
+    if not m:
+        raise InvalidArgument(
+            f"{what} {text!r} is not a size; give a number of bytes with an optional K, M, G or T suffix"
+        )
+    return int(m.group(1)) * _SIZE_MULT[m.group(2).upper()]
+
+
+def format_size(nbytes: int) -> str:
+    """Human size with one decimal in binary units: 1073741824 -> '1.0 GiB'."""
+    for unit, mult in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if nbytes >= mult:
+            return f"{nbytes / mult:.1f} {unit}"
+    return f"{nbytes} B"
+
+
+def check_vu_size(nbytes: int) -> int:
+    if nbytes <= 0 or nbytes % PAGE_BYTES:
+        raise InvalidArgument(
+            f"VU size {nbytes} bytes is not a positive multiple of 4 KiB; "
+            f"round it, e.g. --size {max(align_up(nbytes, PAGE_BYTES), PAGE_BYTES)}"
+        )
+    return nbytes
+
+
+def vu_name(text: str) -> str:
+    """Accept DSAn, DSAn: or _DSAn: (n = 0..9999) and return the canonical 'DSAn'."""
+    m = _VU_RE.match(str(text).strip())
+    if not m:
+        raise InvalidArgument(
+            f"{text!r} is not a virtual unit name; use DSA0 to DSA9999 (for example DSA1)"
+        )
+    return f"DSA{int(m.group(1))}"
