@@ -1,0 +1,260 @@
+"""Mount decisions: who is a source, who is a copy target, whether a merge is owed.
+
+`plan()` is a pure function of the members' SCBs (no I/O). It returns a `Plan` whose every member
+carries the rule that gave it its role, and it raises `MountRefused` (with `.rule`) for anything it
+will not do. The VU logs each decision as `DSA1: b.img copy-target by rule=lower-generation`.
+
+Rules, checked in this order (spec §5, DESIGN §4):
+
+ 1. `too-many-members`   more than 6 members in the set after the mount: refused.
+ 2. `duplicate-member`   one member UUID proposed twice (a `cp` of a member image): refused.
+ 3. `member-too-small`   a member smaller than the set's metadata layout needs: refused.
+ Adding to a mounted VU (`mounted` is given):
+ 4. `already-member`     a current member listed again: no effect.
+ 5. `add-to-mounted-vu`  a member of this set: always a copy target, whatever its generation.
+ 6. `blank-member`       a file with no dsafs metadata: a copy target.
+ 7. `other-set`          another set's member (or damaged metadata): refused without --overwrite;
+    `overwrite-other-set` with it: a copy target.
+ Assembling a VU that is not mounted:
+ 8. `no-metadata` / `damaged-metadata`   a blank or damaged member: refused (use --add).
+ 9. `set-mismatch`, `label-mismatch`, `size-mismatch`: members of different sets: refused.
+10. `all-new-first-named` every member has generation 0 (never shadowed): the first named is the
+    source, the others copy targets.
+11. `incomplete-copy`    a member whose own SCB says copy target never becomes a source.
+12. `highest-generation` / `same-generation`: the complete members with the highest
+    (generation, revision) are the sources; `lower-generation` / `lower-revision`: the rest are
+    copy targets. `no-complete-member`: every member is an unfinished copy target: refused.
+13. `resume-copy`        a copy target whose checkpointed fence belongs to the sources' current
+    generation, with sources that list it as a copy target and were dismounted cleanly, resumes at
+    its fence; otherwise the copy starts at LBN 0 (after a crash an in-flight write may have
+    reached a source but not the target behind its fence; compare-before-write keeps the restart
+    cheap).
+14. `dirty-source`       a source with the dirty flag, a writer count, or a merge owed: merge.
+15. `nocopy`             --nocopy and a copy or merge would be needed: refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid as uuidlib
+from typing import Optional, Sequence
+
+from .errors import MountRefused
+from .scb import MemberState, Scb, min_member_bytes
+from .units import MAX_MEMBERS, format_size
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """A proposed member as the decision sees it: its path, its size, and its SCB if any."""
+
+    path: str
+    size_bytes: int
+    scb: Optional[Scb] = None
+    damaged: str = ""             # non-empty: both SCB slots bad, with the reason
+
+    @property
+    def blank(self) -> bool:
+        return self.scb is None and not self.damaged
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mounted:
+    """What an already-mounted VU tells the decision about itself."""
+
+    name: str
+    set_uuid: uuidlib.UUID
+    label: str
+    vu_size_bytes: int
+    member_uuids: tuple[uuidlib.UUID, ...]
+    member_paths: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    nocopy: bool = False
+    confirm: bool = False
+    overwrite: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberPlan:
+    candidate: Candidate
+    role: Optional[MemberState]    # None: already a member, nothing to do
+    rule: str
+    resume_fence_lbn: int = 0      # copy targets: where the copy starts
+
+    @property
+    def path(self) -> str:
+        return self.candidate.path
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    vu_name: str
+    set_uuid: Optional[uuidlib.UUID]      # None: a fresh set UUID is needed (adding blanks only)
+    label: str
+    vu_size_bytes: int
+    members: tuple[MemberPlan, ...]
+    source_generation: int = 0
+    merge_required: bool = False
+    merge_rule: str = ""
+    dropped: tuple[uuidlib.UUID, ...] = ()   # listed by the sources, not proposed: leave the set
+    confirm_required: bool = False
+
+    @property
+    def sources(self) -> list[MemberPlan]:
+        return [m for m in self.members if m.role is MemberState.SOURCE]
+
+    @property
+    def targets(self) -> list[MemberPlan]:
+        return [m for m in self.members if m.role is MemberState.COPY_TARGET]
+
+    @property
+    def membership_changes(self) -> bool:
+        """True when the sources' generation must rise (someone joins or leaves)."""
+        return bool(self.targets or self.dropped)
+
+
+def _refuse(message: str, rule: str):
+    exc = MountRefused(message)
+    exc.rule = rule
+    raise exc
+
+
+def _check_common(vu: str, cands: Sequence[Candidate], n_current: int, vu_size: Optional[int]):
+    if n_current + len(cands) > MAX_MEMBERS:
+        _refuse(f"{vu}: a shadow set holds at most {MAX_MEMBERS} members "
+                f"({n_current + len(cands)} proposed); remove a member first", "too-many-members")
+    seen: dict[uuidlib.UUID, str] = {}
+    for c in cands:
+        if c.scb is None:
+            continue
+        other = seen.setdefault(c.scb.member_uuid, c.path)
+        if other != c.path:
+            _refuse(f"{vu}: member {c.path} carries the same member UUID as {other} "
+                    f"(a copy of that image?); add it with --overwrite to make it a new member",
+                    "duplicate-member")
+    if vu_size is not None:
+        need = min_member_bytes(vu_size)
+        for c in cands:
+            if c.size_bytes < need:
+                have, want = format_size(c.size_bytes), format_size(need)
+                if have == want:
+                    have, want = f"{c.size_bytes} bytes", f"{need} bytes"
+                _refuse(f"{vu}: member {c.path} is smaller than the set ({have} < {want}); "
+                        f"give a member of at least {need} bytes", "member-too-small")
+
+
+def plan(vu_name: str, cands: Sequence[Candidate], options: Options = Options(),
+         mounted: Optional[Mounted] = None) -> Plan:
+    """Decide every proposed member's role. Pure; raises MountRefused(rule=...)."""
+    if not cands:
+        _refuse(f"{vu_name}: no members given; name at least one member file", "no-members")
+    if mounted is not None:
+        result = _plan_add(vu_name, cands, options, mounted)
+    else:
+        result = _plan_assemble(vu_name, cands, options)
+    if options.nocopy and (result.targets or result.merge_required):
+        what = ", ".join(m.candidate.name for m in result.targets) or "the set"
+        _refuse(f"{vu_name}: a {'copy' if result.targets else 'merge'} would be needed onto "
+                f"{what} and --nocopy was given; mount without --nocopy to allow it", "nocopy")
+    return dataclasses.replace(result, confirm_required=options.confirm and bool(result.targets))
+
+
+def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mounted) -> Plan:
+    current = set(mounted.member_uuids)
+    new = [c for c in cands if not (c.path in mounted.member_paths
+                                    or (c.scb and c.scb.member_uuid in current))]
+    _check_common(vu, new, len(mounted.member_uuids), mounted.vu_size_bytes)
+    members = []
+    for c in cands:
+        if c not in new:
+            members.append(MemberPlan(c, None, "already-member"))
+        elif c.scb is not None and c.scb.set_uuid == mounted.set_uuid:
+            members.append(MemberPlan(c, MemberState.COPY_TARGET, "add-to-mounted-vu"))
+        elif c.blank:
+            members.append(MemberPlan(c, MemberState.COPY_TARGET, "blank-member"))
+        elif options.overwrite:
+            members.append(MemberPlan(c, MemberState.COPY_TARGET, "overwrite-other-set"))
+        else:
+            owner = (f"belongs to shadow set {c.scb.label} ({c.scb.vu_name})" if c.scb
+                     else f"has damaged dsafs metadata ({c.damaged})")
+            _refuse(f"{vu}: member {c.path} {owner}; adding it would erase it: "
+                    f"give --overwrite if that is what you want", "other-set")
+    return Plan(vu, mounted.set_uuid, mounted.label, mounted.vu_size_bytes, tuple(members))
+
+
+def _plan_assemble(vu: str, cands: Sequence[Candidate], options: Options) -> Plan:
+    for c in cands:
+        if c.damaged:
+            _refuse(f"{vu}: member {c.path}: {c.damaged}", "damaged-metadata")
+        if c.blank:
+            _refuse(f"{vu}: member {c.path} has no dsafs metadata; create the set with "
+                    f"dsafs init, or add a blank file to a mounted VU with --add", "no-metadata")
+    first = cands[0].scb
+    for c in cands[1:]:
+        if c.scb.set_uuid != first.set_uuid:
+            _refuse(f"{vu}: member {c.path} belongs to another shadow set than {cands[0].path} "
+                    f"(set {c.scb.label} {str(c.scb.set_uuid)[:8]} vs {first.label} "
+                    f"{str(first.set_uuid)[:8]}); mount them separately", "set-mismatch")
+        if c.scb.label != first.label:
+            _refuse(f"{vu}: member {c.path} has label {c.scb.label!r}, not {first.label!r}; "
+                    f"members of one set carry one label", "label-mismatch")
+        if c.scb.vu_size_bytes != first.vu_size_bytes:
+            _refuse(f"{vu}: member {c.path} records a VU size of {c.scb.vu_size_bytes} bytes, "
+                    f"not {first.vu_size_bytes}; its metadata does not belong with the others",
+                    "size-mismatch")
+    _check_common(vu, cands, 0, first.vu_size_bytes)
+
+    members: list[MemberPlan] = []
+    if all(c.scb.generation == 0 for c in cands):
+        members.append(MemberPlan(cands[0], MemberState.SOURCE, "all-new-first-named"))
+        members += [MemberPlan(c, MemberState.COPY_TARGET, "all-new-first-named") for c in cands[1:]]
+        sources = [cands[0]]
+    else:
+        complete = [c for c in cands if c.scb.own_state is not MemberState.COPY_TARGET]
+        if not complete:
+            _refuse(f"{vu}: every member given is an unfinished copy target; name a member "
+                    f"that holds complete data (a former source)", "no-complete-member")
+        best = max((c.scb.generation, c.scb.revision) for c in complete)
+        sources = [c for c in complete if (c.scb.generation, c.scb.revision) == best]
+        all_same = len(sources) == len(cands)
+        for c in cands:
+            if c in sources:
+                members.append(MemberPlan(c, MemberState.SOURCE,
+                                          "same-generation" if all_same else "highest-generation"))
+            elif c not in complete:
+                members.append(_copy_target(c, sources, "incomplete-copy"))
+            elif c.scb.generation < best[0]:
+                members.append(_copy_target(c, sources, "lower-generation"))
+            else:
+                members.append(_copy_target(c, sources, "lower-revision"))
+    src = sources[0].scb
+    proposed = {c.scb.member_uuid for c in cands}
+    dropped = tuple(e.member_uuid for e in src.members
+                    if e.state.current and e.member_uuid not in proposed)
+    dirty = [s for s in sources if s.scb.dirty or s.scb.writers or s.scb.merge_required]
+    return Plan(vu, src.set_uuid, src.label, src.vu_size_bytes, tuple(members),
+                source_generation=src.generation, merge_required=bool(dirty),
+                merge_rule="dirty-source" if dirty else "", dropped=dropped)
+
+
+def _copy_target(c: Candidate, sources: list[Candidate], rule: str) -> MemberPlan:
+    """A copy target, resuming at its checkpointed fence when that is provably safe (rule 13)."""
+    scb, src = c.scb, sources[0].scb
+    entry = src.entry_for(scb.member_uuid)
+    resumable = (
+        scb.own_state is MemberState.COPY_TARGET
+        and scb.copy_fence_lbn is not None
+        and scb.copy_fence_generation == src.generation
+        and entry is not None and entry.state is MemberState.COPY_TARGET
+        and not any(s.scb.dirty or s.scb.writers for s in sources)
+    )
+    if resumable:
+        return MemberPlan(c, MemberState.COPY_TARGET, f"{rule},resume-copy", scb.copy_fence_lbn)
+    return MemberPlan(c, MemberState.COPY_TARGET, rule)

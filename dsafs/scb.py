@@ -1,0 +1,392 @@
+"""The Storage Control Block (SCB): each member's metadata, in two checksummed slots at its end.
+
+Invariant: an SCB update never leaves a member without one valid SCB. A writer fills the slot
+that does *not* hold the newest valid copy, with sequence = newest + 1, and makes it durable
+(fdatasync) before it returns; a reader takes the valid slot with the higher sequence. A torn or
+corrupt slot therefore falls back to the other one; both bad is an error naming the member,
+never a guess. Both slots without the magic means "no dsafs metadata" (a blank file).
+
+Member layout (md metadata 1.0 style: the data starts at byte 0, so a split-off member can be
+loop-mounted read-only by itself)::
+
+    [0, vu_size)                               the virtual unit's data, unchanged
+    [bitmap_offset, + slots * slot_bytes)      bitmap slots; bitmap_offset = align_up(vu_size, 1 MiB)
+    [size - 8192, size - 4096)                 SCB slot A
+    [size - 4096, size)                        SCB slot B
+
+`size` is the member's own size (a larger block device just has a gap before its SCBs).
+`init --size` is the VU size; member files are made `min_member_bytes(vu_size)` long.
+
+SCB slot, format version 1: 4096 bytes, little-endian::
+
+    off   len  field
+    0     8    magic                  b"DSAFSCB\\0"
+    8     2    format_version         1
+    10    2    slot_bytes             4096
+    12    4    feature_flags          bit 0 EXTMEMB (more than 3 members); unknown bits refuse
+    16    8    sequence               +1 on every write of this member's SCB
+    24    16   set_uuid               shared by every member of the set
+    40    16   member_uuid            this member
+    56    12   label                  ASCII, NUL-padded, 1-12 characters
+    68    8    vu_name                ASCII, NUL-padded, "DSA0".."DSA9999"
+    76    4    state_flags            bit 0 DIRTY, bit 1 MERGE_REQUIRED, bit 2 NOT_ERASED
+    80    8    generation             u64; max(time_ns, previous + 1) at every membership change
+    88    8    revision               u64; raised by an image restore
+    96    8    vu_size_bytes          u64
+    104   4    writers                u32; hosts with the set mounted writable (0 or 1)
+    108   1    member_count           entries used in the membership list, 0-6
+    109   3    reserved               0
+    112   8    copy_fence_lbn         this member's copy fence while a copy target; 2**64-1 = none
+    120   8    copy_fence_generation  the sources' generation that fence belongs to
+    128   8    merge_fence_lbn        2**64-1 = no merge in progress
+    136   8    bitmap_offset          byte offset of the bitmap area
+    144   4    bitmap_slot_bytes
+    148   4    bitmap_slots
+    152   8    created_ns             when `init` made the set
+    160   8    updated_ns             when this SCB was written
+    168   88   reserved               0
+    256   1728 membership list: 6 entries of 288 bytes (unused entries all zero)
+                 +0   16   member_uuid
+                 +16  1    state   1 source, 2 copy-target, 3 minicopy-target, 4 removed, 5 expelled
+                 +17  1    reserved 0
+                 +18  2    path_len (0-255)
+                 +20  12   reserved 0
+                 +32  256  path hint, UTF-8, NUL-padded
+    1984  2104 reserved               0
+    4088  8    checksum               xxh3_64 of bytes [0, 4088)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import struct
+import time
+import uuid as uuidlib
+from typing import Optional
+
+import xxhash
+
+from .errors import InvalidArgument, MemberError, MetadataError
+from .units import MAX_MEMBERS, MiB, NO_LBN, align_up, nchunks_of
+
+MAGIC = b"DSAFSCB\0"
+FORMAT_VERSION = 1
+SLOT_BYTES = 4096
+SCB_AREA_BYTES = 2 * SLOT_BYTES
+CHECKSUM_OFFSET = SLOT_BYTES - 8
+BITMAP_SLOTS = 12                 # VMS V8.4: at most 12 bitmaps per set
+BITMAP_HEADER_BYTES = 4096
+MAX_PATH_HINT_BYTES = 255
+ENTRY_BYTES = 288
+LIST_OFFSET = 256
+
+FEATURE_EXTMEMB = 1 << 0
+KNOWN_FEATURES = FEATURE_EXTMEMB
+
+FLAG_DIRTY = 1 << 0
+FLAG_MERGE_REQUIRED = 1 << 1
+FLAG_NOT_ERASED = 1 << 2
+
+_HEADER = struct.Struct("<8sHHIQ16s16s12s8sIQQQIB3xQQQQIIQQ88x")
+_ENTRY = struct.Struct("<16sBxH12x256s")
+assert _HEADER.size == LIST_OFFSET and _ENTRY.size == ENTRY_BYTES
+_LABEL_RE = re.compile(r"^[A-Za-z0-9$_.-]{1,12}$")
+
+
+class MemberState(enum.IntEnum):
+    """A member's state in the membership list (also its role in a mounted VU)."""
+
+    SOURCE = 1
+    COPY_TARGET = 2
+    MINICOPY_TARGET = 3
+    REMOVED = 4
+    EXPELLED = 5
+
+    @property
+    def current(self) -> bool:
+        """A current member receives writes; removed and expelled ones do not."""
+        return self in (MemberState.SOURCE, MemberState.COPY_TARGET, MemberState.MINICOPY_TARGET)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberEntry:
+    member_uuid: uuidlib.UUID
+    state: MemberState
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Where the parts of a member lie, derived from the VU size alone."""
+
+    vu_size_bytes: int
+    bitmap_offset: int
+    bitmap_slot_bytes: int
+    bitmap_slots: int
+
+    @property
+    def min_member_bytes(self) -> int:
+        return self.bitmap_offset + self.bitmap_slots * self.bitmap_slot_bytes + SCB_AREA_BYTES
+
+
+def layout(vu_size_bytes: int) -> Layout:
+    bitmap_bytes = -(-nchunks_of(vu_size_bytes) // 8)
+    return Layout(
+        vu_size_bytes=vu_size_bytes,
+        bitmap_offset=align_up(vu_size_bytes, MiB),
+        bitmap_slot_bytes=align_up(BITMAP_HEADER_BYTES + bitmap_bytes, 4096),
+        bitmap_slots=BITMAP_SLOTS,
+    )
+
+
+def min_member_bytes(vu_size_bytes: int) -> int:
+    return layout(vu_size_bytes).min_member_bytes
+
+
+def slot_offsets(member_size_bytes: int) -> tuple[int, int]:
+    """Byte offsets of SCB slots A and B in a member of this size."""
+    return member_size_bytes - SCB_AREA_BYTES, member_size_bytes - SLOT_BYTES
+
+
+def next_generation(previous: int) -> int:
+    """generation = max(time_ns(), previous + 1): monotonic, and newer than any old member."""
+    return max(time.time_ns(), previous + 1)
+
+
+def check_label(label: str) -> str:
+    if not _LABEL_RE.match(label or ""):
+        raise InvalidArgument(
+            f"label {label!r} is not valid; use 1 to 12 characters from A-Z a-z 0-9 $ _ . -"
+        )
+    return label
+
+
+@dataclasses.dataclass(frozen=True)
+class Scb:
+    """One member's SCB, decoded. `sequence` is set by the store when written."""
+
+    set_uuid: uuidlib.UUID
+    member_uuid: uuidlib.UUID
+    label: str
+    vu_name: str
+    generation: int
+    vu_size_bytes: int
+    members: tuple[MemberEntry, ...]
+    revision: int = 0
+    dirty: bool = False
+    merge_required: bool = False
+    not_erased: bool = False
+    writers: int = 0
+    copy_fence_lbn: Optional[int] = None
+    copy_fence_generation: int = 0
+    merge_fence_lbn: Optional[int] = None
+    feature_flags: int = 0
+    created_ns: int = 0
+    updated_ns: int = 0
+    sequence: int = 0
+    format_version: int = FORMAT_VERSION
+
+    def replace(self, **changes) -> "Scb":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def own_entry(self) -> Optional[MemberEntry]:
+        for entry in self.members:
+            if entry.member_uuid == self.member_uuid:
+                return entry
+        return None
+
+    @property
+    def own_state(self) -> Optional[MemberState]:
+        entry = self.own_entry
+        return entry.state if entry else None
+
+    @property
+    def layout(self) -> Layout:
+        return layout(self.vu_size_bytes)
+
+    def entry_for(self, member_uuid: uuidlib.UUID) -> Optional[MemberEntry]:
+        for entry in self.members:
+            if entry.member_uuid == member_uuid:
+                return entry
+        return None
+
+
+def _pad(text: str, nbytes: int, what: str) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) > nbytes:
+        raise InvalidArgument(f"{what} {text!r} is longer than {nbytes} bytes")
+    return raw.ljust(nbytes, b"\0")
+
+
+def encode(scb: Scb) -> bytes:
+    """Encode to one 4096-byte slot with its checksum."""
+    if len(scb.members) > MAX_MEMBERS:
+        raise InvalidArgument(f"{scb.vu_name}: at most {MAX_MEMBERS} members in a shadow set")
+    lay = scb.layout
+    flags = (
+        (FLAG_DIRTY if scb.dirty else 0)
+        | (FLAG_MERGE_REQUIRED if scb.merge_required else 0)
+        | (FLAG_NOT_ERASED if scb.not_erased else 0)
+    )
+    head = _HEADER.pack(
+        MAGIC, FORMAT_VERSION, SLOT_BYTES, scb.feature_flags, scb.sequence,
+        scb.set_uuid.bytes, scb.member_uuid.bytes, _pad(scb.label, 12, "label"),
+        _pad(scb.vu_name, 8, "VU name"), flags, scb.generation, scb.revision,
+        scb.vu_size_bytes, scb.writers, len(scb.members),
+        NO_LBN if scb.copy_fence_lbn is None else scb.copy_fence_lbn,
+        scb.copy_fence_generation,
+        NO_LBN if scb.merge_fence_lbn is None else scb.merge_fence_lbn,
+        lay.bitmap_offset, lay.bitmap_slot_bytes, lay.bitmap_slots,
+        scb.created_ns, scb.updated_ns,
+    )
+    buf = bytearray(SLOT_BYTES)
+    buf[:LIST_OFFSET] = head
+    for i, entry in enumerate(scb.members):
+        path = entry.path.encode("utf-8")
+        if len(path) > MAX_PATH_HINT_BYTES:
+            path = path[-MAX_PATH_HINT_BYTES:]   # keep the informative tail of a long path
+        off = LIST_OFFSET + i * ENTRY_BYTES
+        buf[off:off + ENTRY_BYTES] = _ENTRY.pack(entry.member_uuid.bytes, int(entry.state), len(path), path)
+    struct.pack_into("<Q", buf, CHECKSUM_OFFSET, xxhash.xxh3_64_intdigest(bytes(buf[:CHECKSUM_OFFSET])))
+    return bytes(buf)
+
+
+class SlotError(Exception):
+    """Why one slot did not decode (internal; becomes part of a MetadataError)."""
+
+
+def decode(raw: bytes) -> Scb:
+    """Decode one slot; raises SlotError with one reason."""
+    if len(raw) != SLOT_BYTES:
+        raise SlotError(f"slot is {len(raw)} bytes, not {SLOT_BYTES}")
+    if raw[:8] != MAGIC:
+        raise SlotError("no dsafs magic")
+    want = xxhash.xxh3_64_intdigest(raw[:CHECKSUM_OFFSET])
+    got = int.from_bytes(raw[CHECKSUM_OFFSET:], "little")
+    if want != got:
+        raise SlotError("checksum mismatch (torn or corrupt)")
+    (magic, version, slot_bytes, features, sequence, set_uuid, member_uuid, label, vu_name,
+     flags, generation, revision, vu_size, writers, count, copy_fence, copy_fence_gen,
+     merge_fence, bitmap_offset, bitmap_slot_bytes, bitmap_slots, created_ns,
+     updated_ns) = _HEADER.unpack_from(raw)
+    if version != FORMAT_VERSION:
+        raise SlotError(f"format version {version} is not supported (this dsafs reads {FORMAT_VERSION})")
+    if slot_bytes != SLOT_BYTES or features & ~KNOWN_FEATURES:
+        raise SlotError(f"unknown features 0x{features:x} or slot size {slot_bytes}")
+    if count > MAX_MEMBERS:
+        raise SlotError(f"membership list has {count} entries (at most {MAX_MEMBERS})")
+    members = []
+    for i in range(count):
+        m_uuid, state, path_len, path = _ENTRY.unpack_from(raw, LIST_OFFSET + i * ENTRY_BYTES)
+        try:
+            members.append(MemberEntry(uuidlib.UUID(bytes=m_uuid), MemberState(state),
+                                       path[:path_len].decode("utf-8", "replace")))
+        except ValueError:
+            raise SlotError(f"membership entry {i} has unknown state {state}") from None
+    scb = Scb(
+        set_uuid=uuidlib.UUID(bytes=set_uuid), member_uuid=uuidlib.UUID(bytes=member_uuid),
+        label=label.rstrip(b"\0").decode("ascii", "replace"),
+        vu_name=vu_name.rstrip(b"\0").decode("ascii", "replace"),
+        generation=generation, revision=revision, vu_size_bytes=vu_size, members=tuple(members),
+        dirty=bool(flags & FLAG_DIRTY), merge_required=bool(flags & FLAG_MERGE_REQUIRED),
+        not_erased=bool(flags & FLAG_NOT_ERASED), writers=writers,
+        copy_fence_lbn=None if copy_fence == NO_LBN else copy_fence,
+        copy_fence_generation=copy_fence_gen,
+        merge_fence_lbn=None if merge_fence == NO_LBN else merge_fence,
+        feature_flags=features, created_ns=created_ns, updated_ns=updated_ns, sequence=sequence,
+    )
+    if (bitmap_offset, bitmap_slot_bytes, bitmap_slots) != dataclasses.astuple(scb.layout)[1:]:
+        raise SlotError("bitmap directory does not match the VU size")
+    return scb
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotReading:
+    """What a reader found: the newest valid SCB (or None), which slot, and why others failed."""
+
+    scb: Optional[Scb]
+    slot: Optional[int]            # 0 = A, 1 = B
+    reasons: tuple[str, str]       # per slot: "" when valid
+
+    @property
+    def blank(self) -> bool:
+        return self.scb is None and all(r == "no dsafs magic" for r in self.reasons)
+
+
+def choose_slot(raw_a: bytes, raw_b: bytes) -> SlotReading:
+    """Pure: decode both slots and take the valid one with the higher sequence."""
+    found, reasons = [], []
+    for raw in (raw_a, raw_b):
+        try:
+            found.append(decode(raw))
+            reasons.append("")
+        except SlotError as exc:
+            found.append(None)
+            reasons.append(str(exc))
+    valid = [(s.sequence, i) for i, s in enumerate(found) if s is not None]
+    if not valid:
+        return SlotReading(None, None, tuple(reasons))
+    _, slot = max(valid)
+    return SlotReading(found[slot], slot, tuple(reasons))
+
+
+class ScbStore:
+    """Reads and writes one member's SCB slots through the member's own I/O.
+
+    Keeps which slot holds the newest copy so each write goes to the other one.
+    """
+
+    def __init__(self, member):
+        self.member = member
+        self.current: Optional[Scb] = None
+        self._slot: Optional[int] = None
+        if member.size_bytes < SCB_AREA_BYTES:
+            raise MemberError(
+                f"member {member.path} is too small to hold dsafs metadata "
+                f"({member.size_bytes} bytes); use dsafs init to make it", member.path)
+        self._offsets = slot_offsets(member.size_bytes)
+
+    async def read(self) -> SlotReading:
+        raw = await self.member.read(self._offsets[0], SCB_AREA_BYTES)
+        reading = choose_slot(raw[:SLOT_BYTES], raw[SLOT_BYTES:])
+        self.current, self._slot = reading.scb, reading.slot
+        return reading
+
+    async def load(self) -> Optional[Scb]:
+        """The newest valid SCB; None if the member is blank; MetadataError if both slots are bad."""
+        reading = await self.read()
+        if reading.scb is None and not reading.blank:
+            raise MetadataError(
+                f"member {self.member.path}: dsafs metadata is damaged in both SCB slots "
+                f"(A: {reading.reasons[0]}; B: {reading.reasons[1]}); it cannot be trusted: "
+                f"restore the member from a backup, or re-add it as a new member with --overwrite",
+                self.member.path)
+        return reading.scb
+
+    async def write(self, scb: Scb) -> Scb:
+        """Write `scb` to the older slot, durably. Returns it with its sequence and time set."""
+        seq = (self.current.sequence if self.current else 0) + 1
+        scb = scb.replace(sequence=seq, updated_ns=time.time_ns())
+        slot = 1 if self._slot == 0 else 0
+        await self.member.write(self._offsets[slot], encode(scb))
+        await self.member.flush()
+        self.current, self._slot = scb, slot
+        return scb
+
+    async def erase(self) -> None:
+        """Zero both slots (used when a member's metadata is overwritten on purpose)."""
+        await self.member.write(self._offsets[0], bytes(SCB_AREA_BYTES))
+        await self.member.flush()
+        self.current, self._slot = None, None
+
+
+def describe_generation(generation: int) -> str:
+    """Generation as VMS shows it: two 32-bit hex words."""
+    return f"{generation >> 32:08X} {generation & 0xFFFFFFFF:08X}"

@@ -1,0 +1,167 @@
+"""The mount decision, one table row per rule of decide.py (spec §5 table, DESIGN §4)."""
+
+import uuid
+
+import pytest
+
+from dsafs import decide
+from dsafs.decide import Candidate, Mounted, Options
+from dsafs.errors import MountRefused
+from dsafs.scb import MemberEntry, MemberState, Scb, min_member_bytes
+from dsafs.units import MiB
+
+SIZE = 64 * MiB
+BIG = min_member_bytes(SIZE)
+SET = uuid.UUID(int=1)
+OTHER = uuid.UUID(int=2)
+U = {n: uuid.UUID(int=100 + i) for i, n in enumerate("abcdefg")}
+SRC, TGT, GONE = MemberState.SOURCE, MemberState.COPY_TARGET, MemberState.REMOVED
+
+
+def m(name, gen=100, *, rev=0, set_uuid=SET, label="DATA", state=SRC, listed=None, dirty=False,
+      writers=0, merge=False, fence=None, fence_gen=0, size=SIZE, member_size=BIG):
+    """A candidate whose SCB says: this generation, this own state, these list entries."""
+    listed = listed if listed is not None else {name: state}
+    members = tuple(MemberEntry(U[n], st, f"/d/{n}.img") for n, st in listed.items())
+    scb = Scb(set_uuid=set_uuid, member_uuid=U[name], label=label, vu_name="DSA1", generation=gen,
+              revision=rev, vu_size_bytes=size, members=members, dirty=dirty, writers=writers,
+              merge_required=merge, copy_fence_lbn=fence, copy_fence_generation=fence_gen)
+    return Candidate(f"/d/{name}.img", member_size, scb)
+
+
+def blank(name, size=BIG):
+    return Candidate(f"/d/{name}.img", size)
+
+
+def damaged(name):
+    return Candidate(f"/d/{name}.img", BIG, damaged="damaged in both SCB slots")
+
+
+AB = {"a": SRC, "b": SRC}
+MOUNTED = Mounted("DSA1", SET, "DATA", SIZE, (U["a"], U["b"]), ("/d/a.img", "/d/b.img"))
+
+
+def roles(plan):
+    return [(mp.candidate.name[:-4], mp.role.label if mp.role else None, mp.rule) for mp in plan.members]
+
+
+ASSEMBLE = [
+    ("same generation, clean: all sources, no I/O",
+     [m("a", listed=AB), m("b", listed=AB)],
+     [("a", "source", "same-generation"), ("b", "source", "same-generation")]),
+    ("higher generation is the source, lower a copy target",
+     [m("a", 100), m("b", 200)],
+     [("a", "copy-target", "lower-generation"), ("b", "source", "highest-generation")]),
+    ("same generation, higher revision wins (image restore)",
+     [m("a", 100, rev=1), m("b", 100, rev=2)],
+     [("a", "copy-target", "lower-revision"), ("b", "source", "highest-generation")]),
+    ("all new (generation 0): the first named is the source",
+     [m("b", 0), m("a", 0)],
+     [("b", "source", "all-new-first-named"), ("a", "copy-target", "all-new-first-named")]),
+    ("an unfinished copy target is never a source, even with the highest generation",
+     [m("a", 100), m("b", 300, state=TGT)],
+     [("a", "source", "highest-generation"), ("b", "copy-target", "incomplete-copy")]),
+]
+
+
+@pytest.mark.parametrize("why, cands, expect", ASSEMBLE, ids=[r[0] for r in ASSEMBLE])
+def test_assemble_roles(why, cands, expect):
+    assert roles(decide.plan("DSA1", cands)) == expect
+
+
+def test_steady_mount_changes_no_membership():
+    p = decide.plan("DSA1", [m("a", listed=AB), m("b", listed=AB)])
+    assert not p.membership_changes and not p.merge_required and p.source_generation == 100
+
+
+def test_absent_listed_member_is_dropped():
+    p = decide.plan("DSA1", [m("a", listed=AB)])
+    assert p.dropped == (U["b"],) and p.membership_changes
+
+
+@pytest.mark.parametrize("flags", [dict(dirty=True), dict(writers=1), dict(merge=True)])
+def test_dirty_source_means_merge(flags):
+    p = decide.plan("DSA1", [m("a", listed=AB, **flags), m("b", listed=AB)])
+    assert p.merge_required and p.merge_rule == "dirty-source" and not p.targets
+
+
+def test_dirty_copy_target_alone_does_not_merge():
+    p = decide.plan("DSA1", [m("a", 200), m("b", 100, dirty=True)])
+    assert not p.merge_required
+
+
+RESUME_LIST = {"a": SRC, "b": TGT}
+RESUME = [
+    ("fence of the sources' generation, clean sources: resume",
+     dict(src=dict(listed=RESUME_LIST), tgt=dict(fence=2048, fence_gen=200)), 2048, "lower-generation,resume-copy"),
+    ("fence of an older generation: start again",
+     dict(src=dict(listed=RESUME_LIST), tgt=dict(fence=2048, fence_gen=150)), 0, "lower-generation"),
+    ("sources no longer list it as a copy target: start again",
+     dict(src=dict(listed={"a": SRC}), tgt=dict(fence=2048, fence_gen=200)), 0, "lower-generation"),
+    ("sources crashed (dirty): start again, compare makes it cheap",
+     dict(src=dict(listed=RESUME_LIST, dirty=True), tgt=dict(fence=2048, fence_gen=200)), 0, "lower-generation"),
+    ("no fence recorded: start again",
+     dict(src=dict(listed=RESUME_LIST), tgt=dict(fence=None, fence_gen=200)), 0, "lower-generation"),
+]
+
+
+@pytest.mark.parametrize("why, kw, fence, rule", RESUME, ids=[r[0] for r in RESUME])
+def test_copy_resume(why, kw, fence, rule):
+    p = decide.plan("DSA1", [m("a", 200, **kw["src"]), m("b", 100, state=TGT, listed=RESUME_LIST, **kw["tgt"])])
+    (t,) = p.targets
+    assert (t.resume_fence_lbn, t.rule) == (fence, rule.replace("lower-generation", "incomplete-copy"))
+
+
+REFUSE = [
+    ("set mismatch", [m("a"), m("b", set_uuid=OTHER)], None, Options(), "set-mismatch", r"belongs to another shadow set"),
+    ("label mismatch", [m("a"), m("b", label="OTHER")], None, Options(), "label-mismatch", r"has label 'OTHER', not 'DATA'"),
+    ("size mismatch", [m("a"), m("b", size=2 * SIZE)], None, Options(), "size-mismatch", r"records a VU size"),
+    ("blank file outside --add", [m("a"), blank("b")], None, Options(), "no-metadata", r"b.img has no dsafs metadata"),
+    ("damaged metadata", [m("a"), damaged("b")], None, Options(), "damaged-metadata", r"b.img: damaged"),
+    ("seven members", [m(n) for n in "abcdefg"], None, Options(), "too-many-members", r"at most 6 members \(7 proposed\)"),
+    ("a member smaller than the set", [m("a"), m("b", member_size=BIG - 4096)], None, Options(),
+     "member-too-small", r"b.img is smaller than the set \(67211264 bytes < 67215360 bytes\); give a member of at least 67215360 bytes"),
+    ("the same member twice (a cp of an image)",
+     [m("a"), Candidate("/d/copy.img", BIG, m("a").scb)], None, Options(), "duplicate-member", r"same member UUID"),
+    ("only unfinished copy targets", [m("a", state=TGT), m("b", state=TGT)], None, Options(),
+     "no-complete-member", r"unfinished copy target"),
+    ("--nocopy with a copy needed", [m("a", 200), m("b", 100)], None, Options(nocopy=True), "nocopy", r"copy would be needed onto b.img"),
+    ("--nocopy with a merge needed", [m("a", dirty=True)], None, Options(nocopy=True), "nocopy", r"merge would be needed"),
+    ("--add: another set's member", [m("c", set_uuid=OTHER, label="X")], MOUNTED, Options(), "other-set", r"belongs to shadow set X.*--overwrite"),
+    ("--add: damaged metadata", [damaged("c")], MOUNTED, Options(), "other-set", r"damaged dsafs metadata.*--overwrite"),
+    ("--add: a fifth member too many", [m(n) for n in "cdefg"], MOUNTED, Options(), "too-many-members", r"\(7 proposed\)"),
+    ("--add: too small", [blank("c", BIG - 1)], MOUNTED, Options(), "member-too-small", r"c.img is smaller"),
+    ("--add --nocopy", [blank("c")], MOUNTED, Options(nocopy=True), "nocopy", r"copy would be needed onto c.img"),
+    ("no members", [], None, Options(), "no-members", r"no members given"),
+]
+
+
+@pytest.mark.parametrize("why, cands, mounted, opts, rule, msg", REFUSE, ids=[r[0] for r in REFUSE])
+def test_refusals(why, cands, mounted, opts, rule, msg):
+    with pytest.raises(MountRefused, match=msg) as info:
+        decide.plan("DSA1", cands, opts, mounted)
+    assert info.value.rule == rule
+    assert "\n" not in str(info.value) and str(info.value).startswith("DSA1: ")
+
+
+ADD = [
+    ("a member of this set is a copy target whatever its generation (restored image)",
+     [m("c", 10**20)], Options(), [("c", "copy-target", "add-to-mounted-vu")]),
+    ("a blank file is a copy target", [blank("c")], Options(), [("c", "copy-target", "blank-member")]),
+    ("another set's member with --overwrite", [m("c", set_uuid=OTHER, label="X")], Options(overwrite=True),
+     [("c", "copy-target", "overwrite-other-set")]),
+    ("damaged metadata with --overwrite", [damaged("c")], Options(overwrite=True),
+     [("c", "copy-target", "overwrite-other-set")]),
+    ("a current member named again: no effect", [m("a"), blank("c")], Options(),
+     [("a", None, "already-member"), ("c", "copy-target", "blank-member")]),
+]
+
+
+@pytest.mark.parametrize("why, cands, opts, expect", ADD, ids=[r[0] for r in ADD])
+def test_add_to_mounted(why, cands, opts, expect):
+    assert roles(decide.plan("DSA1", cands, opts, MOUNTED)) == expect
+
+
+def test_confirm_only_when_a_copy_is_needed():
+    assert decide.plan("DSA1", [m("a", 200), m("b")], Options(confirm=True)).confirm_required
+    assert not decide.plan("DSA1", [m("a", listed=AB), m("b", listed=AB)], Options(confirm=True)).confirm_required

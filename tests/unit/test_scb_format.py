@@ -1,0 +1,137 @@
+"""SCB on-disk format: golden bytes at documented offsets, checksum, slot choice, torn slots."""
+
+import struct
+import uuid
+
+import pytest
+import xxhash
+
+from dsafs import scb as S
+from dsafs.scb import MemberEntry, MemberState, Scb
+from dsafs.units import GiB, MiB
+
+SET = uuid.UUID("11111111-2222-3333-4444-555555555555")
+M1 = uuid.UUID("aaaaaaaa-0000-0000-0000-000000000001")
+M2 = uuid.UUID("aaaaaaaa-0000-0000-0000-000000000002")
+
+
+def sample(**kw) -> Scb:
+    base = dict(
+        set_uuid=SET, member_uuid=M2, label="DATA", vu_name="DSA1", generation=0x0123456789ABCDEF,
+        vu_size_bytes=2 * GiB, revision=7, dirty=True, merge_required=False, not_erased=True,
+        writers=1, copy_fence_lbn=4096, copy_fence_generation=0x42, merge_fence_lbn=None,
+        created_ns=1000, updated_ns=2000, sequence=9,
+        members=(MemberEntry(M1, MemberState.SOURCE, "/srv/a.img"),
+                 MemberEntry(M2, MemberState.COPY_TARGET, "/srv/b.img")))
+    base.update(kw)
+    return Scb(**base)
+
+
+def test_golden_bytes_at_documented_offsets():
+    raw = S.encode(sample())
+    assert len(raw) == 4096
+    assert raw[0:8] == b"DSAFSCB\0"
+    assert struct.unpack_from("<HHI", raw, 8) == (1, 4096, 0)
+    assert struct.unpack_from("<Q", raw, 16)[0] == 9
+    assert raw[24:40] == SET.bytes and raw[40:56] == M2.bytes
+    assert raw[56:68] == b"DATA" + bytes(8)
+    assert raw[68:76] == b"DSA1" + bytes(4)
+    assert struct.unpack_from("<I", raw, 76)[0] == 0b101          # DIRTY | NOT_ERASED
+    assert struct.unpack_from("<QQQ", raw, 80) == (0x0123456789ABCDEF, 7, 2 * GiB)
+    assert struct.unpack_from("<IB", raw, 104) == (1, 2)
+    assert raw[109:112] == bytes(3)
+    assert struct.unpack_from("<QQQ", raw, 112) == (4096, 0x42, 2**64 - 1)
+    nchunks = 2 * GiB // (64 * 1024)
+    assert struct.unpack_from("<QII", raw, 136) == (2 * GiB, 4096 + 4096, 12)
+    assert nchunks // 8 == 4096
+    assert struct.unpack_from("<QQ", raw, 152) == (1000, 2000)
+    assert raw[168:256] == bytes(88)
+    e0, e1 = raw[256:256 + 288], raw[256 + 288:256 + 576]
+    assert e0[:16] == M1.bytes and e0[16] == 1 and struct.unpack_from("<H", e0, 18)[0] == 10
+    assert e0[32:42] == b"/srv/a.img" and e0[42:288] == bytes(246)
+    assert e1[:16] == M2.bytes and e1[16] == 2
+    assert raw[256 + 576:4088] == bytes(4088 - 256 - 576)
+    assert struct.unpack_from("<Q", raw, 4088)[0] == xxhash.xxh3_64_intdigest(raw[:4088])
+    # Pinned: any change to the encoding must bump FORMAT_VERSION.
+    assert xxhash.xxh3_64_hexdigest(raw) == GOLDEN_DIGEST
+
+
+GOLDEN_DIGEST = "090ac03e9c991c55"
+
+
+def test_round_trip():
+    s = sample()
+    assert S.decode(S.encode(s)) == s
+    plain = sample(copy_fence_lbn=None, dirty=False, not_erased=False, merge_required=True)
+    assert S.decode(S.encode(plain)) == plain
+
+
+@pytest.mark.parametrize("mutate, reason", [
+    (lambda b: b.__setitem__(slice(0, 8), b"NOTDSAFS"), "no dsafs magic"),
+    (lambda b: b.__setitem__(100, b[100] ^ 1), "checksum mismatch"),
+    (lambda b: b.__setitem__(slice(2000, 4096), bytes(2096)), "checksum mismatch"),  # torn
+])
+def test_decode_gives_one_reason(mutate, reason):
+    raw = bytearray(S.encode(sample()))
+    mutate(raw)
+    with pytest.raises(S.SlotError, match=reason):
+        S.decode(bytes(raw))
+
+
+def _resign(raw: bytearray) -> bytes:
+    struct.pack_into("<Q", raw, 4088, xxhash.xxh3_64_intdigest(bytes(raw[:4088])))
+    return bytes(raw)
+
+
+def test_unknown_version_and_features_refused():
+    raw = bytearray(S.encode(sample()))
+    struct.pack_into("<H", raw, 8, 2)
+    with pytest.raises(S.SlotError, match="format version 2 is not supported"):
+        S.decode(_resign(raw))
+    raw = bytearray(S.encode(sample()))
+    struct.pack_into("<I", raw, 12, 1 << 7)
+    with pytest.raises(S.SlotError, match="unknown features"):
+        S.decode(_resign(raw))
+
+
+def test_slot_choice_prefers_valid_higher_sequence():
+    a, b = S.encode(sample(sequence=5)), S.encode(sample(sequence=6))
+    assert S.choose_slot(a, b).slot == 1
+    assert S.choose_slot(b, a).slot == 0
+    torn = b[:3000] + bytes(1096)
+    r = S.choose_slot(a, torn)
+    assert r.slot == 0 and r.scb.sequence == 5 and "checksum" in r.reasons[1]
+    blank = S.choose_slot(bytes(4096), bytes(4096))
+    assert blank.scb is None and blank.blank
+    both_bad = S.choose_slot(torn, torn)
+    assert both_bad.scb is None and not both_bad.blank
+
+
+def test_layout_from_vu_size():
+    lay = S.layout(2 * GiB)
+    assert lay.bitmap_offset == 2 * GiB
+    assert lay.bitmap_slot_bytes == 8192          # 4 KiB header + 4 KiB of bits (2 KiB/GiB)
+    assert lay.min_member_bytes == 2 * GiB + 12 * 8192 + 8192
+    small = S.layout(4096)
+    assert small.bitmap_offset == MiB and small.bitmap_slot_bytes == 8192
+    assert S.slot_offsets(10 * MiB) == (10 * MiB - 8192, 10 * MiB - 4096)
+
+
+def test_next_generation_is_monotonic():
+    g = S.next_generation(0)
+    assert g > 10**18                              # a time stamp
+    assert S.next_generation(g) > g
+    assert S.next_generation(2**63) == 2**63 + 1   # "previous + 1" wins over the clock
+
+
+@pytest.mark.parametrize("label", ["", "THIRTEENCHARS", "has space", "é"])
+def test_bad_labels_refused(label):
+    with pytest.raises(Exception, match="label .* is not valid"):
+        S.check_label(label)
+
+
+def test_long_path_hint_keeps_the_tail():
+    long = "/x" * 200 + "/member.img"
+    s = sample(members=(MemberEntry(M2, MemberState.SOURCE, long),))
+    back = S.decode(S.encode(s))
+    assert back.members[0].path.endswith("/member.img") and len(back.members[0].path.encode()) == 255
