@@ -1,0 +1,166 @@
+"""Test support that ships with the package: a trio-native in-memory member and identity checks.
+
+`MemMember` keeps its bytes in a bytearray and completes each request after `latency` seconds of
+trio time, so engine tests run under trio's MockClock (autojump) with exact virtual times. A
+write lands in the bytearray when it is submitted (like data reaching the page cache) and is
+acknowledged after the latency. Faults are a scenario on the object: reads of an LBN in
+`bad_read_lbns` fail with EIO until that block is rewritten (dm-dust), writes touching an LBN in
+`bad_write_lbns` fail with EIO, `hang()` holds every request until `unhang()`.
+
+Invariant: MemMember honours the same contract as FileMember (see member.py): `start_*()` submits
+without blocking, `Pending.wait()` delivers the result or a MemberIOError naming the member.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from typing import Optional
+
+import trio
+
+from .errors import MemberIOError
+from .member import Member, MemberStats
+from .units import BLOCK_BYTES
+
+
+class _MemPending:
+    __slots__ = ("member", "deadline", "result", "error")
+
+    def __init__(self, member, deadline, result=None, error=None):
+        self.member, self.deadline, self.result, self.error = member, deadline, result, error
+
+    async def wait(self):
+        m = self.member
+        try:
+            await trio.lowlevel.checkpoint()
+            while m.hung:
+                await m._unhung.wait()
+            if self.deadline > trio.current_time():
+                await trio.sleep_until(self.deadline)
+        finally:
+            m._in_flight -= 1
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class MemMember(Member):
+    def __init__(self, size_bytes: int, path: str = "mem:a", *, latency: float = 0.0,
+                 data: Optional[bytes] = None):
+        self.path = path
+        self.size_bytes = size_bytes
+        self.data = bytearray(data if data is not None else size_bytes)
+        self.latency = latency
+        self.bad_read_lbns: set[int] = set()
+        self.bad_write_lbns: set[int] = set()
+        self.hung = False
+        self._unhung = trio.Event()
+        self.closed = False
+        self._in_flight = 0
+        self._c = dict(reads=0, writes=0, flushes=0, read_bytes=0, written_bytes=0, errors=0)
+
+    def hang(self) -> None:
+        self.hung = True
+        self._unhung = trio.Event()
+
+    def unhang(self) -> None:
+        self.hung = False
+        self._unhung.set()
+
+    @staticmethod
+    def _lbns(pos, nbytes) -> range:
+        return range(pos // BLOCK_BYTES, (pos + max(nbytes, 1) - 1) // BLOCK_BYTES + 1)
+
+    def _hits(self, lbns: set, pos, nbytes) -> bool:
+        return bool(lbns) and any(lbn in lbns for lbn in self._lbns(pos, nbytes))
+
+    def _pending(self, result=None, error=None):
+        self._in_flight += 1
+        if error is not None:
+            self._c["errors"] += 1
+        return _MemPending(self, trio.current_time() + self.latency, result, error)
+
+    def _eio(self, op, detail="injected error"):
+        return MemberIOError(self.path, op, errno.EIO, detail)
+
+    def start_read(self, pos: int, nbytes: int):
+        self._c["reads"] += 1
+        if self.closed:
+            return self._pending(error=MemberIOError(self.path, "read", errno.EBADF, "closed"))
+        if self._hits(self.bad_read_lbns, pos, nbytes):
+            return self._pending(error=self._eio("read"))
+        if pos + nbytes > self.size_bytes:
+            return self._pending(error=self._eio("read", "short read past the end"))
+        self._c["read_bytes"] += nbytes
+        return self._pending(result=bytes(self.data[pos:pos + nbytes]))
+
+    def start_write(self, pos: int, data):
+        self._c["writes"] += 1
+        if self.closed:
+            return self._pending(error=MemberIOError(self.path, "write", errno.EBADF, "closed"))
+        if self._hits(self.bad_write_lbns, pos, len(data)):
+            return self._pending(error=self._eio("write"))
+        if self.bad_read_lbns:
+            self.bad_read_lbns.difference_update(self._lbns(pos, len(data)))
+        if pos + len(data) > self.size_bytes:
+            return self._pending(error=MemberIOError(self.path, "write", errno.ENOSPC))
+        self.data[pos:pos + len(data)] = data
+        self._c["written_bytes"] += len(data)
+        return self._pending()
+
+    def start_flush(self):
+        self._c["flushes"] += 1
+        return self._pending()
+
+    async def read(self, pos: int, nbytes: int) -> bytes:
+        return await self.start_read(pos, nbytes).wait()
+
+    async def write(self, pos: int, data) -> None:
+        await self.start_write(pos, data).wait()
+
+    async def flush(self) -> None:
+        await self.start_flush().wait()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def statistics(self) -> MemberStats:
+        return MemberStats(in_flight=self._in_flight, inline_reads=0, worker_ops=0, **self._c)
+
+    def __repr__(self) -> str:
+        return f"<MemMember {self.path} {self.size_bytes} bytes, {self._in_flight} in flight>"
+
+
+@contextlib.asynccontextmanager
+async def running(vu):
+    """Run `vu` in a nursery for the body; dissolve it cleanly afterwards if still mounted."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vu.run)
+        try:
+            yield vu
+        finally:
+            if vu.mounted:
+                await vu.dissolve()
+
+
+def member_data(member: Member, nbytes: int) -> bytes:
+    """The first `nbytes` of a member, read synchronously (MemMember or a file)."""
+    if isinstance(member, MemMember):
+        return bytes(member.data[:nbytes])
+    with open(member.path, "rb") as f:
+        return f.read(nbytes)
+
+
+def assert_members_identical(vu) -> None:
+    """Every current member of `vu` holds the same VU data (STYLE: engine tests end with this)."""
+    slots = [s for s in vu.slots if s.state.current]
+    assert slots, f"{vu.name}: no current members"
+    first = member_data(slots[0].member, vu.size_bytes)
+    for s in slots[1:]:
+        other = member_data(s.member, vu.size_bytes)
+        if other != first:
+            diff = next(i for i in range(len(first)) if first[i] != other[i])
+            raise AssertionError(
+                f"{vu.name}: {s.member.path} differs from {slots[0].member.path} "
+                f"first at byte {diff} (LBN {diff // BLOCK_BYTES})")

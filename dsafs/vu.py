@@ -1,0 +1,589 @@
+"""The VirtualUnit: one shadow set as one disk. Reads, writes, flushes, membership, copies.
+
+State: `steady` (every current member a source) or `copying` (copy targets are being brought up
+to date behind the copy fence). `merge_required` records a merge owed after a crash (the merge
+itself is merge.py's; until it runs the flag stays in the SCBs).
+
+I/O rules (DESIGN §5): a read goes to one source, `balance.choose` (read cost + in flight,
+round-robin ties; copy targets never read); a read error is repaired from another source
+(repair.py). A write goes to every current member and completes when all have answered; while a
+copy runs, a write reaching ahead of the fence goes to the sources first, then to the targets. A
+member that fails a write is expelled (generation up on the survivors) before the write is
+acknowledged; the write succeeds if a source succeeded. flush() flushes every current member.
+The first write after a mount makes the dirty flag durable on every member before it is issued.
+
+Membership changes (DESIGN §3): generation = max(time_ns, previous + 1) on the members that
+remain; the survivors' SCBs are written first (old sources, then newly promoted sources, then
+copy targets), then the one that leaves is marked. A copy target keeps its old generation until
+its copy completes. Lock order, outermost first: `_membership_lock` (add, remove, dissolve,
+promote) -> the write gate (fence.py) -> `_scb_lock`. `expel` takes only `_scb_lock`, so the copy
+may expel a target while it holds a gate window.
+
+Invariant: nothing acknowledged to a caller is lost while one current source survives, and a
+member's SCB never claims more than its data holds (a target is never a source early, a fence
+is never past unflushed data, a clean flag is only written after a flush).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid as uuidlib
+from typing import Awaitable, Callable, Optional, Sequence
+
+import trio
+
+from . import balance, decide
+from .copy import Copy, CopyStats
+from .errors import (AllMembersFailed, InvalidArgument, IoRangeError, MemberError,
+                     MemberIOError, MembershipRefused, MetadataError, MountRefused, VuError)
+from .fanout import flush_all, write_all
+from .fence import RangeGate
+from .repair import read_and_repair
+from .scb import (FEATURE_EXTMEMB, MemberEntry, MemberState, Scb, ScbStore, check_label,
+                  describe_generation, min_member_bytes, next_generation)
+from .units import BLOCK_BYTES, MAX_MEMBERS, check_vu_size, format_size, vu_name
+
+log = logging.getLogger("dsafs.vu")
+
+DEFAULT_READ_COST = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotStats:
+    path: str
+    state: str
+    read_cost: int
+    reads: int
+    writes: int
+    read_bytes: int
+    written_bytes: int
+    read_errors: int
+    repairs: int
+
+
+@dataclasses.dataclass(frozen=True)
+class VuStats:
+    name: str
+    state: str
+    size_bytes: int
+    generation: int
+    generation_hex: str
+    master: Optional[str]
+    copy: Optional[CopyStats]
+    merge_required: bool
+    dirty: bool
+    members: tuple[SlotStats, ...]
+
+
+class Slot:
+    """One member in a VU: its role, read cost, in-flight count and application counters."""
+
+    def __init__(self, member, store: ScbStore, member_uuid: uuidlib.UUID, state: MemberState,
+                 generation: int, fence_lbn: int = 0):
+        self.member = member
+        self.store = store
+        self.uuid = member_uuid
+        self.state = state
+        self.generation = generation      # last generation written to (or found in) its SCB
+        self.fence_lbn = fence_lbn        # copy targets: checkpointed copy fence
+        self.read_cost = DEFAULT_READ_COST
+        self.in_flight = 0
+        self.reads = self.writes = self.read_bytes = self.written_bytes = 0
+        self.read_errors = self.repairs = 0
+        self._idle: Optional[trio.Event] = None
+
+    @property
+    def name(self) -> str:
+        return self.member.path.rsplit("/", 1)[-1]
+
+    def release(self) -> None:
+        """One request of this slot's finished (pairs with `in_flight += 1`)."""
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        while self.in_flight:
+            self._idle = trio.Event()
+            await self._idle.wait()
+        self._idle = None
+
+    def statistics(self) -> SlotStats:
+        return SlotStats(self.member.path, self.state.label, self.read_cost, self.reads,
+                         self.writes, self.read_bytes, self.written_bytes, self.read_errors,
+                         self.repairs)
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.name} {self.state.label} cost {self.read_cost}, {self.in_flight} in flight>"
+
+
+async def load_candidate(member) -> decide.Candidate:
+    """Read a member's SCB for the mount decision (damaged metadata is reported, not raised)."""
+    store = ScbStore(member)
+    try:
+        scb = await store.load()
+        return decide.Candidate(member.path, member.size_bytes, scb)
+    except MetadataError as exc:
+        return decide.Candidate(member.path, member.size_bytes, None, damaged=str(exc).split(": ", 1)[-1])
+
+
+Confirm = Callable[[decide.Plan], Awaitable[bool]]
+
+
+async def init_set(name: str, label: str, vu_size_bytes: int, members: Sequence, *,
+                   overwrite: bool = False) -> list[Scb]:
+    """Write matching SCBs on 1-6 members (`dsafs init`): one set UUID, one generation, every
+    member a source, so mounting them together needs no copy. The members' data must already be
+    identical (new sparse files are: all zeros). Checks everything before writing anything."""
+    name, label = vu_name(name), check_label(label)
+    check_vu_size(vu_size_bytes)
+    if not 1 <= len(members) <= MAX_MEMBERS:
+        raise InvalidArgument(f"{name}: a shadow set has 1 to {MAX_MEMBERS} members "
+                              f"({len(members)} given)")
+    need = min_member_bytes(vu_size_bytes)
+    for m in members:
+        if m.size_bytes < need:
+            raise MemberError(f"{name}: member {m.path} is smaller than the set "
+                              f"({format_size(m.size_bytes)} < {format_size(need)}); "
+                              f"give a member of at least {need} bytes", m.path)
+        if not overwrite:
+            try:
+                old = await ScbStore(m).load()
+            except MetadataError:
+                old = "damaged"
+            if old is not None:
+                owner = ("has damaged dsafs metadata" if old == "damaged"
+                         else f"already belongs to shadow set {old.label} ({old.vu_name})")
+                raise MemberError(f"{name}: member {m.path} {owner}; give --overwrite to "
+                                  f"initialize it anyway (its data is lost)", m.path)
+    set_uuid, generation, now = uuidlib.uuid4(), next_generation(0), time.time_ns()
+    entries = tuple(MemberEntry(uuidlib.uuid4(), MemberState.SOURCE, m.path) for m in members)
+    written = []
+    for m, entry in zip(members, entries):
+        scb = Scb(set_uuid=set_uuid, member_uuid=entry.member_uuid, label=label, vu_name=name,
+                  generation=generation, vu_size_bytes=vu_size_bytes, members=entries,
+                  feature_flags=FEATURE_EXTMEMB if len(members) > 3 else 0, created_ns=now)
+        written.append(await ScbStore(m).write(scb))
+    log.info("%s: initialized %s with label %s, %d members, generation %s", name,
+             format_size(vu_size_bytes), label, len(members), describe_generation(generation))
+    return written
+
+
+async def _decide_or_close(members, fn):
+    try:
+        cands = [await load_candidate(m) for m in members]
+        return cands, fn(cands)
+    except BaseException:
+        for m in members:
+            m.close()
+        raise
+
+
+async def _confirmed(plan: decide.Plan, confirm: Optional[Confirm]) -> bool:
+    return not plan.confirm_required or (confirm is not None and await confirm(plan))
+
+
+class VirtualUnit:
+    """One mounted shadow set. Start it with `await nursery.start(vu.run)`; end it with dissolve()."""
+
+    def __init__(self, plan: decide.Plan, members: Sequence, *, readonly: bool = False):
+        by_path = {m.path: m for m in members}
+        self.name = plan.vu_name
+        self.set_uuid = plan.set_uuid
+        self.label = plan.label
+        self.size_bytes = plan.vu_size_bytes
+        self.generation = plan.source_generation
+        self.readonly = readonly
+        self.merge_required = plan.merge_required
+        self.dirty = False
+        self.slots: list[Slot] = []
+        first = plan.sources[0].candidate.scb
+        self.revision = first.revision
+        self.created_ns = first.created_ns
+        self.feature_flags = first.feature_flags
+        for mp in plan.members:
+            scb = mp.candidate.scb
+            slot = Slot(by_path[mp.path], ScbStore(by_path[mp.path]), scb.member_uuid, mp.role,
+                        scb.generation, mp.resume_fence_lbn)
+            slot.store.current = scb
+            self.slots.append(slot)
+        self._plan = plan
+        self.gate = RangeGate()
+        self.copy: Optional[Copy] = None
+        self.last_copy: Optional[Copy] = None
+        self._copy_queue: list[Slot] = []
+        self._copier_running = False
+        self._copy_done = trio.Event()
+        self._copy_done.set()
+        self._copy_scope: Optional[trio.CancelScope] = None
+        self._membership_lock = trio.Lock()
+        self._scb_lock = trio.Lock()
+        self._dirty_lock = trio.Lock()
+        self._finished = trio.Event()
+        self._nursery: Optional[trio.Nursery] = None
+        self._last_read = -1
+        self._refresh()
+
+    # ----------------------------------------------------------------- assembly and lifetime
+    @classmethod
+    async def assemble(cls, name: str, members: Sequence, options: decide.Options = decide.Options(),
+                       *, readonly: bool = False, confirm: Optional[Confirm] = None) -> "VirtualUnit":
+        """Decide the roles of `members` (opened Member objects, in the order named). Takes
+        ownership of them: on a refusal they are closed and nothing was written to any."""
+        _, plan = await _decide_or_close(members, lambda c: decide.plan(name, c, options))
+        if not await _confirmed(plan, confirm):
+            for m in members:
+                m.close()
+            raise MountRefused(f"{name}: mount canceled; no copy was allowed, nothing was mounted")
+        return cls(plan, members, readonly=readonly)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._begin()
+                task_status.started(self)
+                await self._finished.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            for s in self.slots:
+                s.member.close()
+
+    async def _begin(self) -> None:
+        plan = self._plan
+        for mp in plan.members:
+            log.info("%s: %s %s by rule=%s", self.name, mp.candidate.name, mp.role.label, mp.rule)
+        for uid in plan.dropped:
+            entry = plan.sources[0].candidate.scb.entry_for(uid)
+            log.info("%s: %s leaves the set by rule=absent-member", self.name,
+                     entry.path.rsplit("/", 1)[-1] if entry else uid)
+        if plan.merge_required:
+            log.info("%s: merge required by rule=%s", self.name, plan.merge_rule)
+        if plan.membership_changes:
+            await self._commit()
+        self._queue_copy(self.targets)
+
+    async def dissolve(self) -> None:
+        """Dismount the VU cleanly: stop the copy (its fence is kept), flush, mark clean."""
+        async with self._membership_lock:
+            if self._finished.is_set():
+                raise VuError(f"{self.name} is not mounted")
+            await self._stop_copy()
+            current = self.current
+            failures = await flush_all(current)
+            failed = {id(s) for s, _ in failures}
+            self.dirty = False
+            await self.write_scbs([s for s in current if id(s) not in failed])
+            log.info("%s: dissolved; %d members marked clean", self.name, len(current) - len(failed))
+            self._finished.set()
+
+    # ----------------------------------------------------------------- views
+    def _refresh(self) -> None:
+        self.current = [s for s in self.slots if s.state.current]
+        self.sources = [s for s in self.slots if s.state is MemberState.SOURCE]
+        self.targets = [s for s in self.slots if s.state is MemberState.COPY_TARGET]
+        if len(self.current) > 3:
+            self.feature_flags |= FEATURE_EXTMEMB
+
+    @property
+    def mounted(self) -> bool:
+        return self._nursery is not None and not self._finished.is_set()
+
+    async def wait_steady(self) -> None:
+        """Return when no copy is queued or running."""
+        while self._copier_running or self._copy_queue:
+            await self._copy_done.wait()
+
+    @property
+    def state(self) -> str:
+        return "copying" if self.copy is not None or self._copy_queue else "steady"
+
+    def find(self, ref: str) -> Slot:
+        """A current member by absolute path or by a basename unique in the VU."""
+        hits = [s for s in self.current if s.member.path == ref]
+        if not hits:
+            hits = [s for s in self.current if s.name == ref.rsplit("/", 1)[-1]]
+        if len(hits) != 1:
+            names = ", ".join(s.member.path for s in self.current)
+            why = "is ambiguous" if hits else "is not a member"
+            raise MembershipRefused(f"{self.name}: {ref} {why}; members are {names}")
+        return hits[0]
+
+    def statistics(self) -> VuStats:
+        master = self.sources[0].member.path if self.sources else None
+        return VuStats(self.name, self.state, self.size_bytes, self.generation,
+                       describe_generation(self.generation), master,
+                       self.copy.statistics() if self.copy else None, self.merge_required,
+                       self.dirty, tuple(s.statistics() for s in self.slots))
+
+    def __repr__(self) -> str:
+        return (f"<VirtualUnit {self.name} {self.state}, {len(self.sources)} sources, "
+                f"{len(self.targets)} targets>")
+
+    # ----------------------------------------------------------------- reads
+    def choose_reader(self, exclude=()) -> Optional[Slot]:
+        slots = self.slots
+        costs = [s.read_cost + s.in_flight
+                 if s.state is MemberState.SOURCE and id(s) not in exclude else None
+                 for s in slots]
+        i = balance.choose(costs, self._last_read)
+        if i is None:
+            return None
+        self._last_read = i
+        return slots[i]
+
+    async def read_from(self, slot: Slot, pos: int, nbytes: int) -> bytes:
+        slot.in_flight += 1
+        try:
+            data = await slot.member.start_read(pos, nbytes).wait()
+        except MemberIOError:
+            slot.read_errors += 1
+            raise
+        finally:
+            slot.release()
+        slot.reads += 1
+        slot.read_bytes += nbytes
+        return data
+
+    async def read(self, pos: int, nbytes: int) -> bytes:
+        if pos >= self.size_bytes or nbytes <= 0:
+            return b""
+        nbytes = min(nbytes, self.size_bytes - pos)
+        slot = self.choose_reader()
+        if slot is None:
+            raise AllMembersFailed(self.name, "read", [])
+        try:
+            return await self.read_from(slot, pos, nbytes)
+        except MemberIOError as exc:
+            return await read_and_repair(self, slot, pos, nbytes, exc)
+
+    # ----------------------------------------------------------------- writes
+    async def write(self, pos: int, data) -> int:
+        nbytes = len(data)
+        if self.readonly:
+            exc = VuError(f"{self.name} is mounted read-only (--nowrite); dismount and mount it writable")
+            exc.errno = 30  # EROFS
+            raise exc
+        if pos < 0 or pos + nbytes > self.size_bytes:
+            raise IoRangeError(f"{self.name}: write of {nbytes} bytes at byte {pos} ends past the "
+                               f"end of the VU ({self.size_bytes} bytes)")
+        if nbytes == 0:
+            return 0
+        if not self.dirty:
+            await self._mark_dirty()
+        end = pos + nbytes
+        token = self.gate.enter_nowait(pos, end)
+        if token is None:
+            token = await self.gate.enter(pos, end)
+        try:
+            copy = self.copy
+            if copy is None or end <= copy.fence_bytes:
+                failures = await write_all(self.current, pos, data)
+            else:       # ahead of the copy fence: sources first, then the targets
+                failures = await write_all(self.sources, pos, data)
+                failures += await write_all(self.targets, pos, data)
+        finally:
+            self.gate.leave(token)
+        if failures:
+            await self._write_failed(failures)
+        return nbytes
+
+    async def _write_failed(self, failures: list) -> None:
+        failed = {id(s) for s, _ in failures}
+        if not any(id(s) not in failed for s in self.sources):
+            raise AllMembersFailed(self.name, "write", [e for _, e in failures])
+        for slot, exc in failures:
+            await self.expel(slot, f"write failed: {exc}")
+
+    async def flush(self) -> None:
+        failures = await flush_all(self.current)
+        if failures:
+            await self._write_failed(failures)
+
+    async def _mark_dirty(self) -> None:
+        async with self._dirty_lock:
+            if not self.dirty:
+                self.dirty = True
+                await self.write_scbs(self.current)
+
+    # ----------------------------------------------------------------- SCBs
+    def scb_for(self, slot: Slot) -> Scb:
+        target = slot.state is MemberState.COPY_TARGET
+        entries = tuple(MemberEntry(s.uuid, s.state, s.member.path) for s in self.current)
+        if not slot.state.current:
+            entries += (MemberEntry(slot.uuid, slot.state, slot.member.path),)
+        return Scb(
+            set_uuid=self.set_uuid, member_uuid=slot.uuid, label=self.label, vu_name=self.name,
+            generation=slot.generation if target or not slot.state.current else self.generation,
+            vu_size_bytes=self.size_bytes, members=entries, revision=self.revision,
+            dirty=self.dirty and slot.state.current, merge_required=self.merge_required,
+            writers=1 if self.dirty and slot.state.current else 0,
+            copy_fence_lbn=slot.fence_lbn if target else None,
+            copy_fence_generation=self.generation if target else 0,
+            feature_flags=self.feature_flags, created_ns=self.created_ns)
+
+    async def write_scbs(self, slots: Sequence[Slot]) -> None:
+        """Write the SCB of each slot (in this order), durably. A member that fails is expelled."""
+        async with self._scb_lock:
+            failed = await self._write_scbs_locked(slots)
+        for slot, exc in failed:
+            await self.expel(slot, f"SCB write failed: {exc}")
+
+    async def _write_scbs_locked(self, slots) -> list:
+        failed = []
+        for slot in slots:
+            try:
+                scb = await slot.store.write(self.scb_for(slot))
+            except MemberIOError as exc:
+                failed.append((slot, exc))
+            else:
+                if slot.state is MemberState.SOURCE:
+                    slot.generation = scb.generation
+        return failed
+
+    async def _commit(self, promoted: Sequence[Slot] = ()) -> None:
+        """Raise the generation and write every current member's SCB: sources first."""
+        while True:
+            async with self._scb_lock:
+                self.generation = next_generation(self.generation)
+                order = ([s for s in self.sources if s not in promoted] + list(promoted)
+                         + self.targets)
+                failed = await self._write_scbs_locked(order)
+            if not failed:
+                return
+            for slot, exc in failed:
+                self._drop(slot, MemberState.EXPELLED, f"SCB write failed: {exc}")
+            if not self.sources:
+                raise AllMembersFailed(self.name, "membership change", [e for _, e in failed])
+
+    def _drop(self, slot: Slot, state: MemberState, why: str) -> None:
+        slot.state = state
+        self._refresh()
+        log.warning("%s: %s %s by rule=%s; shadow set has been reduced (%d current members)",
+                    self.name, slot.name, state.label,
+                    "member-error" if state is MemberState.EXPELLED else "operator", len(self.current))
+        log.info("%s: %s: %s", self.name, slot.name, why)
+
+    # ----------------------------------------------------------------- membership
+    async def expel(self, slot: Slot, why: str) -> None:
+        """Take a failing member out of the set at once; generation up on the survivors."""
+        if not slot.state.current:
+            return
+        if slot.state is MemberState.SOURCE and len(self.sources) == 1:
+            raise AllMembersFailed(self.name, "I/O", [MemberIOError(slot.member.path, "I/O", 5, why)])
+        self._drop(slot, MemberState.EXPELLED, why)
+        await self._commit()
+
+    async def remove(self, ref: str) -> None:
+        """Dismount one member: drain its I/O, generation up on the rest, mark it removed."""
+        async with self._membership_lock:
+            slot = self.find(ref)
+            if slot.state is MemberState.SOURCE and len(self.sources) == 1:
+                raise MembershipRefused(
+                    f"{self.name}: {slot.name} is the only source member and cannot be removed; "
+                    f"dismount {self.name} instead")
+            async with self.gate.closed(0, self.size_bytes):
+                slot.state = MemberState.REMOVED
+                self._refresh()
+            await slot.wait_idle()
+            log.info("%s: %s removed by rule=operator", self.name, slot.name)
+            await self._commit()
+            try:
+                await slot.member.flush()
+                await slot.store.write(self.scb_for(slot))
+            except MemberIOError as exc:
+                log.warning("%s: %s left the set but its SCB could not be marked: %s",
+                            self.name, slot.name, exc)
+            slot.member.close()
+            self.slots.remove(slot)
+
+    async def add(self, members: Sequence, options: decide.Options = decide.Options(),
+                  confirm: Optional[Confirm] = None) -> decide.Plan:
+        """Add members to the mounted VU: always copy targets (spec §5 rule 8). Takes ownership
+        of `members`; on a refusal they are closed and nothing was written to any member."""
+        async with self._membership_lock:
+            mounted = decide.Mounted(self.name, self.set_uuid, self.label, self.size_bytes,
+                                     tuple(s.uuid for s in self.current),
+                                     tuple(s.member.path for s in self.current))
+            _, plan = await _decide_or_close(members, lambda c: decide.plan(self.name, c, options, mounted))
+            if not await _confirmed(plan, confirm):
+                for m in members:
+                    m.close()
+                raise MountRefused(f"{self.name}: add canceled; no copy was allowed")
+            by_path = {m.path: m for m in members}
+            new = []
+            async with self.gate.closed(0, self.size_bytes):
+                for mp in plan.members:
+                    member = by_path[mp.path]
+                    log.info("%s: %s %s by rule=%s", self.name, mp.candidate.name,
+                             mp.role.label if mp.role else "unchanged", mp.rule)
+                    if mp.role is None:
+                        member.close()
+                        continue
+                    scb = mp.candidate.scb
+                    same_set = scb is not None and scb.set_uuid == self.set_uuid
+                    slot = Slot(member, ScbStore(member), scb.member_uuid if same_set else uuidlib.uuid4(),
+                                MemberState.COPY_TARGET, scb.generation if same_set else 0)
+                    slot.store.current = scb
+                    self.slots.append(slot)
+                    new.append(slot)
+                self._refresh()
+                if new:
+                    await self._commit()
+            self._queue_copy(new)
+            return plan
+
+    # ----------------------------------------------------------------- copy
+    def _queue_copy(self, slots: Sequence[Slot]) -> None:
+        self._copy_queue += [s for s in slots if s not in self._copy_queue]
+        if self._copy_queue and not self._copier_running and self._nursery is not None:
+            self._copier_running = True
+            self._copy_done = trio.Event()
+            self._nursery.start_soon(self._copier)
+
+    async def _copier(self) -> None:
+        """Runs copies while targets are queued; targets queued together share one pass."""
+        try:
+            with trio.CancelScope() as scope:
+                self._copy_scope = scope
+                while self._copy_queue:
+                    targets = [t for t in self._copy_queue if t.state is MemberState.COPY_TARGET]
+                    self._copy_queue = []
+                    if not targets:
+                        continue
+                    start = min(t.fence_lbn for t in targets) * BLOCK_BYTES
+                    self.copy = Copy(self, targets, start)
+                    log.info("%s: copy onto %s starts at LBN %d", self.name,
+                             ", ".join(t.name for t in targets), start // BLOCK_BYTES)
+                    try:
+                        done = await self.copy.run()
+                    finally:
+                        copy = self.last_copy = self.copy
+                        self.copy = None
+                    if done:
+                        await self._promote(copy)
+        finally:
+            self._copy_scope = None
+            self._copier_running = False
+            self._copy_done.set()
+
+    async def _promote(self, copy: Copy) -> None:
+        async with self._membership_lock:
+            promoted = copy.live_targets
+            for t in promoted:
+                t.state = MemberState.SOURCE
+                t.fence_lbn = 0
+            self._refresh()
+            await self._commit(promoted)
+            stats = copy.statistics()
+            log.info("%s: copy completed; %s now source members (%d bytes compared, %d written)",
+                     self.name, ", ".join(t.name for t in promoted), stats.bytes_compared,
+                     stats.bytes_written)
+
+    async def _stop_copy(self) -> None:
+        self._copy_queue = []
+        if self._copy_scope is not None:
+            self._copy_scope.cancel()
+        await self._copy_done.wait()
