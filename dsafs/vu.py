@@ -248,8 +248,9 @@ class VirtualUnit:
                 await self._finished.wait()
                 nursery.cancel_scope.cancel()
         finally:
-            for s in self.slots:
-                s.member.close()
+            if not self._finished.is_set():      # cancelled, not dissolved: the set stays dirty
+                for s in self.slots:
+                    s.member.close()
 
     async def _begin(self) -> None:
         plan = self._plan
@@ -276,6 +277,8 @@ class VirtualUnit:
             failed = {id(s) for s, _ in failures}
             self.dirty = False
             await self.write_scbs([s for s in current if id(s) not in failed])
+            for s in self.slots:
+                s.member.close()          # before returning: the next mount can take the locks
             log.info("%s: dissolved; %d members marked clean", self.name, len(current) - len(failed))
             self._finished.set()
 
@@ -474,7 +477,14 @@ class VirtualUnit:
         if slot.state is MemberState.SOURCE and len(self.sources) == 1:
             raise AllMembersFailed(self.name, "I/O", [MemberIOError(slot.member.path, "I/O", 5, why)])
         self._drop(slot, MemberState.EXPELLED, why)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._close_when_idle, slot)
         await self._commit()
+
+    async def _close_when_idle(self, slot: Slot) -> None:
+        """Release an expelled member's file (and lock) once its last request has ended."""
+        await slot.wait_idle()
+        slot.member.close()
 
     async def remove(self, ref: str) -> None:
         """Dismount one member: drain its I/O, generation up on the rest, mark it removed."""
@@ -513,6 +523,7 @@ class VirtualUnit:
                     m.close()
                 raise MountRefused(f"{self.name}: add canceled; no copy was allowed")
             by_path = {m.path: m for m in members}
+            self.slots = [s for s in self.slots if s.state.current or s.member.path not in by_path]
             new = []
             async with self.gate.closed(0, self.size_bytes):
                 for mp in plan.members:
