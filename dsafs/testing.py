@@ -113,15 +113,6 @@ class MemMember(Member):
         self._c["flushes"] += 1
         return self._pending()
 
-    async def read(self, pos: int, nbytes: int) -> bytes:
-        return await self.start_read(pos, nbytes).wait()
-
-    async def write(self, pos: int, data) -> None:
-        await self.start_write(pos, data).wait()
-
-    async def flush(self) -> None:
-        await self.start_flush().wait()
-
     def close(self) -> None:
         self.closed = True
 
