@@ -1,0 +1,45 @@
+"""ScbStore on a member: writes alternate slots, a torn newest slot falls back, both bad refuses."""
+
+import pytest
+
+from dsafs.decide import Options
+from dsafs.errors import MetadataError, MountRefused
+from dsafs.scb import ScbStore, min_member_bytes
+from dsafs.testing import MemMember
+from dsafs.units import MiB
+from dsafs.vu import VirtualUnit, init_set
+
+SIZE = MiB
+RAW = min_member_bytes(SIZE)
+
+
+async def test_writes_alternate_and_a_torn_slot_falls_back():
+    m = MemMember(RAW, "/m/a.img")
+    (first,) = await init_set("DSA1", "DATA", SIZE, [m])
+    store = ScbStore(m)
+    assert (await store.load()).sequence == 1
+    second = await store.write(first.replace(generation=first.generation + 1))
+    assert second.sequence == 2
+    a, b = RAW - 8192, RAW - 4096
+    assert m.data[a:a + 8] == m.data[b:b + 8] == b"DSAFSCB\0"       # both slots used
+    m.data[b + 1000:b + 4096] = bytes(3096)                          # tear the newest (B)
+    reread = await ScbStore(m).load()
+    assert reread.sequence == 1 and reread.generation == first.generation
+    third = await store.write(first.replace(generation=first.generation + 5))
+    assert third.sequence == 3 and (await ScbStore(m).load()).generation == first.generation + 5
+
+
+async def test_both_slots_bad_is_refused_naming_the_member():
+    m = MemMember(RAW, "/m/a.img")
+    other = MemMember(RAW, "/m/b.img")
+    await init_set("DSA1", "DATA", SIZE, [m, other])
+    m.data[RAW - 8000] ^= 1
+    m.data[RAW - 3000] ^= 1
+    with pytest.raises(MetadataError, match=r"^member /m/a.img: dsafs metadata is damaged in both "
+                       r"SCB slots \(A: checksum mismatch \(torn or corrupt\); B: checksum "
+                       r"mismatch \(torn or corrupt\)\); it cannot be trusted: restore the member"):
+        await ScbStore(m).load()
+    before = bytes(m.data), bytes(other.data)
+    with pytest.raises(MountRefused, match=r"^DSA1: member /m/a.img: dsafs metadata is damaged"):
+        await VirtualUnit.assemble("DSA1", [other, m])
+    assert (bytes(m.data), bytes(other.data)) == before
