@@ -33,11 +33,10 @@ async def test_both_slots_bad_is_refused_naming_the_member():
     m = MemMember(RAW, "/m/a.img")
     other = MemMember(RAW, "/m/b.img")
     await init_set("DSA1", "DATA", SIZE, [m, other])
-    m.data[RAW - 8000] ^= 1
-    m.data[RAW - 3000] ^= 1
+    m.data[RAW - 8000] ^= 1       # slot A (the only one init wrote) corrupt; B never written
     with pytest.raises(MetadataError, match=r"^member /m/a.img: dsafs metadata is damaged in both "
-                       r"SCB slots \(A: checksum mismatch \(torn or corrupt\); B: checksum "
-                       r"mismatch \(torn or corrupt\)\); it cannot be trusted: restore the member"):
+                       r"SCB slots \(A: checksum mismatch \(torn or corrupt\); B: no dsafs magic\); "
+                       r"it cannot be trusted: restore the member"):
         await ScbStore(m).load()
     before = bytes(m.data), bytes(other.data)
     with pytest.raises(MountRefused, match=r"^DSA1: member /m/a.img: dsafs metadata is damaged"):
