@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import json
 import logging
 import os
 import stat
 import struct
 import sys
+import time
 from typing import Optional, Sequence
 
 import trio
 
 from . import __version__
-from .errors import DsafsError, InvalidArgument, MemberError, MetadataError, UsageError
+from .control import Client, default_socket
+from .errors import (DsafsError, InvalidArgument, MemberError, MetadataError, MountRefused,
+                     UsageError)
 from .member import FileMember, create_file
 from .scb import MAGIC, SCB_AREA_BYTES, SLOT_BYTES, ScbStore, check_label, min_member_bytes
 from .units import MAX_MEMBERS, check_vu_size, format_size, parse_size, vu_name
@@ -50,6 +54,59 @@ def build_parser() -> argparse.ArgumentParser:
                    help="erase members that already hold data or another set's metadata")
     s.add_argument("members", nargs="+", metavar="MEMBER")
     s.set_defaults(func=cmd_init)
+
+    sock = _Parser(add_help=False)
+    sock.add_argument("--socket", default=None,
+                      help="control socket (default $DSAFS_SOCKET, else /mnt/dsafs.sock)")
+
+    s = sub.add_parser("serve", help="run the daemon in the foreground: one FUSE mount for all VUs")
+    s.add_argument("mountpoint")
+    s.add_argument("--socket", default=None, help="control socket (default MOUNTPOINT.sock)")
+    s.add_argument("--fuse-tasks", type=int, default=16, help="pyfuse3 worker tasks (default 16)")
+    s.add_argument("--allow-other", action="store_true", help="let other users open the VU files")
+    s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("mount", parents=[sock], help="assemble a shadow set, or --add members to it",
+                       description="Assemble DSAn from its members (sources by generation; "
+                       "others become copy targets), or add members to a mounted DSAn.")
+    s.add_argument("vu", metavar="DSAn")
+    s.add_argument("members", nargs="+", metavar="MEMBER")
+    s.add_argument("--add", action="store_true", help="add the members to the mounted VU (copy targets)")
+    s.add_argument("--nocopy", action="store_true", help="refuse if a copy or merge would be needed")
+    s.add_argument("--confirm", action="store_true", help="ask before any full copy")
+    s.add_argument("--overwrite", action="store_true",
+                   help="with --add: accept another set's member (its data is overwritten)")
+    s.add_argument("--nowrite", action="store_true", help="mount the VU read-only")
+    w = s.add_mutually_exclusive_group()
+    w.add_argument("--wait", action="store_true", help="wait for copies to finish")
+    w.add_argument("--no-wait", action="store_true", help="return at once, even on a terminal")
+    s.set_defaults(func=cmd_mount)
+
+    s = sub.add_parser("dismount", parents=[sock], help="dissolve a VU, or remove one member")
+    s.add_argument("vu", metavar="DSAn")
+    s.add_argument("--member", metavar="M", help="remove this member only (path or basename)")
+    s.add_argument("--policy", help="member removal policy (only nominicopy so far)")
+    s.add_argument("--abort", action="store_true",
+                   help="dissolve even while the VU is open; the next mount merges")
+    s.set_defaults(func=cmd_dismount)
+
+    s = sub.add_parser("show", parents=[sock], help="show shadow sets (SHOW SHADOW)")
+    s.add_argument("vu", metavar="DSAn", nargs="?")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("set", parents=[sock], help="change a mounted VU's settings (SET SHADOW)")
+    s.add_argument("vu", metavar="DSAn")
+    s.add_argument("--read-cost", action="append", default=[], metavar="M=N",
+                   help="read cost 1-65535 of member M (repeatable)")
+    s.add_argument("--copy-source", metavar="M", help="member every copy reads from, or 'master'")
+    s.set_defaults(func=cmd_set)
+
+    s = sub.add_parser("verify", parents=[sock], help="compare the members' data (exit 1 if they differ)")
+    s.add_argument("vu", metavar="DSAn")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_verify)
     return p
 
 
@@ -179,6 +236,171 @@ def _zero_block_device(path: str, vu_size: int) -> None:
 
 def cmd_init(args) -> int:
     return trio.run(_init, args)
+
+
+# ----------------------------------------------------------------------------- daemon commands
+def cmd_serve(args) -> int:
+    from .daemon import Daemon
+    logging.getLogger().setLevel(args.log_level)
+    for h in logging.getLogger().handlers:
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if args.fuse_tasks < 1:
+        raise InvalidArgument(f"--fuse-tasks {args.fuse_tasks} must be at least 1")
+    daemon = Daemon(args.mountpoint, args.socket, fuse_max_tasks=args.fuse_tasks,
+                    allow_other=args.allow_other)
+    trio.run(daemon.run)
+    return 0
+
+
+def _client(args) -> Client:
+    return Client(args.socket or default_socket())
+
+
+def _progress(client: Client, name: str, show_bar: bool) -> None:
+    """Wait for the VU's copies to end, drawing a progress bar on a terminal."""
+    last = None
+    while True:
+        info = client.call("show", vu=name)
+        copy = info.get("copy")
+        if info["state"] != "copying":
+            break
+        pct = copy["percent"] if copy else 0.0
+        if show_bar:
+            filled = int(pct / 100 * 40)
+            line = f"\r{name}: copy {pct:5.1f}% [{'#' * filled}{'.' * (40 - filled)}]"
+            if line != last:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                last = line
+        time.sleep(0.2)
+    if show_bar and last is not None:
+        sys.stdout.write(f"\r{name}: copy 100.0% [{'#' * 40}]\n")
+    members = ", ".join(f"{os.path.basename(m['path'])} {m['state']}" for m in info["members"])
+    print(f"{name}: {info['state']}; {members}")
+
+
+def cmd_mount(args) -> int:
+    name = vu_name(args.vu)
+    paths = [os.path.abspath(m) for m in args.members]
+    req = dict(vu=name, members=paths, add=args.add, nocopy=args.nocopy, confirm=args.confirm,
+               overwrite=args.overwrite, nowrite=args.nowrite)
+    with _client(args) as c:
+        result = c.call("mount", **req)
+        if result.get("needs_confirmation"):
+            print(f"{name}: label {result['label']}: a FULL copy would overwrite:")
+            for t in result["targets"]:
+                print(f"    {t}")
+            answer = ""
+            if sys.stdin is not None and sys.stdin.isatty():
+                answer = input("Allow FULL shadow copy on the above member(s)? [N]: ")
+            if answer.strip().lower() not in ("y", "yes"):
+                raise MountRefused(f"{name}: mount canceled; no copy was allowed, nothing was mounted")
+            result = c.call("mount", confirmed=True, **req)
+        for mp in result.get("plan", []):
+            print(f"{name}: {mp['path']} {mp['role'] or 'unchanged'} by rule={mp['rule']}")
+        if not args.add and result.get("path"):
+            print(f"{name}: mounted at {result['path']}")
+        tty = sys.stdout.isatty()
+        if result.get("state") == "copying" and (args.wait or (tty and not args.no_wait)):
+            try:
+                _progress(c, name, show_bar=tty)
+            except KeyboardInterrupt:
+                print(f"\n{name}: the copy goes on in the background (dsafs show {name})")
+    return 0
+
+
+def cmd_dismount(args) -> int:
+    name = vu_name(args.vu)
+    with _client(args) as c:
+        r = c.call("dismount", vu=name, member=args.member, abort=args.abort, policy=args.policy)
+    if args.member:
+        print(f"{name}: {args.member} removed from the shadow set")
+    else:
+        print(f"{name}: dissolved" + (" (aborted: the next mount merges)" if args.abort else
+                                      "; the members are marked clean"))
+    return 0
+
+
+def _fmt_bytes(n: int) -> str:
+    return format_size(n) if n else "0"
+
+
+def format_show(info: dict) -> str:
+    state = {"steady": "Steady State", "copying": "Copy Active", "merging": "Merge Active"}.get(
+        info["state"], info["state"])
+    if info.get("copy"):
+        state += f" ({info['copy']['percent']:.0f}%, fence LBN {info['copy']['fence_lbn']})"
+    lines = [
+        f"_{info['name']}:  Volume Label: {info['label']}",
+        f"  Virtual Unit State:   {state}" + ("  (read-only)" if info.get("readonly") else ""),
+        f"  Size: {format_size(info['size_bytes'])} ({info['size_bytes'] // 512} blocks)   "
+        f"Generation Number: {info['generation_hex']}",
+        f"  Master Member: {info['master'] or '-'}   Merge required: "
+        f"{'yes' if info['merge_required'] else 'no'}",
+        "",
+        f"  {'Member':<28} {'State':<16} {'Cost':>5} {'Reads':>9} {'Writes':>9} "
+        f"{'Read':>10} {'Written':>10} {'Errors':>6} {'Repairs':>7}",
+    ]
+    for m in info["members"]:
+        name = m["path"] if len(m["path"]) <= 28 else "..." + m["path"][-25:]
+        lines.append(f"  {name:<28} {m['state']:<16} {m['read_cost']:>5} {m['reads']:>9} "
+                     f"{m['writes']:>9} {_fmt_bytes(m['read_bytes']):>10} "
+                     f"{_fmt_bytes(m['written_bytes']):>10} {m['read_errors']:>6} {m['repairs']:>7}")
+    return "\n".join(lines)
+
+
+def cmd_show(args) -> int:
+    with _client(args) as c:
+        info = c.call("show", vu=vu_name(args.vu) if args.vu else None)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    elif isinstance(info, list):
+        print("\n\n".join(format_show(i) for i in info) if info else "no virtual units mounted")
+    else:
+        print(format_show(info))
+    return 0
+
+
+def cmd_set(args) -> int:
+    name = vu_name(args.vu)
+    costs = {}
+    for item in args.read_cost:
+        ref, sep, val = item.rpartition("=")
+        if not sep or not ref or not val.strip().isdigit():
+            raise InvalidArgument(f"--read-cost {item!r} is not MEMBER=N; e.g. --read-cost b.img=5")
+        costs[os.path.abspath(ref) if "/" in ref else ref] = int(val)
+    req = dict(vu=name, read_cost=costs)
+    if args.copy_source is not None:
+        src = args.copy_source
+        req["copy_source"] = os.path.abspath(src) if "/" in src else src
+    if not costs and args.copy_source is None:
+        raise UsageError("nothing to set; give --read-cost M=N or --copy-source M (see dsafs set --help)")
+    with _client(args) as c:
+        r = c.call("set", **req)
+    for change in r["changes"]:
+        print(f"{name}: {change}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    name = vu_name(args.vu)
+    with _client(args) as c:
+        r = c.call("verify", vu=name)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        members = ", ".join(os.path.basename(m) for m in r["members"])
+        for first, last in r["transient"]:
+            print(f"{name}: LBN {first}-{last} differed while being written (transient)")
+        for err in r["read_errors"]:
+            print(f"{name}: read error: {err}")
+        for first, last in r["failed"]:
+            print(f"{name}: LBN {first}-{last} differs between members")
+        if r["identical"]:
+            print(f"{name}: members {members} are identical ({r['blocks_compared']} blocks compared)")
+        else:
+            print(f"{name}: members differ in {len(r['failed'])} range(s)")
+    return 0 if r["identical"] else 1
 
 
 # ----------------------------------------------------------------------------- main

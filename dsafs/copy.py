@@ -133,6 +133,10 @@ class Copy:
     async def _read_source(self, pos: int, nbytes: int) -> Optional[bytes]:
         """Read from the sources in turn, starting with the next one in rotation."""
         sources = self.vu.sources
+        chosen = [s for s in sources if s.member.path == self.vu.copy_source]
+        if chosen:                      # /COPY_SOURCE: every copy read from that member first
+            sources = chosen + [s for s in sources if s is not chosen[0]]
+            self._next_source = 0
         for i in range(len(sources)):
             slot = sources[(self._next_source + i) % len(sources)]
             try:

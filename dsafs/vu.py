@@ -36,7 +36,7 @@ import trio
 
 from . import balance, decide
 from .copy import Copy, CopyStats
-from .errors import (AllMembersFailed, InvalidArgument, IoRangeError, MemberError,
+from .errors import (AllMembersFailed, DsafsError, InvalidArgument, IoRangeError, MemberError,
                      MemberIOError, MembershipRefused, MetadataError, MountRefused, VuError)
 from .fanout import flush_all, write_all
 from .fence import RangeGate
@@ -224,6 +224,7 @@ class VirtualUnit:
         self._finished = trio.Event()
         self._nursery: Optional[trio.Nursery] = None
         self._last_read = -1
+        self.copy_source: Optional[str] = None     # a member path, or None: alternate sources
         self._refresh()
 
     # ----------------------------------------------------------------- assembly and lifetime
@@ -241,9 +242,10 @@ class VirtualUnit:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
+            await self._begin()            # before the nursery: its errors reach start() bare
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                await self._begin()
+                self._queue_copy(self.targets)
                 task_status.started(self)
                 await self._finished.wait()
                 nursery.cancel_scope.cancel()
@@ -264,7 +266,6 @@ class VirtualUnit:
             log.info("%s: merge required by rule=%s", self.name, plan.merge_rule)
         if plan.membership_changes:
             await self._commit()
-        self._queue_copy(self.targets)
 
     async def dissolve(self) -> None:
         """Dismount the VU cleanly: stop the copy (its fence is kept), flush, mark clean."""
@@ -280,6 +281,18 @@ class VirtualUnit:
             for s in self.slots:
                 s.member.close()          # before returning: the next mount can take the locks
             log.info("%s: dissolved; %d members marked clean", self.name, len(current) - len(failed))
+            self._finished.set()
+
+    async def abort(self) -> None:
+        """Dismount at once without marking the members clean: the next mount merges."""
+        async with self._membership_lock:
+            if self._finished.is_set():
+                raise VuError(f"{self.name} is not mounted")
+            await self._stop_copy()
+            for s in self.slots:
+                s.member.close()
+            log.warning("%s: aborted; members left as they were (a merge is owed if written)",
+                        self.name)
             self._finished.set()
 
     # ----------------------------------------------------------------- views
@@ -570,11 +583,17 @@ class VirtualUnit:
                              ", ".join(t.name for t in targets), start // BLOCK_BYTES)
                     try:
                         done = await self.copy.run()
+                    except DsafsError as exc:
+                        log.error("%s: copy stopped: %s", self.name, exc)
+                        done = False
                     finally:
                         copy = self.last_copy = self.copy
                         self.copy = None
                     if done:
-                        await self._promote(copy)
+                        try:
+                            await self._promote(copy)
+                        except DsafsError as exc:
+                            log.error("%s: copy could not complete: %s", self.name, exc)
         finally:
             self._copy_scope = None
             self._copier_running = False

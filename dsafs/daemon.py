@@ -1,0 +1,362 @@
+"""The daemon (`dsafs serve`): one FUSE mount holding every VU, and the control socket.
+
+Lifetime: `Daemon.run` owns one nursery holding the FUSE main loop, the control server, the
+signal watcher and every VU (each started with `nursery.start(vu.run)`). SIGTERM or SIGINT
+dissolves every VU cleanly (flush, members marked clean), then the nursery is cancelled, FUSE is
+unmounted and the socket removed; the process exits 0. A stale socket (nothing answers) is
+removed at start; a live one, or a mountpoint that is already mounted, is refused.
+
+Invariant: a command either completes or changes nothing; a failing VU task is logged and its VU
+withdrawn, never taking the daemon (or the other VUs) down with it.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import stat
+from typing import Optional
+
+import pyfuse3
+import trio
+
+from . import control, decide
+from .errors import (DsafsError, InvalidArgument, MemberError, MountRefused, UsageError,
+                     VuError)
+from .fusefs import DsafsOps, inode_of
+from .member import FileMember
+from .units import vu_name
+from .verify import verify
+
+log = logging.getLogger("dsafs.daemon")
+
+MAX_READ_COST = 65535
+
+
+def _is_mountpoint_in_use(path: str) -> bool:
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/mounts") as f:
+            return any(line.split()[1] == real for line in f if len(line.split()) > 1)
+    except OSError:
+        return False
+
+
+def vu_json(vu) -> dict:
+    st = vu.statistics()
+    copy = None
+    if st.copy is not None:
+        copy = {"percent": st.copy.percent, "fence_lbn": st.copy.fence_lbn,
+                "targets": list(st.copy.targets), "bytes_compared": st.copy.bytes_compared,
+                "bytes_written": st.copy.bytes_written}
+    elif vu.state == "copying":
+        copy = {"percent": 0.0, "fence_lbn": 0, "targets": [t.member.path for t in vu.targets],
+                "bytes_compared": 0, "bytes_written": 0}
+    return {
+        "name": st.name, "state": st.state, "size_bytes": st.size_bytes,
+        "generation": st.generation, "generation_hex": st.generation_hex, "master": st.master,
+        "copy": copy, "merge": None, "label": vu.label, "set_uuid": str(vu.set_uuid),
+        "dirty": st.dirty, "merge_required": st.merge_required, "readonly": vu.readonly,
+        "copy_source": vu.copy_source,
+        "members": [dict(path=m.path, state=m.state, read_cost=m.read_cost, reads=m.reads,
+                         writes=m.writes, read_bytes=m.read_bytes, written_bytes=m.written_bytes,
+                         read_errors=m.read_errors, repairs=m.repairs) for m in st.members],
+    }
+
+
+class Daemon:
+    def __init__(self, mountpoint: str, socket_path: Optional[str] = None, *,
+                 fuse_max_tasks: int = 16, allow_other: bool = False):
+        self.mountpoint = os.path.abspath(mountpoint)
+        self.socket_path = os.path.abspath(socket_path or self.mountpoint.rstrip("/") + ".sock")
+        self.fuse_max_tasks = fuse_max_tasks
+        self.allow_other = allow_other
+        self.vus: dict = {}
+        self._failsafe: set = set()
+        self._nursery: Optional[trio.Nursery] = None
+        self.ops: Optional[DsafsOps] = None
+        self._busy = trio.Lock()           # one membership command at a time
+
+    # ----------------------------------------------------------------- FUSE-facing
+    def vu_by_inode(self, inode: int):
+        vu = self.vus.get(f"DSA{inode - 100}") if inode >= 100 else None
+        return vu
+
+    def failsafe(self, inode, exc) -> None:
+        vu = self.vu_by_inode(inode) if isinstance(inode, int) else None
+        if vu is not None and vu.name not in self._failsafe:
+            self._failsafe.add(vu.name)
+            log.error("%s: unexpected error (%s); writes now fail with EIO until it is "
+                      "dismounted", vu.name, exc)
+
+    def is_failsafe(self, vu) -> bool:
+        return vu.name in self._failsafe
+
+    # ----------------------------------------------------------------- lifetime
+    def _prepare(self) -> trio.SocketListener:
+        if not os.path.isdir(self.mountpoint):
+            parent = os.path.dirname(self.mountpoint)
+            if not os.path.isdir(parent):
+                raise UsageError(f"mountpoint {self.mountpoint}: directory {parent} does not exist")
+            os.mkdir(self.mountpoint)
+        if _is_mountpoint_in_use(self.mountpoint):
+            raise DsafsError(f"{self.mountpoint} is already mounted (another dsafs serve?); "
+                             f"unmount it first (fusermount3 -u {self.mountpoint})")
+        if os.path.exists(self.socket_path):
+            if control.probe(self.socket_path):
+                raise DsafsError(f"a dsafs daemon already answers on {self.socket_path}; stop "
+                                 f"it first, or give another --socket")
+            if not stat.S_ISSOCK(os.lstat(self.socket_path).st_mode):
+                raise DsafsError(f"{self.socket_path} exists and is not a socket; remove it or "
+                                 f"give another --socket")
+            os.unlink(self.socket_path)
+            log.info("removed the stale control socket %s", self.socket_path)
+        return self.socket_path
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        path = self._prepare()
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        old_umask = os.umask(0o077)
+        try:
+            await sock.bind(path)
+        finally:
+            os.umask(old_umask)
+        sock.listen(64)
+        listener = trio.SocketListener(sock)
+        self.ops = DsafsOps(self)
+        options = set(pyfuse3.default_options) | {"fsname=dsafs", "subtype=dsafs"}
+        if self.allow_other:
+            options.add("allow_other")
+        try:
+            pyfuse3.init(self.ops, self.mountpoint, options)
+        except RuntimeError as exc:
+            os.unlink(path)
+            raise DsafsError(f"cannot mount FUSE on {self.mountpoint} ({exc}); is /dev/fuse "
+                             f"available and the fuse3 package installed?") from None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._fuse_main)
+                nursery.start_soon(trio.serve_listeners, self._serve_client, [listener])
+                nursery.start_soon(self._watch_signals)
+                log.info("serving %s, control socket %s", self.mountpoint, path)
+                task_status.started(self)
+        finally:
+            pyfuse3.close(unmount=True)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            log.info("stopped serving %s", self.mountpoint)
+
+    async def _fuse_main(self) -> None:
+        try:
+            await pyfuse3.main(min_tasks=1, max_tasks=self.fuse_max_tasks)
+        finally:
+            self._nursery.cancel_scope.cancel()
+
+    async def _watch_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal %d: dismounting every VU", signum)
+                await self.shutdown()
+                return
+
+    async def shutdown(self) -> None:
+        async with self._busy:
+            for name in list(self.vus):
+                vu = self.vus[name]
+                try:
+                    await vu.dissolve()
+                except DsafsError as exc:
+                    log.error("%s: clean dismount failed (%s); a merge may be owed", name, exc)
+                self._withdraw(name)
+        self._nursery.cancel_scope.cancel()
+
+    async def _serve_client(self, stream) -> None:
+        await control.serve_connection(stream, {
+            "mount": self.cmd_mount, "dismount": self.cmd_dismount, "show": self.cmd_show,
+            "set": self.cmd_set, "verify": self.cmd_verify, "ping": self.cmd_ping,
+        })
+
+    def _publish(self, vu) -> None:
+        self.vus[vu.name] = vu
+        self._invalidate(vu.name)
+
+    def _withdraw(self, name: str) -> None:
+        if self.vus.pop(name, None) is not None:
+            self._failsafe.discard(name)
+            self._invalidate(name)
+
+    def _invalidate(self, name: str) -> None:
+        try:
+            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, name.encode(), ignore_enoent=True)
+        except Exception as exc:       # never let cache hints fail a command
+            log.debug("invalidate %s: %s", name, exc)
+        try:
+            pyfuse3.invalidate_inode(inode_of(name), attr_only=False)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOSYS):
+                log.debug("invalidate inode of %s: %s", name, exc)
+
+    async def _run_vu(self, vu, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await vu.run(task_status=task_status)
+        except DsafsError:
+            raise
+        except Exception:
+            log.exception("%s: failed; withdrawn from %s", vu.name, self.mountpoint)
+            self._withdraw(vu.name)
+
+    # ----------------------------------------------------------------- commands
+    def _get(self, name: str):
+        name = vu_name(name)
+        vu = self.vus.get(name)
+        if vu is None:
+            raise VuError(f"{name} is not mounted; mount it first (dsafs mount {name} MEMBER ...)")
+        return vu
+
+    async def cmd_ping(self, args) -> dict:
+        return {"mountpoint": self.mountpoint, "vus": sorted(self.vus), "pid": os.getpid()}
+
+    async def cmd_mount(self, args) -> dict:
+        name = vu_name(args.get("vu", ""))
+        paths = [os.path.abspath(p) for p in args.get("members") or []]
+        if not paths:
+            raise InvalidArgument(f"{name}: name at least one member file")
+        for p in paths:
+            if paths.count(p) > 1:
+                raise InvalidArgument(f"{name}: member {p} is named twice; name each member once")
+        options = decide.Options(nocopy=bool(args.get("nocopy")), confirm=bool(args.get("confirm")),
+                                 overwrite=bool(args.get("overwrite")))
+        confirmed = bool(args.get("confirmed"))
+        asked = []
+
+        async def confirm(plan):
+            asked.append(plan)
+            return confirmed
+
+        async with self._busy:
+            vu = self.vus.get(name)
+            if args.get("add"):
+                if vu is None:
+                    raise VuError(f"{name} is not mounted; mount it first, then add members "
+                                  f"with --add")
+                current = {s.member.path for s in vu.current}
+                new_paths = [p for p in paths if p not in current]
+                members = self._open(name, new_paths)
+                try:
+                    plan = await vu.add(members, options, confirm) if members else None
+                except MountRefused:
+                    if asked and not confirmed:
+                        return _confirmation(name, asked[0])
+                    raise
+                return {"vu": name, "plan": _plan_json(plan) if plan else [], "state": vu.state}
+            if vu is not None:
+                raise VuError(f"{name} is already mounted; add members with "
+                              f"'dsafs mount {name} --add MEMBER'")
+            if len(self.vus) >= 10000:
+                raise MountRefused(f"{name}: too many virtual units mounted")
+            members = self._open(name, paths, readonly=bool(args.get("nowrite")))
+            try:
+                vu = await type(self)._assemble(name, members, options, bool(args.get("nowrite")), confirm)
+            except MountRefused:
+                if asked and not confirmed:
+                    return _confirmation(name, asked[0])
+                raise
+            await self._nursery.start(self._run_vu, vu)
+            self._publish(vu)
+            return {"vu": name, "plan": _plan_json(vu._plan), "state": vu.state,
+                    "path": os.path.join(self.mountpoint, name)}
+
+    @staticmethod
+    async def _assemble(name, members, options, readonly, confirm):
+        from .vu import VirtualUnit
+        return await VirtualUnit.assemble(name, members, options, readonly=readonly, confirm=confirm)
+
+    def _open(self, name: str, paths, readonly: bool = False) -> list:
+        """Open (and lock) every member, or none: a failure closes those already opened."""
+        opened = []
+        try:
+            for p in paths:
+                for vu in self.vus.values():
+                    if any(s.member.path == p for s in vu.current):
+                        raise MemberError(f"{name}: member {p} is already in use by {vu.name}; "
+                                          f"dismount it there first", p)
+                opened.append(FileMember.open(p, readonly=readonly))
+        except BaseException:
+            for m in opened:
+                m.close()
+            raise
+        return opened
+
+    async def cmd_dismount(self, args) -> dict:
+        async with self._busy:
+            vu = self._get(args.get("vu", ""))
+            member = args.get("member")
+            if member:
+                if args.get("policy") not in (None, "", "nominicopy"):
+                    raise InvalidArgument(f"{vu.name}: --policy {args['policy']} is not supported "
+                                          f"yet; dismount without --policy (the member returns "
+                                          f"with a full copy)")
+                await vu.remove(member)
+                return {"vu": vu.name, "removed": member, "state": vu.state}
+            opens = self.ops.open_count.get(inode_of(vu.name), 0) if self.ops else 0
+            if args.get("abort"):
+                await vu.abort()
+            else:
+                if opens:
+                    raise VuError(f"{vu.name} is in use ({opens} open file handle"
+                                  f"{'s' if opens > 1 else ''}, e.g. a loop device or a mounted "
+                                  f"file system); unmount or close it first, or use --abort")
+                await vu.dissolve()
+            self._withdraw(vu.name)
+            return {"vu": vu.name, "dissolved": True, "clean": not args.get("abort")}
+
+    async def cmd_show(self, args) -> object:
+        if args.get("vu"):
+            return vu_json(self._get(args["vu"]))
+        return [vu_json(self.vus[n]) for n in sorted(self.vus, key=lambda n: int(n[3:]))]
+
+    async def cmd_set(self, args) -> dict:
+        vu = self._get(args.get("vu", ""))
+        changes = []
+        costs = {}
+        for ref, cost in (args.get("read_cost") or {}).items():
+            slot = vu.find(ref)
+            if not isinstance(cost, int) or not 1 <= cost <= MAX_READ_COST:
+                raise InvalidArgument(f"{vu.name}: read cost {cost!r} for {slot.name} is out of "
+                                      f"range; give 1 to {MAX_READ_COST}")
+            costs[slot] = cost
+        source = args.get("copy_source")
+        if source not in (None, "", "master"):
+            src = vu.find(source)
+            if src.state.label != "source":
+                raise InvalidArgument(f"{vu.name}: {src.name} is a copy target, not a source; "
+                                      f"a copy source must hold the data")
+            source = src.member.path
+        for slot, cost in costs.items():           # everything checked: now apply
+            slot.read_cost = cost
+            changes.append(f"{slot.name} read cost {cost}")
+        if "copy_source" in args:
+            vu.copy_source = None if source in (None, "", "master") else source
+            changes.append(f"copy source {vu.copy_source or 'master (alternating sources)'}")
+        for c in changes:
+            log.info("%s: set %s", vu.name, c)
+        return {"vu": vu.name, "changes": changes}
+
+    async def cmd_verify(self, args) -> dict:
+        vu = self._get(args.get("vu", ""))
+        return (await verify(vu)).as_dict()
+
+
+def _plan_json(plan) -> list:
+    return [{"path": mp.path, "role": mp.role.label if mp.role else None, "rule": mp.rule}
+            for mp in plan.members]
+
+
+def _confirmation(name: str, plan) -> dict:
+    return {"vu": name, "needs_confirmation": True,
+            "targets": [mp.path for mp in plan.targets], "label": plan.label}

@@ -1,0 +1,183 @@
+"""The FUSE view: a flat directory holding one file `DSAn` per mounted virtual unit.
+
+Thin by rule (DESIGN §2): each handler translates one FUSE call into one engine call and maps
+errors to errno here and nowhere else. Invariant: no exception escapes a handler (pyfuse3 ends
+the mount on one). A DsafsError maps to its errno; any other exception is logged with its
+traceback, returns EIO, and puts that VU into failsafe (further writes return EIO), like S3QL.
+
+Inode numbers are stable per name: DSAn is inode 100 + n. Attribute and entry timeouts are long
+(the kernel need not ask again); the daemon invalidates a name when its VU appears, disappears or
+changes size. Files are opened with keep_cache, so the page cache survives reopen; a caller's
+O_DIRECT is honoured by the kernel's FUSE direct-I/O path and never reaches the member files.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+
+import pyfuse3
+
+from .errors import DsafsError
+
+log = logging.getLogger("dsafs.fusefs")
+
+INODE_BASE = 100
+ATTR_TIMEOUT_S = 3600.0
+
+
+def errno_for(exc: BaseException) -> int:
+    """The errno for an engine exception; the only errno table of dsafs."""
+    if isinstance(exc, DsafsError):
+        return getattr(exc, "errno", errno.EIO) or errno.EIO
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    return errno.EIO
+
+
+def inode_of(name: str) -> int:
+    return INODE_BASE + int(name[3:])
+
+
+def _guard(fn):
+    """Map every exception to a FUSEError; never let one reach pyfuse3.main."""
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except DsafsError as exc:
+            raise pyfuse3.FUSEError(errno_for(exc)) from None
+        except Exception as exc:
+            log.exception("%s failed: %s", fn.__name__, exc)
+            self.daemon.failsafe(args[0] if args else None, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+class DsafsOps(pyfuse3.Operations):
+    """pyfuse3 operations over the daemon's VUs (`daemon.vu_by_inode`)."""
+
+    enable_writeback_cache = False
+
+    def __init__(self, daemon):
+        super().__init__()
+        self.daemon = daemon
+        self.open_count: dict[int, int] = {}
+        self._mount_ns = time.time_ns()
+
+    def _root_attrs(self) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = pyfuse3.ROOT_INODE
+        a.st_mode = stat.S_IFDIR | 0o755
+        a.st_nlink = 2
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._mount_ns
+        a.attr_timeout = a.entry_timeout = 1.0
+        return a
+
+    def _vu_attrs(self, vu) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode_of(vu.name)
+        a.st_mode = stat.S_IFREG | (0o400 if vu.readonly else 0o600)
+        a.st_nlink = 1
+        a.st_size = vu.size_bytes
+        a.st_blksize = 4096
+        a.st_blocks = vu.size_bytes // 512
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = vu.created_ns or self._mount_ns
+        a.attr_timeout = a.entry_timeout = ATTR_TIMEOUT_S
+        return a
+
+    def _vu(self, inode):
+        vu = self.daemon.vu_by_inode(inode)
+        if vu is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return vu
+
+    @_guard
+    async def lookup(self, parent_inode, name, ctx=None):
+        if parent_inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        vu = self.daemon.vus.get(os.fsdecode(name))
+        if vu is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._vu_attrs(vu)
+
+    @_guard
+    async def getattr(self, inode, ctx=None):
+        if inode == pyfuse3.ROOT_INODE:
+            return self._root_attrs()
+        return self._vu_attrs(self._vu(inode))
+
+    @_guard
+    async def setattr(self, inode, attr, fields, fh, ctx):
+        vu = self._vu(inode)
+        if fields.update_size and attr.st_size != vu.size_bytes:
+            raise pyfuse3.FUSEError(errno.EPERM)    # a VU's size is fixed
+        return self._vu_attrs(vu)
+
+    @_guard
+    async def opendir(self, inode, ctx):
+        if inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    @_guard
+    async def readdir(self, fh, start_id, token):
+        names = sorted(self.daemon.vus, key=lambda n: int(n[3:]))
+        for i, name in enumerate(names):
+            if i < start_id:
+                continue
+            if not pyfuse3.readdir_reply(token, name.encode(), self._vu_attrs(self.daemon.vus[name]), i + 1):
+                break
+
+    @_guard
+    async def open(self, inode, flags, ctx):
+        vu = self._vu(inode)
+        if vu.readonly and flags & os.O_ACCMODE != os.O_RDONLY:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        self.open_count[inode] = self.open_count.get(inode, 0) + 1
+        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+
+    @_guard
+    async def read(self, fh, off, size):
+        return await self._vu(fh).read(off, size)
+
+    @_guard
+    async def write(self, fh, off, buf):
+        vu = self._vu(fh)
+        if self.daemon.is_failsafe(vu):
+            raise pyfuse3.FUSEError(errno.EIO)
+        return await vu.write(off, buf)
+
+    @_guard
+    async def fsync(self, fh, datasync):
+        await self._vu(fh).flush()
+
+    async def flush(self, fh):
+        return None
+
+    async def release(self, fh):
+        n = self.open_count.get(fh, 0) - 1
+        if n > 0:
+            self.open_count[fh] = n
+        else:
+            self.open_count.pop(fh, None)
+
+    async def releasedir(self, fh):
+        return None
+
+    async def statfs(self, ctx):
+        s = pyfuse3.StatvfsData()
+        total = sum(vu.size_bytes for vu in self.daemon.vus.values())
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = total // 4096
+        s.f_bfree = s.f_bavail = 0
+        s.f_files = len(self.daemon.vus) + 1
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
