@@ -45,13 +45,7 @@ test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 demo: install
-	@$(PY) -c 'import dsafs; print("dsafs", dsafs.__version__, "is installed in $(VENV)")'
-	@if $(PY) -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("dsafs.cli") is None)'; then \
-	    $(VENV)/bin/dsafs --help; \
-	else \
-	    echo "(the dsafs command line is not in this tree yet)"; \
-	fi
-	@echo "The shadow-set demo arrives with the mount daemon."
+	@bash contrib/demo.sh
 
 bench: install
 	@if [ -f bench/run.py ]; then \
