@@ -234,6 +234,13 @@ class VirtualUnit:
         """Decide the roles of `members` (opened Member objects, in the order named). Takes
         ownership of them: on a refusal they are closed and nothing was written to any."""
         _, plan = await _decide_or_close(members, lambda c: decide.plan(name, c, options))
+        if readonly and plan.membership_changes:
+            for m in members:
+                m.close()
+            what = (f"{', '.join(m.candidate.name for m in plan.targets)} would need a copy"
+                    if plan.targets else "a listed member is absent")
+            raise MountRefused(f"{name}: cannot mount read-only (--nowrite): {what}; mount it "
+                               f"writable first, or name exactly the current members")
         if not await _confirmed(plan, confirm):
             for m in members:
                 m.close()
@@ -277,7 +284,8 @@ class VirtualUnit:
             failures = await flush_all(current)
             failed = {id(s) for s, _ in failures}
             self.dirty = False
-            await self.write_scbs([s for s in current if id(s) not in failed])
+            if not self.readonly:         # a read-only mount never wrote: nothing to mark
+                await self.write_scbs([s for s in current if id(s) not in failed])
             for s in self.slots:
                 s.member.close()          # before returning: the next mount can take the locks
             log.info("%s: dissolved; %d members marked clean", self.name, len(current) - len(failed))

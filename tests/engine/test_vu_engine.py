@@ -400,3 +400,17 @@ async def test_init_refuses_existing_metadata_and_bad_sizes(autojump_clock):
         await init_set("DSA3", "DATA", SIZE, mems(*"abcdefg"))
     with pytest.raises(Exception, match=r"'DSA10000' is not a virtual unit name"):
         await init_set("DSA10000", "DATA", SIZE, mems("q"))
+
+
+async def test_readonly_mount_never_writes_and_refuses_membership_changes(autojump_clock):
+    a, b = await new_set("a", "b")
+    before = bytes(a.data), bytes(b.data)
+    async with running(await VirtualUnit.assemble("DSA1", [a, b], readonly=True)) as vu:
+        assert await vu.read(0, 512) == bytes(512)
+        with pytest.raises(Exception, match=r"^DSA1 is mounted read-only \(--nowrite\)"):
+            await vu.write(0, b"x")
+    assert (bytes(a.data), bytes(b.data)) == before
+    reopen(a, b)
+    with pytest.raises(MountRefused, match=r"^DSA1: cannot mount read-only \(--nowrite\): a listed member is absent"):
+        await VirtualUnit.assemble("DSA1", [a], readonly=True)
+    assert (bytes(a.data), bytes(b.data)) == before
