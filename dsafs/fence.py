@@ -5,13 +5,18 @@ and `leave()`s when every member has answered. A background operation closes a w
 `async with gate.closed(start, end)`: new writes that overlap the window wait until it reopens,
 and the window is only entered once the overlapping writes already in flight have drained.
 
-Invariant: while a window is held, no application write to that range is in flight on any
-member. A copy therefore never reads a chunk's old data from a source while a newer write to it
-is on its way, and never writes that old data over the newer one on a target. Closing the whole
-range (`closed(0, size)`) is how membership changes pause writes ("volume processing").
+Invariants:
+- While a window is held, no application write to that range is in flight on any member. A copy
+  therefore never reads a chunk's old data from a source while a newer write to it is on its way,
+  and never writes that old data over the newer one on a target. Closing the whole range
+  (`closed(0, size)`) is how membership changes pause writes ("volume processing").
+- Two application writes that overlap are never in flight together: the later one waits for the
+  earlier one to finish on every member (DRBD's conflicting-write rule). Members run requests on
+  several threads, so without this two overlapping writes could land in different orders on
+  different members and leave them different.
 
-The hot path costs one dict insert and delete when no window is held; writes never wait on each
-other, only on a window.
+Cost on the hot path: one scan of the writes in flight (about the queue depth) and one dict
+insert and delete. Writes to disjoint ranges never wait on each other.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ class RangeGate:
         self._reopened = trio.Event()
         self._reopened.set()
         self._drained: Optional[trio.Event] = None
+        self._left: Optional[trio.Event] = None     # set when any write leaves (waiters exist)
         self._lock = trio.Lock()          # one window at a time
 
     def __repr__(self) -> str:
@@ -41,9 +47,13 @@ class RangeGate:
         return w is not None and start < w[1] and w[0] < end
 
     def enter_nowait(self, start: int, end: int) -> Optional[int]:
-        """Register a write of [start, end); None if a window blocks it (then `await enter`)."""
+        """Register a write of [start, end); None if a window or an overlapping write in flight
+        blocks it (then `await enter`)."""
         if self._blocks(start, end):
             return None
+        for s, e in self._writes.values():
+            if start < e and s < end:
+                return None
         token = self._next_token
         self._next_token += 1
         self._writes[token] = (start, end)
@@ -52,12 +62,20 @@ class RangeGate:
     async def enter(self, start: int, end: int) -> int:
         token = self.enter_nowait(start, end)
         while token is None:
-            await self._reopened.wait()
+            if self._blocks(start, end):
+                await self._reopened.wait()
+            else:                          # an overlapping write is in flight: wait for one to end
+                if self._left is None:
+                    self._left = trio.Event()
+                await self._left.wait()
             token = self.enter_nowait(start, end)
         return token
 
     def leave(self, token: int) -> None:
         start, end = self._writes.pop(token)
+        if self._left is not None:
+            self._left.set()
+            self._left = None
         if self._drained is not None and self._blocks(start, end) and not self._overlapping():
             self._drained.set()
 

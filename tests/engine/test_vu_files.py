@@ -93,3 +93,22 @@ async def test_copy_resumes_from_its_checkpoint_after_a_restart(tmp_path, monkey
         await vu.wait_steady()
         assert vu.last_copy.bytes_compared == SIZE - resumed
         assert_members_identical(vu)
+
+
+async def test_overlapping_writes_land_in_one_order_on_every_member(tmp_path):
+    """b's worker holds the first write; without serialization the second would pass it on b."""
+    a, b = new_files(tmp_path, "a", "b")
+    await init_files(a, b)
+    members = open_all([a, b])
+    held = __import__("threading").Event()
+    members[1]._pre_op = lambda op, pos: op == "write" and pos == 0 and not held.is_set() and held.wait(0.3)
+    async with running(await VirtualUnit.assemble("DSA1", members)) as vu:
+        await vu.write(8192, b"warm")                  # the dirty-flag SCB write happens here
+        held.clear()
+        async with trio.open_nursery() as n:
+            n.start_soon(vu.write, 0, b"1" * 4096)
+            await trio.sleep(0.01)
+            n.start_soon(vu.write, 0, b"2" * 4096)
+        held.set()
+        assert await vu.read(0, 4096) == b"2" * 4096
+        assert_members_identical(vu)
