@@ -100,11 +100,16 @@ async def test_overlapping_writes_land_in_one_order_on_every_member(tmp_path):
     a, b = new_files(tmp_path, "a", "b")
     await init_files(a, b)
     members = open_all([a, b])
-    held = __import__("threading").Event()
-    members[1]._pre_op = lambda op, pos: op == "write" and pos == 0 and not held.is_set() and held.wait(0.3)
+    held, calls = __import__("threading").Event(), []
+
+    def hold_first_write_at_0(op, pos):          # only the first data write at byte 0 waits
+        if op == "write" and pos == 0:
+            calls.append(pos)
+            if len(calls) == 1:
+                held.wait(0.5)
+    members[1]._pre_op = hold_first_write_at_0
     async with running(await VirtualUnit.assemble("DSA1", members)) as vu:
         await vu.write(8192, b"warm")                  # the dirty-flag SCB write happens here
-        held.clear()
         async with trio.open_nursery() as n:
             n.start_soon(vu.write, 0, b"1" * 4096)
             await trio.sleep(0.01)
