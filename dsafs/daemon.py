@@ -191,15 +191,25 @@ class Daemon:
             self._invalidate(name)
 
     def _invalidate(self, name: str) -> None:
+        """Make the kernel forget the name and the inode's cached pages and attributes. Both
+        notifications run off the trio thread: the kernel may wait on pages whose FUSE reads
+        only this thread can answer (pyfuse3 documents invalidate_inode as blocking)."""
         try:
             pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, name.encode(), ignore_enoent=True)
         except Exception as exc:       # never let cache hints fail a command
             log.debug("invalidate %s: %s", name, exc)
-        try:
-            pyfuse3.invalidate_inode(inode_of(name), attr_only=False)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOENT, errno.ENOSYS):
-                log.debug("invalidate inode of %s: %s", name, exc)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._invalidate_inode, inode_of(name))
+
+    @staticmethod
+    async def _invalidate_inode(inode: int) -> None:
+        def notify():
+            try:
+                pyfuse3.invalidate_inode(inode, attr_only=False)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.ENOSYS):
+                    log.debug("invalidate inode %d: %s", inode, exc)
+        await trio.to_thread.run_sync(notify, abandon_on_cancel=True)
 
     async def _run_vu(self, vu, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
