@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true",
                    help="with --add: accept another set's member (its data is overwritten)")
     s.add_argument("--nowrite", action="store_true", help="mount the VU read-only")
+    s.add_argument("--verify-label", action="store_true",
+                   help="refuse any copy target not labelled SCRATCH_DISK (VMS /POLICY=VERIFY_LABEL)")
     w = s.add_mutually_exclusive_group()
     w.add_argument("--wait", action="store_true", help="wait for copies to finish")
     w.add_argument("--no-wait", action="store_true", help="return at once, even on a terminal")
@@ -283,7 +285,7 @@ def cmd_mount(args) -> int:
     name = vu_name(args.vu)
     paths = [os.path.abspath(m) for m in args.members]
     req = dict(vu=name, members=paths, add=args.add, nocopy=args.nocopy, confirm=args.confirm,
-               overwrite=args.overwrite, nowrite=args.nowrite)
+               overwrite=args.overwrite, nowrite=args.nowrite, verify_label=args.verify_label)
     with _client(args) as c:
         result = c.call("mount", **req)
         if result.get("needs_confirmation"):

@@ -240,7 +240,8 @@ class Daemon:
             if paths.count(p) > 1:
                 raise InvalidArgument(f"{name}: member {p} is named twice; name each member once")
         options = decide.Options(nocopy=bool(args.get("nocopy")), confirm=bool(args.get("confirm")),
-                                 overwrite=bool(args.get("overwrite")))
+                                 overwrite=bool(args.get("overwrite")),
+                                 verify_label=bool(args.get("verify_label")))
         confirmed = bool(args.get("confirmed"))
         asked = []
 

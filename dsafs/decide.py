@@ -14,7 +14,8 @@ Rules, checked in this order (spec §5, DESIGN §4):
  5. `add-to-mounted-vu`  a member of this set: always a copy target, whatever its generation.
  6. `blank-member`       a file with no dsafs metadata: a copy target.
  7. `other-set`          another set's member (or damaged metadata): refused without --overwrite;
-    `overwrite-other-set` with it: a copy target.
+    `overwrite-other-set` with it: a copy target; `scratch-disk` with --verify-label, a member
+    labelled SCRATCH_DISK (made for this by `dsafs init DSAn --label SCRATCH_DISK`).
  Assembling a VU that is not mounted:
  8. `no-metadata` / `damaged-metadata`   a blank or damaged member: refused (use --add).
  9. `set-mismatch`, `label-mismatch`, `size-mismatch`: members of different sets: refused.
@@ -31,6 +32,8 @@ Rules, checked in this order (spec §5, DESIGN §4):
     cheap).
 14. `dirty-source`       a source with the dirty flag, a writer count, or a merge owed: merge.
 15. `nocopy`             --nocopy and a copy or merge would be needed: refused.
+16. `verify-label`       --verify-label (VMS /POLICY=VERIFY_LABEL) and a copy target that does not
+    carry the label SCRATCH_DISK: refused, so a mistyped path never erases a disk.
 """
 
 from __future__ import annotations
@@ -79,6 +82,10 @@ class Options:
     nocopy: bool = False
     confirm: bool = False
     overwrite: bool = False
+    verify_label: bool = False
+
+
+SCRATCH_LABEL = "SCRATCH_DISK"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +170,14 @@ def plan(vu_name: str, cands: Sequence[Candidate], options: Options = Options(),
         what = ", ".join(m.candidate.name for m in result.targets) or "the set"
         _refuse(f"{vu_name}: a {'copy' if result.targets else 'merge'} would be needed onto "
                 f"{what} and --nocopy was given; mount without --nocopy to allow it", "nocopy")
+    if options.verify_label:
+        for mp in result.targets:
+            scb = mp.candidate.scb
+            if scb is None or scb.label != SCRATCH_LABEL:
+                have = f"label {scb.label!r}" if scb else "no label"
+                _refuse(f"{vu_name}: copy target {mp.candidate.path} has {have}, not "
+                        f"{SCRATCH_LABEL!r}, and --verify-label was given; label it with "
+                        f"'dsafs init DSAn --label {SCRATCH_LABEL}' first", "verify-label")
     return dataclasses.replace(result, confirm_required=options.confirm and bool(result.targets))
 
 
@@ -179,6 +194,8 @@ def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mo
             members.append(MemberPlan(c, MemberState.COPY_TARGET, "add-to-mounted-vu"))
         elif c.blank:
             members.append(MemberPlan(c, MemberState.COPY_TARGET, "blank-member"))
+        elif options.verify_label and c.scb is not None and c.scb.label == SCRATCH_LABEL:
+            members.append(MemberPlan(c, MemberState.COPY_TARGET, "scratch-disk"))
         elif options.overwrite:
             members.append(MemberPlan(c, MemberState.COPY_TARGET, "overwrite-other-set"))
         else:

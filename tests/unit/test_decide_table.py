@@ -132,6 +132,12 @@ REFUSE = [
     ("--add: a fifth member too many", [m(n) for n in "cdefg"], MOUNTED, Options(), "too-many-members", r"\(7 proposed\)"),
     ("--add: too small", [blank("c", BIG - 1)], MOUNTED, Options(), "member-too-small", r"c.img is smaller"),
     ("--add --nocopy", [blank("c")], MOUNTED, Options(nocopy=True), "nocopy", r"copy would be needed onto c.img"),
+    ("--verify-label: a blank target", [blank("c")], MOUNTED, Options(verify_label=True), "verify-label",
+     r"copy target /d/c.img has no label, not 'SCRATCH_DISK', and --verify-label was given"),
+    ("--verify-label: a former member", [m("c", 50)], MOUNTED, Options(verify_label=True), "verify-label",
+     r"copy target /d/c.img has label 'DATA', not 'SCRATCH_DISK'"),
+    ("--verify-label at assembly", [m("a", 200), m("b", 100)], None, Options(verify_label=True), "verify-label",
+     r"copy target /d/b.img has label 'DATA'"),
     ("no members", [], None, Options(), "no-members", r"no members given"),
 ]
 
@@ -150,6 +156,8 @@ ADD = [
     ("a blank file is a copy target", [blank("c")], Options(), [("c", "copy-target", "blank-member")]),
     ("another set's member with --overwrite", [m("c", set_uuid=OTHER, label="X")], Options(overwrite=True),
      [("c", "copy-target", "overwrite-other-set")]),
+    ("--verify-label: a SCRATCH_DISK member of another set",
+     [m("c", set_uuid=OTHER, label="SCRATCH_DISK")], Options(verify_label=True), [("c", "copy-target", "scratch-disk")]),
     ("damaged metadata with --overwrite", [damaged("c")], Options(overwrite=True),
      [("c", "copy-target", "overwrite-other-set")]),
     ("a current member named again: no effect", [m("a"), blank("c")], Options(),
