@@ -78,6 +78,7 @@ class Daemon:
         self._nursery: Optional[trio.Nursery] = None
         self.ops: Optional[DsafsOps] = None
         self._busy = trio.Lock()           # one membership command at a time
+        self._closing = False
 
     # ----------------------------------------------------------------- FUSE-facing
     def vu_by_inode(self, inode: int):
@@ -165,6 +166,7 @@ class Daemon:
                 return
 
     async def shutdown(self) -> None:
+        self._closing = True      # no cache invalidations from here on: see _invalidate
         async with self._busy:
             for name in list(self.vus):
                 vu = self.vus[name]
@@ -193,7 +195,14 @@ class Daemon:
     def _invalidate(self, name: str) -> None:
         """Make the kernel forget the name and the inode's cached pages and attributes. Both
         notifications run off the trio thread: the kernel may wait on pages whose FUSE reads
-        only this thread can answer (pyfuse3 documents invalidate_inode as blocking)."""
+        only this thread can answer (pyfuse3 documents invalidate_inode as blocking).
+
+        Never during shutdown: an entry invalidation takes the root directory's lock, which a
+        lookup in flight holds while it waits for a reply that a stopping daemon never sends;
+        the notifying thread then sleeps in the kernel, uninterruptibly, and the process can
+        never exit. The unmount that follows drops every cache anyway."""
+        if self._closing:
+            return
         try:
             pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, name.encode(), ignore_enoent=True)
         except Exception as exc:       # never let cache hints fail a command
@@ -255,8 +264,8 @@ class Daemon:
                 if vu is None:
                     raise VuError(f"{name} is not mounted; mount it first, then add members "
                                   f"with --add")
-                current = {s.member.path for s in vu.current}
-                new_paths = [p for p in paths if p not in current]
+                current = {os.path.realpath(s.member.path) for s in vu.current}
+                new_paths = [p for p in paths if os.path.realpath(p) not in current]
                 members = self._open(name, new_paths)
                 try:
                     plan = await vu.add(members, options, confirm) if members else None
@@ -292,8 +301,9 @@ class Daemon:
         opened = []
         try:
             for p in paths:
+                real = os.path.realpath(p)
                 for vu in self.vus.values():
-                    if any(s.member.path == p for s in vu.current):
+                    if any(os.path.realpath(s.member.path) == real for s in vu.slots):
                         raise MemberError(f"{name}: member {p} is already in use by {vu.name}; "
                                           f"dismount it there first", p)
                 opened.append(FileMember.open(p, readonly=readonly))

@@ -10,7 +10,9 @@ Rules, checked in this order (spec §5, DESIGN §4):
  2. `duplicate-member`   one member UUID proposed twice (a `cp` of a member image): refused.
  3. `member-too-small`   a member smaller than the set's metadata layout needs: refused.
  Adding to a mounted VU (`mounted` is given):
- 4. `already-member`     a current member listed again: no effect.
+ 4. `already-member`     a current member listed again (by path): no effect. Another path
+    carrying a current member's UUID (a `cp` of its image) is refused (`duplicate-member`), or
+    with --overwrite becomes a new member (`overwrite-duplicate`).
  5. `add-to-mounted-vu`  a member of this set: always a copy target, whatever its generation.
  6. `blank-member`       a file with no dsafs metadata: a copy target.
  7. `other-set`          another set's member (or damaged metadata): refused without --overwrite;
@@ -182,14 +184,20 @@ def plan(vu_name: str, cands: Sequence[Candidate], options: Options = Options(),
 
 
 def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mounted) -> Plan:
-    current = set(mounted.member_uuids)
-    new = [c for c in cands if not (c.path in mounted.member_paths
-                                    or (c.scb and c.scb.member_uuid in current))]
+    current = dict(zip(mounted.member_uuids, mounted.member_paths))
+    new = [c for c in cands if c.path not in mounted.member_paths]
     _check_common(vu, new, len(mounted.member_uuids), mounted.vu_size_bytes)
     members = []
     for c in cands:
         if c not in new:
             members.append(MemberPlan(c, None, "already-member"))
+        elif c.scb is not None and c.scb.member_uuid in current:
+            if not options.overwrite:
+                _refuse(f"{vu}: member {c.path} carries the same member UUID as current member "
+                        f"{current[c.scb.member_uuid]} (a copy of that image?); give "
+                        f"--overwrite to add it as a new member (its data is overwritten)",
+                        "duplicate-member")
+            members.append(MemberPlan(c, MemberState.COPY_TARGET, "overwrite-duplicate"))
         elif c.scb is not None and c.scb.set_uuid == mounted.set_uuid:
             members.append(MemberPlan(c, MemberState.COPY_TARGET, "add-to-mounted-vu"))
         elif c.blank:

@@ -556,7 +556,9 @@ class VirtualUnit:
                         continue
                     scb = mp.candidate.scb
                     same_set = scb is not None and scb.set_uuid == self.set_uuid
-                    slot = Slot(member, ScbStore(member), scb.member_uuid if same_set else uuidlib.uuid4(),
+                    keep_uuid = same_set and all(s.uuid != scb.member_uuid for s in self.current)
+                    slot = Slot(member, ScbStore(member),
+                                scb.member_uuid if keep_uuid else uuidlib.uuid4(),
                                 MemberState.COPY_TARGET, scb.generation if same_set else 0)
                     slot.store.current = scb
                     self.slots.append(slot)

@@ -130,6 +130,8 @@ REFUSE = [
     ("--add: another set's member", [m("c", set_uuid=OTHER, label="X")], MOUNTED, Options(), "other-set", r"belongs to shadow set X.*--overwrite"),
     ("--add: damaged metadata", [damaged("c")], MOUNTED, Options(), "other-set", r"damaged dsafs metadata.*--overwrite"),
     ("--add: a fifth member too many", [m(n) for n in "cdefg"], MOUNTED, Options(), "too-many-members", r"\(7 proposed\)"),
+    ("--add: a copy of a current member's image", [Candidate("/d/acopy.img", BIG, m("a").scb)], MOUNTED,
+     Options(), "duplicate-member", r"acopy.img carries the same member UUID as current member /d/a.img"),
     ("--add: too small", [blank("c", BIG - 1)], MOUNTED, Options(), "member-too-small", r"c.img is smaller"),
     ("--add --nocopy", [blank("c")], MOUNTED, Options(nocopy=True), "nocopy", r"copy would be needed onto c.img"),
     ("--verify-label: a blank target", [blank("c")], MOUNTED, Options(verify_label=True), "verify-label",
@@ -162,6 +164,9 @@ ADD = [
      [("c", "copy-target", "overwrite-other-set")]),
     ("a current member named again: no effect", [m("a"), blank("c")], Options(),
      [("a", None, "already-member"), ("c", "copy-target", "blank-member")]),
+    ("a copy of a current member's image, with --overwrite: a new member",
+     [Candidate("/d/acopy.img", BIG, m("a").scb)], Options(overwrite=True),
+     [("acopy", "copy-target", "overwrite-duplicate")]),
 ]
 
 
