@@ -18,6 +18,7 @@ from dsafs.control import Client
 from dsafs.scb import SLOT_BYTES, choose_slot, encode, min_member_bytes
 from dsafs.testing import dsafs_executable, mounted
 from dsafs.units import MiB
+from tests.mount.support import one_line_error
 
 HAVE_FUSE = (os.path.exists("/dev/fuse") and os.geteuid() == 0
              and shutil.which("fusermount3") is not None)
@@ -55,15 +56,6 @@ def vus_state(served) -> list:
         return [(i["name"], i["state"], i["generation"], i["copy_source"], i["readonly"],
                  [(m["path"], m["state"], m["read_cost"]) for m in i["members"]])
                 for i in c.call("show")]
-
-
-def one_line_error(r, code) -> str:
-    text = f"exit {r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    assert r.returncode == code, text
-    assert "Traceback" not in r.stdout + r.stderr, text
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("dsafs: "), text
-    return lines[0]
 
 
 def refused(served, args, code, pattern):
