@@ -22,10 +22,9 @@ import trio
 
 from . import __version__
 from .control import Client, default_socket
-from .errors import (DsafsError, InvalidArgument, MemberError, MetadataError, MountRefused,
-                     UsageError)
+from .errors import DsafsError, InvalidArgument, MemberError, MountRefused, UsageError
 from .member import FileMember, create_file
-from .scb import MAGIC, SCB_AREA_BYTES, SLOT_BYTES, ScbStore, check_label, min_member_bytes
+from .scb import MAGIC, SCB_AREA_BYTES, SLOT_BYTES, check_label, min_member_bytes
 from .units import MAX_MEMBERS, check_vu_size, format_size, parse_size, vu_name
 
 log = logging.getLogger("dsafs.cli")
@@ -150,23 +149,8 @@ def _has_dsafs_metadata(path: str, size: int) -> bool:
     return MAGIC in (tail[:8], tail[SLOT_BYTES:SLOT_BYTES + 8])
 
 
-async def _refuse_existing_sets(name: str, opened: dict) -> None:
-    for path, member in opened.items():
-        if member.size_bytes < SCB_AREA_BYTES:
-            continue
-        try:
-            old = await ScbStore(member).load()
-        except MetadataError:
-            old = "damaged"
-        if old is not None:
-            owner = ("has damaged dsafs metadata" if old == "damaged" else
-                     f"already belongs to shadow set {old.label} ({old.vu_name})")
-            raise MemberError(f"{name}: member {path} {owner}; give --overwrite to initialize "
-                              f"it anyway (its data is lost)", path)
-
-
 async def _init(args) -> int:
-    from .vu import init_set
+    from .vu import init_set, refuse_members_of_sets
     name = vu_name(args.vu)
     label = check_label(args.label)
     size = check_vu_size(parse_size(args.size, "--size"))
@@ -190,7 +174,7 @@ async def _init(args) -> int:
                                       f"({format_size(opened[p].size_bytes)} < "
                                       f"{format_size(need)}); use a larger device", p)
         if not args.overwrite:
-            await _refuse_existing_sets(name, opened)
+            await refuse_members_of_sets(name, list(opened.values()))
         # Nothing has changed yet. Now make every member `need` bytes of zeros (or more, for a
         # block device), so the members are identical and the first mount needs no copy.
         for p in paths:
@@ -314,7 +298,7 @@ def cmd_mount(args) -> int:
 def cmd_dismount(args) -> int:
     name = vu_name(args.vu)
     with _client(args) as c:
-        r = c.call("dismount", vu=name, member=args.member, abort=args.abort, policy=args.policy)
+        c.call("dismount", vu=name, member=args.member, abort=args.abort, policy=args.policy)
     if args.member:
         print(f"{name}: {args.member} removed from the shadow set")
     else:

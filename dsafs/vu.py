@@ -41,7 +41,8 @@ from .errors import (AllMembersFailed, DsafsError, InvalidArgument, IoRangeError
 from .fanout import flush_all, write_all
 from .fence import RangeGate
 from .repair import read_and_repair
-from .scb import (FEATURE_EXTMEMB, MemberEntry, MemberState, Scb, ScbStore, check_label,
+from .scb import (FEATURE_EXTMEMB, SCB_AREA_BYTES, MemberEntry, MemberState, Scb, ScbStore,
+                  check_label,
                   describe_generation, min_member_bytes, next_generation)
 from .units import BLOCK_BYTES, MAX_MEMBERS, check_vu_size, format_size, vu_name
 
@@ -132,6 +133,23 @@ async def load_candidate(member) -> decide.Candidate:
 Confirm = Callable[[decide.Plan], Awaitable[bool]]
 
 
+async def refuse_members_of_sets(name: str, members: Sequence) -> None:
+    """Raise MemberError if any member carries dsafs metadata (valid or damaged): `init` must
+    not erase another set's member unless told to (--overwrite)."""
+    for m in members:
+        if m.size_bytes < SCB_AREA_BYTES:
+            continue
+        try:
+            old = await ScbStore(m).load()
+        except MetadataError:
+            old = "damaged"
+        if old is not None:
+            owner = ("has damaged dsafs metadata" if old == "damaged"
+                     else f"already belongs to shadow set {old.label} ({old.vu_name})")
+            raise MemberError(f"{name}: member {m.path} {owner}; give --overwrite to "
+                              f"initialize it anyway (its data is lost)", m.path)
+
+
 async def init_set(name: str, label: str, vu_size_bytes: int, members: Sequence, *,
                    overwrite: bool = False) -> list[Scb]:
     """Write matching SCBs on 1-6 members (`dsafs init`): one set UUID, one generation, every
@@ -148,16 +166,8 @@ async def init_set(name: str, label: str, vu_size_bytes: int, members: Sequence,
             raise MemberError(f"{name}: member {m.path} is smaller than the set "
                               f"({format_size(m.size_bytes)} < {format_size(need)}); "
                               f"give a member of at least {need} bytes", m.path)
-        if not overwrite:
-            try:
-                old = await ScbStore(m).load()
-            except MetadataError:
-                old = "damaged"
-            if old is not None:
-                owner = ("has damaged dsafs metadata" if old == "damaged"
-                         else f"already belongs to shadow set {old.label} ({old.vu_name})")
-                raise MemberError(f"{name}: member {m.path} {owner}; give --overwrite to "
-                                  f"initialize it anyway (its data is lost)", m.path)
+    if not overwrite:
+        await refuse_members_of_sets(name, members)
     set_uuid, generation, now = uuidlib.uuid4(), next_generation(0), time.time_ns()
     entries = tuple(MemberEntry(uuidlib.uuid4(), MemberState.SOURCE, m.path) for m in members)
     written = []
