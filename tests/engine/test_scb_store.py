@@ -2,7 +2,6 @@
 
 import pytest
 
-from dsafs.decide import Options
 from dsafs.errors import MetadataError, MountRefused
 from dsafs.scb import ScbStore, min_member_bytes
 from dsafs.testing import MemMember

@@ -5,7 +5,6 @@ import os
 import random
 import time
 
-import pytest
 import trio
 
 from dsafs import copy as copymod
