@@ -104,6 +104,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--copy-source", metavar="M", help="member every copy reads from, or 'master'")
     s.set_defaults(func=cmd_set)
 
+    s = sub.add_parser("debug", help="testing aids: fault injection")
+    dsub = s.add_subparsers(dest="debug_command", metavar="DEBUG_COMMAND", parser_class=_Parser)
+    s = dsub.add_parser("inject", parents=[sock], help="make a member fail like a bad disk",
+                        description="Inject faults into one member of a mounted VU, with "
+                        "device-mapper semantics (dm-dust, dm-flakey). Blocks are 512 bytes.")
+    s.add_argument("vu", metavar="DSAn")
+    s.add_argument("member", metavar="MEMBER", help="member path or basename")
+    s.add_argument("--eio-read", action="append", metavar="START-END",
+                   help="reads of these blocks fail until the blocks are written (dm-dust)")
+    s.add_argument("--eio-write", action="append", metavar="START-END",
+                   help="writes to these blocks fail")
+    s.add_argument("--hang", action="store_true", help="hold every request until --clear")
+    s.add_argument("--delay", type=float, metavar="MS", help="complete every request MS late")
+    s.add_argument("--vanish", action="store_true", help="fail everything with ENODEV")
+    s.add_argument("--flakey", metavar="UP_S,DOWN_S", help="up UP_S seconds, then fail DOWN_S seconds")
+    s.add_argument("--clear", action="store_true", help="remove every fault from the member")
+    s.set_defaults(func=cmd_inject)
+
     s = sub.add_parser("verify", parents=[sock], help="compare the members' data (exit 1 if they differ)")
     s.add_argument("vu", metavar="DSAn")
     s.add_argument("--json", action="store_true")
@@ -332,6 +350,8 @@ def format_show(info: dict) -> str:
         lines.append(f"  {name:<28} {m['state']:<16} {m['read_cost']:>5} {m['reads']:>9} "
                      f"{m['writes']:>9} {_fmt_bytes(m['read_bytes']):>10} "
                      f"{_fmt_bytes(m['written_bytes']):>10} {m['read_errors']:>6} {m['repairs']:>7}")
+        if m.get("faults"):
+            lines.append(f"  {'':<28} injected: {', '.join(m['faults'])}")
     return "\n".join(lines)
 
 
@@ -365,6 +385,21 @@ def cmd_set(args) -> int:
         r = c.call("set", **req)
     for change in r["changes"]:
         print(f"{name}: {change}")
+    return 0
+
+
+def cmd_inject(args) -> int:
+    name = vu_name(args.vu)
+    if not (args.eio_read or args.eio_write or args.hang or args.delay is not None
+            or args.vanish or args.flakey or args.clear):
+        raise UsageError("no fault given; use --eio-read, --eio-write, --hang, --delay, "
+                         "--vanish, --flakey or --clear (see dsafs debug inject --help)")
+    member = os.path.abspath(args.member) if "/" in args.member else args.member
+    with _client(args) as c:
+        r = c.call("inject", vu=name, member=member, eio_read=args.eio_read,
+                   eio_write=args.eio_write, hang=args.hang, delay_ms=args.delay,
+                   vanish=args.vanish, flakey=args.flakey, clear=args.clear)
+    print(f"{name}: {r['member']}: " + (", ".join(r["faults"]) or "no faults"))
     return 0
 
 

@@ -26,8 +26,9 @@ from . import control, decide
 from .errors import (DsafsError, InvalidArgument, MemberError, MountRefused, UsageError,
                      VuError)
 from .fusefs import DsafsOps, inode_of
+from .inject import MAX_DELAY_S, FaultyMember, parse_flakey, parse_lbn_range
 from .member import FileMember
-from .units import vu_name
+from .units import BLOCK_BYTES, vu_name
 from .verify import verify
 
 log = logging.getLogger("dsafs.daemon")
@@ -62,7 +63,10 @@ def vu_json(vu) -> dict:
         "copy_source": vu.copy_source,
         "members": [dict(path=m.path, state=m.state, read_cost=m.read_cost, reads=m.reads,
                          writes=m.writes, read_bytes=m.read_bytes, written_bytes=m.written_bytes,
-                         read_errors=m.read_errors, repairs=m.repairs) for m in st.members],
+                         read_errors=m.read_errors, repairs=m.repairs,
+                         faults=s.member.faults.describe() if isinstance(s.member, FaultyMember)
+                         else [])
+                    for m, s in zip(st.members, vu.slots)],
     }
 
 
@@ -181,6 +185,7 @@ class Daemon:
         await control.serve_connection(stream, {
             "mount": self.cmd_mount, "dismount": self.cmd_dismount, "show": self.cmd_show,
             "set": self.cmd_set, "verify": self.cmd_verify, "ping": self.cmd_ping,
+            "inject": self.cmd_inject,
         })
 
     def _publish(self, vu) -> None:
@@ -367,6 +372,43 @@ class Daemon:
         for c in changes:
             log.info("%s: set %s", vu.name, c)
         return {"vu": vu.name, "changes": changes}
+
+    async def cmd_inject(self, args) -> dict:
+        """`dsafs debug inject`: check every option first, then wrap, change or unwrap."""
+        vu = self._get(args.get("vu", ""))
+        slot = vu.find(args.get("member") or "")
+        nblocks = vu.size_bytes // BLOCK_BYTES
+        bad_read = [parse_lbn_range(r, nblocks, "--eio-read") for r in args.get("eio_read") or []]
+        bad_write = [parse_lbn_range(r, nblocks, "--eio-write") for r in args.get("eio_write") or []]
+        delay_ms = args.get("delay_ms")
+        if delay_ms is not None and not (isinstance(delay_ms, (int, float))
+                                         and 0 <= delay_ms <= MAX_DELAY_S * 1000):
+            raise InvalidArgument(f"--delay {delay_ms!r} is out of range; give 0 to "
+                                  f"{int(MAX_DELAY_S * 1000)} milliseconds")
+        flakey = parse_flakey(args["flakey"]) if args.get("flakey") else None
+        member = slot.member
+        if args.get("clear"):
+            if isinstance(member, FaultyMember):
+                member.set_hang(False)
+                slot.member = slot.store.member = member.inner
+            log.warning("%s: %s: injected faults cleared", vu.name, slot.name)
+            return {"vu": vu.name, "member": slot.member.path, "faults": []}
+        fm = member if isinstance(member, FaultyMember) else FaultyMember(member)
+        for r in bad_read:
+            fm.faults.bad_read.update(r)
+        for r in bad_write:
+            fm.faults.bad_write.update(r)
+        if delay_ms is not None:
+            fm.faults.delay_s = delay_ms / 1000
+        if flakey:
+            fm.set_flakey(flakey)
+        if args.get("hang"):
+            fm.set_hang(True)
+        if args.get("vanish"):
+            fm.faults.vanish = True
+        slot.member = slot.store.member = fm
+        log.warning("%s: %s: injected %s", vu.name, slot.name, ", ".join(fm.faults.describe()))
+        return {"vu": vu.name, "member": fm.path, "faults": fm.faults.describe()}
 
     async def cmd_verify(self, args) -> dict:
         vu = self._get(args.get("vu", ""))

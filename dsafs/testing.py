@@ -212,6 +212,8 @@ class Served:
         args = [str(a) for a in args]
         if args and args[0] in _SOCKET_COMMANDS:
             args = [args[0], "--socket", self.sock, *args[1:]]
+        elif args[:2] == ["debug", "inject"]:
+            args = [*args[:2], "--socket", self.sock, *args[2:]]
         return [dsafs_executable(), *args]
 
     def run(self, *args, timeout: float = 120, input: Optional[str] = None):
