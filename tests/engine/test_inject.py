@@ -9,7 +9,7 @@ import trio.testing
 from dsafs.errors import InvalidArgument, MemberIOError
 from dsafs.inject import FaultyMember, parse_flakey, parse_lbn_range
 from dsafs.scb import MemberState, min_member_bytes
-from dsafs.testing import MemMember, assert_members_identical, running
+from dsafs.testing import MemMember, running
 from dsafs.units import MiB
 from dsafs.vu import VirtualUnit, init_set
 

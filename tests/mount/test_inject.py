@@ -2,7 +2,7 @@
 them, a hung member holds writes until cleared, show lists the faults, bad input is refused."""
 
 import json
-import subprocess
+import re
 import threading
 
 import pytest
@@ -75,7 +75,6 @@ def test_hung_member_holds_writes_until_cleared(served, tmp_path):
 def test_bad_inject_input_is_refused_and_changes_nothing(served, tmp_path, args, code, pattern):
     setup(served)
     before = json.dumps(show(served)["members"])
-    import re
     line = one_line_error(served.run(*args), code)
     assert re.search(pattern, line), line
     assert json.dumps(show(served)["members"]) == before
