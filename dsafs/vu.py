@@ -234,6 +234,7 @@ class VirtualUnit:
         self._finished = trio.Event()
         self._nursery: Optional[trio.Nursery] = None
         self._last_read = -1
+        self._closing = False                      # dissolve or abort has begun
         self.copy_source: Optional[str] = None     # a member path, or None: alternate sources
         self._refresh()
 
@@ -285,27 +286,33 @@ class VirtualUnit:
             await self._commit()
 
     async def dissolve(self) -> None:
-        """Dismount the VU cleanly: stop the copy (its fence is kept), flush, mark clean."""
+        """Dismount the VU cleanly: stop the copy (its fence is kept), let the writes in flight
+        finish and refuse new ones, flush, then mark the members clean. A write that arrives
+        from now on fails (EIO): nothing can land after the clean mark."""
         async with self._membership_lock:
             if self._finished.is_set():
                 raise VuError(f"{self.name} is not mounted")
+            self._closing = True
             await self._stop_copy()
-            current = self.current
-            failures = await flush_all(current)
-            failed = {id(s) for s, _ in failures}
-            self.dirty = False
-            if not self.readonly:         # a read-only mount never wrote: nothing to mark
-                await self.write_scbs([s for s in current if id(s) not in failed])
-            for s in self.slots:
-                s.member.close()          # before returning: the next mount can take the locks
-            log.info("%s: dissolved; %d members marked clean", self.name, len(current) - len(failed))
-            self._finished.set()
+            async with self.gate.closed(0, self.size_bytes):
+                current = self.current
+                failures = await flush_all(current)
+                failed = {id(s) for s, _ in failures}
+                self.dirty = False
+                if not self.readonly:     # a read-only mount never wrote: nothing to mark
+                    await self.write_scbs([s for s in current if id(s) not in failed])
+                for s in self.slots:
+                    s.member.close()      # before returning: the next mount can take the locks
+                log.info("%s: dissolved; %d members marked clean", self.name,
+                         len(current) - len(failed))
+                self._finished.set()
 
     async def abort(self) -> None:
         """Dismount at once without marking the members clean: the next mount merges."""
         async with self._membership_lock:
             if self._finished.is_set():
                 raise VuError(f"{self.name} is not mounted")
+            self._closing = True
             await self._stop_copy()
             for s in self.slots:
                 s.member.close()
@@ -400,6 +407,8 @@ class VirtualUnit:
             exc = VuError(f"{self.name} is mounted read-only (--nowrite); dismount and mount it writable")
             exc.errno = 30  # EROFS
             raise exc
+        if self._closing:
+            raise self._closed_error()
         if pos < 0 or pos + nbytes > self.size_bytes:
             raise IoRangeError(f"{self.name}: write of {nbytes} bytes at byte {pos} ends past the "
                                f"end of the VU ({self.size_bytes} bytes)")
@@ -411,6 +420,9 @@ class VirtualUnit:
         token = self.gate.enter_nowait(pos, end)
         if token is None:
             token = await self.gate.enter(pos, end)
+            if self._closing:                 # held while the VU was being dismounted
+                self.gate.leave(token)
+                raise self._closed_error()
         try:
             copy = self.copy
             if copy is None or end <= copy.fence_bytes:
@@ -423,6 +435,11 @@ class VirtualUnit:
         if failures:
             await self._write_failed(failures)
         return nbytes
+
+    def _closed_error(self) -> VuError:
+        exc = VuError(f"{self.name} is being dismounted; the write was not done")
+        exc.errno = 5   # EIO
+        return exc
 
     async def _write_failed(self, failures: list) -> None:
         failed = {id(s) for s, _ in failures}

@@ -414,3 +414,36 @@ async def test_readonly_mount_never_writes_and_refuses_membership_changes(autoju
     with pytest.raises(MountRefused, match=r"^DSA1: cannot mount read-only \(--nowrite\): a listed member is absent"):
         await VirtualUnit.assemble("DSA1", [a], readonly=True)
     assert (bytes(a.data), bytes(b.data)) == before
+
+
+async def test_dissolve_with_writes_in_flight_never_marks_different_members_clean(autojump_clock):
+    """Writes racing a dissolve either finish before the clean mark or fail; none lands after."""
+    a, b = await new_set("a", "b")
+    b.latency = 0.003                             # b answers late: writes are in flight on it
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    done, failed = [], []
+    async with trio.open_nursery() as outer:
+        await outer.start(vu.run)
+        await vu.write(0, b"first")
+
+        async def writer(k):
+            try:
+                await vu.write(k * 4096, bytes([k + 1]) * 4096)
+                done.append(k)
+            except Exception as exc:
+                assert "is being dismounted" in str(exc)
+                failed.append(k)
+
+        async with trio.open_nursery() as n:
+            for k in range(1, 40):
+                n.start_soon(writer, k)
+                if k == 20:
+                    n.start_soon(vu.dissolve)
+                await trio.sleep(0.0005)
+    assert done and failed and sorted(done + failed) == list(range(1, 40))
+    assert bytes(a.data[:SIZE]) == bytes(b.data[:SIZE])       # identical, and marked clean
+    assert not (await scb(a)).dirty and not (await scb(b)).dirty
+    for k in done:
+        assert a.data[k * 4096] == k + 1
+    for k in failed:
+        assert a.data[k * 4096] == 0
