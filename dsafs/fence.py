@@ -82,10 +82,6 @@ class RangeGate:
     def _overlapping(self) -> bool:
         return any(self._blocks(s, e) for s, e in self._writes.values())
 
-    @property
-    def writes_in_flight(self) -> int:
-        return len(self._writes)
-
     @contextlib.asynccontextmanager
     async def closed(self, start: int, end: int):
         """Hold [start, end) free of application writes for the body of the `async with`."""

@@ -25,16 +25,6 @@ def align_up(nbytes: int, alignment: int) -> int:
     return -(-nbytes // alignment) * alignment
 
 
-def lbn_of(nbytes: int) -> int:
-    """The LBN that holds byte offset `nbytes`."""
-    return nbytes // BLOCK_BYTES
-
-
-def nblocks_of(nbytes: int) -> int:
-    """Number of 512-byte blocks spanned by `nbytes` bytes (rounded up)."""
-    return -(-nbytes // BLOCK_BYTES)
-
-
 def nchunks_of(nbytes: int) -> int:
     return -(-nbytes // CHUNK_BYTES)
 
