@@ -88,7 +88,7 @@ def assert_fio_verifies(m, vu_bytes, cwd, iodepth=16):
                 cwd)
     failures = [line for line in r.stderr.splitlines() if line.startswith("verify:")]
     other = [line for line in failures if "bad magic header 0," not in line]
-    assert not other, f"fio found data nobody wrote:\n" + "\n".join(other[:10]) + m.explain()
+    assert not other, "fio found data nobody wrote:\n" + "\n".join(other[:10]) + m.explain()
     assert len(failures) <= iodepth, f"{len(failures)} blocks lost, more than were in flight:\n{r.stderr}"
     assert "err=" in r.stdout and (r.returncode == 0 or failures), f"{r.stdout}\n{r.stderr}"
 
