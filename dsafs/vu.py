@@ -440,19 +440,15 @@ class VirtualUnit:
         merge = self.merge
         if merge is None:
             return await self._read_one(pos, nbytes)
-        t0 = trio.current_time()
-        try:
-            if self.readonly:        # no merge can run: every read from the master, consistently
-                master = self.merge_master()
-                try:
-                    return await self.read_from(master, pos, nbytes)
-                except MemberIOError:
-                    return await self._read_one(pos, nbytes)
-            if pos + nbytes <= merge.fence_bytes:
+        merge.throttle.app_io()
+        if self.readonly:            # no merge can run: every read from the master, consistently
+            try:
+                return await self.read_from(self.merge_master(), pos, nbytes)
+            except MemberIOError:
                 return await self._read_one(pos, nbytes)
-            return await merge.read(pos, nbytes)
-        finally:
-            merge.throttle.app_io((trio.current_time() - t0) * 1e6)
+        if pos + nbytes <= merge.fence_bytes:
+            return await self._read_one(pos, nbytes)
+        return await merge.read(pos, nbytes)
 
     async def _read_one(self, pos: int, nbytes: int) -> bytes:
         slot = self.choose_reader()
@@ -477,17 +473,8 @@ class VirtualUnit:
                                f"end of the VU ({self.size_bytes} bytes)")
         if nbytes == 0:
             return 0
-        merge = self.merge
-        if merge is None:
-            return await self._write(pos, data)
-        t0 = trio.current_time()
-        try:
-            return await self._write(pos, data)
-        finally:
-            merge.throttle.app_io((trio.current_time() - t0) * 1e6)
-
-    async def _write(self, pos: int, data) -> int:
-        nbytes = len(data)
+        if self.merge is not None:
+            self.merge.throttle.app_io()
         if not self.dirty:
             await self._mark_dirty()
         end = pos + nbytes
