@@ -2,7 +2,7 @@
 #   make test     install what is missing, then run the whole pytest suite
 #   make demo     install, then show dsafs working
 #   make install  only the install step (Debian packages + .venv)
-#   make bench    install, then run bench/run.py
+#   make bench    install, then run bench/run.py (fio: raw vs DSA) and bench/merge.py (merge)
 #   make clean    remove .venv and caches
 # Extra pytest arguments: make test PYTEST_ARGS='-x -k scb'
 
@@ -48,11 +48,8 @@ demo: install
 	@bash contrib/demo.sh
 
 bench: install
-	@if [ -f bench/run.py ]; then \
-	    $(PY) bench/run.py; \
-	else \
-	    echo "bench/run.py does not exist yet: nothing to run"; \
-	fi
+	$(PY) bench/run.py
+	$(PY) bench/merge.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info

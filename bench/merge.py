@@ -147,6 +147,7 @@ def main(argv=None) -> int:
         log(f"filling {size // 2**20} MiB")
         fio(["--name=fill", f"--filename={vu}", f"--size={size}", "--rw=write", "--bs=1M",
              "--direct=1", "--ioengine=libaio", "--iodepth=4", "--refill_buffers"])
+        os.sync()                   # no write-back of the fill during the first merge
         for i in range(a.repeats):
             rate, _ = idle_merge(d, size)
             res["idle_identical"].append(rate)
@@ -154,6 +155,7 @@ def main(argv=None) -> int:
         for i in range(a.repeats):
             d.cli("dismount", "DSA1")
             n = corrupt(members[1], size, 0.10, seed=i)
+            os.sync()
             d.mount_vu("DSA1", members)
             rate, last = idle_merge(d, size)
             res["idle_10pct"].append(rate)
