@@ -9,8 +9,7 @@ import trio.testing
 
 from dsafs import copy as copymod
 from dsafs import decide
-from dsafs.errors import (AllMembersFailed, MembershipRefused, MemberError, MountRefused,
-                          VolumeInvalid)
+from dsafs.errors import MembershipRefused, MemberError, MountRefused, VolumeInvalid
 from dsafs.scb import MemberState, choose_slot, min_member_bytes
 from dsafs.testing import MemMember, assert_members_identical, running
 from dsafs.units import KiB, MiB
