@@ -116,6 +116,10 @@ class Copy:
         reads = [(t, t.member.start_read(pos, nbytes)) for t in targets]
         writes = []
         for t, current in await wait_each(reads, "read", start):
+            if isinstance(current, MemberIOError) and rule_for(current) != "member-error":
+                await self.vu.expel(t, f"read failed during the copy: {current}",
+                                    rule=rule_for(current))
+                continue                # a hung or vanished target: waiting again is no use
             if isinstance(current, MemberIOError):
                 current = None          # unreadable target data: just overwrite it
             self.bytes_compared += nbytes
