@@ -48,6 +48,7 @@ from typing import Callable, Optional, Sequence
 import trio
 import xxhash
 
+from . import timeouts
 from .errors import AllMembersFailed, MemberIOError
 from .fanout import flush_all
 from .throttle import Settings, Throttle
@@ -212,20 +213,24 @@ class Merge:
         order = [master] + [s for s in vu.sources if s is not master]
         for s in order:
             s.in_flight += 1
-        pending = [(s, s.member.start_read(pos, nbytes)) for s in order]
-        copies = []
+        start = trio.current_time()
         try:
-            for s, p in pending:
-                try:
-                    copies.append((s, await p.wait()))
-                except MemberIOError as exc:
-                    s.read_errors += 1
-                    log.warning("%s: merge read failed on %s at LBN %d: %s", vu.name, s.name,
-                                pos // BLOCK_BYTES, exc)
-                    copies.append((s, None))
+            pending = [(s, s.member.start_read(pos, nbytes)) for s in order]
+            results = await timeouts.wait_each(pending, "merge read", start)
         finally:
             for s in order:
                 s.release()
+        copies = []
+        for s, value in results:
+            if isinstance(value, MemberIOError):
+                s.read_errors += 1
+                log.warning("%s: merge read failed on %s at LBN %d: %s", vu.name, s.name,
+                            pos // BLOCK_BYTES, value)
+                if timeouts.rule_for(value) != "member-error":   # hung or gone: not repairable
+                    await vu.expel(s, f"merge read failed: {value}", rule=timeouts.rule_for(value))
+                    continue
+                value = None
+            copies.append((s, value))
         good = [(s, d) for s, d in copies if d is not None]
         if not good:
             raise AllMembersFailed(vu.name, "merge read", [])
@@ -257,20 +262,20 @@ class Merge:
         vu = self.vu
         view = memoryview(model)
         pending = []
+        start = trio.current_time()
         for s, o, n in fixes:
             s.in_flight += 1
-            pending.append((s, n, s.member.start_write(pos + o, view[o:o + n])))
-        failed = []
+            pending.append((s, s.member.start_write(pos + o, view[o:o + n])))
         try:
-            for s, n, p in pending:
-                try:
-                    await p.wait()
-                except MemberIOError as exc:
-                    failed.append((s, exc))
-                else:
-                    self.bytes_written += n
+            results = await timeouts.wait_each(pending, "merge repair", start)
         finally:
-            for s, _, _ in pending:
+            for s, _ in pending:
                 s.release()
-        for s, exc in {id(s): (s, e) for s, e in failed}.values():
-            await vu.expel(s, f"merge repair write failed: {exc}")
+        failed = {}
+        for (s, value), (_, o, n) in zip(results, fixes):
+            if isinstance(value, MemberIOError):
+                failed.setdefault(id(s), (s, value))
+            else:
+                self.bytes_written += n
+        for s, exc in failed.values():
+            await vu.expel(s, f"merge repair write failed: {exc}", rule=timeouts.rule_for(exc))
