@@ -35,6 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as bench  # noqa: E402  (bench/run.py: its Daemon wrapper and helpers)
+from dsafs.control import Client  # noqa: E402
 
 CHUNK = 64 * 1024
 MIN_RATE = 10 * 1024 * 1024
@@ -52,19 +53,31 @@ def fio(args, timeout=600) -> dict:
     return json.loads(r.stdout[r.stdout.index("{"):])
 
 
+def show(d, vu="DSA1") -> dict:
+    """`show` over the control socket in-process: polling with `dsafs show` subprocesses would
+    cost the machine a Python start-up each time and slow the workload being measured."""
+    with Client(d.sock, timeout=30) as c:
+        return c.call("show", vu=vu)
+
+
 def wait_merged(d, timeout=600) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        info = d.show("DSA1")
+        info = show(d)
         if not info["merge_required"]:
             return info
         if time.monotonic() > deadline:
             raise RuntimeError(f"the merge did not end in {timeout} s: {info['merge']}")
-        time.sleep(0.02)
+        time.sleep(0.05)
+
+
+def demand_merge(d) -> None:
+    with Client(d.sock, timeout=30) as c:
+        c.call("set", vu="DSA1", demand_merge=True)
 
 
 def idle_merge(d, size: int) -> tuple[float, dict]:
-    d.cli("set", "DSA1", "--demand-merge")
+    demand_merge(d)
     last = wait_merged(d)["last_merge"]
     return size / last["seconds"], last
 
@@ -95,16 +108,19 @@ def foreground(d, vu: str, size: int, runtime: float) -> dict:
 
     def merger():
         while not stop.is_set():
-            d.cli("set", "DSA1", "--demand-merge")
+            demand_merge(d)
             while not stop.is_set():
-                info = d.show("DSA1")
+                info = show(d)
                 if not info["merge_required"]:
                     merged["bytes"] += size
                     merged["seconds"] += info["last_merge"]["seconds"]
                     merged["merges"] += 1
                     break
                 m = info["merge"]
-                time.sleep(0.05)
+                if os.environ.get("MERGE_BENCH_DEBUG") and m:
+                    log(f"merge {m['percent']:.1f}% delay {m['delay_us']} us, current "
+                        f"{m['current_us']} ideal {m['ideal_us']} us per MiB")
+                time.sleep(0.2)
         if info["merge_required"] and m:          # the merge still running when fio ended
             merged["bytes"] += m["fence_lbn"] * 512
             merged["seconds"] += m["seconds"]

@@ -620,6 +620,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("dsafs: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:           # `dsafs show | head`: the reader has gone; not an error
+        try:
+            sys.stdout = open(os.devnull, "w")   # so the exit flush does not fail again
+        except OSError:
+            pass
+        code = 0
     except Exception as exc:          # a bug: still one line, never a traceback by default
         if os.environ.get("DSAFS_DEBUG"):
             raise

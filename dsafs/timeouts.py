@@ -94,6 +94,14 @@ async def call(slot, op: str, fn, *args):
 async def wait_each(pending: list, op: str, start: float) -> list:
     """Wait for [(slot, Pending), ...] submitted at `start`; each at most its slot's timeout
     after `start`. Returns [(slot, value or MemberIOError), ...] in the same order."""
+    if all(type(p) is Ready for _, p in pending):      # answered at submission: no timer
+        results = []
+        for slot, p in pending:
+            try:
+                results.append((slot, await p.wait()))
+            except MemberIOError as exc:
+                results.append((slot, exc))
+        return results
     results = []
     i, n = 0, len(pending)
     while i < n:

@@ -48,7 +48,7 @@ from .fanout import flush_all, write_all
 from .mountver import MountVerification
 from .fence import RangeGate
 from .repair import read_and_repair
-from .throttle import Settings as MergeSettings
+from .throttle import Settings as MergeSettings, Throttle
 from .scb import (FEATURE_EXTMEMB, SCB_AREA_BYTES, MemberEntry, MemberState, Scb, ScbStore,
                   check_label,
                   describe_generation, min_member_bytes, next_generation)
@@ -225,9 +225,12 @@ class VirtualUnit:
         self.merge: Optional[Merge] = None
         self.last_merge: Optional[Merge] = None
         self._merge_stopped = ""                   # why the merge stopped, until demanded again
+        # One throttle per VU: the ideal latency it learns outlives each merge (a merge
+        # demanded while the set is busy must not take busy latencies as ideal).
+        self.merge_throttle = Throttle(self.merge_settings)
         if plan.merge_required:
             start = plan.merge_fence_lbn * BLOCK_BYTES // CHUNK_BYTES * CHUNK_BYTES
-            self.merge = Merge(self, min(start, plan.vu_size_bytes), self.merge_settings)
+            self.merge = Merge(self, min(start, plan.vu_size_bytes), self.merge_throttle)
         self.dirty = False
         self.slots: list[Slot] = []
         first = plan.sources[0].candidate.scb
@@ -863,7 +866,7 @@ class VirtualUnit:
         async with self._membership_lock:
             self.merge_required = True
             self._merge_stopped = ""
-            self.merge = Merge(self, 0, self.merge_settings)
+            self.merge = Merge(self, 0, self.merge_throttle)
             log.info("%s: merge required by rule=demand-merge", self.name)
             self.event("merge-required", rule="demand-merge")
             await self.write_scbs(self.current)
