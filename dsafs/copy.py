@@ -113,7 +113,7 @@ class Copy:
             return False
         targets = [t for t in self.live_targets if t.fence_lbn * BLOCK_BYTES <= pos]
         start = trio.current_time()
-        reads = [(t, t.member.start_read(pos, nbytes)) for t in targets]
+        reads = [(t, t.member.start_bulk_read(pos, nbytes)) for t in targets]
         writes = []
         for t, current in await wait_each(reads, "read", start):
             if isinstance(current, MemberIOError) and rule_for(current) != "member-error":
@@ -143,7 +143,7 @@ class Copy:
         for i in range(len(sources)):
             slot = sources[(self._next_source + i) % len(sources)]
             try:
-                data = await wait(slot, slot.member.start_read(pos, nbytes), "read")
+                data = await wait(slot, slot.member.start_bulk_read(pos, nbytes), "read")
             except MemberIOError as exc:
                 slot.read_errors += 1
                 log.warning("%s: copy read failed on source %s at LBN %d: %s",
