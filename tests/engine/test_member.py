@@ -401,3 +401,13 @@ def test_create_file_is_sparse_and_exact(tmp_path):
         create_file(str(tmp_path / "zero.img"), 0)
     with pytest.raises(MemberError, match=r"its directory does not exist"):
         create_file(str(tmp_path / "no" / "such.img"), MiB)
+
+
+async def test_bulk_reads_always_go_to_a_worker(opened):
+    data = os.urandom(1 << 20)
+    await opened.write(4096, data)
+    before = opened.statistics()
+    assert bytes(await opened.start_bulk_read(4096, len(data)).wait()) == data   # in page cache
+    after = opened.statistics()
+    assert after.inline_reads == before.inline_reads
+    assert after.worker_ops == before.worker_ops + 1 and after.reads == before.reads + 1
