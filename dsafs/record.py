@@ -194,10 +194,11 @@ class RecordingMember(Member):
 
 
 def torn_copy(data: bytes, pos: int, nbytes: int, rng: random.Random) -> bytearray:
-    """`data` with the `nbytes` at `pos` torn: each 512-byte sector replaced by garbage with
-    probability 1/2, and at least one sector damaged (for the both-slots-torn bad-input case)."""
+    """`data` with the `nbytes` at `pos` torn the way a power cut tears a slot: the first
+    512-byte sector (magic and header) survives, and a random non-empty subset of the later
+    sectors holds other data (for the both-slots-torn bad-input case)."""
     out = bytearray(data)
-    sectors = list(range(pos, pos + nbytes, BLOCK_BYTES))
+    sectors = list(range(pos + BLOCK_BYTES, pos + nbytes, BLOCK_BYTES))
     hit = [s for s in sectors if rng.random() < 0.5] or [rng.choice(sectors)]
     for s in hit:
         out[s:s + BLOCK_BYTES] = rng.randbytes(BLOCK_BYTES)

@@ -229,6 +229,8 @@ class Result:
     demand_merges: int = 0
     merges: int = 0            # reassemblies that owed a merge
     copies: int = 0            # reassemblies with copy targets
+    scb_in_doubt: int = 0      # crash states with an SCB write in doubt on some member
+    torn_slots: int = 0        # SCB slots found torn (checksum mismatch) in crash states
     rules: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def violation(self, cut: str, kind: str, text: str) -> None:
@@ -402,8 +404,14 @@ async def check_images(result: Result, label: str, recs: list, images: dict,
     """SCB decode + mount decision for the crash state. Returns the new members in the order
     they are named (None: a violation was recorded, or nothing to mount)."""
     names = []
+    if any(w.pos >= VU_BYTES for r in recs for w in r.classify(cut)[1]):
+        result.scb_in_doubt += 1
     for r in recs:
-        state = has_metadata(images[r.path])
+        image = images[r.path]
+        a, b = slot_offsets(len(image))
+        reading = choose_slot(bytes(image[a:a + SLOT_BYTES]), bytes(image[b:b + SLOT_BYTES]))
+        result.torn_slots += sum("checksum" in why for why in reading.reasons)
+        state = has_metadata(image)
         if state is True:
             names.append(r.path)
         elif had_metadata(r, cut):
@@ -626,7 +634,8 @@ def main(argv=None) -> int:
           f"({total.events} events, {total.writes} writes, {total.flushes} flushes, "
           f"{total.reads} reads checked, {total.removes} removes, {total.adds} adds, "
           f"{total.demand_merges} demand merges; reassemblies: {total.merges} with a merge, "
-          f"{total.copies} with a copy) in {time.monotonic() - t0:.1f} s")
+          f"{total.copies} with a copy; {total.scb_in_doubt} cuts inside SCB updates, "
+          f"{total.torn_slots} torn SCB slots) in {time.monotonic() - t0:.1f} s")
     if args.verbose:
         print("rules:", dict(total.rules))
     return 1 if total.violations else 0
