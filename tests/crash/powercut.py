@@ -160,9 +160,13 @@ class Oracle:
         return {d.wid} | {w.wid for w in ws
                           if w.submitted > d.submitted or w.acked is None or w.acked > d.submitted}
 
-    def allowed(self, cut: int) -> dict:
-        """lbn -> the write ids it may hold after a crash at `cut` (lbns not listed: {0})."""
-        horizon = self.required_horizon(cut)
+    def allowed(self, cut: int, horizon: Optional[int] = None) -> dict:
+        """lbn -> the write ids it may hold after a crash at `cut` (lbns not listed: {0}).
+        Writes acknowledged before `horizon` are required (default: the latest flush
+        acknowledged before the cut; the soak passes the cut itself: after kill -9, with no
+        power lost, every acknowledged write is on the members)."""
+        if horizon is None:
+            horizon = self.required_horizon(cut)
         return {lbn: self.allowed_at(lbn, cut, horizon)
                 for lbn in set(self.by_lbn) | set(self.initial)}
 
