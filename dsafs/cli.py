@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fuse-tasks", type=int, default=16, help="pyfuse3 worker tasks (default 16)")
     s.add_argument("--allow-other", action="store_true", help="let other users open the VU files")
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _merge_setting_args(s, "for every VU (default %(default)s)", defaults=True)
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("mount", parents=[sock], help="assemble a shadow set, or --add members to it",
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--read-cost", action="append", default=[], metavar="M=N",
                    help="read cost 1-65535 of member M (repeatable)")
     s.add_argument("--copy-source", metavar="M", help="member every copy reads from, or 'master'")
+    s.add_argument("--demand-merge", action="store_true",
+                   help="start a full merge now (VMS SET SHADOW/DEMAND_MERGE)")
+    _merge_setting_args(s, "for this VU")
     s.set_defaults(func=cmd_set)
 
     s = sub.add_parser("debug", help="testing aids: fault injection")
@@ -127,6 +131,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_verify)
     return p
+
+
+def _merge_setting_args(p, scope: str, defaults: bool = False) -> None:
+    from .throttle import DEFAULT_FACTOR, DEFAULT_THRESHOLD
+    p.add_argument("--merge-delay-threshold", type=int, metavar="N",
+                   default=DEFAULT_THRESHOLD if defaults else None,
+                   help=f"0-20000: how much slower than ideal the application may get before the "
+                        f"merge yields (200 = not at all), {scope}")
+    p.add_argument("--merge-delay-factor", type=int, metavar="N",
+                   default=DEFAULT_FACTOR if defaults else None,
+                   help=f"2-100000: how hard the merge yields beyond that (lower = harder), {scope}")
+    p.add_argument("--merge-min-rate", metavar="RATE", default="10M" if defaults else None,
+                   help=f"bytes per second the merge keeps however busy the VU is, e.g. 10M, {scope}")
+
+
+def _merge_settings_of(args) -> dict:
+    """The merge settings given on the command line, by their daemon names (None = not given)."""
+    rate = args.merge_min_rate
+    if rate is not None:
+        try:
+            rate = parse_size(rate)
+        except InvalidArgument:
+            raise InvalidArgument(f"--merge-min-rate {rate!r} is not a rate in bytes per second; "
+                                  f"e.g. --merge-min-rate 10M") from None
+    return {"merge_delay_threshold": args.merge_delay_threshold,
+            "merge_delay_factor": args.merge_delay_factor, "merge_min_rate": rate}
 
 
 # ----------------------------------------------------------------------------- init
@@ -250,8 +280,11 @@ def cmd_serve(args) -> int:
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if args.fuse_tasks < 1:
         raise InvalidArgument(f"--fuse-tasks {args.fuse_tasks} must be at least 1")
+    from .throttle import Settings
+    m = _merge_settings_of(args)
+    merge = Settings(m["merge_delay_threshold"], m["merge_delay_factor"], m["merge_min_rate"])
     daemon = Daemon(args.mountpoint, args.socket, fuse_max_tasks=args.fuse_tasks,
-                    allow_other=args.allow_other)
+                    allow_other=args.allow_other, merge_settings=merge)
     trio.run(daemon.run)
     return 0
 
@@ -260,25 +293,27 @@ def _client(args) -> Client:
     return Client(args.socket or default_socket())
 
 
-def _progress(client: Client, name: str, show_bar: bool) -> None:
-    """Wait for the VU's copies to end, drawing a progress bar on a terminal."""
-    last = None
+def _progress(client: Client, name: str, show_bar: bool, until=("copying",)) -> None:
+    """Wait while the VU's state is in `until` (its copies; with --wait its merge too),
+    drawing a progress bar on a terminal."""
+    last, what = None, "copy"
     while True:
         info = client.call("show", vu=name)
-        copy = info.get("copy")
-        if info["state"] != "copying":
+        if info["state"] not in until:
             break
-        pct = copy["percent"] if copy else 0.0
+        what = "copy" if info["state"] == "copying" else "merge"
+        op = info.get(what)
+        pct = op["percent"] if op else 0.0
         if show_bar:
             filled = int(pct / 100 * 40)
-            line = f"\r{name}: copy {pct:5.1f}% [{'#' * filled}{'.' * (40 - filled)}]"
+            line = f"\r{name}: {what} {pct:5.1f}% [{'#' * filled}{'.' * (40 - filled)}]"
             if line != last:
                 sys.stdout.write(line)
                 sys.stdout.flush()
                 last = line
         time.sleep(0.2)
     if show_bar and last is not None:
-        sys.stdout.write(f"\r{name}: copy 100.0% [{'#' * 40}]\n")
+        sys.stdout.write(f"\r{name}: {what} 100.0% [{'#' * 40}]\n")
     members = ", ".join(f"{os.path.basename(m['path'])} {m['state']}" for m in info["members"])
     print(f"{name}: {info['state']}; {members}")
 
@@ -302,14 +337,18 @@ def cmd_mount(args) -> int:
             result = c.call("mount", confirmed=True, **req)
         for mp in result.get("plan", []):
             print(f"{name}: {mp['path']} {mp['role'] or 'unchanged'} by rule={mp['rule']}")
+        if result.get("merge_rule"):
+            print(f"{name}: merge required by rule={result['merge_rule']}; it runs online "
+                  f"(dsafs show {name})")
         if not args.add and result.get("path"):
             print(f"{name}: mounted at {result['path']}")
         tty = sys.stdout.isatty()
-        if result.get("state") == "copying" and (args.wait or (tty and not args.no_wait)):
+        until = ("copying", "merging") if args.wait else ("copying",)
+        if result.get("state") in until and (args.wait or (tty and not args.no_wait)):
             try:
-                _progress(c, name, show_bar=tty)
+                _progress(c, name, show_bar=tty, until=until)
             except KeyboardInterrupt:
-                print(f"\n{name}: the copy goes on in the background (dsafs show {name})")
+                print(f"\n{name}: it goes on in the background (dsafs show {name})")
     return 0
 
 
@@ -341,6 +380,18 @@ def format_show(info: dict) -> str:
         f"Generation Number: {info['generation_hex']}",
         f"  Master Member: {info['master'] or '-'}   Merge required: "
         f"{'yes' if info['merge_required'] else 'no'}",
+    ]
+    merge, ms = info.get("merge"), info.get("merge_settings")
+    if merge:
+        delay = f"{merge['delay_us'] / 1000:.1f} ms"
+        lines.append(f"  Merge: {merge['percent']:.1f}% (fence LBN {merge['fence_lbn']})"
+                     + ("" if merge["running"] else " waiting")
+                     + f"   Merge Repair Cnt {merge['merge_repairs']}   APP Merge Repair Cnt "
+                     f"{merge['app_repairs']}   Delay {delay}")
+    if ms:
+        lines.append(f"  Merge Delay Factor {ms['merge_delay_factor']} / Delay Threshold "
+                     f"{ms['merge_delay_threshold']} / Min Rate {format_size(ms['merge_min_rate'])}/s")
+    lines += [
         "",
         f"  {'Member':<28} {'State':<16} {'Cost':>5} {'Reads':>9} {'Writes':>9} "
         f"{'Read':>10} {'Written':>10} {'Errors':>6} {'Repairs':>7}",
@@ -375,12 +426,15 @@ def cmd_set(args) -> int:
         if not sep or not ref or not val.strip().isdigit():
             raise InvalidArgument(f"--read-cost {item!r} is not MEMBER=N; e.g. --read-cost b.img=5")
         costs[os.path.abspath(ref) if "/" in ref else ref] = int(val)
-    req = dict(vu=name, read_cost=costs)
+    req = dict(vu=name, read_cost=costs, demand_merge=args.demand_merge)
     if args.copy_source is not None:
         src = args.copy_source
         req["copy_source"] = os.path.abspath(src) if "/" in src else src
-    if not costs and args.copy_source is None:
-        raise UsageError("nothing to set; give --read-cost M=N or --copy-source M (see dsafs set --help)")
+    merge = {k: v for k, v in _merge_settings_of(args).items() if v is not None}
+    req.update(merge)
+    if not costs and args.copy_source is None and not merge and not args.demand_merge:
+        raise UsageError("nothing to set; give --read-cost M=N, --copy-source M, --demand-merge "
+                         "or a --merge-* setting (see dsafs set --help)")
     with _client(args) as c:
         r = c.call("set", **req)
     for change in r["changes"]:

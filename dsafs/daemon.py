@@ -12,6 +12,7 @@ withdrawn, never taking the daemon (or the other VUs) down with it.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -27,7 +28,8 @@ from .errors import (DsafsError, InvalidArgument, MemberError, MountRefused, Usa
                      VuError)
 from .fusefs import DsafsOps, inode_of
 from .inject import MAX_DELAY_S, FaultyMember, parse_flakey, parse_lbn_range
-from .member import FileMember
+from .member import FileMember, tune_allocator
+from .throttle import Settings as MergeSettings
 from .units import BLOCK_BYTES, vu_name
 from .verify import verify
 
@@ -55,12 +57,27 @@ def vu_json(vu) -> dict:
     elif vu.state == "copying":
         copy = {"percent": 0.0, "fence_lbn": 0, "targets": [t.member.path for t in vu.targets],
                 "bytes_compared": 0, "bytes_written": 0}
+    merge = None
+    if st.merge is not None:
+        m = st.merge
+        merge = {"percent": m.percent, "fence_lbn": m.fence_lbn, "master": m.master,
+                 "merge_repairs": m.merge_repairs, "app_repairs": m.app_repairs,
+                 "chunks_compared": m.chunks_compared, "bytes_written": m.bytes_written,
+                 "delay_us": round(m.delay_us, 1), "current_us": _round(m.current_us),
+                 "ideal_us": _round(m.ideal_us), "seconds": m.seconds,
+                 "running": st.state == "merging"}
+    settings = vu.merge_settings()
     return {
         "name": st.name, "state": st.state, "size_bytes": st.size_bytes,
         "generation": st.generation, "generation_hex": st.generation_hex, "master": st.master,
-        "copy": copy, "merge": None, "label": vu.label, "set_uuid": str(vu.set_uuid),
+        "copy": copy, "merge": merge, "label": vu.label, "set_uuid": str(vu.set_uuid),
         "dirty": st.dirty, "merge_required": st.merge_required, "readonly": vu.readonly,
         "copy_source": vu.copy_source,
+        "merge_settings": {"merge_delay_threshold": settings.threshold,
+                           "merge_delay_factor": settings.factor,
+                           "merge_min_rate": settings.min_rate,
+                           "overridden": sorted(_SETTING_NAMES[k] for k in vu.merge_overrides)},
+        "last_merge": _last_merge_json(vu.last_merge),
         "members": [dict(path=m.path, state=m.state, read_cost=m.read_cost, reads=m.reads,
                          writes=m.writes, read_bytes=m.read_bytes, written_bytes=m.written_bytes,
                          read_errors=m.read_errors, repairs=m.repairs,
@@ -70,13 +87,32 @@ def vu_json(vu) -> dict:
     }
 
 
+_SETTING_NAMES = {"threshold": "merge_delay_threshold", "factor": "merge_delay_factor",
+                  "min_rate": "merge_min_rate"}
+
+
+def _round(x: Optional[float]) -> Optional[float]:
+    return None if x is None else round(x, 1)
+
+
+def _last_merge_json(merge) -> Optional[dict]:
+    if merge is None:
+        return None
+    m = merge.statistics()
+    return {"merge_repairs": m.merge_repairs, "app_repairs": m.app_repairs,
+            "chunks_compared": m.chunks_compared, "bytes_written": m.bytes_written,
+            "seconds": m.seconds}
+
+
 class Daemon:
     def __init__(self, mountpoint: str, socket_path: Optional[str] = None, *,
-                 fuse_max_tasks: int = 16, allow_other: bool = False):
+                 fuse_max_tasks: int = 16, allow_other: bool = False,
+                 merge_settings: MergeSettings = MergeSettings()):
         self.mountpoint = os.path.abspath(mountpoint)
         self.socket_path = os.path.abspath(socket_path or self.mountpoint.rstrip("/") + ".sock")
         self.fuse_max_tasks = fuse_max_tasks
         self.allow_other = allow_other
+        self.merge_settings = merge_settings       # the global defaults; VUs may override
         self.vus: dict = {}
         self._failsafe: set = set()
         self._nursery: Optional[trio.Nursery] = None
@@ -122,6 +158,7 @@ class Daemon:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         path = self._prepare()
+        tune_allocator()
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         old_umask = os.umask(0o077)
         try:
@@ -291,10 +328,12 @@ class Daemon:
                 if asked and not confirmed:
                     return _confirmation(name, asked[0])
                 raise
+            vu.default_merge_settings = lambda: self.merge_settings
             await self._nursery.start(self._run_vu, vu)
             self._publish(vu)
             return {"vu": name, "plan": _plan_json(vu._plan), "state": vu.state,
-                    "path": os.path.join(self.mountpoint, name)}
+                    "path": os.path.join(self.mountpoint, name),
+                    "merge_rule": vu._plan.merge_rule or None}
 
     @staticmethod
     async def _assemble(name, members, options, readonly, confirm):
@@ -363,6 +402,23 @@ class Daemon:
                 raise InvalidArgument(f"{vu.name}: {src.name} is a copy target, not a source; "
                                       f"a copy source must hold the data")
             source = src.member.path
+        overrides = {}
+        for key, name in _SETTING_NAMES.items():
+            if name in args and args[name] is not None:
+                overrides[key] = args[name]
+        if overrides:
+            try:
+                dataclasses.replace(vu.merge_settings(), **overrides)    # checks the ranges
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"{vu.name}: {exc}") from None
+        if args.get("demand_merge"):
+            await vu.demand_merge()                # refuses before anything changes
+            changes.append("merge demanded: a full merge starts at LBN 0, master "
+                           f"{vu.merge_master().name}")
+        vu.merge_overrides.update(overrides)
+        for key, value in overrides.items():
+            changes.append(f"{_SETTING_NAMES[key]} {value}"
+                           + (" (takes effect within 1000 merge I/Os)" if vu.merge else ""))
         for slot, cost in costs.items():           # everything checked: now apply
             slot.read_cost = cost
             changes.append(f"{slot.name} read cost {cost}")

@@ -32,7 +32,11 @@ Rules, checked in this order (spec §5, DESIGN §4):
     its fence; otherwise the copy starts at LBN 0 (after a crash an in-flight write may have
     reached a source but not the target behind its fence; compare-before-write keeps the restart
     cheap).
-14. `dirty-source`       a source with the dirty flag, a writer count, or a merge owed: merge.
+14. `dirty-source`       a source with the dirty flag or a writer count (the set was not
+    dismounted cleanly): a merge from LBN 0. `resume-merge`: no source is dirty, every source
+    records a merge owed with a merge fence: the merge resumes at the lowest fence (nothing was
+    written since that fence was checkpointed, so the range behind it is still identical).
+    `merge-owed`: a merge is owed without a fence: from LBN 0.
 15. `nocopy`             --nocopy and a copy or merge would be needed: refused.
 16. `verify-label`       --verify-label (VMS /POLICY=VERIFY_LABEL) and a copy target that does not
     carry the label SCRATCH_DISK: refused, so a mistyped path never erases a disk.
@@ -112,6 +116,7 @@ class Plan:
     source_generation: int = 0
     merge_required: bool = False
     merge_rule: str = ""
+    merge_fence_lbn: int = 0                 # where the merge starts (rule resume-merge)
     dropped: tuple[uuidlib.UUID, ...] = ()   # listed by the sources, not proposed: leave the set
     confirm_required: bool = False
 
@@ -263,10 +268,21 @@ def _plan_assemble(vu: str, cands: Sequence[Candidate], options: Options) -> Pla
     proposed = {c.scb.member_uuid for c in cands}
     dropped = tuple(e.member_uuid for e in src.members
                     if e.state.current and e.member_uuid not in proposed)
-    dirty = [s for s in sources if s.scb.dirty or s.scb.writers or s.scb.merge_required]
+    rule, fence = _merge_rule([s.scb for s in sources])
     return Plan(vu, src.set_uuid, src.label, src.vu_size_bytes, tuple(members),
-                source_generation=src.generation, merge_required=bool(dirty),
-                merge_rule="dirty-source" if dirty else "", dropped=dropped)
+                source_generation=src.generation, merge_required=bool(rule),
+                merge_rule=rule, merge_fence_lbn=fence, dropped=dropped)
+
+
+def _merge_rule(sources: Sequence[Scb]) -> tuple[str, int]:
+    """Rule 14: ("", 0) when no merge is owed, else (rule, LBN the merge starts at)."""
+    if any(s.dirty or s.writers for s in sources):
+        return "dirty-source", 0
+    if not any(s.merge_required for s in sources):
+        return "", 0
+    if all(s.merge_required and s.merge_fence_lbn is not None for s in sources):
+        return "resume-merge", min(s.merge_fence_lbn for s in sources)
+    return "merge-owed", 0
 
 
 def _copy_target(c: Candidate, sources: list[Candidate], rule: str) -> MemberPlan:

@@ -109,6 +109,10 @@ class Throttle:
     def __repr__(self) -> str:
         return f"<Throttle delay {self.last_delay_us:.0f} us after {self.merge_ios} merge I/Os>"
 
+    def reread(self) -> None:
+        """Read the settings now (a merge that starts or resumes takes the current ones)."""
+        self._settings = self._settings_fn()
+
     def app_io(self, latency_us: float) -> None:
         """Record one application request's latency."""
         self._last_app_io = trio.current_time()
@@ -118,18 +122,18 @@ class Throttle:
         self.current_us += EWMA_WEIGHT * (latency_us - self.current_us)
         self.ideal_us = min(self.ideal_us * IDEAL_DRIFT, latency_us)
 
-    def delay_s(self, chunk_bytes: int, io_us: float) -> float:
-        """The delay after one merge I/O of `chunk_bytes` that took `io_us`."""
-        self.merge_ios += 1
-        if self.merge_ios % REREAD_EVERY == 0:
+    def delay_s(self, chunk_bytes: int, io_us: float, ios: int = 1) -> float:
+        """The delay after merge I/O of `chunk_bytes` that took `io_us` (`ios` member I/Os)."""
+        before, self.merge_ios = self.merge_ios, self.merge_ios + ios
+        if self.merge_ios // REREAD_EVERY != before // REREAD_EVERY:
             self._settings = self._settings_fn()       # live settings, as in VMS
         idle = trio.current_time() - self._last_app_io > IDLE_S
         self.last_delay_us = merge_delay_us(self.current_us, self.ideal_us, idle, chunk_bytes,
                                             io_us, self._settings)
         return self.last_delay_us / 1e6
 
-    async def pause(self, chunk_bytes: int, io_us: float) -> None:
-        await trio.sleep(self.delay_s(chunk_bytes, io_us))
+    async def pause(self, chunk_bytes: int, io_us: float, ios: int = 1) -> None:
+        await trio.sleep(self.delay_s(chunk_bytes, io_us, ios))
 
     def statistics(self) -> ThrottleStats:
         return ThrottleStats(self.current_us, self.ideal_us, self.last_delay_us, self.merge_ios)

@@ -1,8 +1,9 @@
 """The VirtualUnit: one shadow set as one disk. Reads, writes, flushes, membership, copies.
 
-State: `steady` (every current member a source) or `copying` (copy targets are being brought up
-to date behind the copy fence). `merge_required` records a merge owed after a crash (the merge
-itself is merge.py's; until it runs the flag stays in the SCBs).
+State: `steady` (every current member a source), `copying` (copy targets are being brought up
+to date behind the copy fence) or `merging` (a merge is owed after a crash, or was demanded;
+merge.py). One background operation runs at a time (`_operations`): copies first, then the
+merge; a member added during a merge suspends it, is copied, and the merge resumes at its fence.
 
 I/O rules (DESIGN §5): a read goes to one source, `balance.choose` (read cost + in flight,
 round-robin ties; copy targets never read); a read error is repaired from another source
@@ -36,15 +37,17 @@ import trio
 
 from . import balance, decide
 from .copy import Copy, CopyStats
+from .merge import Merge, MergeStats
 from .errors import (AllMembersFailed, DsafsError, InvalidArgument, IoRangeError, MemberError,
                      MemberIOError, MembershipRefused, MetadataError, MountRefused, VuError)
 from .fanout import flush_all, write_all
 from .fence import RangeGate
 from .repair import read_and_repair
+from .throttle import Settings as MergeSettings
 from .scb import (FEATURE_EXTMEMB, SCB_AREA_BYTES, MemberEntry, MemberState, Scb, ScbStore,
                   check_label,
                   describe_generation, min_member_bytes, next_generation)
-from .units import BLOCK_BYTES, MAX_MEMBERS, check_vu_size, format_size, vu_name
+from .units import BLOCK_BYTES, CHUNK_BYTES, MAX_MEMBERS, check_vu_size, format_size, vu_name
 
 log = logging.getLogger("dsafs.vu")
 
@@ -73,6 +76,7 @@ class VuStats:
     generation_hex: str
     master: Optional[str]
     copy: Optional[CopyStats]
+    merge: Optional[MergeStats]
     merge_required: bool
     dirty: bool
     members: tuple[SlotStats, ...]
@@ -207,6 +211,14 @@ class VirtualUnit:
         self.generation = plan.source_generation
         self.readonly = readonly
         self.merge_required = plan.merge_required
+        self.merge_overrides: dict = {}            # per-VU merge throttle settings (dsafs set)
+        self.default_merge_settings: Callable[[], MergeSettings] = MergeSettings
+        self.merge: Optional[Merge] = None
+        self.last_merge: Optional[Merge] = None
+        self._merge_stopped = ""                   # why the merge stopped, until demanded again
+        if plan.merge_required:
+            start = plan.merge_fence_lbn * BLOCK_BYTES // CHUNK_BYTES * CHUNK_BYTES
+            self.merge = Merge(self, min(start, plan.vu_size_bytes), self.merge_settings)
         self.dirty = False
         self.slots: list[Slot] = []
         first = plan.sources[0].candidate.scb
@@ -224,10 +236,11 @@ class VirtualUnit:
         self.copy: Optional[Copy] = None
         self.last_copy: Optional[Copy] = None
         self._copy_queue: list[Slot] = []
-        self._copier_running = False
-        self._copy_done = trio.Event()
-        self._copy_done.set()
-        self._copy_scope: Optional[trio.CancelScope] = None
+        self._ops_running = False
+        self._ops_done = trio.Event()
+        self._ops_done.set()
+        self._ops_scope: Optional[trio.CancelScope] = None
+        self._merge_scope: Optional[trio.CancelScope] = None
         self._membership_lock = trio.Lock()
         self._scb_lock = trio.Lock()
         self._dirty_lock = trio.Lock()
@@ -264,6 +277,7 @@ class VirtualUnit:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self._queue_copy(self.targets)
+                self._kick()
                 task_status.started(self)
                 await self._finished.wait()
                 nursery.cancel_scope.cancel()
@@ -293,11 +307,13 @@ class VirtualUnit:
             if self._finished.is_set():
                 raise VuError(f"{self.name} is not mounted")
             self._closing = True
-            await self._stop_copy()
+            await self._stop_operations()
             async with self.gate.closed(0, self.size_bytes):
                 current = self.current
                 failures = await flush_all(current)
                 failed = {id(s) for s, _ in failures}
+                if self.merge is not None:
+                    self.merge.flushed()       # the repairs behind the fence are durable now
                 self.dirty = False
                 if not self.readonly:     # a read-only mount never wrote: nothing to mark
                     await self.write_scbs([s for s in current if id(s) not in failed])
@@ -313,7 +329,7 @@ class VirtualUnit:
             if self._finished.is_set():
                 raise VuError(f"{self.name} is not mounted")
             self._closing = True
-            await self._stop_copy()
+            await self._stop_operations()
             for s in self.slots:
                 s.member.close()
             log.warning("%s: aborted; members left as they were (a merge is owed if written)",
@@ -333,13 +349,27 @@ class VirtualUnit:
         return self._nursery is not None and not self._finished.is_set()
 
     async def wait_steady(self) -> None:
-        """Return when no copy is queued or running."""
-        while self._copier_running or self._copy_queue:
-            await self._copy_done.wait()
+        """Return when no copy or merge is queued or running."""
+        while self._ops_running or self._copy_queue:
+            await self._ops_done.wait()
 
     @property
     def state(self) -> str:
-        return "copying" if self.copy is not None or self._copy_queue else "steady"
+        if self.copy is not None or self._copy_queue:
+            return "copying"
+        return "merging" if self.merge is not None and not self.readonly else "steady"
+
+    def merge_settings(self) -> MergeSettings:
+        """The merge throttle settings in force: the daemon's, with this VU's overrides."""
+        return dataclasses.replace(self.default_merge_settings(), **self.merge_overrides)
+
+    def merge_master(self) -> Optional[Slot]:
+        """The merge master: the copy source if one is set, else the first source in the set's
+        order (deterministic: the order the members were named at mount)."""
+        for s in self.sources:
+            if s.member.path == self.copy_source:
+                return s
+        return self.sources[0] if self.sources else None
 
     def find(self, ref: str) -> Slot:
         """A current member by absolute path or by a basename unique in the VU."""
@@ -353,11 +383,17 @@ class VirtualUnit:
         return hits[0]
 
     def statistics(self) -> VuStats:
-        master = self.sources[0].member.path if self.sources else None
-        return VuStats(self.name, self.state, self.size_bytes, self.generation,
-                       describe_generation(self.generation), master,
-                       self.copy.statistics() if self.copy else None, self.merge_required,
-                       self.dirty, tuple(s.statistics() for s in self.slots))
+        master = self.merge_master()
+        state = self.state
+        members = tuple(s.statistics() for s in self.slots)
+        if state == "merging":
+            members = tuple(dataclasses.replace(m, state="merge-member") if m.state == "source"
+                            else m for m in members)
+        return VuStats(self.name, state, self.size_bytes, self.generation,
+                       describe_generation(self.generation), master.member.path if master else None,
+                       self.copy.statistics() if self.copy else None,
+                       self.merge.statistics() if self.merge else None, self.merge_required,
+                       self.dirty, members)
 
     def __repr__(self) -> str:
         return (f"<VirtualUnit {self.name} {self.state}, {len(self.sources)} sources, "
@@ -392,6 +428,24 @@ class VirtualUnit:
         if pos >= self.size_bytes or nbytes <= 0:
             return b""
         nbytes = min(nbytes, self.size_bytes - pos)
+        merge = self.merge
+        if merge is None:
+            return await self._read_one(pos, nbytes)
+        t0 = trio.current_time()
+        try:
+            if self.readonly:        # no merge can run: every read from the master, consistently
+                master = self.merge_master()
+                try:
+                    return await self.read_from(master, pos, nbytes)
+                except MemberIOError:
+                    return await self._read_one(pos, nbytes)
+            if pos + nbytes <= merge.fence_bytes:
+                return await self._read_one(pos, nbytes)
+            return await merge.read(pos, nbytes)
+        finally:
+            merge.throttle.app_io((trio.current_time() - t0) * 1e6)
+
+    async def _read_one(self, pos: int, nbytes: int) -> bytes:
         slot = self.choose_reader()
         if slot is None:
             raise AllMembersFailed(self.name, "read", [])
@@ -414,6 +468,17 @@ class VirtualUnit:
                                f"end of the VU ({self.size_bytes} bytes)")
         if nbytes == 0:
             return 0
+        merge = self.merge
+        if merge is None:
+            return await self._write(pos, data)
+        t0 = trio.current_time()
+        try:
+            return await self._write(pos, data)
+        finally:
+            merge.throttle.app_io((trio.current_time() - t0) * 1e6)
+
+    async def _write(self, pos: int, data) -> int:
+        nbytes = len(data)
         if not self.dirty:
             await self._mark_dirty()
         end = pos + nbytes
@@ -471,6 +536,8 @@ class VirtualUnit:
             vu_size_bytes=self.size_bytes, members=entries, revision=self.revision,
             dirty=self.dirty and slot.state.current, merge_required=self.merge_required,
             writers=1 if self.dirty and slot.state.current else 0,
+            merge_fence_lbn=(self.merge.durable_fence_bytes // BLOCK_BYTES
+                             if self.merge is not None and slot.state.current else None),
             copy_fence_lbn=slot.fence_lbn if target else None,
             copy_fence_generation=self.generation if target else 0,
             feature_flags=self.feature_flags, created_ns=self.created_ns)
@@ -596,45 +663,124 @@ class VirtualUnit:
             self._queue_copy(new)
             return plan
 
-    # ----------------------------------------------------------------- copy
+    # ----------------------------------------------------------------- copy and merge
     def _queue_copy(self, slots: Sequence[Slot]) -> None:
         self._copy_queue += [s for s in slots if s not in self._copy_queue]
-        if self._copy_queue and not self._copier_running and self._nursery is not None:
-            self._copier_running = True
-            self._copy_done = trio.Event()
-            self._nursery.start_soon(self._copier)
+        if self._copy_queue and self._merge_scope is not None:
+            self._merge_scope.cancel()       # suspend the merge: copy first, then resume it
+        self._kick()
 
-    async def _copier(self) -> None:
-        """Runs copies while targets are queued; targets queued together share one pass."""
+    def _kick(self) -> None:
+        """Start the operations task if a copy is queued or a merge may run."""
+        if self._ops_running or self._nursery is None or self._closing:
+            return
+        if self._copy_queue or self._merge_may_run():
+            self._ops_running = True
+            self._ops_done = trio.Event()
+            self._nursery.start_soon(self._operations)
+
+    def _merge_may_run(self) -> bool:
+        return self.merge is not None and not self.readonly and not self._merge_stopped
+
+    async def _operations(self) -> None:
+        """One background operation at a time: queued copies (targets queued together share
+        one pass), then the merge, until neither is owed."""
         try:
             with trio.CancelScope() as scope:
-                self._copy_scope = scope
-                while self._copy_queue:
-                    targets = [t for t in self._copy_queue if t.state is MemberState.COPY_TARGET]
-                    self._copy_queue = []
-                    if not targets:
-                        continue
-                    start = min(t.fence_lbn for t in targets) * BLOCK_BYTES
-                    self.copy = Copy(self, targets, start)
-                    log.info("%s: copy onto %s starts at LBN %d", self.name,
-                             ", ".join(t.name for t in targets), start // BLOCK_BYTES)
-                    try:
-                        done = await self.copy.run()
-                    except DsafsError as exc:
-                        log.error("%s: copy stopped: %s", self.name, exc)
-                        done = False
-                    finally:
-                        copy = self.last_copy = self.copy
-                        self.copy = None
-                    if done:
-                        try:
-                            await self._promote(copy)
-                        except DsafsError as exc:
-                            log.error("%s: copy could not complete: %s", self.name, exc)
+                self._ops_scope = scope
+                while True:
+                    if self._copy_queue:
+                        await self._run_copies()
+                    elif self._merge_may_run():
+                        await self._run_merge()
+                    else:
+                        break
         finally:
-            self._copy_scope = None
-            self._copier_running = False
-            self._copy_done.set()
+            self._ops_scope = None
+            self._ops_running = False
+            self._ops_done.set()
+
+    async def _run_copies(self) -> None:
+        targets = [t for t in self._copy_queue if t.state is MemberState.COPY_TARGET]
+        self._copy_queue = []
+        if not targets:
+            return
+        start = min(t.fence_lbn for t in targets) * BLOCK_BYTES
+        self.copy = Copy(self, targets, start)
+        log.info("%s: copy onto %s starts at LBN %d", self.name,
+                 ", ".join(t.name for t in targets), start // BLOCK_BYTES)
+        try:
+            done = await self.copy.run()
+        except DsafsError as exc:
+            log.error("%s: copy stopped: %s", self.name, exc)
+            done = False
+        finally:
+            copy = self.last_copy = self.copy
+            self.copy = None
+        if done:
+            try:
+                await self._promote(copy)
+            except DsafsError as exc:
+                log.error("%s: copy could not complete: %s", self.name, exc)
+
+    async def _run_merge(self) -> None:
+        merge = self.merge
+        master = self.merge_master()
+        log.info("%s: merge %s at LBN %d; master member %s", self.name,
+                 "resumes" if merge.fence_bytes else "starts", merge.fence_bytes // BLOCK_BYTES,
+                 master.name if master else "none")
+        with trio.CancelScope() as scope:
+            self._merge_scope = scope
+            try:
+                done = await merge.run()
+            except DsafsError as exc:
+                self._merge_stopped = str(exc)
+                log.error("%s: merge stopped at LBN %d: %s; it stays owed (demand it again with "
+                          "'dsafs set %s --demand-merge')", self.name,
+                          merge.fence_bytes // BLOCK_BYTES, exc, self.name)
+                return
+            finally:
+                self._merge_scope = None
+        if scope.cancelled_caught:
+            log.info("%s: merge suspended at LBN %d for a copy", self.name,
+                     merge.fence_bytes // BLOCK_BYTES)
+            return
+        if done:
+            await self._finish_merge(merge)
+
+    async def _finish_merge(self, merge: Merge) -> None:
+        async with self._membership_lock:
+            self.merge_required = False
+            self.merge = None
+            self.last_merge = merge
+            await self.write_scbs(self.current)
+        st = merge.statistics()
+        log.info("%s: merge completed in %.1f s; %d chunks compared, %d repaired by the merge, "
+                 "%d by application reads", self.name, st.seconds, st.chunks_compared,
+                 st.merge_repairs, st.app_repairs)
+
+    async def demand_merge(self) -> None:
+        """`dsafs set DSAn --demand-merge` (VMS SET SHADOW/DEMAND_MERGE): merge from LBN 0."""
+        why = ""
+        if self.readonly:
+            why = "it is mounted read-only (--nowrite); mount it writable"
+        elif len(self.sources) < 2:
+            why = (f"it has {len(self.sources)} source member; a merge needs two; add a member "
+                   f"with 'dsafs mount {self.name} --add'")
+        elif self.copy is not None or self._copy_queue:
+            names = ", ".join(t.name for t in self.targets) or "a new member"
+            why = f"a copy onto {names} is running; demand the merge after it completes"
+        elif self.merge is not None and not self._merge_stopped:
+            why = f"a merge is already running ({self.merge.percent:.1f}% done)"
+        if why:
+            raise MembershipRefused(f"{self.name}: cannot start a merge: {why}")
+        async with self._membership_lock:
+            self.merge_required = True
+            self._merge_stopped = ""
+            self.merge = Merge(self, 0, self.merge_settings)
+            log.info("%s: merge required by rule=demand-merge", self.name)
+            await self.write_scbs(self.current)
+        self._kick()
 
     async def _promote(self, copy: Copy) -> None:
         async with self._membership_lock:
@@ -643,14 +789,16 @@ class VirtualUnit:
                 t.state = MemberState.SOURCE
                 t.fence_lbn = 0
             self._refresh()
+            if self.merge is not None:
+                self.merge.forget_reads()
             await self._commit(promoted)
             stats = copy.statistics()
             log.info("%s: copy completed; %s now source members (%d bytes compared, %d written)",
                      self.name, ", ".join(t.name for t in promoted), stats.bytes_compared,
                      stats.bytes_written)
 
-    async def _stop_copy(self) -> None:
+    async def _stop_operations(self) -> None:
         self._copy_queue = []
-        if self._copy_scope is not None:
-            self._copy_scope.cancel()
-        await self._copy_done.wait()
+        if self._ops_scope is not None:
+            self._ops_scope.cancel()
+        await self._ops_done.wait()

@@ -19,13 +19,15 @@ SRC, TGT, GONE = MemberState.SOURCE, MemberState.COPY_TARGET, MemberState.REMOVE
 
 
 def m(name, gen=100, *, rev=0, set_uuid=SET, label="DATA", state=SRC, listed=None, dirty=False,
-      writers=0, merge=False, fence=None, fence_gen=0, size=SIZE, member_size=BIG):
+      writers=0, merge=False, fence=None, fence_gen=0, merge_fence=None, size=SIZE,
+      member_size=BIG):
     """A candidate whose SCB says: this generation, this own state, these list entries."""
     listed = listed if listed is not None else {name: state}
     members = tuple(MemberEntry(U[n], st, f"/d/{n}.img") for n, st in listed.items())
     scb = Scb(set_uuid=set_uuid, member_uuid=U[name], label=label, vu_name="DSA1", generation=gen,
               revision=rev, vu_size_bytes=size, members=members, dirty=dirty, writers=writers,
-              merge_required=merge, copy_fence_lbn=fence, copy_fence_generation=fence_gen)
+              merge_required=merge, copy_fence_lbn=fence, copy_fence_generation=fence_gen,
+              merge_fence_lbn=merge_fence)
     return Candidate(f"/d/{name}.img", member_size, scb)
 
 
@@ -79,10 +81,31 @@ def test_absent_listed_member_is_dropped():
     assert p.dropped == (U["b"],) and p.membership_changes
 
 
-@pytest.mark.parametrize("flags", [dict(dirty=True), dict(writers=1), dict(merge=True)])
-def test_dirty_source_means_merge(flags):
-    p = decide.plan("DSA1", [m("a", listed=AB, **flags), m("b", listed=AB)])
-    assert p.merge_required and p.merge_rule == "dirty-source" and not p.targets
+@pytest.mark.parametrize("a, b, rule, fence", [
+    # the set was not dismounted cleanly: a merge from LBN 0, whatever fence is recorded
+    (dict(dirty=True), {}, "dirty-source", 0),
+    (dict(writers=1), {}, "dirty-source", 0),
+    (dict(dirty=True, merge=True, merge_fence=800), dict(merge=True, merge_fence=800), "dirty-source", 0),
+    # a merge owed by clean sources resumes at the lowest recorded fence
+    (dict(merge=True, merge_fence=800), dict(merge=True, merge_fence=640), "resume-merge", 640),
+    (dict(merge=True, merge_fence=0), dict(merge=True, merge_fence=0), "resume-merge", 0),
+    # a merge owed without a fence on every source: from LBN 0
+    (dict(merge=True), {}, "merge-owed", 0),
+    (dict(merge=True, merge_fence=800), {}, "merge-owed", 0),
+    (dict(merge=True, merge_fence=800), dict(merge=True), "merge-owed", 0),
+    ({}, {}, "", 0),
+])
+def test_merge_rules(a, b, rule, fence):
+    p = decide.plan("DSA1", [m("a", listed=AB, **a), m("b", listed=AB, **b)])
+    assert (p.merge_required, p.merge_rule, p.merge_fence_lbn) == (bool(rule), rule, fence)
+    assert not p.targets
+
+
+def test_merge_owed_by_another_set_is_never_merged_in():
+    with pytest.raises(MountRefused) as e:
+        decide.plan("DSA1", [m("a", listed=AB), m("b", listed=AB, set_uuid=OTHER, dirty=True,
+                                                   merge=True)])
+    assert e.value.rule == "set-mismatch"
 
 
 def test_dirty_copy_target_alone_does_not_merge():

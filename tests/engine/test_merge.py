@@ -1,0 +1,298 @@
+"""The online merge on in-memory members under trio's MockClock: compare, repair, fence, resume,
+reads during a merge, copies during a merge, demand merge, and the throttle's floor."""
+
+import pytest
+import trio
+import trio.testing
+
+from dsafs import merge as mergemod
+from dsafs.errors import MembershipRefused
+from dsafs.scb import choose_slot, min_member_bytes
+from dsafs.testing import MemMember, assert_members_identical, running
+from dsafs.throttle import Settings
+from dsafs.units import CHUNK_BYTES, KiB, MiB
+from dsafs.vu import VirtualUnit, init_set
+
+SIZE = 4 * MiB
+RAW = min_member_bytes(SIZE)
+STEP = 256 * KiB
+pytestmark = pytest.mark.allow_warnings
+
+
+@pytest.fixture
+def autojump_clock():
+    return trio.testing.MockClock(autojump_threshold=0)
+
+
+@pytest.fixture(autouse=True)
+def small_steps(monkeypatch):
+    monkeypatch.setattr(mergemod, "STEP_BYTES", STEP)
+
+
+def mems(*names, **kw):
+    return [MemMember(RAW, f"/m/{n}.img", **kw) for n in names]
+
+
+def scb(member):
+    tail = bytes(member.data[-8192:])
+    return choose_slot(tail[:4096], tail[4096:]).scb
+
+
+def reopen(*members):
+    for m in members:
+        m.closed = False
+
+
+async def crashed_set(*names, diff_chunks=(), **kw):
+    """A set whose daemon died after writing: dirty SCBs, and `diff_chunks` of the last member
+    holding data the others never got (writes in flight at the crash)."""
+    members = mems(*names, **kw)
+    await init_set("DSA1", "DATA", SIZE, members)
+    vu = await VirtualUnit.assemble("DSA1", members)
+    async with trio.open_nursery() as n:
+        await n.start(vu.run)
+        await vu.write(0, bytes(range(256)) * 16)
+        await vu.abort()
+    for c in diff_chunks:
+        members[-1].data[c * CHUNK_BYTES:(c + 1) * CHUNK_BYTES] = bytes([c % 250 + 1]) * CHUNK_BYTES
+    reopen(*members)
+    return members
+
+
+async def test_identical_members_merge_with_zero_writes(autojump_clock):
+    a, b = await crashed_set("a", "b")
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    assert vu.merge_required and vu.state == "merging"
+    writes_before = [a.statistics().writes, b.statistics().writes]
+    async with running(vu):
+        await vu.wait_steady()
+        m = vu.last_merge.statistics()
+        assert (m.merge_repairs, m.bytes_written, m.percent) == (0, 0, 100.0)
+        assert m.chunks_compared == SIZE // CHUNK_BYTES
+        assert vu.merge is None and not vu.merge_required and vu.state == "steady"
+        # only SCB writes (2 per member: the end of the merge; dissolve comes later)
+        assert [a.statistics().writes, b.statistics().writes] == [w + 1 for w in writes_before]
+    assert not scb(a).merge_required and not scb(a).dirty and scb(a).merge_fence_lbn is None
+
+
+async def test_differing_chunks_take_the_masters_data(autojump_clock):
+    a, b, c = await crashed_set("a", "b", "c", diff_chunks=(3, 17, 63))
+    master_data = bytes(a.data[:SIZE])
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    assert vu.merge_master().member is a
+    async with running(vu):
+        assert vu.statistics().master == "/m/a.img"
+        assert [m.state for m in vu.statistics().members] == ["merge-member"] * 3
+        await vu.wait_steady()
+        assert vu.last_merge.merge_repairs == 3
+        assert vu.last_merge.bytes_written == 3 * CHUNK_BYTES
+        assert_members_identical(vu)
+        assert bytes(c.data[:SIZE]) == master_data
+        assert [m.state for m in vu.statistics().members] == ["source"] * 3
+
+
+async def test_master_is_the_first_named_member(autojump_clock):
+    a, b = await crashed_set("a", "b", diff_chunks=(5,))
+    b_data = bytes(b.data[:SIZE])
+    vu = await VirtualUnit.assemble("DSA1", [b, a])           # b named first: b is the master
+    async with running(vu):
+        await vu.wait_steady()
+        assert bytes(a.data[:SIZE]) == b_data
+
+
+async def test_read_ahead_of_the_fence_is_compared_and_repaired(autojump_clock):
+    a, b = await crashed_set("a", "b", diff_chunks=(60,), latency=0.001)
+    master = bytes(a.data[:SIZE])
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        pos = 60 * CHUNK_BYTES + 4096
+        assert vu.merge.fence_bytes < pos
+        for _ in range(4):                       # whichever source the balancer would pick
+            assert await vu.read(pos, 4096) == master[pos:pos + 4096]
+        assert vu.merge.app_repairs == 1
+        assert b.data[60 * CHUNK_BYTES:61 * CHUNK_BYTES] == master[60 * CHUNK_BYTES:61 * CHUNK_BYTES]
+        await vu.wait_steady()
+        assert (vu.last_merge.app_repairs, vu.last_merge.merge_repairs) == (1, 0)
+        assert_members_identical(vu)
+
+
+async def test_read_behind_the_fence_reads_one_member(autojump_clock):
+    a, b = await crashed_set("a", "b", latency=0.001)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        while vu.merge.fence_bytes < 2 * STEP:
+            await trio.sleep(0.001)
+        before = sum(s.reads for s in vu.slots)         # application reads served by a member
+        await vu.read(0, 4096)
+        assert sum(s.reads for s in vu.slots) == before + 1 and vu.merge.app_repairs == 0
+        await vu.wait_steady()
+
+
+async def test_writes_during_the_merge_reach_every_member(autojump_clock):
+    a, b = await crashed_set("a", "b", diff_chunks=(40,), latency=0.001)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        async with trio.open_nursery() as n:
+            for i in range(32):
+                n.start_soon(vu.write, i * 128 * KiB + 512, b"w" * 8192)
+        await vu.wait_steady()
+        assert_members_identical(vu)
+        assert a.data[512:512 + 8192] == b"w" * 8192
+
+
+async def test_clean_dismount_mid_merge_resumes_at_the_fence(autojump_clock):
+    a, b = await crashed_set("a", "b", diff_chunks=(2, 50), latency=0.001)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with trio.open_nursery() as n:
+        await n.start(vu.run)
+        while vu.merge.fence_bytes < 4 * STEP:
+            await trio.sleep(0.0005)
+        await vu.dissolve()
+    fence = scb(a).merge_fence_lbn
+    assert fence is not None and fence * 512 >= 4 * STEP
+    assert scb(a).merge_required and not scb(a).dirty
+    reopen(a, b)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    assert vu._plan.merge_rule == "resume-merge" and vu.merge.fence_bytes == fence * 512
+    async with running(vu):
+        await vu.wait_steady()
+        assert vu.last_merge.merge_repairs == 1      # chunk 50; chunk 2 was merged before
+        assert_members_identical(vu)
+
+
+async def test_crash_after_writes_restarts_the_merge_from_zero(autojump_clock):
+    a, b = await crashed_set("a", "b", latency=0.001)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with trio.open_nursery() as n:
+        await n.start(vu.run)
+        while vu.merge.fence_bytes < 4 * STEP:
+            await trio.sleep(0.0005)
+        await vu.merge.checkpoint()
+        await vu.write(0, b"n" * 4096)                # behind the fence: dirty again
+        await vu.abort()
+    b.data[0:4096] = b"o" * 4096                      # ...and in flight on a only at the "crash"
+    reopen(a, b)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    assert vu._plan.merge_rule == "dirty-source" and vu.merge.fence_bytes == 0
+    async with running(vu):
+        await vu.wait_steady()
+        assert_members_identical(vu)
+
+
+async def test_daemon_stop_without_writes_resumes_at_checkpoint(autojump_clock):
+    a, b = await crashed_set("a", "b", latency=0.001)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with trio.open_nursery() as n:
+        await n.start(vu.run)
+        while vu.merge.fence_bytes < 4 * STEP:
+            await trio.sleep(0.0005)
+        await vu.merge.checkpoint()
+        await vu.abort()                              # no application write since the mount
+    reopen(a, b)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    assert vu._plan.merge_rule == "resume-merge" and vu.merge.fence_bytes >= 4 * STEP
+    async with running(vu):
+        await vu.wait_steady()
+
+
+async def test_adding_a_member_suspends_the_merge_copies_then_resumes(autojump_clock):
+    a, b = await crashed_set("a", "b", diff_chunks=(10, 55), latency=0.001)
+    master = bytes(a.data[:SIZE])
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        while vu.merge.fence_bytes < 4 * STEP:
+            await trio.sleep(0.0005)
+        fence = vu.merge.fence_bytes
+        (c,) = mems("c")
+        await vu.add([c])
+        assert vu.state == "copying"
+        assert vu.statistics().merge.fence_lbn * 512 >= fence   # kept, not restarted
+        await vu.wait_steady()
+        assert vu.last_copy is not None and vu.last_merge is not None
+        assert vu.last_merge.merge_repairs == 2          # chunk 10 before the copy, 55 after
+        assert_members_identical(vu)
+        assert bytes(c.data[:SIZE]) == master
+
+
+async def test_demand_merge_refusals_and_success(autojump_clock):
+    (solo,) = mems("solo")
+    await init_set("DSA1", "DATA", SIZE, [solo])
+    vu = await VirtualUnit.assemble("DSA1", [solo])
+    async with running(vu):
+        with pytest.raises(MembershipRefused, match="a merge needs two"):
+            await vu.demand_merge()
+    a, b = mems("a", "b", latency=0.001)
+    await init_set("DSA1", "DATA", SIZE, [a, b])
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        (c,) = mems("c")
+        await vu.add([c])
+        with pytest.raises(MembershipRefused, match="copy onto c.img is running"):
+            await vu.demand_merge()
+        await vu.wait_steady()
+        b.data[100:200] = b"z" * 100                  # silent corruption the merge should find
+        await vu.demand_merge()
+        assert scb(a).merge_required and vu.state == "merging"
+        with pytest.raises(MembershipRefused, match="already running"):
+            await vu.demand_merge()
+        await vu.wait_steady()
+        assert vu.last_merge.merge_repairs == 1
+        assert_members_identical(vu)
+    assert not scb(a).merge_required
+
+
+async def test_nowrite_mount_reads_the_master_and_keeps_the_merge_owed(autojump_clock):
+    a, b = await crashed_set("a", "b", diff_chunks=(7,))
+    vu = await VirtualUnit.assemble("DSA1", [a, b], readonly=True)
+    async with running(vu):
+        for _ in range(4):
+            assert await vu.read(7 * CHUNK_BYTES, 512) == bytes(a.data[7 * CHUNK_BYTES:7 * CHUNK_BYTES + 512])
+        assert vu.state == "steady" and vu.merge_required
+        await vu.wait_steady()
+    reopen(a, b)
+    assert scb(a).dirty                               # untouched: still owed
+
+
+async def test_merge_keeps_its_floor_under_a_busy_application(autojump_clock):
+    """Application I/O 10,000x slower than at best: the formula asks for a second between
+    steps, but the merge still moves at merge_min_rate."""
+    a, b = await crashed_set("a", "b", latency=0.0001)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    vu.merge_overrides = {"min_rate": 2 * MiB}
+    async with running(vu):
+        vu.merge.throttle.app_io(100)                  # ideal: 100 us
+        stop = trio.Event()
+
+        async def busy_app():
+            while not stop.is_set():
+                if vu.merge:
+                    vu.merge.throttle.app_io(1_000_000)             # 1 s now
+                await trio.sleep(0.001)
+        async with trio.open_nursery() as n:
+            n.start_soon(busy_app)
+            t0 = trio.current_time()
+            await vu.wait_steady()
+            elapsed = trio.current_time() - t0
+            stop.set()
+        rate = SIZE / elapsed
+        assert 2 * MiB * 0.95 <= rate <= 2 * MiB * 1.5, rate
+        assert vu.last_merge.throttle.last_delay_us > 0
+
+
+async def test_idle_merge_runs_without_delay(autojump_clock):
+    a, b = await crashed_set("a", "b", latency=0.0001)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        t0 = trio.current_time()
+        await vu.wait_steady()
+        assert vu.last_merge.throttle.last_delay_us == 0
+        # 16 steps of (2 reads in parallel) at 100 us each, plus flushes: well under 10 ms
+        assert trio.current_time() - t0 < 0.01
+
+
+async def test_settings_are_the_daemons_with_the_vus_overrides(autojump_clock):
+    a, b = await crashed_set("a", "b")
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    vu.default_merge_settings = lambda: Settings(threshold=400)
+    vu.merge_overrides = {"factor": 100}
+    assert vu.merge_settings() == Settings(threshold=400, factor=100)
