@@ -134,3 +134,22 @@ async def test_both_scb_slots_torn_is_a_refusal_naming_the_member(autojump_clock
     with pytest.raises(MountRefused, match=r"^DSA1: member /m/b\.img: .*both SCB slots"):
         await VirtualUnit.assemble("DSA1", [a, b])
     assert (bytes(a.data), bytes(b.data)) == before
+
+
+async def test_first_scb_write_after_a_mount_spares_the_newest_slot(autojump_clock):
+    """Regression (found by the power-cut simulation, seeds 5, 6, 9): the VU hands each store
+    the SCB from the mount decision without its slot, and the first SCB write (the dirty mark)
+    went to slot A, over the only valid copy; a torn write there left none."""
+    a, b = MemMember(RAW, "/m/a.img"), MemMember(RAW, "/m/b.img")
+    await init_set("DSA1", "DATA", SIZE, [a, b])                  # slot A only
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vu.run)
+        await vu.write(0, b"x" * 512)                               # dirty mark: SCB update
+        off_a, off_b = slot_offsets(RAW)
+        for m in (a, b):
+            reading = choose_slot(bytes(m.data[off_a:off_a + SLOT_BYTES]),
+                                  bytes(m.data[off_b:off_b + SLOT_BYTES]))
+            assert reading.slot == 1 and reading.scb.dirty and reading.reasons == ("", "")
+            assert choose_slot(bytes(m.data[off_a:off_a + SLOT_BYTES]), bytes(SLOT_BYTES)).scb.sequence == 1
+        await vu.dissolve()
