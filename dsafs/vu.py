@@ -220,6 +220,7 @@ class VirtualUnit:
             start = plan.merge_fence_lbn * BLOCK_BYTES // CHUNK_BYTES * CHUNK_BYTES
             self.merge = Merge(self, min(start, plan.vu_size_bytes), self.merge_settings)
         self.dirty = False
+        self._dirty_durable = False     # the dirty mark is on every member's SCB (flushed)
         self.slots: list[Slot] = []
         first = plan.sources[0].candidate.scb
         self.revision = first.revision
@@ -314,7 +315,7 @@ class VirtualUnit:
                 failed = {id(s) for s, _ in failures}
                 if self.merge is not None:
                     self.merge.flushed()       # the repairs behind the fence are durable now
-                self.dirty = False
+                self.dirty = self._dirty_durable = False
                 if not self.readonly:     # a read-only mount never wrote: nothing to mark
                     await self.write_scbs([s for s in current if id(s) not in failed])
                 for s in self.slots:
@@ -479,7 +480,7 @@ class VirtualUnit:
 
     async def _write(self, pos: int, data) -> int:
         nbytes = len(data)
-        if not self.dirty:
+        if not self._dirty_durable:
             await self._mark_dirty()
         end = pos + nbytes
         token = self.gate.enter_nowait(pos, end)
@@ -519,10 +520,15 @@ class VirtualUnit:
             await self._write_failed(failures)
 
     async def _mark_dirty(self) -> None:
+        # `dirty` is what scb_for() writes, so it is set first; writers wait for
+        # `_dirty_durable`, or a second writer would issue its data while the first one's
+        # dirty mark is still on its way (a crash then leaves clean SCBs over differing data:
+        # found by tests/crash/powercut.py).
         async with self._dirty_lock:
-            if not self.dirty:
+            if not self._dirty_durable:
                 self.dirty = True
                 await self.write_scbs(self.current)
+                self._dirty_durable = True
 
     # ----------------------------------------------------------------- SCBs
     def scb_for(self, slot: Slot) -> Scb:
