@@ -27,6 +27,7 @@ is never past unflushed data, a clean flag is only written after a flush).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -221,6 +222,9 @@ class VirtualUnit:
             self.merge = Merge(self, min(start, plan.vu_size_bytes), self.merge_settings)
         self.dirty = False
         self._dirty_durable = False     # the dirty mark is on every member's SCB (flushed)
+        self._leaving = 0               # members out of `current` whose commit is not durable
+        self._left = trio.Event()       # set when _leaving drops to 0
+        self._left.set()
         self.slots: list[Slot] = []
         first = plan.sources[0].candidate.scb
         self.revision = first.revision
@@ -518,6 +522,24 @@ class VirtualUnit:
         failures = await flush_all(self.current)
         if failures:
             await self._write_failed(failures)
+        # A member that just left `current` (remove, expel) was not flushed, yet until the
+        # survivors' higher generation is durable a crash would leave it their equal, and
+        # possibly the merge master: the flush is acknowledged only after that commit.
+        while self._leaving:
+            await self._left.wait()
+
+    @contextlib.asynccontextmanager
+    async def _member_leaving(self):
+        """Around a member's departure and the survivors' commit (see flush())."""
+        if self._leaving == 0:
+            self._left = trio.Event()
+        self._leaving += 1
+        try:
+            yield
+        finally:
+            self._leaving -= 1
+            if self._leaving == 0:
+                self._left.set()
 
     async def _mark_dirty(self) -> None:
         # `dirty` is what scb_for() writes, so it is set first; writers wait for
@@ -597,10 +619,11 @@ class VirtualUnit:
             return
         if slot.state is MemberState.SOURCE and len(self.sources) == 1:
             raise AllMembersFailed(self.name, "I/O", [MemberIOError(slot.member.path, "I/O", 5, why)])
-        self._drop(slot, MemberState.EXPELLED, why)
-        if self._nursery is not None:
-            self._nursery.start_soon(self._close_when_idle, slot)
-        await self._commit()
+        async with self._member_leaving():
+            self._drop(slot, MemberState.EXPELLED, why)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._close_when_idle, slot)
+            await self._commit()
 
     async def _close_when_idle(self, slot: Slot) -> None:
         """Release an expelled member's file (and lock) once its last request has ended."""
@@ -615,12 +638,13 @@ class VirtualUnit:
                 raise MembershipRefused(
                     f"{self.name}: {slot.name} is the only source member and cannot be removed; "
                     f"dismount {self.name} instead")
-            async with self.gate.closed(0, self.size_bytes):
-                slot.state = MemberState.REMOVED
-                self._refresh()
-            await slot.wait_idle()
-            log.info("%s: %s removed by rule=operator", self.name, slot.name)
-            await self._commit()
+            async with self._member_leaving():
+                async with self.gate.closed(0, self.size_bytes):
+                    slot.state = MemberState.REMOVED
+                    self._refresh()
+                await slot.wait_idle()
+                log.info("%s: %s removed by rule=operator", self.name, slot.name)
+                await self._commit()
             try:
                 await slot.member.flush()
                 await slot.store.write(self.scb_for(slot))

@@ -57,7 +57,8 @@ from dsafs import copy as copymod
 from dsafs import decide
 from dsafs.errors import DsafsError, MembershipRefused, MountRefused
 from dsafs.record import Journal, RecordingMember, torn_copy
-from dsafs.scb import MemberState, SLOT_BYTES, choose_slot, min_member_bytes, slot_offsets
+from dsafs.scb import (MemberState, SLOT_BYTES, SlotError, choose_slot, decode, min_member_bytes,
+                       slot_offsets)
 from dsafs.testing import MemMember
 from dsafs.units import BLOCK_BYTES, KiB, MiB
 from dsafs.vu import VirtualUnit, init_set, load_candidate
@@ -170,14 +171,34 @@ class Oracle:
         return {lbn: self.allowed_at(lbn, cut, horizon)
                 for lbn in set(self.by_lbn) | set(self.initial)}
 
-    def forbidden_sources(self, cut: int) -> set:
+    def forbidden_sources(self, cut: int, recs=()) -> set:
         """Paths that must not be sources after a crash at `cut`: removed (remove() returned)
-        and not yet promoted back, or added and not yet promoted."""
-        last: dict[str, str] = {}
+        and not added back, or added and not yet promoted. Promotion starts when the engine
+        submits the first SCB write (to any member, found in the recorders' logs) that lists
+        the member as a source: from then on a crash may legitimately leave it a source."""
+        last: dict[str, tuple[str, int]] = {}
         for index, kind, path in self.membership:
             if index < cut and kind in ("remove-done", "add-start", "add-done"):
-                last[path] = kind
-        return {p for p, kind in last.items() if kind != "add-done"}
+                last[path] = (kind, index)
+        out = set()
+        for path, (kind, index) in last.items():
+            if kind == "remove-done" or (kind == "add-start"
+                                         and not _promoted(recs, path, index, cut)):
+                out.add(path)
+        return out
+
+
+def _promoted(recs, path: str, after: int, cut: int) -> bool:
+    for r in recs:
+        for w in r.writes:
+            if after < w.submitted < cut and w.pos >= VU_BYTES and len(w.data) == SLOT_BYTES:
+                try:
+                    scb = decode(w.data)
+                except SlotError:
+                    continue
+                if any(e.path == path and e.state is MemberState.SOURCE for e in scb.members):
+                    return True
+    return False
 
 
 # ----------------------------------------------------------------------------- members
@@ -424,7 +445,7 @@ async def check_images(result: Result, label: str, recs: list, images: dict,
                              f"{'blank' if state is False else 'damaged'} after the cut")
             return None
         # else: a blank spare whose first SCB never became durable: the operator leaves it out
-    forbidden = oracle.forbidden_sources(cut)
+    forbidden = oracle.forbidden_sources(cut, recs)
     rng.shuffle(names)
     # a removed member may be named or not: both are things an operator does
     names = [p for p in names if p not in forbidden or rng.random() < 0.5] or names
@@ -440,7 +461,8 @@ async def check_images(result: Result, label: str, recs: list, images: dict,
         if mp.path in forbidden:
             result.violation(label, "stale-source",
                              f"{mp.path} is a source by rule={mp.rule} but it was out of the "
-                             f"set (or not yet copied) at the cut")
+                             f"set (or not yet copied) at the cut; "
+                             + "; ".join(_describe(c, oracle, cut) for c in cands))
     for mp in plan.members:
         result.rules[mp.rule] += 1
     if plan.merge_required:
@@ -484,6 +506,18 @@ async def settle_and_check(result: Result, label: str, vu: VirtualUnit, allowed:
                                      f"{_who(d, lbn)}, allowed writes {sorted(want)[:8]}")
         ok = ok and not bad
     return ok
+
+
+def _describe(c, oracle: Oracle, cut: int) -> str:
+    """One member of a crash state, for a violation message."""
+    s = c.scb
+    if s is None:
+        return f"{c.name}: no SCB"
+    own = s.own_state.label if s.own_state else "?"
+    events = [f"{k}@{i}" for i, k, p in oracle.membership if p == c.path and i < cut]
+    return (f"{c.name}: seq {s.sequence} gen ..{s.generation % 100000} {own} "
+            f"dirty={int(s.dirty)} list=[{','.join(e.path.rsplit('/', 1)[-1] + ':' + e.state.label for e in s.members)}]"
+            f" events {events[-3:]}")
 
 
 def _who(data: bytes, lbn: int) -> str:
