@@ -252,6 +252,7 @@ class Result:
     removes: int = 0
     adds: int = 0
     demand_merges: int = 0
+    expels: int = 0            # members expelled by an injected write error
     merges: int = 0            # reassemblies that owed a merge
     copies: int = 0            # reassemblies with copy targets
     scb_in_doubt: int = 0      # crash states with an SCB write in doubt on some member
@@ -276,6 +277,7 @@ class Run:
         self.spare = spare
         self.next_wid = next_wid           # shared counter: write ids are unique over rounds
         self.tag = tag
+        self.faults = True
         self.vu: Optional[VirtualUnit] = None
 
     def wid(self) -> int:
@@ -345,11 +347,13 @@ class Run:
             await trio.sleep(rng.uniform(0.005, 0.06))
             action = rng.random()
             try:
-                if action < 0.15 and hasattr(vu, "demand_merge"):
+                if action < 0.1 and removed is None and self.faults and len(vu.sources) > 1:
+                    removed = await self.fail_a_member()
+                elif action < 0.2 and hasattr(vu, "demand_merge"):
                     o.journal.note("demand-merge")
                     await vu.demand_merge()
                     self.result.demand_merges += 1
-                elif action < 0.3 and self.spare is not None and len(vu.current) < 4:
+                elif action < 0.35 and self.spare is not None and len(vu.current) < 4:
                     spare, self.spare = self.spare, None
                     await self.add(spare)
                 elif removed is None:
@@ -368,6 +372,30 @@ class Run:
                     await self.add(self.by_path[path].reopen())
             except (MembershipRefused, MountRefused):
                 pass             # e.g. a demand merge while a copy runs: refused, by design
+
+    async def fail_a_member(self) -> Optional[str]:
+        """Make one source fail its writes to a random range (like `dsafs debug inject
+        --eio-write`) until it is expelled; returns its path once expelled, None if no write
+        hit the range in time. The fault is cleared either way."""
+        rng, vu = self.rng, self.vu
+        slot = rng.choice(vu.sources)
+        rec = slot.member
+        inner = rec.inner
+        lbn = rng.randrange(0, NBLOCKS - 256)
+        inner.bad_write_lbns = set(range(lbn, lbn + 256))
+        self.oracle.journal.note("fault", rec.path)
+        try:
+            with trio.move_on_after(0.2):
+                while slot.state.current:
+                    await trio.sleep(0.002)
+        finally:
+            inner.bad_write_lbns = set()
+        if slot.state.current:
+            return None
+        self.result.expels += 1
+        while slot in vu.slots and not rec.inner.closed:     # released when idle
+            await trio.sleep(0.002)
+        return rec.path
 
     async def add(self, rec: RecordingMember) -> None:
         o, vu = self.oracle, self.vu
@@ -670,7 +698,8 @@ def main(argv=None) -> int:
     print(f"power-cut simulation: {scenarios} scenarios, {total.cuts} cut points checked, "
           f"{len(total.violations)} invariant violations "
           f"({total.events} events, {total.writes} writes, {total.flushes} flushes, "
-          f"{total.reads} reads checked, {total.removes} removes, {total.adds} adds, "
+          f"{total.reads} reads checked, {total.removes} removes, {total.expels} expels, "
+          f"{total.adds} adds, "
           f"{total.demand_merges} demand merges; reassemblies: {total.merges} with a merge, "
           f"{total.copies} with a copy; {total.scb_in_doubt} cuts inside SCB updates, "
           f"{total.torn_slots} torn SCB slots) in {time.monotonic() - t0:.1f} s")

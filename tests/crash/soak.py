@@ -250,7 +250,9 @@ class Soak:
         deadline = time.monotonic() + rng.uniform(0.3, 3.0)
         while time.monotonic() < deadline:
             time.sleep(rng.uniform(0.05, 0.5))
-            self.random_action()
+            if self.random_action() == "merge" and rng.random() < 0.4:
+                time.sleep(rng.uniform(0.0, 0.05))   # kill inside the demanded merge
+                break
         clean = rng.random() < 0.1
         if clean:
             writer.stop.set()
@@ -261,7 +263,7 @@ class Soak:
                 return False
             r.clean_stops += 1
         else:
-            if rng.random() < 0.3:
+            if True:
                 info = self.show()
                 if info and info.get("state") in ("merging", "copying"):
                     r.kills_during_merge += 1
@@ -295,8 +297,9 @@ class Soak:
             s = self.cli("set", "DSA1", "--demand-merge")
             if s.returncode == 0:
                 r.demand_merges += 1
-            else:
-                r.demand_refused += 1
+                return "merge"
+            r.demand_refused += 1
+        return None
 
     def kill(self) -> None:
         self.served.kill()                 # SIGKILL to this daemon's PID only
