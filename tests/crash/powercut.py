@@ -56,7 +56,7 @@ import trio.testing
 from dsafs import copy as copymod
 from dsafs import decide
 from dsafs.errors import DsafsError, MembershipRefused, MountRefused
-from dsafs.record import Journal, RecordingMember, torn_copy
+from dsafs.record import Journal, RecordingMember
 from dsafs.scb import (MemberState, SLOT_BYTES, SlotError, choose_slot, decode, min_member_bytes,
                        slot_offsets)
 from dsafs.testing import MemMember

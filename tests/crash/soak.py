@@ -263,10 +263,9 @@ class Soak:
                 return False
             r.clean_stops += 1
         else:
-            if True:
-                info = self.show()
-                if info and info.get("state") in ("merging", "copying"):
-                    r.kills_during_merge += 1
+            info = self.show()
+            if info and info.get("state") in ("merging", "copying"):
+                r.kills_during_merge += 1
             self.kill()
             if not writer.join(60):
                 self.fail(n, "a writer thread is stuck after the daemon was killed")
