@@ -11,8 +11,8 @@ from dsafs.units import BLOCK_BYTES
 from dsafs.vu import VirtualUnit, init_set
 from tests.crash import powercut as pc
 
-SEEDS = range(1, 13)          # 12 scenarios
-CUTS_PER_SEED = 25            # 300 cut points in make test
+SEEDS = range(1, 25)          # 24 scenarios
+CUTS_PER_SEED = 25            # 600 cut points in make test
 
 
 def test_oracle_allowed_values_table():
