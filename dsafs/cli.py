@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("members", nargs="+", metavar="MEMBER")
     s.add_argument("--add", action="store_true", help="add the members to the mounted VU (copy targets)")
     s.add_argument("--nocopy", action="store_true", help="refuse if a copy or merge would be needed")
+    s.add_argument("--priority", type=int, metavar="N",
+                   help="0-10000 (default 5000): 0 = start no copy or merge until raised with "
+                        "dsafs set; remembered by the daemon across dismounts")
     s.add_argument("--confirm", action="store_true", help="ask before any full copy")
     s.add_argument("--overwrite", action="store_true",
                    help="with --add: accept another set's member (its data is overwritten)")
@@ -103,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--read-cost", action="append", default=[], metavar="M=N",
                    help="read cost 1-65535 of member M (repeatable)")
     s.add_argument("--copy-source", metavar="M", help="member every copy reads from, or 'master'")
+    s.add_argument("--priority", type=int, metavar="N",
+                   help="0-10000: 0 = start no copy or merge; raising it starts what is owed")
     s.add_argument("--demand-merge", action="store_true",
                    help="start a full merge now (VMS SET SHADOW/DEMAND_MERGE)")
     _merge_setting_args(s, "for this VU")
@@ -322,7 +327,8 @@ def cmd_mount(args) -> int:
     name = vu_name(args.vu)
     paths = [os.path.abspath(m) for m in args.members]
     req = dict(vu=name, members=paths, add=args.add, nocopy=args.nocopy, confirm=args.confirm,
-               overwrite=args.overwrite, nowrite=args.nowrite, verify_label=args.verify_label)
+               overwrite=args.overwrite, nowrite=args.nowrite, verify_label=args.verify_label,
+               priority=args.priority)
     with _client(args) as c:
         result = c.call("mount", **req)
         if result.get("needs_confirmation"):
@@ -379,7 +385,7 @@ def format_show(info: dict) -> str:
         f"  Size: {format_size(info['size_bytes'])} ({info['size_bytes'] // 512} blocks)   "
         f"Generation Number: {info['generation_hex']}",
         f"  Master Member: {info['master'] or '-'}   Merge required: "
-        f"{'yes' if info['merge_required'] else 'no'}",
+        f"{'yes' if info['merge_required'] else 'no'}   Priority: {info.get('priority', '-')}",
     ]
     merge, ms = info.get("merge"), info.get("merge_settings")
     if merge:
@@ -426,15 +432,16 @@ def cmd_set(args) -> int:
         if not sep or not ref or not val.strip().isdigit():
             raise InvalidArgument(f"--read-cost {item!r} is not MEMBER=N; e.g. --read-cost b.img=5")
         costs[os.path.abspath(ref) if "/" in ref else ref] = int(val)
-    req = dict(vu=name, read_cost=costs, demand_merge=args.demand_merge)
+    req = dict(vu=name, read_cost=costs, demand_merge=args.demand_merge, priority=args.priority)
     if args.copy_source is not None:
         src = args.copy_source
         req["copy_source"] = os.path.abspath(src) if "/" in src else src
     merge = {k: v for k, v in _merge_settings_of(args).items() if v is not None}
     req.update(merge)
-    if not costs and args.copy_source is None and not merge and not args.demand_merge:
-        raise UsageError("nothing to set; give --read-cost M=N, --copy-source M, --demand-merge "
-                         "or a --merge-* setting (see dsafs set --help)")
+    if (not costs and args.copy_source is None and not merge and not args.demand_merge
+            and args.priority is None):
+        raise UsageError("nothing to set; give --read-cost M=N, --copy-source M, --priority N, "
+                         "--demand-merge or a --merge-* setting (see dsafs set --help)")
     with _client(args) as c:
         r = c.call("set", **req)
     for change in r["changes"]:

@@ -65,14 +65,14 @@ def vu_json(vu) -> dict:
                  "chunks_compared": m.chunks_compared, "bytes_written": m.bytes_written,
                  "delay_us": round(m.delay_us, 1), "current_us": _round(m.current_us),
                  "ideal_us": _round(m.ideal_us), "seconds": m.seconds,
-                 "running": st.state == "merging"}
+                 "running": vu.merge_running}
     settings = vu.merge_settings()
     return {
         "name": st.name, "state": st.state, "size_bytes": st.size_bytes,
         "generation": st.generation, "generation_hex": st.generation_hex, "master": st.master,
         "copy": copy, "merge": merge, "label": vu.label, "set_uuid": str(vu.set_uuid),
         "dirty": st.dirty, "merge_required": st.merge_required, "readonly": vu.readonly,
-        "copy_source": vu.copy_source,
+        "copy_source": vu.copy_source, "priority": vu.priority,
         "merge_settings": {"merge_delay_threshold": settings.threshold,
                            "merge_delay_factor": settings.factor,
                            "merge_min_rate": settings.min_rate,
@@ -89,6 +89,13 @@ def vu_json(vu) -> dict:
 
 _SETTING_NAMES = {"threshold": "merge_delay_threshold", "factor": "merge_delay_factor",
                   "min_rate": "merge_min_rate"}
+
+
+def _check_priority(name: str, priority) -> None:
+    from .vu import MAX_PRIORITY
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= MAX_PRIORITY:
+        raise InvalidArgument(f"{name}: priority {priority!r} is out of range; give 0 (never "
+                              f"start a copy or merge) to {MAX_PRIORITY}")
 
 
 def _round(x: Optional[float]) -> Optional[float]:
@@ -113,6 +120,7 @@ class Daemon:
         self.fuse_max_tasks = fuse_max_tasks
         self.allow_other = allow_other
         self.merge_settings = merge_settings       # the global defaults; VUs may override
+        self.priorities: dict = {}                 # VU name -> priority; survives dismount
         self.vus: dict = {}
         self._failsafe: set = set()
         self._nursery: Optional[trio.Nursery] = None
@@ -290,6 +298,8 @@ class Daemon:
         for p in paths:
             if paths.count(p) > 1:
                 raise InvalidArgument(f"{name}: member {p} is named twice; name each member once")
+        if args.get("priority") is not None:
+            _check_priority(name, args["priority"])
         options = decide.Options(nocopy=bool(args.get("nocopy")), confirm=bool(args.get("confirm")),
                                  overwrite=bool(args.get("overwrite")),
                                  verify_label=bool(args.get("verify_label")))
@@ -329,6 +339,9 @@ class Daemon:
                     return _confirmation(name, asked[0])
                 raise
             vu.default_merge_settings = lambda: self.merge_settings
+            if args.get("priority") is not None:
+                self.priorities[name] = args["priority"]
+            vu.priority = self.priorities.get(name, vu.priority)
             await self._nursery.start(self._run_vu, vu)
             self._publish(vu)
             return {"vu": name, "plan": _plan_json(vu._plan), "state": vu.state,
@@ -411,11 +424,19 @@ class Daemon:
                 dataclasses.replace(vu.merge_settings(), **overrides)    # checks the ranges
             except InvalidArgument as exc:
                 raise InvalidArgument(f"{vu.name}: {exc}") from None
+        priority = args.get("priority")
+        if priority is not None:
+            _check_priority(vu.name, priority)
         if args.get("demand_merge"):
             await vu.demand_merge()                # refuses before anything changes
             changes.append("merge demanded: a full merge starts at LBN 0, master "
                            f"{vu.merge_master().name}")
         vu.merge_overrides.update(overrides)
+        if priority is not None:
+            self.priorities[vu.name] = priority
+            vu.set_priority(priority)
+            changes.append(f"priority {priority}" + (" (no copy or merge will start)"
+                                                     if priority == 0 else ""))
         for key, value in overrides.items():
             changes.append(f"{_SETTING_NAMES[key]} {value}"
                            + (" (takes effect within 1000 merge I/Os)" if vu.merge else ""))

@@ -4,6 +4,8 @@ State: `steady` (every current member a source), `copying` (copy targets are bei
 to date behind the copy fence) or `merging` (a merge is owed after a crash, or was demanded;
 merge.py). One background operation runs at a time (`_operations`): copies first, then the
 merge; a member added during a merge suspends it, is copied, and the merge resumes at its fence.
+`priority` (0-10000, default 5000; VMS SET SHADOW/PRIORITY) 0 means no copy or merge is started
+(one already running goes on); raising it starts what is owed.
 
 I/O rules (DESIGN §5): a read goes to one source, `balance.choose` (read cost + in flight,
 round-robin ties; copy targets never read); a read error is repaired from another source
@@ -53,6 +55,8 @@ from .units import BLOCK_BYTES, CHUNK_BYTES, MAX_MEMBERS, check_vu_size, format_
 log = logging.getLogger("dsafs.vu")
 
 DEFAULT_READ_COST = 2
+DEFAULT_PRIORITY = 5000
+MAX_PRIORITY = 10000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +258,7 @@ class VirtualUnit:
         self._last_read = -1
         self._closing = False                      # dissolve or abort has begun
         self.copy_source: Optional[str] = None     # a member path, or None: alternate sources
+        self.priority = DEFAULT_PRIORITY
         self._refresh()
 
     # ----------------------------------------------------------------- assembly and lifetime
@@ -363,6 +368,10 @@ class VirtualUnit:
         if self.copy is not None or self._copy_queue:
             return "copying"
         return "merging" if self.merge is not None and not self.readonly else "steady"
+
+    @property
+    def merge_running(self) -> bool:
+        return self._merge_scope is not None
 
     def merge_settings(self) -> MergeSettings:
         """The merge throttle settings in force: the daemon's, with this VU's overrides."""
@@ -702,7 +711,7 @@ class VirtualUnit:
 
     def _kick(self) -> None:
         """Start the operations task if a copy is queued or a merge may run."""
-        if self._ops_running or self._nursery is None or self._closing:
+        if self._ops_running or self._nursery is None or self._closing or not self.priority:
             return
         if self._copy_queue or self._merge_may_run():
             self._ops_running = True
@@ -788,6 +797,13 @@ class VirtualUnit:
         log.info("%s: merge completed in %.1f s; %d chunks compared, %d repaired by the merge, "
                  "%d by application reads", self.name, st.seconds, st.chunks_compared,
                  st.merge_repairs, st.app_repairs)
+
+    def set_priority(self, priority: int) -> None:
+        if not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+            raise InvalidArgument(f"{self.name}: priority {priority!r} is out of range; give 0 "
+                                  f"(never start a copy or merge) to {MAX_PRIORITY}")
+        self.priority = priority
+        self._kick()
 
     async def demand_merge(self) -> None:
         """`dsafs set DSAn --demand-merge` (VMS SET SHADOW/DEMAND_MERGE): merge from LBN 0."""

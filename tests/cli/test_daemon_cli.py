@@ -10,6 +10,7 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 
 import pytest
 import xxhash
@@ -54,6 +55,7 @@ def vus_state(served) -> list:
     """What must not change when a command is refused: every VU's membership and settings."""
     with Client(served.sock, timeout=30) as c:
         return [(i["name"], i["state"], i["generation"], i["copy_source"], i["readonly"],
+                 i["priority"], i["merge_settings"], i["merge_required"],
                  [(m["path"], m["state"], m["read_cost"]) for m in i["members"]])
                 for i in c.call("show")]
 
@@ -168,6 +170,11 @@ def setup_plain(m, d):
 def setup_dsa2_mounted(m, d):
     set2(m, d)
     m.check("mount", "DSA2", "x.img", "y.img")
+
+
+def setup_one_member_mounted(m, d):
+    init(m, "DSA3", "SOLO", "z.img")
+    m.check("mount", "DSA3", "z.img")
 
 
 def setup_symlink(m, d):
@@ -303,6 +310,34 @@ CASES = [
     ("dismount a VU not mounted", None, ["dismount", "DSA2"], 1, r"^dsafs: DSA2 is not mounted"),
     ("set on a VU not mounted", None, ["set", "DSA2", "--read-cost", "x.img=3"], 1,
      r"^dsafs: DSA2 is not mounted"),
+    # merges and their settings (issue 5)
+    ("merge threshold 20001", None, ["set", "DSA1", "--merge-delay-threshold", "20001"], 1,
+     r"^dsafs: DSA1: merge_delay_threshold 20001 is out of range; give 0 to 20000$"),
+    ("merge threshold -1", None, ["set", "DSA1", "--merge-delay-threshold", "-1"], 1,
+     r"^dsafs: DSA1: merge_delay_threshold -1 is out of range"),
+    ("merge factor 1", None, ["set", "DSA1", "--merge-delay-factor", "1"], 1,
+     r"^dsafs: DSA1: merge_delay_factor 1 is out of range; give 2 to 100000$"),
+    ("merge factor 100001", None, ["set", "DSA1", "--merge-delay-factor", "100001"], 1,
+     r"^dsafs: DSA1: merge_delay_factor 100001 is out of range"),
+    ("merge min rate 0", None, ["set", "DSA1", "--merge-min-rate", "0"], 1,
+     r"^dsafs: DSA1: merge_min_rate 0 must be a positive number of bytes per second"),
+    ("merge min rate not a rate", None, ["set", "DSA1", "--merge-min-rate", "fast"], 1,
+     r"^dsafs: --merge-min-rate 'fast' is not a rate in bytes per second"),
+    ("merge settings, one bad: none applied", None,
+     ["set", "DSA1", "--merge-delay-factor", "400", "--merge-delay-threshold", "99999"], 1,
+     r"merge_delay_threshold 99999 is out of range"),
+    ("priority 10001", None, ["set", "DSA1", "--priority", "10001"], 1,
+     r"^dsafs: DSA1: priority 10001 is out of range; give 0 \(never start a copy or merge\) to 10000$"),
+    ("priority -1 at mount", set2, ["mount", "DSA2", "x.img", "y.img", "--priority", "-1"], 1,
+     r"^dsafs: DSA2: priority -1 is out of range"),
+    ("demand merge on a VU not mounted", None, ["set", "DSA2", "--demand-merge"], 1,
+     r"^dsafs: DSA2 is not mounted"),
+    ("demand merge on a one-member set", setup_one_member_mounted,
+     ["set", "DSA3", "--demand-merge"], 1,
+     r"^dsafs: DSA3: cannot start a merge: it has 1 source member; a merge needs two"),
+    ("demand merge with a bad setting", None,
+     ["set", "DSA1", "--demand-merge", "--merge-delay-factor", "0"], 1,
+     r"merge_delay_factor 0 is out of range"),
     ("name DSA10000 (mount)", None, ["mount", "DSA10000", "a.img"], 1,
      r"^dsafs: 'DSA10000' " + NAME),
     ("name XYZ1 (mount)", None, ["mount", "XYZ1", "a.img"], 1, r"^dsafs: 'XYZ1' " + NAME),
@@ -356,7 +391,7 @@ def test_refused_set_changes_nothing_then_a_good_one_applies(world):
             r"out of range")
     r = world.check("set", "DSA1", "--read-cost", "a.img=5", "--read-cost", "b.img=65535")
     assert "a.img read cost 5" in r.stdout and "b.img read cost 65535" in r.stdout, r.stdout
-    costs = [m[2] for m in vus_state(world)[0][5]]
+    costs = [m[2] for m in vus_state(world)[0][-1]]
     assert costs == [5, 65535]
 
 
@@ -365,6 +400,7 @@ NO_DAEMON_COMMANDS = [
     ["mount", "DSA1", "a.img"], ["mount", "DSA1", "--add", "a.img"], ["dismount", "DSA1"],
     ["dismount", "DSA1", "--member", "a.img"], ["show"], ["show", "DSA1", "--json"],
     ["set", "DSA1", "--read-cost", "a.img=3"], ["set", "DSA1", "--copy-source", "a.img"],
+    ["set", "DSA1", "--demand-merge"],
     ["verify", "DSA1"],
 ]
 
@@ -405,5 +441,23 @@ def test_add_of_a_copied_member_image_with_overwrite_adds_it(world, tmp_path):
     shutil.copyfile(tmp_path / "a.img", tmp_path / "acopy.img")
     r = world.check("mount", "DSA1", "--add", "acopy.img", "--overwrite", "--wait")
     assert "acopy.img copy-target" in r.stdout, r.stdout
-    paths = [m[0] for m in vus_state(world)[0][5]]
+    paths = [m[0] for m in vus_state(world)[0][-1]]
     assert str(tmp_path / "acopy.img") in paths, paths
+
+
+def test_merge_settings_apply_show_and_a_demanded_merge_runs(world):
+    r = world.check("set", "DSA1", "--merge-delay-threshold", "400", "--merge-delay-factor", "100",
+                    "--merge-min-rate", "20M")
+    assert "merge_delay_threshold 400" in r.stdout and "merge_min_rate 20971520" in r.stdout, r.stdout
+    info = [i for i in world.show() if i["name"] == "DSA1"][0]
+    assert info["merge_settings"] == {
+        "merge_delay_threshold": 400, "merge_delay_factor": 100, "merge_min_rate": 20 * 1024 * 1024,
+        "overridden": ["merge_delay_factor", "merge_delay_threshold", "merge_min_rate"]}
+    r = world.check("set", "DSA1", "--demand-merge")
+    assert "merge demanded" in r.stdout and "master a.img" in r.stdout, r.stdout
+    deadline = time.monotonic() + 60
+    while (info := world.show("DSA1"))["merge_required"]:
+        assert time.monotonic() < deadline, info
+        time.sleep(0.05)
+    assert info["state"] == "steady" and info["last_merge"]["merge_repairs"] == 0, info
+    assert "Merge Delay Factor 100 / Delay Threshold 400" in world.check("show", "DSA1").stdout
