@@ -56,7 +56,7 @@ import trio.testing
 from dsafs import copy as copymod
 from dsafs import decide
 from dsafs.errors import DsafsError, MembershipRefused, MountRefused
-from dsafs.record import Journal, RecordingMember
+from dsafs.record import Journal, RecordingMember, torn_copy
 from dsafs.scb import (MemberState, SLOT_BYTES, SlotError, choose_slot, decode, min_member_bytes,
                        slot_offsets)
 from dsafs.testing import MemMember
@@ -257,6 +257,7 @@ class Result:
     copies: int = 0            # reassemblies with copy targets
     scb_in_doubt: int = 0      # crash states with an SCB write in doubt on some member
     torn_slots: int = 0        # SCB slots found torn (checksum mismatch) in crash states
+    torn_refusals: int = 0     # crash states with both slots of a member torn (bad input)
     rules: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def violation(self, cut: str, kind: str, text: str) -> None:
@@ -477,6 +478,8 @@ async def check_images(result: Result, label: str, recs: list, images: dict,
     rng.shuffle(names)
     # a removed member may be named or not: both are things an operator does
     names = [p for p in names if p not in forbidden or rng.random() < 0.5] or names
+    if rng.random() < 0.05:
+        await check_both_slots_torn(result, label, names, images, rng)
     members = [JitterMember(RAW, p, rng, latency=latency, data=images[p]) for p in names]
     cands = [await load_candidate(m) for m in members]
     try:
@@ -499,6 +502,32 @@ async def check_images(result: Result, label: str, recs: list, images: dict,
     if plan.targets:
         result.copies += 1
     return [plan, members]
+
+
+async def check_both_slots_torn(result: Result, label: str, names: list, images: dict,
+                                rng: random.Random) -> None:
+    """Bad input: tear both SCB slots of one member of this crash state; the mount must be
+    refused with rule damaged-metadata, naming that member, and write nothing."""
+    victim = rng.choice(names)
+    members = []
+    for p in names:
+        data = images[p]
+        if p == victim:
+            for off in slot_offsets(len(data)):
+                data = torn_copy(bytes(data), off, SLOT_BYTES, rng)
+        members.append(MemMember(RAW, p, data=data))
+    before = [bytes(m.data) for m in members]
+    try:
+        await VirtualUnit.assemble("DSA1", members)
+    except MountRefused as exc:
+        if getattr(exc, "rule", "") != "damaged-metadata" or victim not in str(exc):
+            result.violation(label, "torn-refusal", f"both slots of {victim} torn: refused "
+                             f"by rule={getattr(exc, 'rule', '?')}: {exc}")
+    else:
+        result.violation(label, "torn-refusal", f"both slots of {victim} torn, yet mounted")
+    if [bytes(m.data) for m in members] != before:
+        result.violation(label, "torn-refusal", "a refused mount wrote to a member")
+    result.torn_refusals += 1
 
 
 async def settle_and_check(result: Result, label: str, vu: VirtualUnit, allowed: dict) -> bool:
@@ -702,7 +731,8 @@ def main(argv=None) -> int:
           f"{total.adds} adds, "
           f"{total.demand_merges} demand merges; reassemblies: {total.merges} with a merge, "
           f"{total.copies} with a copy; {total.scb_in_doubt} cuts inside SCB updates, "
-          f"{total.torn_slots} torn SCB slots) in {time.monotonic() - t0:.1f} s")
+          f"{total.torn_slots} torn SCB slots, {total.torn_refusals} both-slots-torn "
+          f"refusals checked) in {time.monotonic() - t0:.1f} s")
     if args.verbose:
         print("rules:", dict(total.rules))
     return 1 if total.violations else 0
