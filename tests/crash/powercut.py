@@ -19,7 +19,7 @@ One *scenario* (everything follows from its seed, trio's scheduling included):
      and merge finish, and check the invariants below. Then dismount cleanly and check that the
      SCBs are clean and a re-mount needs nothing.
 
-Invariants checked (DESIGN §4, §7; spec §15, §31 item 28):
+Invariants checked (DESIGN §4, §7; spec §15, §31 item 28; allowed values: tests/crash/oracle.py):
   scb-decode      every member that held valid metadata still has a valid SCB slot.
   mount-refused   the crash state of a real set mounts (decide.plan accepts it).
   stale-source    a member removed (remove() returned) or being added (until its promotion was
@@ -45,7 +45,6 @@ import contextlib
 import dataclasses
 import logging
 import random
-import struct
 import sys
 import time
 from typing import Optional
@@ -57,11 +56,11 @@ from dsafs import copy as copymod
 from dsafs import decide
 from dsafs.errors import DsafsError, MembershipRefused, MountRefused
 from dsafs.record import Journal, RecordingMember, torn_copy
-from dsafs.scb import (MemberState, SLOT_BYTES, SlotError, choose_slot, decode, min_member_bytes,
-                       slot_offsets)
+from dsafs.scb import MemberState, SLOT_BYTES, choose_slot, min_member_bytes, slot_offsets
 from dsafs.testing import MemMember
 from dsafs.units import BLOCK_BYTES, KiB, MiB
 from dsafs.vu import VirtualUnit, init_set, load_candidate
+from tests.crash.oracle import AppFlush, Oracle, block_id, payload
 
 try:
     from dsafs import merge as mergemod
@@ -73,132 +72,6 @@ NBLOCKS = VU_BYTES // BLOCK_BYTES
 RAW = min_member_bytes(VU_BYTES)
 STEP_BYTES = 64 * KiB                 # copy and merge steps: many fence moves in a small VU
 SETTLE_S = 100_000.0                   # virtual seconds a copy + merge may take before "not-steady"
-ZERO = bytes(BLOCK_BYTES)
-
-
-# ----------------------------------------------------------------------------- data pattern
-def pattern(wid: int, lbn: int) -> bytes:
-    """What write `wid` puts in block `lbn`: self-describing, so a block names its writer."""
-    return struct.pack("<QQ", wid, lbn) * (BLOCK_BYTES // 16)
-
-
-def payload(wid: int, lbn: int, nblocks: int) -> bytes:
-    return b"".join(pattern(wid, lbn + i) for i in range(nblocks))
-
-
-def block_id(block: bytes, lbn: int) -> Optional[int]:
-    """The write that wrote this block (0 = never written), or None for data nobody wrote."""
-    if block == ZERO:
-        return 0
-    wid, at = struct.unpack_from("<QQ", block)
-    if at == lbn and block == pattern(wid, lbn):
-        return wid
-    return None
-
-
-# ----------------------------------------------------------------------------- the oracle
-@dataclasses.dataclass
-class AppWrite:
-    wid: int
-    lbn: int
-    nblocks: int
-    submitted: int
-    acked: Optional[int] = None
-
-
-@dataclasses.dataclass
-class AppFlush:
-    submitted: int
-    acked: Optional[int] = None
-
-
-class Oracle:
-    """What the application did, in journal order, and what each block may hold at a cut."""
-
-    def __init__(self, journal: Journal, initial: Optional[dict] = None):
-        self.journal = journal
-        self.initial = initial or {}         # lbn -> set of write ids (absent: {0})
-        self.by_lbn: dict[int, list[AppWrite]] = collections.defaultdict(list)
-        self.writes: list[AppWrite] = []
-        self.flushes: list[AppFlush] = []
-        self.membership: list[tuple[int, str, str]] = []   # (index, kind, path)
-        # read stability: per lbn the id of the last submitted write, writes in flight, and
-        # the last value read with that write state
-        self.last_submit: dict[int, int] = {}
-        self.inflight: collections.Counter = collections.Counter()
-        self.observed: dict[int, tuple[int, int]] = {}
-
-    def note_membership(self, kind: str, path: str) -> None:
-        self.membership.append((self.journal.note(kind, path), kind, path))
-
-    def write_submitted(self, wid: int, lbn: int, nblocks: int) -> AppWrite:
-        w = AppWrite(wid, lbn, nblocks, self.journal.note("write", wid))
-        self.writes.append(w)
-        for b in range(lbn, lbn + nblocks):
-            self.by_lbn[b].append(w)
-            self.last_submit[b] = wid
-            self.inflight[b] += 1
-        return w
-
-    def write_done(self, w: AppWrite, ok: bool) -> None:
-        if ok:
-            w.acked = self.journal.note("write-ack", w.wid)
-        for b in range(w.lbn, w.lbn + w.nblocks):
-            self.inflight[b] -= 1
-
-    def required_horizon(self, cut: int) -> int:
-        """Writes acknowledged before this index are required at `cut`: the submission of the
-        latest flush acknowledged before the cut."""
-        return max((f.submitted for f in self.flushes if f.acked is not None and f.acked < cut),
-                   default=-1)
-
-    def allowed_at(self, lbn: int, cut: int, horizon: int) -> set:
-        ws = [w for w in self.by_lbn.get(lbn, ()) if w.submitted < cut]
-        required = [w for w in ws if w.acked is not None and w.acked < horizon]
-        if not required:
-            return set(self.initial.get(lbn, (0,))) | {w.wid for w in ws}
-        d = max(required, key=lambda w: w.submitted)
-        return {d.wid} | {w.wid for w in ws
-                          if w.submitted > d.submitted or w.acked is None or w.acked > d.submitted}
-
-    def allowed(self, cut: int, horizon: Optional[int] = None) -> dict:
-        """lbn -> the write ids it may hold after a crash at `cut` (lbns not listed: {0}).
-        Writes acknowledged before `horizon` are required (default: the latest flush
-        acknowledged before the cut; the soak passes the cut itself: after kill -9, with no
-        power lost, every acknowledged write is on the members)."""
-        if horizon is None:
-            horizon = self.required_horizon(cut)
-        return {lbn: self.allowed_at(lbn, cut, horizon)
-                for lbn in set(self.by_lbn) | set(self.initial)}
-
-    def forbidden_sources(self, cut: int, recs=()) -> set:
-        """Paths that must not be sources after a crash at `cut`: removed (remove() returned)
-        and not added back, or added and not yet promoted. Promotion starts when the engine
-        submits the first SCB write (to any member, found in the recorders' logs) that lists
-        the member as a source: from then on a crash may legitimately leave it a source."""
-        last: dict[str, tuple[str, int]] = {}
-        for index, kind, path in self.membership:
-            if index < cut and kind in ("remove-done", "add-start", "add-done"):
-                last[path] = (kind, index)
-        out = set()
-        for path, (kind, index) in last.items():
-            if kind == "remove-done" or (kind == "add-start"
-                                         and not _promoted(recs, path, index, cut)):
-                out.add(path)
-        return out
-
-
-def _promoted(recs, path: str, after: int, cut: int) -> bool:
-    for r in recs:
-        for w in r.writes:
-            if after < w.submitted < cut and w.pos >= VU_BYTES and len(w.data) == SLOT_BYTES:
-                try:
-                    scb = decode(w.data)
-                except SlotError:
-                    continue
-                if any(e.path == path and e.state is MemberState.SOURCE for e in scb.members):
-                    return True
-    return False
 
 
 # ----------------------------------------------------------------------------- members

@@ -16,7 +16,7 @@ Each *cycle*:
      DSA1 --member`), returns it (`dsafs mount DSA1 --add`), demands a merge (`dsafs set DSA1
      --demand-merge`, refused while a copy runs: that is fine), and finally kills the daemon
      with SIGKILL (its PID only); one cycle in ten ends with SIGTERM instead (clean dismount).
-Oracle: tests/crash/powercut.py's, per 4 KiB block. kill -9 loses no power, and an O_DIRECT
+Oracle: tests/crash/oracle.py, per 4 KiB block. kill -9 loses no power, and an O_DIRECT
 write is acknowledged only after every member has it, so here *every acknowledged write* is
 required (stricter than the power-cut model, which requires only fsynced ones); a write in
 flight at the kill may be old or new, never a mix between members and never foreign data.
@@ -35,7 +35,6 @@ import os
 import random
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -48,7 +47,7 @@ from dsafs.errors import DsafsError
 from dsafs.record import Journal
 from dsafs.testing import dsafs_executable, is_mounted, start_serve
 from dsafs.units import MiB
-from tests.crash.powercut import Oracle
+from tests.crash.oracle import AppFlush, Oracle, block_id, pattern as _pattern
 
 BLK = 4096
 VU_BYTES = 64 * MiB
@@ -56,16 +55,7 @@ STEADY_TIMEOUT_S = 180.0
 
 
 def pattern(wid: int, blk: int) -> bytes:
-    return struct.pack("<QQ", wid, blk) * (BLK // 16)
-
-
-def block_id(block: bytes, blk: int) -> Optional[int]:
-    if block.count(0) == BLK:
-        return 0
-    wid, at = struct.unpack_from("<QQ", block)
-    if at == blk and block == pattern(wid, blk):
-        return wid
-    return None
+    return _pattern(wid, blk, BLK)
 
 
 @dataclasses.dataclass
@@ -171,7 +161,6 @@ class Writer:
 
 
 def _flush(oracle: Oracle):
-    from tests.crash.powercut import AppFlush
     f = AppFlush(oracle.journal.note("fsync"))
     oracle.flushes.append(f)
     return f

@@ -9,6 +9,7 @@ from dsafs.record import Journal
 from dsafs.testing import MemMember
 from dsafs.units import BLOCK_BYTES
 from dsafs.vu import VirtualUnit, init_set
+from tests.crash import oracle as orc
 from tests.crash import powercut as pc
 
 SEEDS = range(1, 25)          # 24 scenarios
@@ -17,10 +18,10 @@ CUTS_PER_SEED = 25            # 600 cut points in make test
 
 def test_oracle_allowed_values_table():
     j = Journal()
-    o = pc.Oracle(j)
+    o = orc.Oracle(j)
     w1 = o.write_submitted(1, 10, 2)           # LBN 10-11
     o.write_done(w1, True)
-    f = pc.AppFlush(j.note("flush"))
+    f = orc.AppFlush(j.note("flush"))
     o.flushes.append(f)
     before_flush_ack = j.index
     f.acked = j.note("flush-ack")
@@ -29,7 +30,7 @@ def test_oracle_allowed_values_table():
     w4 = o.write_submitted(4, 20, 1)
     o.write_done(w4, True)
     o.write_done(w3, True)
-    f2 = pc.AppFlush(j.note("flush"))
+    f2 = orc.AppFlush(j.note("flush"))
     o.flushes.append(f2)
     f2.acked = j.note("flush-ack")
     end = j.index
@@ -48,15 +49,15 @@ def test_oracle_allowed_values_table():
 async def test_checker_reports_lost_foreign_and_differing_data():
     """Negative control: the checks of the simulation do fail on bad members."""
     j = Journal()
-    o = pc.Oracle(j)
+    o = orc.Oracle(j)
     w = o.write_submitted(1, 10, 1)
     o.write_done(w, True)
-    f = pc.AppFlush(j.note("flush"))
+    f = orc.AppFlush(j.note("flush"))
     o.flushes.append(f)
     f.acked = j.note("flush-ack")
     a, b = MemMember(pc.RAW, "/m/a.img"), MemMember(pc.RAW, "/m/b.img")
     await init_set("DSA1", "DATA", pc.VU_BYTES, [a, b])
-    b.data[10 * BLOCK_BYTES:11 * BLOCK_BYTES] = pc.pattern(1, 10)       # a lost write 1
+    b.data[10 * BLOCK_BYTES:11 * BLOCK_BYTES] = orc.pattern(1, 10)       # a lost write 1
     a.data[30 * BLOCK_BYTES:30 * BLOCK_BYTES + 7] = b"garbage"          # nobody wrote this
     b.data[30 * BLOCK_BYTES:30 * BLOCK_BYTES + 7] = b"garbage"
     vu = await VirtualUnit.assemble("DSA1", [a, b])
