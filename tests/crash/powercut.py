@@ -19,7 +19,8 @@ One *scenario* (everything follows from its seed, trio's scheduling included):
      and merge finish, and check the invariants below. Then dismount cleanly and check that the
      SCBs are clean and a re-mount needs nothing.
 
-Invariants checked (DESIGN §4, §7; spec §15, §31 item 28; allowed values: tests/crash/oracle.py):
+Invariants checked (DESIGN §4, §7; spec §15, §31 item 28; the allowed values of a block are
+tests/crash/oracle.py's):
   scb-decode      every member that held valid metadata still has a valid SCB slot.
   mount-refused   the crash state of a real set mounts (decide.plan accepts it).
   stale-source    a member removed (remove() returned) or being added (until its promotion was
