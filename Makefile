@@ -2,7 +2,7 @@
 #   make test     install what is missing, then run the whole pytest suite
 #   make demo     install, then show dsafs working
 #   make install  only the install step (Debian packages + .venv)
-#   make bench    install, then run bench/run.py
+#   make bench    install, then run bench/run.py (fio: raw vs DSA) and bench/merge.py (merge)
 #   make crash    install, then the power-cut simulation: N cut points (default 1000);
 #                 SEED=S replays one scenario (CUT=C: one cut of it)
 #   make soak     install, then the kill -9 soak with a real daemon for SECONDS (default 600)
@@ -51,11 +51,8 @@ demo: install
 	@bash contrib/demo.sh
 
 bench: install
-	@if [ -f bench/run.py ]; then \
-	    $(PY) bench/run.py; \
-	else \
-	    echo "bench/run.py does not exist yet: nothing to run"; \
-	fi
+	$(PY) bench/run.py
+	$(PY) bench/merge.py
 
 N       ?= 1000
 SECONDS ?= 600

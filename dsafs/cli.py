@@ -65,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-other", action="store_true", help="let other users open the VU files")
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _merge_setting_args(s, "for every VU (default %(default)s)", defaults=True)
+    s.add_argument("--member-timeout", metavar="S", help="default member timeout of every VU, "
+                   "1-16777215 s (default 120): a member that does not answer is expelled")
+    s.add_argument("--vu-timeout", metavar="S", help="default VU timeout (MVTIMEOUT), "
+                   "1-16777215 s (default 3600): how long I/O waits when no member answers")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("mount", parents=[sock], help="assemble a shadow set, or --add members to it",
@@ -111,7 +115,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--demand-merge", action="store_true",
                    help="start a full merge now (VMS SET SHADOW/DEMAND_MERGE)")
     _merge_setting_args(s, "for this VU")
+    s.add_argument("--member-timeout", action="append", default=[], metavar="[M=]S",
+                   help="expel member M (all members without M=) if it does not answer within "
+                   "S seconds, 1-16777215 (repeatable)")
+    s.add_argument("--vu-timeout", metavar="S",
+                   help="when no member answers, hold I/O up to S seconds, then fail it (EIO)")
+    s.add_argument("--force-removal", action="append", default=[], metavar="M",
+                   help="expel M now if in mount verification, else when verification starts")
+    s.add_argument("--noforce-removal", action="append", default=[], metavar="M",
+                   help="clear the --force-removal flag of M")
+    s.add_argument("--abort-vu", action="store_true",
+                   help="end mount verification now: held and later I/O fails with EIO")
+    s.add_argument("--stall-writes", nargs="?", const="default", metavar="S",
+                   help="hold writes (reads go on) for S seconds (default: the member timeout)")
+    s.add_argument("--nostall-writes", nargs="?", const="0", metavar="S",
+                   help="let stalled writes through after S seconds (default: now)")
     s.set_defaults(func=cmd_set)
+
+    s = sub.add_parser("events", parents=[sock], help="the event stream: every state change",
+                       description="Print the daemon's recent events (membership, copies, "
+                       "mount verification, stalls), each with its rule and VMS-style message; "
+                       "--follow keeps printing new ones (like drbdsetup events2).")
+    s.add_argument("vu", metavar="DSAn", nargs="?", help="only this VU's events")
+    s.add_argument("--follow", "-f", action="store_true", help="keep streaming new events")
+    s.add_argument("--json", action="store_true", help="one JSON object per line")
+    s.set_defaults(func=cmd_events)
 
     s = sub.add_parser("debug", help="testing aids: fault injection")
     dsub = s.add_subparsers(dest="debug_command", metavar="DEBUG_COMMAND", parser_class=_Parser)
@@ -285,11 +313,18 @@ def cmd_serve(args) -> int:
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if args.fuse_tasks < 1:
         raise InvalidArgument(f"--fuse-tasks {args.fuse_tasks} must be at least 1")
+    timeouts = {k: _seconds(getattr(args, k), "--" + k.replace("_", "-"))
+                for k in ("member_timeout", "vu_timeout") if getattr(args, k) is not None}
     from .throttle import Settings
     m = _merge_settings_of(args)
     merge = Settings(m["merge_delay_threshold"], m["merge_delay_factor"], m["merge_min_rate"])
     daemon = Daemon(args.mountpoint, args.socket, fuse_max_tasks=args.fuse_tasks,
-                    allow_other=args.allow_other, merge_settings=merge)
+                    allow_other=args.allow_other, merge_settings=merge, **timeouts)
+    mbr = timeouts.get("member_timeout", 120)
+    if mbr >= timeouts.get("vu_timeout", 3600):
+        log.warning("dsafs: warning: --member-timeout %g s is not below the VU timeout %g s; give a "
+                    "VU timeout of at least 4 x the member timeout", mbr,
+                    timeouts.get("vu_timeout", 3600))
     trio.run(daemon.run)
     return 0
 
@@ -375,7 +410,9 @@ def _fmt_bytes(n: int) -> str:
 
 
 def format_show(info: dict) -> str:
-    state = {"steady": "Steady State", "copying": "Copy Active", "merging": "Merge Active"}.get(
+    state = {"steady": "Steady State", "copying": "Copy Active", "merging": "Merge Active",
+             "mount-verify": "Mount Verification in progress",
+             "mv-timeout": "MntVerifyTimeout (I/O fails; dismount --abort)"}.get(
         info["state"], info["state"])
     if info.get("copy"):
         state += f" ({info['copy']['percent']:.0f}%, fence LBN {info['copy']['fence_lbn']})"
@@ -386,6 +423,12 @@ def format_show(info: dict) -> str:
         f"Generation Number: {info['generation_hex']}",
         f"  Master Member: {info['master'] or '-'}   Merge required: "
         f"{'yes' if info['merge_required'] else 'no'}   Priority: {info.get('priority', '-')}",
+        f"  VU Timeout Value: {info.get('vu_timeout', '-')} s   Member Timeout: "
+        f"{info.get('member_timeout', '-')} s"
+        + (f"   Writes stalled: {info['stall_writes_remaining_s']:g} s left"
+           if info.get("stall_writes_remaining_s") is not None else "")
+        + (f"   Verification: {info['mount_verification']['remaining_s']:g} s left"
+           if info.get("mount_verification") else ""),
     ]
     merge, ms = info.get("merge"), info.get("merge_settings")
     if merge:
@@ -409,6 +452,13 @@ def format_show(info: dict) -> str:
                      f"{_fmt_bytes(m['written_bytes']):>10} {m['read_errors']:>6} {m['repairs']:>7}")
         if m.get("faults"):
             lines.append(f"  {'':<28} injected: {', '.join(m['faults'])}")
+        extra = []
+        if m.get("member_timeout") not in (None, info.get("member_timeout")):
+            extra.append(f"member timeout {m['member_timeout']:g} s")
+        if m.get("force_removal"):
+            extra.append("flagged for forced removal")
+        if extra:
+            lines.append(f"  {'':<28} {', '.join(extra)}")
     return "\n".join(lines)
 
 
@@ -424,8 +474,53 @@ def cmd_show(args) -> int:
     return 0
 
 
+def _seconds(text, what: str):
+    """'30' or '2.5' -> a number of seconds (the daemon checks the range); else InvalidArgument."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{what} {text!r} is not a number of seconds; e.g. {what} 30") from None
+    return int(value) if value.is_integer() else value
+
+
+def _failure_settings(args) -> dict:
+    """The `dsafs set` options of mountver.py, as request fields (member paths made absolute)."""
+    def ref(m):
+        return os.path.abspath(m) if "/" in m else m
+    req = {}
+    timeouts = {}
+    for item in args.member_timeout:
+        member, sep, val = item.rpartition("=")
+        if sep and not member:
+            raise InvalidArgument(f"--member-timeout {item!r} is not [MEMBER=]SECONDS; e.g. "
+                                  f"--member-timeout b.img=30")
+        try:
+            seconds = _seconds(val, "--member-timeout")
+        except InvalidArgument:
+            raise InvalidArgument(f"--member-timeout {item!r} is not [MEMBER=]SECONDS; e.g. "
+                                  f"--member-timeout b.img=30") from None
+        timeouts[ref(member) if sep else "*"] = seconds
+    if timeouts:
+        req["member_timeout"] = timeouts
+    if args.vu_timeout is not None:
+        req["vu_timeout"] = _seconds(args.vu_timeout, "--vu-timeout")
+    if args.force_removal:
+        req["force_removal"] = [ref(m) for m in args.force_removal]
+    if args.noforce_removal:
+        req["noforce_removal"] = [ref(m) for m in args.noforce_removal]
+    if args.abort_vu:
+        req["abort_vu"] = True
+    if args.stall_writes is not None:
+        req["stall_writes"] = ("default" if args.stall_writes == "default"
+                               else _seconds(args.stall_writes, "--stall-writes"))
+    if args.nostall_writes is not None:
+        req["nostall_writes"] = _seconds(args.nostall_writes, "--nostall-writes")
+    return req
+
+
 def cmd_set(args) -> int:
     name = vu_name(args.vu)
+    failure = _failure_settings(args)
     costs = {}
     for item in args.read_cost:
         ref, sep, val = item.rpartition("=")
@@ -438,14 +533,38 @@ def cmd_set(args) -> int:
         req["copy_source"] = os.path.abspath(src) if "/" in src else src
     merge = {k: v for k, v in _merge_settings_of(args).items() if v is not None}
     req.update(merge)
+    req.update(failure)
     if (not costs and args.copy_source is None and not merge and not args.demand_merge
-            and args.priority is None):
+            and args.priority is None and not failure):
         raise UsageError("nothing to set; give --read-cost M=N, --copy-source M, --priority N, "
-                         "--demand-merge or a --merge-* setting (see dsafs set --help)")
+                         "--demand-merge, a --merge-* setting or a failure setting "
+                         "(see dsafs set --help)")
     with _client(args) as c:
         r = c.call("set", **req)
     for change in r["changes"]:
         print(f"{name}: {change}")
+    for warning in r.get("warnings") or []:
+        print(f"dsafs: warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def cmd_events(args) -> int:
+    from .events import format_line
+    name = vu_name(args.vu) if args.vu else None
+
+    def out(event):
+        print(json.dumps(event) if args.json else format_line(event), flush=True)
+
+    with _client(args) as c:
+        if not args.follow:
+            for event in c.call("events", vu=name):
+                out(event)
+            return 0
+        try:
+            for event in c.stream("events", vu=name, follow=True):
+                out(event)
+        except KeyboardInterrupt:
+            pass
     return 0
 
 

@@ -29,6 +29,7 @@ import trio
 from .errors import MemberIOError
 from .fanout import flush_all
 from .scb import MemberState
+from .timeouts import rule_for, wait, wait_each
 from .units import BLOCK_BYTES, MiB
 
 log = logging.getLogger("dsafs.copy")
@@ -111,21 +112,23 @@ class Copy:
         if data is None:
             return False
         targets = [t for t in self.live_targets if t.fence_lbn * BLOCK_BYTES <= pos]
+        start = trio.current_time()
         reads = [(t, t.member.start_read(pos, nbytes)) for t in targets]
         writes = []
-        for t, p in reads:
-            try:
-                current = await p.wait()
-            except MemberIOError:
+        for t, current in await wait_each(reads, "read", start):
+            if isinstance(current, MemberIOError) and rule_for(current) != "member-error":
+                await self.vu.expel(t, f"read failed during the copy: {current}",
+                                    rule=rule_for(current))
+                continue                # a hung or vanished target: waiting again is no use
+            if isinstance(current, MemberIOError):
                 current = None          # unreadable target data: just overwrite it
             self.bytes_compared += nbytes
             if current != data:
                 writes.append((t, t.member.start_write(pos, data)))
-        for t, p in writes:
-            try:
-                await p.wait()
-            except MemberIOError as exc:
-                await self.vu.expel(t, f"write failed during the copy: {exc}")
+        for t, result in await wait_each(writes, "write", trio.current_time()):
+            if isinstance(result, MemberIOError):
+                await self.vu.expel(t, f"write failed during the copy: {result}",
+                                    rule=rule_for(result))
             else:
                 self.bytes_written += nbytes
         return True
@@ -140,7 +143,7 @@ class Copy:
         for i in range(len(sources)):
             slot = sources[(self._next_source + i) % len(sources)]
             try:
-                data = await slot.member.start_read(pos, nbytes).wait()
+                data = await wait(slot, slot.member.start_read(pos, nbytes), "read")
             except MemberIOError as exc:
                 slot.read_errors += 1
                 log.warning("%s: copy read failed on source %s at LBN %d: %s",
@@ -157,7 +160,7 @@ class Copy:
         """Flush the targets, then record the fence in their SCBs."""
         live = self.live_targets
         for slot, exc in await flush_all(live):
-            await self.vu.expel(slot, f"flush failed during the copy: {exc}")
+            await self.vu.expel(slot, f"flush failed during the copy: {exc}", rule=rule_for(exc))
         fence_lbn = self.fence_bytes // BLOCK_BYTES
         for t in self.live_targets:
             t.fence_lbn = max(t.fence_lbn, fence_lbn)

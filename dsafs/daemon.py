@@ -23,13 +23,15 @@ from typing import Optional
 import pyfuse3
 import trio
 
-from . import control, decide
+from . import control, decide, timeouts
 from .errors import (DsafsError, InvalidArgument, MemberError, MountRefused, UsageError,
                      VuError)
+from .events import EventLog
 from .fusefs import DsafsOps, inode_of
 from .inject import MAX_DELAY_S, FaultyMember, parse_flakey, parse_lbn_range
 from .member import FileMember, tune_allocator
 from .throttle import Settings as MergeSettings
+from .mountver import MOUNT_VERIFY, SetPlan
 from .units import BLOCK_BYTES, vu_name
 from .verify import verify
 
@@ -114,6 +116,7 @@ def _last_merge_json(merge) -> Optional[dict]:
 class Daemon:
     def __init__(self, mountpoint: str, socket_path: Optional[str] = None, *,
                  fuse_max_tasks: int = 16, allow_other: bool = False,
+                 member_timeout: Optional[float] = None, vu_timeout: Optional[float] = None,
                  merge_settings: MergeSettings = MergeSettings()):
         self.mountpoint = os.path.abspath(mountpoint)
         self.socket_path = os.path.abspath(socket_path or self.mountpoint.rstrip("/") + ".sock")
@@ -127,6 +130,11 @@ class Daemon:
         self.ops: Optional[DsafsOps] = None
         self._busy = trio.Lock()           # one membership command at a time
         self._closing = False
+        self.events = EventLog()           # every VU's state changes (dsafs events)
+        self.member_timeout = (None if member_timeout is None else
+                               timeouts.check_timeout(member_timeout, "--member-timeout"))
+        self.vu_timeout = (None if vu_timeout is None else
+                           timeouts.check_timeout(vu_timeout, "--vu-timeout"))
 
     # ----------------------------------------------------------------- FUSE-facing
     def vu_by_inode(self, inode: int):
@@ -230,7 +238,7 @@ class Daemon:
         await control.serve_connection(stream, {
             "mount": self.cmd_mount, "dismount": self.cmd_dismount, "show": self.cmd_show,
             "set": self.cmd_set, "verify": self.cmd_verify, "ping": self.cmd_ping,
-            "inject": self.cmd_inject,
+            "inject": self.cmd_inject, "events": self.cmd_events,
         })
 
     def _publish(self, vu) -> None:
@@ -342,6 +350,8 @@ class Daemon:
             if args.get("priority") is not None:
                 self.priorities[name] = args["priority"]
             vu.priority = self.priorities.get(name, vu.priority)
+            vu.events = self.events
+            vu.mv.configure(self.member_timeout, self.vu_timeout)
             await self._nursery.start(self._run_vu, vu)
             self._publish(vu)
             return {"vu": name, "plan": _plan_json(vu._plan), "state": vu.state,
@@ -360,7 +370,8 @@ class Daemon:
             for p in paths:
                 real = os.path.realpath(p)
                 for vu in self.vus.values():
-                    if any(os.path.realpath(s.member.path) == real for s in vu.slots):
+                    if any(os.path.realpath(s.member.path) == real
+                           for s in vu.slots if s.state.current):
                         raise MemberError(f"{name}: member {p} is already in use by {vu.name}; "
                                           f"dismount it there first", p)
                 opened.append(FileMember.open(p, readonly=readonly))
@@ -382,6 +393,10 @@ class Daemon:
                 await vu.remove(member)
                 return {"vu": vu.name, "removed": member, "state": vu.state}
             opens = self.ops.open_count.get(inode_of(vu.name), 0) if self.ops else 0
+            if vu.mv.state is not None and not args.get("abort"):
+                raise VuError(f"{vu.name} is in {vu.mv.state} (no member answers); its members "
+                              f"cannot be marked clean: dismount it with --abort (the next "
+                              f"mount merges)")
             if args.get("abort"):
                 await vu.abort()
             else:
@@ -395,11 +410,12 @@ class Daemon:
 
     async def cmd_show(self, args) -> object:
         if args.get("vu"):
-            return vu_json(self._get(args["vu"]))
-        return [vu_json(self.vus[n]) for n in sorted(self.vus, key=lambda n: int(n[3:]))]
+            return _with_failure_fields(self._get(args["vu"]))
+        return [_with_failure_fields(self.vus[n]) for n in sorted(self.vus, key=lambda n: int(n[3:]))]
 
     async def cmd_set(self, args) -> dict:
         vu = self._get(args.get("vu", ""))
+        failure_settings = SetPlan(vu, args)          # checked now, applied with the rest
         changes = []
         costs = {}
         for ref, cost in (args.get("read_cost") or {}).items():
@@ -446,9 +462,31 @@ class Daemon:
         if "copy_source" in args:
             vu.copy_source = None if source in (None, "", "master") else source
             changes.append(f"copy source {vu.copy_source or 'master (alternating sources)'}")
+        more, warnings = failure_settings.apply()
+        changes += more
         for c in changes:
             log.info("%s: set %s", vu.name, c)
-        return {"vu": vu.name, "changes": changes}
+        for w in warnings:
+            log.warning("%s", w)
+        return {"vu": vu.name, "changes": changes, "warnings": warnings}
+
+    async def cmd_events(self, args) -> object:
+        """`dsafs events`: the backlog (of one VU, or all); with `follow`, then every new event
+        as it happens, until the client hangs up or the daemon stops."""
+        name = vu_name(args["vu"]) if args.get("vu") else None
+        if not args.get("follow"):
+            return [e.as_dict() for e in self.events.backlog(name)]
+
+        async def items():
+            with self.events.subscribe() as receive:
+                last = 0
+                for e in self.events.backlog(name):
+                    last = e.seq
+                    yield e.as_dict()
+                async for e in receive:
+                    if e.seq > last and (name is None or e.vu == name):
+                        yield e.as_dict()
+        return control.Stream(items())
 
     async def cmd_inject(self, args) -> dict:
         """`dsafs debug inject`: check every option first, then wrap, change or unwrap."""
@@ -490,6 +528,20 @@ class Daemon:
     async def cmd_verify(self, args) -> dict:
         vu = self._get(args.get("vu", ""))
         return (await verify(vu)).as_dict()
+
+
+def _with_failure_fields(vu) -> dict:
+    """`vu_json` plus the failure settings and state of mountver.py (show --json)."""
+    d = vu_json(vu)
+    st = vu.mv.statistics()
+    d.update(member_timeout=st.member_timeout, vu_timeout=st.vu_timeout,
+             mount_verification=({"seconds": st.mv_seconds, "remaining_s": st.mv_remaining,
+                                  "held": st.held} if st.state == MOUNT_VERIFY else None),
+             stall_writes_remaining_s=st.stall_writes_remaining,
+             warnings=vu.mv.warnings())
+    for m, slot in zip(d["members"], vu.slots):
+        m.update(member_timeout=slot.member_timeout, force_removal=slot in vu.mv.flagged)
+    return d
 
 
 def _plan_json(plan) -> list:

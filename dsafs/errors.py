@@ -104,3 +104,26 @@ class AllMembersFailed(DsafsError):
         super().__init__(f"{vu}: {op} failed on every member: {parts}")
         self.failures = failures
         self.errno = failures[0].errno if failures else _errno.EIO
+
+
+class MemberTimeout(MemberIOError):
+    """A member did not answer one request within its member timeout (timeouts.py). The request
+    was abandoned: for a write or flush the member's contents are unknown, so it is expelled."""
+
+    def __init__(self, member: str, op: str, timeout_s: float):
+        super().__init__(member, op, _errno.ETIMEDOUT,
+                         f"no answer within its member timeout of {timeout_s:g} s")
+        self.timeout_s = timeout_s
+
+
+class VolumeInvalid(DsafsError):
+    """I/O on a VU whose mount verification timed out or was aborted (VMS SS$_VOLINV)."""
+
+    errno = _errno.EIO
+
+
+class Unsupported(DsafsError):
+    """An operation that the VU's state does not allow (VMS SS$_UNSUPPORTED), e.g. --abort-vu
+    while the VU is not in mount verification."""
+
+    errno = _errno.EINVAL

@@ -9,11 +9,16 @@ loop CPU on this machine, more than the whole per-request budget (DESIGN §7).
 
 from __future__ import annotations
 
+import trio
+
 from .errors import MemberIOError
+from .timeouts import wait_each
 
 
 async def write_all(slots, pos: int, data) -> list:
-    """Write `data` at byte `pos` on every slot's member. Returns [(slot, MemberIOError), ...]."""
+    """Write `data` at byte `pos` on every slot's member. Returns [(slot, MemberIOError), ...];
+    a member that does not answer within its member timeout fails with MemberTimeout."""
+    start = trio.current_time()
     pending = []
     for slot in slots:
         slot.in_flight += 1
@@ -21,11 +26,9 @@ async def write_all(slots, pos: int, data) -> list:
     failures = []
     nbytes = len(data)
     try:
-        for slot, p in pending:
-            try:
-                await p.wait()
-            except MemberIOError as exc:
-                failures.append((slot, exc))
+        for slot, value in await wait_each(pending, "write", start):
+            if isinstance(value, MemberIOError):
+                failures.append((slot, value))
             else:
                 slot.writes += 1
                 slot.written_bytes += nbytes
@@ -36,12 +39,8 @@ async def write_all(slots, pos: int, data) -> list:
 
 
 async def flush_all(slots) -> list:
-    """fdatasync every slot's member; returns [(slot, MemberIOError), ...]."""
+    """fdatasync every slot's member; returns [(slot, MemberIOError), ...] (timeouts included)."""
+    start = trio.current_time()
     pending = [(slot, slot.member.start_flush()) for slot in slots]
-    failures = []
-    for slot, p in pending:
-        try:
-            await p.wait()
-        except MemberIOError as exc:
-            failures.append((slot, exc))
-    return failures
+    return [(slot, value) for slot, value in await wait_each(pending, "flush", start)
+            if isinstance(value, MemberIOError)]

@@ -190,6 +190,10 @@ class FaultyMember(Member):
             return self.inner.start_flush()
         return self._start("flush", flush)
 
+    @property
+    def abandoned_running(self) -> int:
+        return getattr(self.inner, "abandoned_running", 0)
+
     def close(self) -> None:
         self.set_hang(False)
         self.inner.close()

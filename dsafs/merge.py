@@ -13,16 +13,17 @@ the members that differ: a *merge repair*. Identical members are merged with rea
 the merge fence moves past the step, and the throttle (throttle.py) waits before the next step.
 
 Reads during a merge (`Merge.read`, spec §11): a read wholly behind the fence is served by one
-source as usual. A read reaching ahead of it is widened to whole chunks, the write gate is held
-over them, the chunks are compared on every source and repaired from the master (an *application
-merge repair*), and the master's data is returned. Those chunks count as merged: the merge pass
-skips them. Without the gate, a write in flight could land on one member between the compare
+source as usual. For a read reaching ahead of it the write gate is held over its range, the range
+is compared on every source and repaired from the master (an *application merge repair*), and
+the master's data is returned. Chunks the read covers whole count as merged: the merge pass skips
+them. Without the gate, a write in flight could land on one member between the compare
 and the repair and be overwritten with older data on another.
 
-The throttle's latency samples are the application's own requests: `VirtualUnit.read` and
-`write` time every request while a merge is owed (one `trio.current_time()` before and after;
-no extra syscall) and feed `Throttle.app_io`. A merge I/O is one member read or write of one
-chunk; settings are re-read every 1000 of them.
+The throttle (throttle.py) measures the merge's own I/O latency: each step is timed from before
+a scheduler checkpoint to the end of its repairs, so time the daemon spends on application
+requests meanwhile shows up in it; `VirtualUnit.read` and `write` mark application activity
+(`Throttle.app_io`, one `trio.current_time()`) so an idle set merges at full speed. A merge
+I/O is one member read or write of one chunk; settings are re-read every 1000 of them.
 
 Checkpoints and restarts. Every `CHECKPOINT_BYTES` or `CHECKPOINT_SECONDS` the sources are
 flushed (the repairs are durable) and then their SCBs record the fence. The SCBs written by a
@@ -47,6 +48,7 @@ from typing import Callable, Optional, Sequence
 import trio
 import xxhash
 
+from . import timeouts
 from .errors import AllMembersFailed, MemberIOError
 from .fanout import flush_all
 from .throttle import Settings, Throttle
@@ -69,7 +71,7 @@ class MergeStats:
     chunks_compared: int
     bytes_written: int
     delay_us: float              # the throttle's latest delay between merge steps
-    current_us: Optional[float]  # application latency now (EWMA) and at best
+    current_us: Optional[float]  # merge I/O latency per MiB now (EWMA) and at best
     ideal_us: Optional[float]
     seconds: float
 
@@ -134,6 +136,7 @@ class Merge:
                 pos = self.fence_bytes
                 end = min(pos + STEP_BYTES, size)
                 t0 = trio.current_time()
+                await trio.sleep(0)             # queue behind the application, as a disk would
                 async with vu.gate.closed(pos, end):
                     ios = await self._merge_step(pos, end)
                     self.fence_bytes = end
@@ -177,22 +180,23 @@ class Merge:
 
     # ----------------------------------------------------------------- reads during a merge
     async def read(self, pos: int, nbytes: int) -> bytes:
-        """An application read reaching ahead of the fence: compare the chunks it touches on
-        every source, repair them from the master, return the master's data."""
-        a = pos // CHUNK_BYTES * CHUNK_BYTES
-        b = min(-(-(pos + nbytes) // CHUNK_BYTES) * CHUNK_BYTES, self.vu.size_bytes)
+        """An application read reaching ahead of the fence: compare its range on every source,
+        repair it from the master, return the master's data. Only the range read is compared
+        (a 4 KiB read costs two 4 KiB member reads, not two chunks); the chunks it covers whole
+        count as merged, and the merge pass finds the rest of the range identical."""
+        end = pos + nbytes
         gate = self.vu.gate
-        token = gate.enter_nowait(a, b)
+        token = gate.enter_nowait(pos, end)
         if token is None:
-            token = await gate.enter(a, b)
+            token = await gate.enter(pos, end)
         try:
-            data, repaired, _ = await self._reconcile(a, b, ())
+            data, repaired, _ = await self._reconcile(pos, end, ())
             self.app_repairs += repaired
-            if b > self.fence_bytes:
-                self.merged.update(range(max(a, self.fence_bytes) // CHUNK_BYTES, b // CHUNK_BYTES))
+            first = max(pos, self.fence_bytes)
+            self.merged.update(range(-(-first // CHUNK_BYTES), end // CHUNK_BYTES))
         finally:
             gate.leave(token)
-        return data[pos - a:pos - a + nbytes]
+        return data
 
     # ----------------------------------------------------------------- compare and repair
     async def reconcile(self, pos: int, end: int, skip: Sequence[int] = ()) -> tuple[int, int]:
@@ -209,20 +213,24 @@ class Merge:
         order = [master] + [s for s in vu.sources if s is not master]
         for s in order:
             s.in_flight += 1
-        pending = [(s, s.member.start_read(pos, nbytes)) for s in order]
-        copies = []
+        start = trio.current_time()
         try:
-            for s, p in pending:
-                try:
-                    copies.append((s, await p.wait()))
-                except MemberIOError as exc:
-                    s.read_errors += 1
-                    log.warning("%s: merge read failed on %s at LBN %d: %s", vu.name, s.name,
-                                pos // BLOCK_BYTES, exc)
-                    copies.append((s, None))
+            pending = [(s, s.member.start_read(pos, nbytes)) for s in order]
+            results = await timeouts.wait_each(pending, "merge read", start)
         finally:
             for s in order:
                 s.release()
+        copies = []
+        for s, value in results:
+            if isinstance(value, MemberIOError):
+                s.read_errors += 1
+                log.warning("%s: merge read failed on %s at LBN %d: %s", vu.name, s.name,
+                            pos // BLOCK_BYTES, value)
+                if timeouts.rule_for(value) != "member-error":   # hung or gone: not repairable
+                    await vu.expel(s, f"merge read failed: {value}", rule=timeouts.rule_for(value))
+                    continue
+                value = None
+            copies.append((s, value))
         good = [(s, d) for s, d in copies if d is not None]
         if not good:
             raise AllMembersFailed(vu.name, "merge read", [])
@@ -254,20 +262,20 @@ class Merge:
         vu = self.vu
         view = memoryview(model)
         pending = []
+        start = trio.current_time()
         for s, o, n in fixes:
             s.in_flight += 1
-            pending.append((s, n, s.member.start_write(pos + o, view[o:o + n])))
-        failed = []
+            pending.append((s, s.member.start_write(pos + o, view[o:o + n])))
         try:
-            for s, n, p in pending:
-                try:
-                    await p.wait()
-                except MemberIOError as exc:
-                    failed.append((s, exc))
-                else:
-                    self.bytes_written += n
+            results = await timeouts.wait_each(pending, "merge repair", start)
         finally:
-            for s, _, _ in pending:
+            for s, _ in pending:
                 s.release()
-        for s, exc in {id(s): (s, e) for s, e in failed}.values():
-            await vu.expel(s, f"merge repair write failed: {exc}")
+        failed = {}
+        for (s, value), (_, o, n) in zip(results, fixes):
+            if isinstance(value, MemberIOError):
+                failed.setdefault(id(s), (s, value))
+            else:
+                self.bytes_written += n
+        for s, exc in failed.values():
+            await vu.expel(s, f"merge repair write failed: {exc}", rule=timeouts.rule_for(exc))

@@ -4,6 +4,8 @@ Algorithm (md `fix_read_error`, VMS "repair role"): with application writes to t
 back by the write gate, read the range from another source; write it to the failing member;
 re-read it there and compare; count a repair on that member. If the rewrite or the re-read
 fails, or the data still differs, the member is expelled. The caller gets the good data.
+A member whose read timed out or that vanished (ENODEV) is not rewritten but expelled at once:
+waiting on it again would hold the caller past its member timeout (timeouts.py).
 
 Invariant: the caller never sees a read error while another source can supply the data, and a
 member is never left serving data that differs from the source it was repaired from.
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 import logging
 
+import trio
+
+from . import timeouts
 from .errors import AllMembersFailed, MemberIOError
 
 log = logging.getLogger("dsafs.repair")
@@ -33,7 +38,10 @@ async def read_and_repair(vu, bad, pos: int, nbytes: int, first_error: MemberIOE
                 data = await vu.read_from(good, pos, nbytes)
             except MemberIOError as exc:
                 failures.append(exc)
-        if bad.state.current:
+        rule = timeouts.rule_for(first_error)
+        if bad.state.current and rule != "member-error":
+            await vu.expel(bad, f"read failed: {first_error}", rule=rule)
+        elif bad.state.current:
             await _rewrite(vu, bad, pos, data)
     return data
 
@@ -41,17 +49,20 @@ async def read_and_repair(vu, bad, pos: int, nbytes: int, first_error: MemberIOE
 async def _rewrite(vu, bad, pos: int, data: bytes) -> None:
     bad.in_flight += 1
     try:
-        await bad.member.start_write(pos, data).wait()
-        again = await bad.member.start_read(pos, len(data)).wait()
+        start = trio.current_time()
+        await timeouts.wait(bad, bad.member.start_write(pos, data), "write", start)
+        again = await timeouts.wait(bad, bad.member.start_read(pos, len(data)), "read", start)
         if again != data:
             raise MemberIOError(bad.member.path, "read", 5, "data differs after the repair")
     except MemberIOError as exc:
         bad.release()
         log.warning("%s: %s could not be repaired at LBN %d (%s); expelling it",
                     vu.name, bad.name, pos // 512, exc)
-        await vu.expel(bad, f"repair failed: {exc}")
+        await vu.expel(bad, f"repair failed: {exc}", rule="repair-failed")
         return
     bad.release()
     bad.repairs += 1
     log.info("%s: %s repaired at LBN %d (%d blocks) from another source",
              vu.name, bad.name, pos // 512, len(data) // 512)
+    vu.event("repaired", member=bad.member.path, rule="read-error", lbn=pos // 512,
+             blocks=len(data) // 512)

@@ -175,7 +175,7 @@ import time  # noqa: E402
 from .control import Client  # noqa: E402
 from .errors import DsafsError  # noqa: E402
 
-_SOCKET_COMMANDS = ("mount", "dismount", "show", "set", "verify")
+_SOCKET_COMMANDS = ("mount", "dismount", "show", "set", "verify", "events")
 
 
 def dsafs_executable() -> str:

@@ -4,8 +4,12 @@ Formula (VMS, spec §15 / DESIGN §6), all times in microseconds:
 
     delay = (current - ideal * threshold / 200) * 200 / factor,   clamped at 0
 
-- `current`: the application's I/O latency now, an exponentially weighted moving average of the
-  latencies of application requests on the set (weight `EWMA_WEIGHT` per sample).
+- `current`: the set's I/O latency now: an exponentially weighted moving average (weight
+  `EWMA_WEIGHT`) of the merge's own I/O latency, per MiB. A merge step is timed from before a
+  scheduler checkpoint to the end of its reads, compares and repairs, so it includes the time
+  the daemon spent on application requests meanwhile, as a disk's service time includes the
+  other requests queued on it. (The latency of application requests measured in the daemon does
+  not show that load: it is spent queued in the kernel before the daemon reads the request.)
 - `ideal`: the best latency the set has shown: the lowest sample seen; it drifts up slowly
   (`IDEAL_DRIFT` per sample) so that one lucky sample does not throttle forever.
 - `threshold` (0-20000, default 200): how much slower than ideal the application may get before
@@ -15,7 +19,8 @@ Formula (VMS, spec §15 / DESIGN §6), all times in microseconds:
 
 Two guarantees on top of the formula, because a resync that starves the application, or is
 starved by it, is what users of md, DRBD and ZFS complain about most:
-- an idle set (no application I/O in the last `IDLE_S` seconds) merges at full speed: delay 0;
+- an idle set (no application I/O in the last `IDLE_S` seconds; `app_io()` marks each
+  application request) merges at full speed: delay 0;
 - the merge never falls below `min_rate` bytes per second: the delay is capped at the time that
   keeps `chunk_bytes` per (I/O time + delay) at or above `min_rate`.
 
@@ -88,7 +93,7 @@ def merge_delay_us(current_us: Optional[float], ideal_us: Optional[float], idle:
 
 @dataclasses.dataclass(frozen=True)
 class ThrottleStats:
-    current_us: Optional[float]
+    current_us: Optional[float]       # merge I/O latency per MiB, now and at best
     ideal_us: Optional[float]
     last_delay_us: float
     merge_ios: int
@@ -113,24 +118,29 @@ class Throttle:
         """Read the settings now (a merge that starts or resumes takes the current ones)."""
         self._settings = self._settings_fn()
 
-    def app_io(self, latency_us: float) -> None:
-        """Record one application request's latency."""
+    def app_io(self) -> None:
+        """An application request arrived: the set is not idle."""
         self._last_app_io = trio.current_time()
+
+    def _sample(self, us_per_mib: float) -> None:
         if self.current_us is None:
-            self.current_us = self.ideal_us = latency_us
+            self.current_us = self.ideal_us = us_per_mib
             return
-        self.current_us += EWMA_WEIGHT * (latency_us - self.current_us)
-        self.ideal_us = min(self.ideal_us * IDEAL_DRIFT, latency_us)
+        self.current_us += EWMA_WEIGHT * (us_per_mib - self.current_us)
+        self.ideal_us = min(self.ideal_us * IDEAL_DRIFT, us_per_mib)
 
     def delay_s(self, chunk_bytes: int, io_us: float, ios: int = 1) -> float:
         """The delay after merge I/O of `chunk_bytes` that took `io_us` (`ios` member I/Os)."""
         before, self.merge_ios = self.merge_ios, self.merge_ios + ios
         if self.merge_ios // REREAD_EVERY != before // REREAD_EVERY:
             self._settings = self._settings_fn()       # live settings, as in VMS
+        per_mib = MiB / chunk_bytes
+        self._sample(io_us * per_mib)
         idle = trio.current_time() - self._last_app_io > IDLE_S
-        self.last_delay_us = merge_delay_us(self.current_us, self.ideal_us, idle, chunk_bytes,
-                                            io_us, self._settings)
-        return self.last_delay_us / 1e6
+        delay = merge_delay_us(self.current_us / per_mib, self.ideal_us / per_mib, idle,
+                               chunk_bytes, io_us, self._settings)
+        self.last_delay_us = delay
+        return delay / 1e6
 
     async def pause(self, chunk_bytes: int, io_us: float, ios: int = 1) -> None:
         await trio.sleep(self.delay_s(chunk_bytes, io_us, ios))

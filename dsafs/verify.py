@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from . import timeouts
 from .errors import MemberIOError, VuError
 from .units import BLOCK_BYTES, CHUNK_BYTES, MiB
 
@@ -49,7 +50,7 @@ async def _read_all(slots, pos, nbytes, report):
     datas = []
     for s in slots:
         try:
-            datas.append(await s.member.read(pos, nbytes))
+            datas.append(await timeouts.wait(s, s.member.start_read(pos, nbytes), "read"))
         except MemberIOError as exc:
             report.read_errors.append(str(exc))
             datas.append(None)

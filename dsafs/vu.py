@@ -38,12 +38,15 @@ from typing import Awaitable, Callable, Optional, Sequence
 
 import trio
 
-from . import balance, decide
+from . import balance, decide, timeouts
+from . import copy as copy_module
 from .copy import Copy, CopyStats
 from .merge import Merge, MergeStats
 from .errors import (AllMembersFailed, DsafsError, InvalidArgument, IoRangeError, MemberError,
                      MemberIOError, MembershipRefused, MetadataError, MountRefused, VuError)
+from .events import EventLog
 from .fanout import flush_all, write_all
+from .mountver import MountVerification
 from .fence import RangeGate
 from .repair import read_and_repair
 from .throttle import Settings as MergeSettings
@@ -103,6 +106,8 @@ class Slot:
         self.reads = self.writes = self.read_bytes = self.written_bytes = 0
         self.read_errors = self.repairs = 0
         self._idle: Optional[trio.Event] = None
+        self.member_timeout = timeouts.DEFAULT_MEMBER_TIMEOUT_S   # effective (mountver.adopt)
+        self.timeout_override: Optional[float] = None   # dsafs set --member-timeout M=S
 
     @property
     def name(self) -> str:
@@ -259,6 +264,8 @@ class VirtualUnit:
         self._closing = False                      # dissolve or abort has begun
         self.copy_source: Optional[str] = None     # a member path, or None: alternate sources
         self.priority = DEFAULT_PRIORITY
+        self.events = EventLog()                   # the daemon gives its own before run()
+        self.mv = MountVerification(self)          # member/VU timeouts, verification, stalls
         self._refresh()
 
     # ----------------------------------------------------------------- assembly and lifetime
@@ -304,10 +311,16 @@ class VirtualUnit:
             entry = plan.sources[0].candidate.scb.entry_for(uid)
             log.info("%s: %s leaves the set by rule=absent-member", self.name,
                      entry.path.rsplit("/", 1)[-1] if entry else uid)
+            self.event("member-dropped", member=entry.path if entry else str(uid),
+                       rule="absent-member")
         if plan.merge_required:
             log.info("%s: merge required by rule=%s", self.name, plan.merge_rule)
+            self.event("merge-required", rule=plan.merge_rule)
         if plan.membership_changes:
             await self._commit()
+        for mp in plan.members:
+            self.event(f"member-{mp.role.label}", member=mp.path, rule=mp.rule)
+        self.event("mounted", rule="operator")
 
     async def dissolve(self) -> None:
         """Dismount the VU cleanly: stop the copy (its fence is kept), let the writes in flight
@@ -317,6 +330,7 @@ class VirtualUnit:
             if self._finished.is_set():
                 raise VuError(f"{self.name} is not mounted")
             self._closing = True
+            self.mv.close()
             await self._stop_operations()
             async with self.gate.closed(0, self.size_bytes):
                 current = self.current
@@ -331,6 +345,8 @@ class VirtualUnit:
                     s.member.close()      # before returning: the next mount can take the locks
                 log.info("%s: dissolved; %d members marked clean", self.name,
                          len(current) - len(failed))
+                self.event("dissolved", rule="operator",
+                           how=f"{len(current) - len(failed)} members marked clean")
                 self._finished.set()
 
     async def abort(self) -> None:
@@ -339,9 +355,11 @@ class VirtualUnit:
             if self._finished.is_set():
                 raise VuError(f"{self.name} is not mounted")
             self._closing = True
+            self.mv.close()
             await self._stop_operations()
             for s in self.slots:
                 s.member.close()
+            self.event("dissolved", rule="abort", how="aborted, members left as they were")
             log.warning("%s: aborted; members left as they were (a merge is owed if written)",
                         self.name)
             self._finished.set()
@@ -353,6 +371,7 @@ class VirtualUnit:
         self.targets = [s for s in self.slots if s.state is MemberState.COPY_TARGET]
         if len(self.current) > 3:
             self.feature_flags |= FEATURE_EXTMEMB
+        self.mv.adopt(self.slots)
 
     @property
     def mounted(self) -> bool:
@@ -365,6 +384,8 @@ class VirtualUnit:
 
     @property
     def state(self) -> str:
+        if self.mv.state is not None:          # mount-verify or mv-timeout
+            return self.mv.state
         if self.copy is not None or self._copy_queue:
             return "copying"
         return "merging" if self.merge is not None and not self.readonly else "steady"
@@ -384,6 +405,12 @@ class VirtualUnit:
             if s.member.path == self.copy_source:
                 return s
         return self.sources[0] if self.sources else None
+
+    def event(self, kind: str, member: Optional[str] = None, rule: str = "",
+              message: Optional[str] = None, **fields):
+        """Record a state change of this VU in the event stream (events.py)."""
+        return self.events.emit(self.name, kind, member, rule, message, label=self.label,
+                                **fields)
 
     def find(self, ref: str) -> Slot:
         """A current member by absolute path or by a basename unique in the VU."""
@@ -428,7 +455,7 @@ class VirtualUnit:
     async def read_from(self, slot: Slot, pos: int, nbytes: int) -> bytes:
         slot.in_flight += 1
         try:
-            data = await slot.member.start_read(pos, nbytes).wait()
+            data = await timeouts.wait(slot, slot.member.start_read(pos, nbytes), "read")
         except MemberIOError:
             slot.read_errors += 1
             raise
@@ -439,25 +466,31 @@ class VirtualUnit:
         return data
 
     async def read(self, pos: int, nbytes: int) -> bytes:
+        """Read from one source (repairing a bad one); held in mount verification when no
+        member answers (mountver.py)."""
+        if self.mv.dead:
+            await self.mv.admit("read")
+        try:
+            return await self._read_once(pos, nbytes)
+        except AllMembersFailed as exc:
+            return await self.mv.hold(exc, self._read_once, pos, nbytes)
+
+    async def _read_once(self, pos: int, nbytes: int) -> bytes:
         if pos >= self.size_bytes or nbytes <= 0:
             return b""
         nbytes = min(nbytes, self.size_bytes - pos)
         merge = self.merge
         if merge is None:
             return await self._read_one(pos, nbytes)
-        t0 = trio.current_time()
-        try:
-            if self.readonly:        # no merge can run: every read from the master, consistently
-                master = self.merge_master()
-                try:
-                    return await self.read_from(master, pos, nbytes)
-                except MemberIOError:
-                    return await self._read_one(pos, nbytes)
-            if pos + nbytes <= merge.fence_bytes:
+        merge.throttle.app_io()
+        if self.readonly:            # no merge can run: every read from the master, consistently
+            try:
+                return await self.read_from(self.merge_master(), pos, nbytes)
+            except MemberIOError:
                 return await self._read_one(pos, nbytes)
-            return await merge.read(pos, nbytes)
-        finally:
-            merge.throttle.app_io((trio.current_time() - t0) * 1e6)
+        if pos + nbytes <= merge.fence_bytes:
+            return await self._read_one(pos, nbytes)
+        return await merge.read(pos, nbytes)
 
     async def _read_one(self, pos: int, nbytes: int) -> bytes:
         slot = self.choose_reader()
@@ -470,6 +503,16 @@ class VirtualUnit:
 
     # ----------------------------------------------------------------- writes
     async def write(self, pos: int, data) -> int:
+        """Write to every current member; held while writes are stalled, and in mount
+        verification when no member answers (mountver.py)."""
+        if self.mv.hold_writes:
+            await self.mv.admit("write")
+        try:
+            return await self._write_once(pos, data)
+        except AllMembersFailed as exc:
+            return await self.mv.hold(exc, self._write_once, pos, data)
+
+    async def _write_once(self, pos: int, data) -> int:
         nbytes = len(data)
         if self.readonly:
             exc = VuError(f"{self.name} is mounted read-only (--nowrite); dismount and mount it writable")
@@ -482,17 +525,8 @@ class VirtualUnit:
                                f"end of the VU ({self.size_bytes} bytes)")
         if nbytes == 0:
             return 0
-        merge = self.merge
-        if merge is None:
-            return await self._write(pos, data)
-        t0 = trio.current_time()
-        try:
-            return await self._write(pos, data)
-        finally:
-            merge.throttle.app_io((trio.current_time() - t0) * 1e6)
-
-    async def _write(self, pos: int, data) -> int:
-        nbytes = len(data)
+        if self.merge is not None:
+            self.merge.throttle.app_io()
         if not self._dirty_durable:
             await self._mark_dirty()
         end = pos + nbytes
@@ -525,9 +559,17 @@ class VirtualUnit:
         if not any(id(s) not in failed for s in self.sources):
             raise AllMembersFailed(self.name, "write", [e for _, e in failures])
         for slot, exc in failures:
-            await self.expel(slot, f"write failed: {exc}")
+            await self.expel(slot, f"write failed: {exc}", rule=timeouts.rule_for(exc))
 
     async def flush(self) -> None:
+        if self.mv.dead:
+            await self.mv.admit("flush")
+        try:
+            return await self._flush_once()
+        except AllMembersFailed as exc:
+            return await self.mv.hold(exc, self._flush_once)
+
+    async def _flush_once(self) -> None:
         failures = await flush_all(self.current)
         if failures:
             await self._write_failed(failures)
@@ -558,7 +600,11 @@ class VirtualUnit:
         async with self._dirty_lock:
             if not self._dirty_durable:
                 self.dirty = True
-                await self.write_scbs(self.current)
+                try:
+                    await self.write_scbs(self.current)
+                except AllMembersFailed:
+                    self.dirty = False        # not durable anywhere: the next write retries
+                    raise
                 self._dirty_durable = True
 
     # ----------------------------------------------------------------- SCBs
@@ -583,14 +629,17 @@ class VirtualUnit:
         """Write the SCB of each slot (in this order), durably. A member that fails is expelled."""
         async with self._scb_lock:
             failed = await self._write_scbs_locked(slots)
+        failed_ids = {id(s) for s, _ in failed}
+        if failed and all(id(s) in failed_ids for s in self.sources):
+            raise AllMembersFailed(self.name, "SCB write", [e for _, e in failed])  # change nothing
         for slot, exc in failed:
-            await self.expel(slot, f"SCB write failed: {exc}")
+            await self.expel(slot, f"SCB write failed: {exc}", rule=timeouts.rule_for(exc))
 
     async def _write_scbs_locked(self, slots) -> list:
         failed = []
         for slot in slots:
             try:
-                scb = await slot.store.write(self.scb_for(slot))
+                scb = await timeouts.call(slot, "SCB write", slot.store.write, self.scb_for(slot))
             except MemberIOError as exc:
                 failed.append((slot, exc))
             else:
@@ -607,29 +656,35 @@ class VirtualUnit:
                          + self.targets)
                 failed = await self._write_scbs_locked(order)
             if not failed:
+                self.mv.commit_owed = False
                 return
-            for slot, exc in failed:
-                self._drop(slot, MemberState.EXPELLED, f"SCB write failed: {exc}")
-            if not self.sources:
+            failed_ids = {id(s) for s, _ in failed}
+            if all(id(s) in failed_ids for s in self.sources):   # no member answers: change
+                self.mv.commit_owed = True                       # nothing; owed (mountver.py)
                 raise AllMembersFailed(self.name, "membership change", [e for _, e in failed])
+            for slot, exc in failed:
+                self._drop(slot, MemberState.EXPELLED, f"SCB write failed: {exc}",
+                           rule=timeouts.rule_for(exc))
 
-    def _drop(self, slot: Slot, state: MemberState, why: str) -> None:
+    def _drop(self, slot: Slot, state: MemberState, why: str, rule: Optional[str] = None) -> None:
         slot.state = state
         self._refresh()
+        rule = rule or ("member-error" if state is MemberState.EXPELLED else "operator")
         log.warning("%s: %s %s by rule=%s; shadow set has been reduced (%d current members)",
-                    self.name, slot.name, state.label,
-                    "member-error" if state is MemberState.EXPELLED else "operator", len(self.current))
+                    self.name, slot.name, state.label, rule, len(self.current))
         log.info("%s: %s: %s", self.name, slot.name, why)
+        self.event("expelled" if state is MemberState.EXPELLED else "removed",
+                   member=slot.member.path, rule=rule)
 
     # ----------------------------------------------------------------- membership
-    async def expel(self, slot: Slot, why: str) -> None:
+    async def expel(self, slot: Slot, why: str, rule: Optional[str] = None) -> None:
         """Take a failing member out of the set at once; generation up on the survivors."""
         if not slot.state.current:
             return
         if slot.state is MemberState.SOURCE and len(self.sources) == 1:
             raise AllMembersFailed(self.name, "I/O", [MemberIOError(slot.member.path, "I/O", 5, why)])
         async with self._member_leaving():
-            self._drop(slot, MemberState.EXPELLED, why)
+            self._drop(slot, MemberState.EXPELLED, why, rule)
             if self._nursery is not None:
                 self._nursery.start_soon(self._close_when_idle, slot)
             await self._commit()
@@ -653,10 +708,11 @@ class VirtualUnit:
                     self._refresh()
                 await slot.wait_idle()
                 log.info("%s: %s removed by rule=operator", self.name, slot.name)
+                self.event("removed", member=slot.member.path, rule="operator")
                 await self._commit()
             try:
-                await slot.member.flush()
-                await slot.store.write(self.scb_for(slot))
+                await timeouts.call(slot, "flush", slot.member.flush)
+                await timeouts.call(slot, "SCB write", slot.store.write, self.scb_for(slot))
             except MemberIOError as exc:
                 log.warning("%s: %s left the set but its SCB could not be marked: %s",
                             self.name, slot.name, exc)
@@ -699,6 +755,8 @@ class VirtualUnit:
                 self._refresh()
                 if new:
                     await self._commit()
+                for slot in new:
+                    self.event("member-copy-target", member=slot.member.path, rule="add-to-mounted")
             self._queue_copy(new)
             return plan
 
@@ -748,6 +806,9 @@ class VirtualUnit:
         self.copy = Copy(self, targets, start)
         log.info("%s: copy onto %s starts at LBN %d", self.name,
                  ", ".join(t.name for t in targets), start // BLOCK_BYTES)
+        self.event("copy-start", rule="copy-target", lbn=start // BLOCK_BYTES,
+                   blocks=copy_module.STEP_BYTES // BLOCK_BYTES)
+        done = False
         try:
             done = await self.copy.run()
         except DsafsError as exc:
@@ -756,6 +817,9 @@ class VirtualUnit:
         finally:
             copy = self.last_copy = self.copy
             self.copy = None
+            self.event("copy-end" if done else "copy-stop",
+                       rule="copied" if done else "interrupted",
+                       lbn=copy.fence_bytes // BLOCK_BYTES)
         if done:
             try:
                 await self._promote(copy)
@@ -768,12 +832,15 @@ class VirtualUnit:
         log.info("%s: merge %s at LBN %d; master member %s", self.name,
                  "resumes" if merge.fence_bytes else "starts", merge.fence_bytes // BLOCK_BYTES,
                  master.name if master else "none")
+        self.event("merge-start", member=master.member.path if master else None,
+                   rule=self._plan.merge_rule or "merge-owed", lbn=merge.fence_bytes // BLOCK_BYTES)
         with trio.CancelScope() as scope:
             self._merge_scope = scope
             try:
                 done = await merge.run()
             except DsafsError as exc:
                 self._merge_stopped = str(exc)
+                self.event("merge-stop", rule="merge-error", lbn=merge.fence_bytes // BLOCK_BYTES)
                 log.error("%s: merge stopped at LBN %d: %s; it stays owed (demand it again with "
                           "'dsafs set %s --demand-merge')", self.name,
                           merge.fence_bytes // BLOCK_BYTES, exc, self.name)
@@ -783,6 +850,7 @@ class VirtualUnit:
         if scope.cancelled_caught:
             log.info("%s: merge suspended at LBN %d for a copy", self.name,
                      merge.fence_bytes // BLOCK_BYTES)
+            self.event("merge-suspend", rule="copy-first", lbn=merge.fence_bytes // BLOCK_BYTES)
             return
         if done:
             await self._finish_merge(merge)
@@ -794,6 +862,8 @@ class VirtualUnit:
             self.last_merge = merge
             await self.write_scbs(self.current)
         st = merge.statistics()
+        self.event("merge-end", rule="merged", merge_repairs=st.merge_repairs,
+                   app_repairs=st.app_repairs)
         log.info("%s: merge completed in %.1f s; %d chunks compared, %d repaired by the merge, "
                  "%d by application reads", self.name, st.seconds, st.chunks_compared,
                  st.merge_repairs, st.app_repairs)
@@ -825,6 +895,7 @@ class VirtualUnit:
             self._merge_stopped = ""
             self.merge = Merge(self, 0, self.merge_settings)
             log.info("%s: merge required by rule=demand-merge", self.name)
+            self.event("merge-required", rule="demand-merge")
             await self.write_scbs(self.current)
         self._kick()
 
@@ -838,6 +909,8 @@ class VirtualUnit:
             if self.merge is not None:
                 self.merge.forget_reads()
             await self._commit(promoted)
+            for t in promoted:
+                self.event("copy-completed", member=t.member.path, rule="copy-complete")
             stats = copy.statistics()
             log.info("%s: copy completed; %s now source members (%d bytes compared, %d written)",
                      self.name, ", ".join(t.name for t in promoted), stats.bytes_compared,

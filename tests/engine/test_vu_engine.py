@@ -9,7 +9,7 @@ import trio.testing
 
 from dsafs import copy as copymod
 from dsafs import decide
-from dsafs.errors import AllMembersFailed, MembershipRefused, MemberError, MountRefused
+from dsafs.errors import MembershipRefused, MemberError, MountRefused, VolumeInvalid
 from dsafs.scb import MemberState, choose_slot, min_member_bytes
 from dsafs.testing import MemMember, assert_members_identical, running
 from dsafs.units import KiB, MiB
@@ -137,15 +137,21 @@ async def test_expelled_on_write_error_generation_up_on_survivor(autojump_clock,
         assert vu.slots[1].reads == 0
 
 
-async def test_write_failing_everywhere_raises_and_expels_nobody(autojump_clock):
+@pytest.mark.allow_warnings
+async def test_write_failing_everywhere_is_held_then_fails_and_expels_nobody(autojump_clock):
+    """No member completes the write: mount verification holds it (spec §18) for the VU
+    timeout, then it fails with VOLINV (EIO); nobody is expelled."""
     a, b = await new_set("a", "b")
     vu = await VirtualUnit.assemble("DSA1", [a, b])
     async with running(vu):
         await vu.write(0, b"ok")
         a.bad_write_lbns = b.bad_write_lbns = {3}
-        with pytest.raises(AllMembersFailed, match=r"^DSA1: write failed on every member: member /m/a.img"):
+        t0 = trio.current_time()
+        with pytest.raises(VolumeInvalid, match=r"^DSA1: volume is not software enabled"):
             await vu.write(3 * 512, b"x")
+        assert trio.current_time() - t0 == 3600
         assert [s.state for s in vu.slots] == [MemberState.SOURCE] * 2
+        assert [e.kind for e in vu.events.find(vu="DSA1")][-2:] == ["mv-start", "mv-timeout"]
 
 
 @pytest.mark.allow_warnings

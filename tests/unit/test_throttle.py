@@ -63,52 +63,64 @@ async def test_settings_are_reread_every_1000_merge_ios(autojump_clock):
         return Settings(factor=100 if len(calls) > 1 else 200)
 
     t = Throttle(settings)
-    t.app_io(100)
-    for _ in range(10):
-        t.app_io(300)
-    for _ in range(REREAD_EVERY - 1):
-        t.delay_s(64 * KiB, 100)
+    t.app_io()                                     # the set is busy
+    t.delay_s(MiB, 100)                            # the ideal: 100 us per MiB
+    for _ in range(REREAD_EVERY - 2):
+        t.delay_s(MiB, 300)                        # now 300: the average converges to it
     before = t.last_delay_us
-    t.delay_s(64 * KiB, 100)                       # the 1000th merge I/O re-reads: factor 100
+    assert before == pytest.approx(300 - t.ideal_us, rel=0.01)   # the ideal drifts up slowly
+    t.delay_s(MiB, 300)                            # the 1000th merge I/O re-reads: factor 100
     assert len(calls) == 2 and t.last_delay_us == pytest.approx(2 * before, rel=0.01)
 
 
-async def merge_rate(t, nbytes):
-    """A merge loop of 64 KiB I/Os that take 1 ms each; returns bytes per second."""
+async def test_latency_is_per_mib_so_step_sizes_compare(autojump_clock):
+    t = Throttle()
+    t.delay_s(MiB, 1000)
+    t.delay_s(64 * KiB, 1000 / 16)                 # the same speed in a smaller step
+    assert t.current_us == pytest.approx(1000) and t.ideal_us == pytest.approx(1000)
+
+
+async def merge_rate(t, nbytes, io_s):
+    """A merge loop of 64 KiB I/Os that take `io_s` each; returns bytes per second."""
     start, moved = trio.current_time(), 0
     while moved < nbytes:
-        await trio.sleep(0.001)                    # the merge I/O itself
+        await trio.sleep(io_s)                     # the merge I/O itself
         moved += 64 * KiB
-        await t.pause(64 * KiB, 1000)
+        await t.pause(64 * KiB, io_s * 1e6)
     return moved / (trio.current_time() - start)
 
 
-@pytest.mark.parametrize("app_latency_us, low, high", [
-    (1000, 32 * MiB, 34 * MiB),          # 10x ideal: delay ~900 us -> 64 KiB per ~1.9 ms
-    (100_000, 10 * MiB, 10 * MiB * 1.01),  # 1000x ideal: the formula says 99.9 ms; the floor wins
+@pytest.mark.parametrize("busy_io_us, settings, low, high", [
+    # the merge's I/O 10x slower than ideal: delay ~900 us -> 64 KiB per ~1.9 ms
+    (1000, Settings(min_rate=10 * MiB), 32 * MiB, 34 * MiB),
+    # 20x slower and factor 2 (yield hard): the formula asks for 190 ms; the floor wins
+    (2000, Settings(min_rate=10 * MiB, factor=2), 10 * MiB * 0.999, 10 * MiB * 1.01),
 ])
-async def test_busy_set_yields_but_keeps_the_floor(autojump_clock, app_latency_us, low, high):
-    t = Throttle(lambda: Settings(min_rate=10 * MiB))
+async def test_busy_set_yields_but_keeps_the_floor(autojump_clock, busy_io_us, settings, low,
+                                                  high):
+    t = Throttle(lambda: settings)
+    t.reread()
     done = trio.Event()
 
     async def application():
-        t.app_io(100)                              # the ideal
         while not done.is_set():
-            t.app_io(app_latency_us)
+            t.app_io()
             await trio.sleep(0.001)
 
     async with trio.open_nursery() as n:
         n.start_soon(application)
-        await trio.sleep(0.2)                      # let the average settle
-        rate = await merge_rate(t, 8 * MiB)
+        await merge_rate(t, MiB, 0.0001)           # learn the ideal: 100 us per 64 KiB
+        await merge_rate(t, 4 * MiB, busy_io_us / 1e6)   # let the average settle
+        rate = await merge_rate(t, 8 * MiB, busy_io_us / 1e6)
         done.set()
     assert low <= rate <= high, rate / MiB
 
 
 async def test_idle_set_merges_at_full_speed(autojump_clock):
     t = Throttle()
-    t.app_io(100)
-    t.app_io(100_000)
+    t.app_io()
+    t.delay_s(64 * KiB, 100)
+    t.delay_s(64 * KiB, 100_000)
     await trio.sleep(2)                            # no application I/O for 2 s: idle
-    assert await merge_rate(t, 8 * MiB) == pytest.approx(64 * KiB / 0.001)
+    assert await merge_rate(t, 8 * MiB, 0.001) == pytest.approx(64 * KiB / 0.001)
     assert t.statistics().last_delay_us == 0
