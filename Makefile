@@ -3,6 +3,9 @@
 #   make demo     install, then show dsafs working
 #   make install  only the install step (Debian packages + .venv)
 #   make bench    install, then run bench/run.py (fio: raw vs DSA) and bench/merge.py (merge)
+#   make crash    install, then the power-cut simulation: N cut points (default 1000);
+#                 SEED=S replays one scenario (CUT=C: one cut of it)
+#   make soak     install, then the kill -9 soak with a real daemon for SECONDS (default 600)
 #   make clean    remove .venv and caches
 # Extra pytest arguments: make test PYTEST_ARGS='-x -k scb'
 
@@ -20,7 +23,7 @@ PYTEST_ARGS ?=
 export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all install system-deps test demo bench clean
+.PHONY: all install system-deps test demo bench crash soak clean
 
 all: test
 
@@ -50,6 +53,17 @@ demo: install
 bench: install
 	$(PY) bench/run.py
 	$(PY) bench/merge.py
+
+N       ?= 1000
+SECONDS ?= 600
+SEED    ?=
+CUT     ?=
+
+crash: install
+	$(PY) -m tests.crash.powercut --cuts $(N) $(if $(SEED),--seed $(SEED) -v) $(if $(CUT),--cut $(CUT))
+
+soak: install
+	$(PY) -m tests.crash.soak --seconds $(SECONDS) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info

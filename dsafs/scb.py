@@ -372,6 +372,11 @@ class ScbStore:
 
     async def write(self, scb: Scb) -> Scb:
         """Write `scb` to the older slot, durably. Returns it with its sequence and time set."""
+        if self._slot is None and self.current is not None:
+            # `current` was handed in (the VU takes it from the mount decision) without the slot
+            # it came from: find that slot first, or this write could overwrite the only valid
+            # copy, and a torn write would then leave none (found by tests/crash/powercut.py).
+            await self.read()
         seq = (self.current.sequence if self.current else 0) + 1
         scb = scb.replace(sequence=seq, updated_ns=time.time_ns())
         slot = 1 if self._slot == 0 else 0

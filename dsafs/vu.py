@@ -29,6 +29,7 @@ is never past unflushed data, a clean flag is only written after a flush).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -232,6 +233,10 @@ class VirtualUnit:
             start = plan.merge_fence_lbn * BLOCK_BYTES // CHUNK_BYTES * CHUNK_BYTES
             self.merge = Merge(self, min(start, plan.vu_size_bytes), self.merge_throttle)
         self.dirty = False
+        self._dirty_durable = False     # the dirty mark is on every member's SCB (flushed)
+        self._leaving = 0               # members out of `current` whose commit is not durable
+        self._left = trio.Event()       # set when _leaving drops to 0
+        self._left.set()
         self.slots: list[Slot] = []
         first = plan.sources[0].candidate.scb
         self.revision = first.revision
@@ -336,7 +341,7 @@ class VirtualUnit:
                 failed = {id(s) for s, _ in failures}
                 if self.merge is not None:
                     self.merge.flushed()       # the repairs behind the fence are durable now
-                self.dirty = False
+                self.dirty = self._dirty_durable = False
                 if not self.readonly:     # a read-only mount never wrote: nothing to mark
                     await self.write_scbs([s for s in current if id(s) not in failed])
                 for s in self.slots:
@@ -525,7 +530,7 @@ class VirtualUnit:
             return 0
         if self.merge is not None:
             self.merge.throttle.app_io()
-        if not self.dirty:
+        if not self._dirty_durable:
             await self._mark_dirty()
         end = pos + nbytes
         token = self.gate.enter_nowait(pos, end)
@@ -571,16 +576,39 @@ class VirtualUnit:
         failures = await flush_all(self.current)
         if failures:
             await self._write_failed(failures)
+        # A member that just left `current` (remove, expel) was not flushed, yet until the
+        # survivors' higher generation is durable a crash would leave it their equal, and
+        # possibly the merge master: the flush is acknowledged only after that commit.
+        while self._leaving:
+            await self._left.wait()
+
+    @contextlib.asynccontextmanager
+    async def _member_leaving(self):
+        """Around a member's departure and the survivors' commit (see flush())."""
+        if self._leaving == 0:
+            self._left = trio.Event()
+        self._leaving += 1
+        try:
+            yield
+        finally:
+            self._leaving -= 1
+            if self._leaving == 0:
+                self._left.set()
 
     async def _mark_dirty(self) -> None:
+        # `dirty` is what scb_for() writes, so it is set first; writers wait for
+        # `_dirty_durable`, or a second writer would issue its data while the first one's
+        # dirty mark is still on its way (a crash then leaves clean SCBs over differing data:
+        # found by tests/crash/powercut.py).
         async with self._dirty_lock:
-            if not self.dirty:
+            if not self._dirty_durable:
                 self.dirty = True
                 try:
                     await self.write_scbs(self.current)
                 except AllMembersFailed:
                     self.dirty = False        # not durable anywhere: the next write retries
                     raise
+                self._dirty_durable = True
 
     # ----------------------------------------------------------------- SCBs
     def scb_for(self, slot: Slot) -> Scb:
@@ -658,10 +686,11 @@ class VirtualUnit:
             return
         if slot.state is MemberState.SOURCE and len(self.sources) == 1:
             raise AllMembersFailed(self.name, "I/O", [MemberIOError(slot.member.path, "I/O", 5, why)])
-        self._drop(slot, MemberState.EXPELLED, why, rule)
-        if self._nursery is not None:
-            self._nursery.start_soon(self._close_when_idle, slot)
-        await self._commit()
+        async with self._member_leaving():
+            self._drop(slot, MemberState.EXPELLED, why, rule)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._close_when_idle, slot)
+            await self._commit()
 
     async def _close_when_idle(self, slot: Slot) -> None:
         """Release an expelled member's file (and lock) once its last request has ended."""
@@ -676,13 +705,14 @@ class VirtualUnit:
                 raise MembershipRefused(
                     f"{self.name}: {slot.name} is the only source member and cannot be removed; "
                     f"dismount {self.name} instead")
-            async with self.gate.closed(0, self.size_bytes):
-                slot.state = MemberState.REMOVED
-                self._refresh()
-            await slot.wait_idle()
-            log.info("%s: %s removed by rule=operator", self.name, slot.name)
-            self.event("removed", member=slot.member.path, rule="operator")
-            await self._commit()
+            async with self._member_leaving():
+                async with self.gate.closed(0, self.size_bytes):
+                    slot.state = MemberState.REMOVED
+                    self._refresh()
+                await slot.wait_idle()
+                log.info("%s: %s removed by rule=operator", self.name, slot.name)
+                self.event("removed", member=slot.member.path, rule="operator")
+                await self._commit()
             try:
                 await timeouts.call(slot, "flush", slot.member.flush)
                 await timeouts.call(slot, "SCB write", slot.store.write, self.scb_for(slot))

@@ -1,0 +1,616 @@
+"""Power-cut simulation: random I/O and membership changes through the engine, cut, reassemble,
+merge, check. Also the runner of `make crash N=... [SEED=...]`.
+
+One *scenario* (everything follows from its seed, trio's scheduling included):
+  1. `dsafs init` 2 or 3 in-memory members (MemMember with random per-request latency, so
+     requests complete out of order) and wrap each in a RecordingMember (dsafs/record.py); all
+     recorders share one Journal.
+  2. Mount a VirtualUnit on them and run, for a short virtual time under trio's MockClock:
+     1-4 writer tasks (random 512 B - 64 KiB writes of a self-describing pattern, flushes,
+     reads that are checked), and a membership task (remove a member, add it back -- which
+     starts a copy --, add a blank spare, demand a merge). Every application event goes into
+     the journal too, so the oracle knows what was submitted, acknowledged and flushed when.
+  3. Pick cut points in the journal (a third of them just after an SCB write was submitted,
+     so cuts land inside SCB updates) and, for each, build a crash state of every member
+     (durable writes, plus each write in doubt kept whole, or torn per 512-byte sector).
+  4. Optionally (a *chained* cut) mount the crash state with recorders again, run writers and
+     membership changes while the merge runs, and cut that run too: crashes inside merges.
+  5. Reassemble the members (in a random order, the removed one included or not), let the copy
+     and merge finish, and check the invariants below. Then dismount cleanly and check that the
+     SCBs are clean and a re-mount needs nothing.
+
+Invariants checked (DESIGN §4, §7; spec §15, §31 item 28; the allowed values of a block are
+tests/crash/oracle.py's):
+  scb-decode      every member that held valid metadata still has a valid SCB slot.
+  mount-refused   the crash state of a real set mounts (decide.plan accepts it).
+  stale-source    a member removed (remove() returned) or being added (until its promotion was
+                  committed) is never a source.
+  not-steady      the copy and merge finish: state steady, no merge owed.
+  identical       every current member holds the same bytes in the VU range.
+  garbage         every 512-byte block holds the data of some write, or zeros (never a mix,
+                  never data nobody wrote).
+  lost-write      every block holds the newest write that was flushed, or a write to it that
+                  was in doubt at the cut (old or new of each write in flight).
+  read-value      reads during the run return such values too.
+  read-unstable   two reads of a block with no write to it in between return the same data
+                  (reads ahead of the merge fence are repaired before they return).
+  unclean         after a clean dismount the SCBs say clean and a re-mount needs no merge.
+A violation prints its seed and cut; `make crash SEED=S [CUT=C]` replays it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import logging
+import random
+import sys
+import time
+from typing import Optional
+
+import trio
+import trio.testing
+
+from dsafs import copy as copymod
+from dsafs import decide
+from dsafs.errors import DsafsError, MembershipRefused, MountRefused
+from dsafs.record import Journal, RecordingMember, torn_copy
+from dsafs.scb import MemberState, SLOT_BYTES, choose_slot, min_member_bytes, slot_offsets
+from dsafs.testing import MemMember
+from dsafs.units import BLOCK_BYTES, KiB, MiB
+from dsafs.vu import VirtualUnit, init_set, load_candidate
+from tests.crash.oracle import AppFlush, Oracle, block_id, payload
+
+try:
+    from dsafs import merge as mergemod
+except ImportError:        # before the merge (issue 5) lands
+    mergemod = None
+
+VU_BYTES = 1 * MiB
+NBLOCKS = VU_BYTES // BLOCK_BYTES
+RAW = min_member_bytes(VU_BYTES)
+STEP_BYTES = 64 * KiB                 # copy and merge steps: many fence moves in a small VU
+SETTLE_S = 100_000.0                   # virtual seconds a copy + merge may take before "not-steady"
+
+
+# ----------------------------------------------------------------------------- members
+class JitterMember(MemMember):
+    """A MemMember whose requests each take a random latency, so they complete out of order."""
+
+    def __init__(self, size_bytes, path, rng: random.Random, *, latency: float, data=None):
+        super().__init__(size_bytes, path, latency=latency, data=data)
+        self.rng = rng
+
+    def _pending(self, result=None, error=None):
+        p = super()._pending(result, error)
+        p.deadline += self.rng.random() * self.latency * 3
+        return p
+
+
+@contextlib.contextmanager
+def small_steps():
+    """Copy and merge in 64 KiB steps (module constants, restored afterwards)."""
+    saved = [(copymod, "STEP_BYTES", copymod.STEP_BYTES)]
+    copymod.STEP_BYTES = STEP_BYTES
+    if mergemod is not None and hasattr(mergemod, "STEP_BYTES"):
+        saved.append((mergemod, "STEP_BYTES", mergemod.STEP_BYTES))
+        mergemod.STEP_BYTES = STEP_BYTES
+    try:
+        yield
+    finally:
+        for mod, name, value in saved:
+            setattr(mod, name, value)
+
+
+def has_metadata(image) -> Optional[bool]:
+    """True: a valid SCB slot; False: blank (no magic in either slot); None: damaged."""
+    a, b = slot_offsets(len(image))
+    reading = choose_slot(bytes(image[a:a + SLOT_BYTES]), bytes(image[b:b + SLOT_BYTES]))
+    if reading.scb is not None:
+        return True
+    return False if reading.blank else None
+
+
+# ----------------------------------------------------------------------------- results
+@dataclasses.dataclass
+class Result:
+    seed: int
+    cuts: int = 0
+    violations: list = dataclasses.field(default_factory=list)
+    events: int = 0
+    writes: int = 0
+    flushes: int = 0
+    reads: int = 0
+    removes: int = 0
+    adds: int = 0
+    demand_merges: int = 0
+    expels: int = 0            # members expelled by an injected write error
+    merges: int = 0            # reassemblies that owed a merge
+    copies: int = 0            # reassemblies with copy targets
+    scb_in_doubt: int = 0      # crash states with an SCB write in doubt on some member
+    torn_slots: int = 0        # SCB slots found torn (checksum mismatch) in crash states
+    torn_refusals: int = 0     # crash states with both slots of a member torn (bad input)
+    rules: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+    def violation(self, cut: str, kind: str, text: str) -> None:
+        self.violations.append(f"seed {self.seed} cut {cut}: {kind}: {text}")
+
+
+# ----------------------------------------------------------------------------- one run
+class Run:
+    """One mounted VU under load, on recording members; `workload()` drives it."""
+
+    def __init__(self, rng: random.Random, result: Result, recs: list, oracle: Oracle,
+                 next_wid: list, spare: Optional[RecordingMember] = None,
+                 tag: str = "1"):
+        self.rng, self.result, self.recs, self.oracle = rng, result, recs, oracle
+        self.by_path = {r.path: r for r in recs}
+        if spare is not None:
+            self.by_path[spare.path] = spare
+        self.spare = spare
+        self.next_wid = next_wid           # shared counter: write ids are unique over rounds
+        self.tag = tag
+        self.faults = True
+        self.vu: Optional[VirtualUnit] = None
+
+    def wid(self) -> int:
+        self.next_wid[0] += 1
+        return self.next_wid[0]
+
+    async def writer(self) -> None:
+        rng, o, vu = self.rng, self.oracle, self.vu
+        while True:
+            op = rng.random()
+            if op < 0.65:
+                nblocks = rng.choice((1, 1, 2, 8, 16, 64, 128))
+                lbn = rng.randrange(0, NBLOCKS - nblocks + 1)
+                w = o.write_submitted(self.wid(), lbn, nblocks)
+                try:
+                    await vu.write(lbn * BLOCK_BYTES, payload(w.wid, lbn, nblocks))
+                except DsafsError as exc:
+                    o.write_done(w, False)
+                    self.result.violation(self.tag, "write-failed", f"write {w.wid}: {exc}")
+                    return
+                o.write_done(w, True)
+                self.result.writes += 1
+            elif op < 0.8:
+                f = AppFlush(o.journal.note("flush"))
+                o.flushes.append(f)
+                await vu.flush()
+                f.acked = o.journal.note("flush-ack")
+                self.result.flushes += 1
+            else:
+                await self.read_check(rng.randrange(0, NBLOCKS - 8), rng.choice((1, 4, 8)))
+            await trio.sleep(rng.random() * 0.002)
+
+    async def read_check(self, lbn: int, nblocks: int) -> None:
+        o = self.oracle
+        start = o.journal.note("read")
+        before = {b: (o.last_submit.get(b), o.inflight[b]) for b in range(lbn, lbn + nblocks)}
+        data = await self.vu.read(lbn * BLOCK_BYTES, nblocks * BLOCK_BYTES)
+        end = o.journal.note("read-done")
+        self.result.reads += 1
+        horizon = o.required_horizon(start)
+        for i in range(nblocks):
+            b = lbn + i
+            got = block_id(data[i * BLOCK_BYTES:(i + 1) * BLOCK_BYTES], b)
+            allowed = o.allowed_at(b, start, horizon) | {
+                w.wid for w in o.by_lbn.get(b, ()) if w.submitted < end}
+            if got is None or got not in allowed:
+                self.result.violation(self.tag, "read-value",
+                                      f"read of LBN {b} at event {start} returned "
+                                      f"{'garbage' if got is None else f'write {got}'}, "
+                                      f"allowed {sorted(allowed)[:8]}")
+                continue
+            state = (o.last_submit.get(b), o.inflight[b])
+            if before[b] != state or state[1]:
+                o.observed.pop(b, None)          # a write raced the read: no observation
+                continue
+            seen = o.observed.get(b)
+            if seen is not None and seen[0] == state[0] and seen[1] != got:
+                self.result.violation(self.tag, "read-unstable",
+                                      f"LBN {b} read as write {seen[1]} and then as write {got} "
+                                      f"with no write to it in between (event {start})")
+            o.observed[b] = (state[0], got)
+
+    async def membership(self) -> None:
+        rng, o, vu = self.rng, self.oracle, self.vu
+        removed: Optional[str] = None
+        while True:
+            await trio.sleep(rng.uniform(0.005, 0.06))
+            action = rng.random()
+            try:
+                if action < 0.1 and removed is None and self.faults and len(vu.sources) > 1:
+                    removed = await self.fail_a_member()
+                elif action < 0.2 and hasattr(vu, "demand_merge"):
+                    o.journal.note("demand-merge")
+                    await vu.demand_merge()
+                    self.result.demand_merges += 1
+                elif action < 0.35 and self.spare is not None and len(vu.current) < 4:
+                    spare, self.spare = self.spare, None
+                    await self.add(spare)
+                elif removed is None:
+                    choices = [s for s in vu.current
+                               if s.state is not MemberState.SOURCE or len(vu.sources) > 1]
+                    if len(vu.current) < 2 or not choices:
+                        continue
+                    slot = rng.choice(choices)
+                    removed = slot.member.path
+                    o.note_membership("remove-start", removed)
+                    await vu.remove(removed)
+                    o.note_membership("remove-done", removed)
+                    self.result.removes += 1
+                else:
+                    path, removed = removed, None
+                    await self.add(self.by_path[path].reopen())
+            except (MembershipRefused, MountRefused):
+                pass             # e.g. a demand merge while a copy runs: refused, by design
+
+    async def fail_a_member(self) -> Optional[str]:
+        """Make one source fail its writes to a random range (like `dsafs debug inject
+        --eio-write`) until it is expelled; returns its path once expelled, None if no write
+        hit the range in time. The fault is cleared either way."""
+        rng, vu = self.rng, self.vu
+        slot = rng.choice(vu.sources)
+        rec = slot.member
+        inner = rec.inner
+        lbn = rng.randrange(0, NBLOCKS - 256)
+        inner.bad_write_lbns = set(range(lbn, lbn + 256))
+        self.oracle.journal.note("fault", rec.path)
+        try:
+            with trio.move_on_after(0.2):
+                while slot.state.current:
+                    await trio.sleep(0.002)
+        finally:
+            inner.bad_write_lbns = set()
+        if slot.state.current:
+            return None
+        self.result.expels += 1
+        while slot in vu.slots and not rec.inner.closed:     # released when idle
+            await trio.sleep(0.002)
+        return rec.path
+
+    async def add(self, rec: RecordingMember) -> None:
+        o, vu = self.oracle, self.vu
+        o.note_membership("add-start", rec.path)
+        await vu.add([rec])
+        self.result.adds += 1
+        while True:               # promoted when its state is source and the commit is done
+            slot = next((s for s in vu.slots if s.member is rec), None)
+            if slot is None or not slot.state.current:
+                return            # expelled or removed meanwhile: stays forbidden
+            if slot.state is MemberState.SOURCE:
+                async with vu._membership_lock:   # _promote commits the SCBs under it
+                    pass
+                o.note_membership("add-done", rec.path)
+                return
+            await trio.sleep(0.001)
+
+    async def workload(self, seconds: float, membership: bool) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.rng.randint(1, 4)):
+                nursery.start_soon(self.writer)
+            if membership:
+                nursery.start_soon(self.membership)
+            await trio.sleep(seconds)
+            nursery.cancel_scope.cancel()
+
+
+# ----------------------------------------------------------------------------- checks
+def pick_cuts(rng: random.Random, recs: list, journal: Journal, n: int) -> list:
+    """n cut points: a third just after an SCB write was submitted, the rest anywhere."""
+    scb_writes = [w.submitted for r in recs for w in r.writes if w.pos >= VU_BYTES]
+    cuts = []
+    for _ in range(n):
+        if scb_writes and rng.random() < 1 / 3:
+            cuts.append(rng.choice(scb_writes) + 1)
+        else:
+            cuts.append(rng.randrange(1, journal.index + 1))
+    return cuts
+
+
+def crash_images(rng: random.Random, recs: list, cut: int) -> tuple[dict, str]:
+    keep = rng.choice((0.0, 0.5, 1.0, rng.random()))
+    torn = rng.random() < 0.5
+    images = {r.path: r.crash_image(cut, rng, keep=keep, torn=torn) for r in recs}
+    return images, f"keep={keep:.2f}{' torn' if torn else ''}"
+
+
+def had_metadata(rec: RecordingMember, cut: int) -> bool:
+    """The member held valid metadata durably at some point before the cut."""
+    if has_metadata(rec.base):
+        return True
+    durable, _ = rec.classify(cut)
+    return any(w.pos >= VU_BYTES for w in durable)
+
+
+async def check_images(result: Result, label: str, recs: list, images: dict,
+                       oracle: Oracle, cut: int, rng: random.Random, *,
+                       latency: float) -> Optional[list]:
+    """SCB decode + mount decision for the crash state. Returns the new members in the order
+    they are named (None: a violation was recorded, or nothing to mount)."""
+    names = []
+    if any(w.pos >= VU_BYTES for r in recs for w in r.classify(cut)[1]):
+        result.scb_in_doubt += 1
+    for r in recs:
+        image = images[r.path]
+        a, b = slot_offsets(len(image))
+        reading = choose_slot(bytes(image[a:a + SLOT_BYTES]), bytes(image[b:b + SLOT_BYTES]))
+        result.torn_slots += sum("checksum" in why for why in reading.reasons)
+        state = has_metadata(image)
+        if state is True:
+            names.append(r.path)
+        elif had_metadata(r, cut):
+            result.violation(label, "scb-decode",
+                             f"member {r.path} held valid metadata but both SCB slots are "
+                             f"{'blank' if state is False else 'damaged'} after the cut")
+            return None
+        # else: a blank spare whose first SCB never became durable: the operator leaves it out
+    forbidden = oracle.forbidden_sources(cut, recs)
+    rng.shuffle(names)
+    # a removed member may be named or not: both are things an operator does
+    names = [p for p in names if p not in forbidden or rng.random() < 0.5] or names
+    if rng.random() < 0.05:
+        await check_both_slots_torn(result, label, names, images, rng)
+    members = [JitterMember(RAW, p, rng, latency=latency, data=images[p]) for p in names]
+    cands = [await load_candidate(m) for m in members]
+    try:
+        plan = decide.plan("DSA1", cands)
+    except MountRefused as exc:
+        result.violation(label, "mount-refused",
+                         f"rule={getattr(exc, 'rule', '?')}: {exc}")
+        return None
+    for mp in plan.sources:
+        if mp.path in forbidden:
+            result.violation(label, "stale-source",
+                             f"{mp.path} is a source by rule={mp.rule} but it was out of the "
+                             f"set (or not yet copied) at the cut; "
+                             + "; ".join(_describe(c, oracle, cut) for c in cands))
+    for mp in plan.members:
+        result.rules[mp.rule] += 1
+    if plan.merge_required:
+        result.merges += 1
+        result.rules[f"merge:{plan.merge_rule}"] += 1
+    if plan.targets:
+        result.copies += 1
+    return [plan, members]
+
+
+async def check_both_slots_torn(result: Result, label: str, names: list, images: dict,
+                                rng: random.Random) -> None:
+    """Bad input: tear both SCB slots of one member of this crash state; the mount must be
+    refused with rule damaged-metadata, naming that member, and write nothing."""
+    victim = rng.choice(names)
+    members = []
+    for p in names:
+        data = images[p]
+        if p == victim:
+            for off in slot_offsets(len(data)):
+                data = torn_copy(bytes(data), off, SLOT_BYTES, rng)
+        members.append(MemMember(RAW, p, data=data))
+    before = [bytes(m.data) for m in members]
+    try:
+        await VirtualUnit.assemble("DSA1", members)
+    except MountRefused as exc:
+        if getattr(exc, "rule", "") != "damaged-metadata" or victim not in str(exc):
+            result.violation(label, "torn-refusal", f"both slots of {victim} torn: refused "
+                             f"by rule={getattr(exc, 'rule', '?')}: {exc}")
+    else:
+        result.violation(label, "torn-refusal", f"both slots of {victim} torn, yet mounted")
+    if [bytes(m.data) for m in members] != before:
+        result.violation(label, "torn-refusal", "a refused mount wrote to a member")
+    result.torn_refusals += 1
+
+
+async def settle_and_check(result: Result, label: str, vu: VirtualUnit, allowed: dict) -> bool:
+    """Wait for copy + merge; check steady, identical, and every block against `allowed`."""
+    with trio.move_on_after(SETTLE_S) as scope:
+        await vu.wait_steady()
+    if scope.cancelled_caught or vu.state != "steady" or vu.merge_required:
+        result.violation(label, "not-steady",
+                         f"after {SETTLE_S:g} s: state {vu.state}, merge_required "
+                         f"{vu.merge_required}")
+    current = [s for s in vu.slots if s.state.current]
+    datas = [bytes(s.member.data[:VU_BYTES]) for s in current]
+    ok = True
+    for s, d in zip(current[1:], datas[1:]):
+        if d != datas[0]:
+            at = next(i for i in range(VU_BYTES) if d[i] != datas[0][i]) // BLOCK_BYTES
+            result.violation(label, "identical",
+                             f"{s.member.path} differs from {current[0].member.path} first at "
+                             f"LBN {at} ({_who(datas[0], at)} vs {_who(d, at)})")
+            ok = False
+    for i, d in enumerate(datas):
+        bad = 0
+        for lbn in range(NBLOCKS):
+            blk = d[lbn * BLOCK_BYTES:(lbn + 1) * BLOCK_BYTES]
+            got = block_id(blk, lbn)
+            want = allowed.get(lbn, {0})
+            if got is None or got not in want:
+                bad += 1
+                if bad <= 3:
+                    kind = "garbage" if got is None else "lost-write"
+                    result.violation(label, kind,
+                                     f"{current[i].member.path} LBN {lbn} holds "
+                                     f"{_who(d, lbn)}, allowed writes {sorted(want)[:8]}")
+        ok = ok and not bad
+    return ok
+
+
+def _describe(c, oracle: Oracle, cut: int) -> str:
+    """One member of a crash state, for a violation message."""
+    s = c.scb
+    if s is None:
+        return f"{c.name}: no SCB"
+    own = s.own_state.label if s.own_state else "?"
+    events = [f"{k}@{i}" for i, k, p in oracle.membership if p == c.path and i < cut]
+    return (f"{c.name}: seq {s.sequence} gen ..{s.generation % 100000} {own} "
+            f"dirty={int(s.dirty)} list=[{','.join(e.path.rsplit('/', 1)[-1] + ':' + e.state.label for e in s.members)}]"
+            f" events {events[-3:]}")
+
+
+def _who(data: bytes, lbn: int) -> str:
+    got = block_id(data[lbn * BLOCK_BYTES:(lbn + 1) * BLOCK_BYTES], lbn)
+    return "data nobody wrote" if got is None else ("zeros" if got == 0 else f"write {got}")
+
+
+async def check_clean(result: Result, label: str, members: list) -> None:
+    """After a clean dismount: SCBs clean, and a re-mount needs no copy and no merge."""
+    for m in members:
+        m.closed = False
+    cands = [await load_candidate(m) for m in members]
+    for c in cands:
+        if c.scb is None or c.scb.dirty or c.scb.writers or c.scb.merge_required:
+            result.violation(label, "unclean",
+                             f"{c.path} after a clean dismount: "
+                             f"{'no SCB' if c.scb is None else f'dirty={c.scb.dirty} writers={c.scb.writers} merge_required={c.scb.merge_required}'}")
+            return
+    try:
+        plan = decide.plan("DSA1", cands)
+    except MountRefused as exc:
+        result.violation(label, "unclean", f"re-mount after a clean dismount refused: {exc}")
+        return
+    if plan.merge_required or plan.targets:
+        result.violation(label, "unclean",
+                         f"re-mount after a clean dismount needs a "
+                         f"{'merge' if plan.merge_required else 'copy'}")
+
+
+# ----------------------------------------------------------------------------- scenarios
+async def scenario(seed: int, ncuts: int, *, only_cut: Optional[int] = None,
+                   seconds: float = 0.3, chain: float = 0.3) -> Result:
+    """One scenario (see the module docstring); `only_cut` replays one cut by its number."""
+    rng = random.Random(seed)
+    result = Result(seed)
+    latency = rng.choice((0.0005, 0.001, 0.002))
+    nmembers = rng.choice((2, 2, 3))
+    journal = Journal()
+    mems = [JitterMember(RAW, f"/m/{chr(97 + i)}.img", rng, latency=latency)
+            for i in range(nmembers)]
+    await init_set("DSA1", "DATA", VU_BYTES, mems)
+    recs = [RecordingMember(m, journal) for m in mems]
+    spare = None
+    if rng.random() < 0.5:
+        spare = RecordingMember(JitterMember(RAW, "/m/s.img", rng, latency=latency), journal)
+    oracle = Oracle(journal)
+    next_wid = [0]
+    run = Run(rng, result, recs, oracle, next_wid, spare)
+    run.vu = vu = await VirtualUnit.assemble("DSA1", recs)
+    membership = rng.random() < 0.7
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vu.run)
+        await run.workload(seconds, membership)
+        nursery.cancel_scope.cancel()          # the power cut (everything after it is lost)
+    result.events = journal.index
+    all_recs = list(run.by_path.values())         # the members, and the spare if any
+    cuts = pick_cuts(rng, all_recs, journal, ncuts)
+    for k, cut in enumerate(cuts):
+        if only_cut is not None and k != only_cut:
+            continue
+        crng = random.Random(f"{seed}/{k}")
+        await check_cut(result, f"{k} (event {cut})", crng, all_recs, oracle, cut, next_wid,
+                        latency=latency, chain=chain)
+        result.cuts += 1
+    return result
+
+
+async def check_cut(result: Result, label: str, rng: random.Random, recs: list, oracle: Oracle,
+                    cut: int, next_wid: list, *, latency: float, chain: float,
+                    depth: int = 0) -> None:
+    images, how = crash_images(rng, recs, cut)
+    label = f"{label} {how}"
+    got = await check_images(result, label, recs, images, oracle, cut, rng, latency=latency)
+    if got is None:
+        return
+    plan, members = got
+    allowed = oracle.allowed(cut)
+    if depth == 0 and rng.random() < chain:
+        # crash again, this time while the merge (and copy) of this crash state runs
+        journal = Journal()
+        recs2 = [RecordingMember(m, journal) for m in members]
+        oracle2 = Oracle(journal, allowed)
+        run = Run(rng, result, recs2, oracle2, next_wid, tag=f"{label} chained")
+        run.vu = vu = VirtualUnit(plan, recs2)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(vu.run)
+            await run.workload(rng.uniform(0.02, 0.2), rng.random() < 0.5)
+            nursery.cancel_scope.cancel()
+        cut2 = pick_cuts(rng, recs2, journal, 1)[0]
+        await check_cut(result, f"{label} then chained cut (event {cut2})", rng, recs2,
+                        oracle2, cut2, next_wid, latency=latency, chain=chain, depth=1)
+        return
+    vu = VirtualUnit(plan, members)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vu.run)
+        await settle_and_check(result, label, vu, allowed)
+        current = [s.member for s in vu.slots if s.state.current]
+        await vu.dissolve()
+    await check_clean(result, label, current)
+
+
+def run_scenario(seed: int, ncuts: int, **kw) -> Result:
+    """Run one scenario in its own trio run, deterministically from `seed`."""
+    trio._core._run._r.seed(seed)      # trio shuffles ready tasks with this RNG: fix it
+    with small_steps():
+        return trio.run(lambda: scenario(seed, ncuts, **kw),
+                        clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# ----------------------------------------------------------------------------- the runner
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="powercut",
+                                description="dsafs power-cut simulation (make crash)")
+    p.add_argument("--cuts", type=int, default=1000, help="cut points to check in all")
+    p.add_argument("--per-scenario", type=int, default=20, help="cut points per scenario")
+    p.add_argument("--seed", type=int, default=None,
+                   help="run only this scenario (replay a reported failure)")
+    p.add_argument("--cut", type=int, default=None, help="with --seed: only this cut number")
+    p.add_argument("--first-seed", type=int, default=1)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.CRITICAL,
+                        format="%(name)s %(levelname)s %(message)s")
+    t0 = time.monotonic()
+    seeds = [args.seed] if args.seed is not None else None
+    total = Result(seed=-1)
+    scenarios = 0
+    seed = args.first_seed
+    while (seeds is None and total.cuts < args.cuts) or (seeds is not None and seeds):
+        s = seeds.pop() if seeds else seed
+        seed += 1
+        r = run_scenario(s, args.per_scenario, only_cut=args.cut)
+        scenarios += 1
+        for f in dataclasses.fields(Result):
+            if f.name in ("seed",):
+                continue
+            v = getattr(r, f.name)
+            if isinstance(v, (int,)):
+                setattr(total, f.name, getattr(total, f.name) + v)
+        total.violations += r.violations
+        total.rules.update(r.rules)
+        for v in r.violations:
+            print(f"VIOLATION {v}", flush=True)
+        if r.violations:
+            print(f"  replay: make crash SEED={s}   (or python -m tests.crash.powercut "
+                  f"--seed {s} [--cut N] -v)", flush=True)
+        if args.verbose or scenarios % 10 == 0:
+            print(f"[{time.monotonic() - t0:6.1f} s] {scenarios} scenarios, {total.cuts} cut "
+                  f"points, {len(total.violations)} violations", flush=True)
+    print(f"power-cut simulation: {scenarios} scenarios, {total.cuts} cut points checked, "
+          f"{len(total.violations)} invariant violations "
+          f"({total.events} events, {total.writes} writes, {total.flushes} flushes, "
+          f"{total.reads} reads checked, {total.removes} removes, {total.expels} expels, "
+          f"{total.adds} adds, "
+          f"{total.demand_merges} demand merges; reassemblies: {total.merges} with a merge, "
+          f"{total.copies} with a copy; {total.scb_in_doubt} cuts inside SCB updates, "
+          f"{total.torn_slots} torn SCB slots, {total.torn_refusals} both-slots-torn "
+          f"refusals checked) in {time.monotonic() - t0:.1f} s")
+    if args.verbose:
+        print("rules:", dict(total.rules))
+    return 1 if total.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,416 @@
+"""Randomized soak: a real daemon and FUSE mount, verified writes, membership changes, demand
+merges and kill -9 at random moments (ZFS ztest style). Also the runner of `make soak
+SECONDS=... [SEED=...]`.
+
+Each *cycle*:
+  1. `dsafs serve` (a fresh daemon; the dead one's mount was `fusermount3 -uz`'d) and
+     `dsafs mount DSA1 a.img b.img` (members in a random order, both named even if one was
+     removed: it comes back as a copy target). Sometimes the daemon is killed right away, in
+     the middle of the merge or copy that the mount started.
+  2. Poll `show` until `state` is `steady` (copy and merge done, `merge` null), then
+     `dsafs verify DSA1` must exit 0, and every 4 KiB block of /mnt/DSA1 must hold what the
+     oracle allows (below).
+  3. Two writer threads write random 4-64 KiB runs of a self-describing pattern with O_DIRECT
+     to /mnt/DSA1 and fsync now and then, logging submission and acknowledgement of each write
+     and fsync. Meanwhile the main thread, at random moments, removes a member (`dsafs dismount
+     DSA1 --member`), returns it (`dsafs mount DSA1 --add`), demands a merge (`dsafs set DSA1
+     --demand-merge`, refused while a copy runs: that is fine), and finally kills the daemon
+     with SIGKILL (its PID only); one cycle in ten ends with SIGTERM instead (clean dismount).
+Oracle: tests/crash/oracle.py, per 4 KiB block. kill -9 loses no power, and an O_DIRECT
+write is acknowledged only after every member has it, so here *every acknowledged write* is
+required (stricter than the power-cut model, which requires only fsynced ones); a write in
+flight at the kill may be old or new, never a mix between members and never foreign data.
+After a check, the blocks' values become the next cycle's baseline.
+A failure prints the seed and cycle; `make soak SEED=S SECONDS=...` replays the same random
+choices (timing makes a real-process run only approximately reproducible).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import mmap
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Optional
+
+from dsafs.control import Client
+from dsafs.errors import DsafsError
+from dsafs.record import Journal
+from dsafs.testing import dsafs_executable, is_mounted, start_serve
+from dsafs.units import MiB
+from tests.crash.oracle import AppFlush, Oracle, block_id, pattern as _pattern
+
+BLK = 4096
+VU_BYTES = 64 * MiB
+STEADY_TIMEOUT_S = 180.0
+
+
+def pattern(wid: int, blk: int) -> bytes:
+    return _pattern(wid, blk, BLK)
+
+
+@dataclasses.dataclass
+class SoakResult:
+    seed: int
+    cycles: int = 0
+    kills: int = 0
+    kills_during_merge: int = 0
+    clean_stops: int = 0
+    merges: int = 0            # mounts that started a merge (dirty set) + demanded merges run
+    copies: int = 0            # mounts or adds that started a copy
+    demand_merges: int = 0
+    demand_refused: int = 0
+    removes: int = 0
+    adds: int = 0
+    writes: int = 0
+    fsyncs: int = 0
+    blocks_checked: int = 0
+    failures: list = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"soak seed {self.seed}: {self.cycles} cycles, {self.kills} kills -9 "
+                f"({self.kills_during_merge} during a merge or copy), {self.clean_stops} clean "
+                f"stops, {self.merges} merges, {self.copies} copies, {self.demand_merges} demand "
+                f"merges ({self.demand_refused} refused), {self.removes} removes, {self.adds} "
+                f"adds, {self.writes} writes, {self.fsyncs} fsyncs, {self.blocks_checked} blocks "
+                f"checked, {len(self.failures)} failures")
+
+
+class Writer:
+    """Writer threads over one O_DIRECT fd of the VU file, logging into the oracle."""
+
+    def __init__(self, path: str, oracle: Oracle, lock: threading.Lock, next_wid: list,
+                 rng: random.Random, nblocks: int):
+        self.path, self.oracle, self.lock, self.next_wid = path, oracle, lock, next_wid
+        self.rng, self.nblocks = rng, nblocks
+        self.stop = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.errors: list[str] = []
+        self.writes = self.fsyncs = 0
+
+    def start(self, n: int = 2) -> None:
+        for i in range(n):
+            t = threading.Thread(target=self._run, args=(random.Random(self.rng.random()),),
+                                 name=f"soak-writer-{i}", daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _run(self, rng: random.Random) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_DIRECT)
+        except OSError as exc:
+            self.errors.append(f"open: {exc}")
+            return
+        buf = mmap.mmap(-1, 16 * BLK)
+        try:
+            while not self.stop.is_set():
+                if rng.random() < 0.1:
+                    with self.lock:
+                        f = _flush(self.oracle)
+                    os.fsync(fd)
+                    with self.lock:
+                        f.acked = self.oracle.journal.note("fsync-ack")
+                        self.fsyncs += 1
+                    continue
+                n = rng.choice((1, 1, 2, 4, 16))
+                blk = rng.randrange(0, self.nblocks - n + 1)
+                with self.lock:
+                    self.next_wid[0] += 1
+                    wid = self.next_wid[0]
+                buf.seek(0)
+                for i in range(n):
+                    buf.write(pattern(wid, blk + i))
+                with self.lock:
+                    w = self.oracle.write_submitted(wid, blk, n)
+                try:
+                    done = os.pwrite(fd, memoryview(buf)[:n * BLK], blk * BLK)
+                except OSError:
+                    with self.lock:
+                        self.oracle.write_done(w, False)
+                    raise
+                with self.lock:
+                    self.oracle.write_done(w, done == n * BLK)
+                    self.writes += 1
+                if done != n * BLK:
+                    self.errors.append(f"short write {done} of {n * BLK} at block {blk}")
+                    return
+        except OSError:
+            pass            # the daemon died (ENOTCONN, EIO) or the VU went away: expected
+        finally:
+            buf.close()
+            try:
+                os.close(fd)
+            except OSError:
+                pass        # ENOTCONN from a dead daemon's mount
+
+    def join(self, timeout: float = 30) -> bool:
+        self.stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads)
+
+
+def _flush(oracle: Oracle):
+    f = AppFlush(oracle.journal.note("fsync"))
+    oracle.flushes.append(f)
+    return f
+
+
+class Soak:
+    def __init__(self, seed: int, directory: str, log=print, vu_bytes: int = VU_BYTES,
+                 verbose: bool = False):
+        self.verbose = verbose
+        self.rng = random.Random(seed)
+        self.result = SoakResult(seed)
+        self.dir = directory
+        self.log = log
+        self.vu_bytes = vu_bytes
+        self.nblocks = vu_bytes // BLK
+        self.members = [os.path.join(directory, n) for n in ("a.img", "b.img")]
+        self.out: Optional[str] = None      # a member removed and not yet added back
+        self.journal = Journal()
+        self.oracle = Oracle(self.journal)
+        self.lock = threading.Lock()
+        self.next_wid = [0]
+        self.served = None
+        self.mount_said_merge = False
+
+    # ---- the CLI and the control socket
+    def cli(self, *args, timeout: float = 120) -> subprocess.CompletedProcess:
+        return self.served.run(*args, timeout=timeout)
+
+    def show(self) -> Optional[dict]:
+        try:
+            with Client(self.served.sock, timeout=10) as c:
+                return c.call("show", vu="DSA1")
+        except (DsafsError, OSError):
+            return None
+
+    def fail(self, cycle: int, text: str) -> None:
+        msg = f"seed {self.result.seed} cycle {cycle}: {text}"
+        self.result.failures.append(msg)
+        self.log(f"FAILURE {msg}\n--- daemon log ---\n{self.served.log(tail=40) if self.served else ''}")
+
+    # ---- one cycle
+    def cycle(self, n: int) -> bool:
+        """One serve-mount-check-load-kill cycle; False when it failed (the soak stops)."""
+        rng, r = self.rng, self.result
+        self.served = start_serve(self.dir, log_name="serve.log")
+        names = list(self.members)
+        rng.shuffle(names)
+        m = self.cli("mount", "DSA1", *names, "--no-wait")
+        if m.returncode != 0:
+            self.fail(n, f"mount refused: {m.stdout}{m.stderr}")
+            return False
+        self.log(f"cycle {n}: {m.stdout.strip()}") if self.verbose else None
+        self.mount_said_merge = "merge" in m.stdout
+        if "copy-target" in m.stdout:
+            r.copies += 1
+        self.out = None
+        if rng.random() < 0.2:                       # kill in the middle of the merge or copy
+            time.sleep(rng.uniform(0.0, 0.3))
+            info = self.show()
+            if info and info.get("state") in ("merging", "copying"):
+                r.kills_during_merge += 1
+            self.kill()
+            return True
+        if not self.wait_steady(n):
+            return False
+        v = self.cli("verify", "DSA1")
+        if v.returncode != 0:
+            self.fail(n, f"dsafs verify exit {v.returncode}: {v.stdout}{v.stderr}")
+            return False
+        if not self.check_data(n):
+            return False
+        # load, membership changes, then the kill
+        writer = Writer(self.served.vu_path("DSA1"), self.oracle, self.lock, self.next_wid,
+                        rng, self.nblocks)
+        writer.start(2)
+        deadline = time.monotonic() + rng.uniform(0.3, 3.0)
+        while time.monotonic() < deadline:
+            time.sleep(rng.uniform(0.05, 0.5))
+            if self.random_action() == "merge" and rng.random() < 0.4:
+                time.sleep(rng.uniform(0.0, 0.05))   # kill inside the demanded merge
+                break
+        clean = rng.random() < 0.1
+        if clean:
+            writer.stop.set()
+            ok = writer.join(60)
+            code = self.served.stop(60)
+            if not ok or code != 0:
+                self.fail(n, f"clean stop: daemon exit {code}, writers stopped: {ok}")
+                return False
+            r.clean_stops += 1
+        else:
+            info = self.show()
+            if info and info.get("state") in ("merging", "copying"):
+                r.kills_during_merge += 1
+            self.kill()
+            if not writer.join(60):
+                self.fail(n, "a writer thread is stuck after the daemon was killed")
+                return False
+        r.writes += writer.writes
+        r.fsyncs += writer.fsyncs
+        if writer.errors:
+            self.fail(n, f"writer: {writer.errors}")
+            return False
+        return True
+
+    def random_action(self) -> None:
+        rng, r = self.rng, self.result
+        x = rng.random()
+        if x < 0.25 and self.out is None:
+            who = rng.choice(self.members)
+            d = self.cli("dismount", "DSA1", "--member", os.path.basename(who))
+            if d.returncode == 0:
+                self.out = who
+                r.removes += 1
+        elif x < 0.5 and self.out is not None:
+            a = self.cli("mount", "DSA1", "--add", self.out, "--no-wait")
+            if a.returncode == 0:
+                self.out = None
+                r.adds += 1
+                r.copies += 1
+        elif x < 0.7:
+            s = self.cli("set", "DSA1", "--demand-merge")
+            if s.returncode == 0:
+                r.demand_merges += 1
+                return "merge"
+            r.demand_refused += 1
+        return None
+
+    def kill(self) -> None:
+        self.served.kill()                 # SIGKILL to this daemon's PID only
+        self.result.kills += 1
+        if is_mounted(self.served.mnt):
+            subprocess.run(["fusermount3", "-uz", self.served.mnt], capture_output=True,
+                           timeout=60, stdin=subprocess.DEVNULL)
+
+    def wait_steady(self, n: int) -> bool:
+        deadline = time.monotonic() + STEADY_TIMEOUT_S
+        seen_merge = False
+        while time.monotonic() < deadline:
+            info = self.show()
+            if info is not None:
+                seen_merge = seen_merge or info.get("state") == "merging"
+                seen_merge = seen_merge or bool(info.get("merge"))
+                if info.get("state") == "steady" and info.get("merge") is None \
+                        and info.get("copy") is None:
+                    if seen_merge or self.mount_said_merge:
+                        self.result.merges += 1
+                    self.mount_said_merge = False
+                    return True
+            time.sleep(0.1)
+        self.fail(n, f"not steady after {STEADY_TIMEOUT_S:g} s: {json.dumps(self.show())}")
+        return False
+
+    def check_data(self, n: int) -> bool:
+        """Every block holds what the oracle allows; then those values become the baseline."""
+        cut = self.journal.index
+        allowed = self.oracle.allowed(cut, horizon=cut)
+        values = {}
+        bad = []
+        with open(self.served.vu_path("DSA1"), "rb", buffering=0) as f:
+            for start in range(0, self.nblocks, 256):
+                data = f.read(256 * BLK)
+                for i in range(len(data) // BLK):
+                    blk = start + i
+                    got = block_id(data[i * BLK:(i + 1) * BLK], blk)
+                    want = allowed.get(blk, {0})
+                    if got is None or got not in want:
+                        bad.append(f"block {blk}: "
+                                   f"{'data nobody wrote' if got is None else f'write {got}'}, "
+                                   f"allowed {sorted(want)[:6]}")
+                    elif got:
+                        values[blk] = {got}
+        self.result.blocks_checked += self.nblocks
+        if bad:
+            self.fail(n, f"{len(bad)} blocks wrong: {'; '.join(bad[:5])}")
+            return False
+        self.oracle = Oracle(self.journal, values)
+        return True
+
+    def run(self, seconds: float) -> SoakResult:
+        r = self.result
+        init = subprocess.run([dsafs_executable(), "init", "DSA1", "--label", "SOAK", "--size",
+                               str(self.vu_bytes), *self.members], cwd=self.dir,
+                              capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+        if init.returncode != 0:
+            r.failures.append(f"init: {init.stderr}")
+            return r
+        end = time.monotonic() + seconds
+        try:
+            while time.monotonic() < end and not r.failures:
+                if not self.cycle(r.cycles):
+                    break
+                r.cycles += 1
+            if not r.failures:            # a last restart: the set comes back, merged and right
+                self.served = start_serve(self.dir, log_name="serve.log")
+                names = list(self.members)
+                m = self.cli("mount", "DSA1", *names, "--no-wait")
+                if m.returncode != 0:
+                    self.fail(r.cycles, f"final mount refused: {m.stdout}{m.stderr}")
+                elif self.wait_steady(r.cycles):
+                    v = self.cli("verify", "DSA1")
+                    if v.returncode != 0:
+                        self.fail(r.cycles, f"final verify exit {v.returncode}: {v.stdout}")
+                    else:
+                        self.check_data(r.cycles)
+                if not r.failures:
+                    d = self.cli("dismount", "DSA1")
+                    if d.returncode != 0:
+                        self.fail(r.cycles, f"final dismount: {d.stdout}{d.stderr}")
+        finally:
+            if self.served is not None:
+                problems = self.served.cleanup()
+                if problems and not r.failures and self.served.expected_exit is not None:
+                    r.failures.append("; ".join(problems))
+        return r
+
+
+def soak(seconds: float, seed: int, directory: Optional[str] = None, log=print,
+         vu_bytes: int = VU_BYTES, verbose: bool = False) -> SoakResult:
+    own = directory is None
+    directory = directory or tempfile.mkdtemp(prefix="dsafs-soak-", dir="/var/tmp")
+    try:
+        return Soak(seed, directory, log=log, vu_bytes=vu_bytes, verbose=verbose).run(seconds)
+    finally:
+        mnt = os.path.join(directory, "mnt")
+        if own and not is_mounted(mnt):
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="soak", description="dsafs randomized kill -9 soak (make soak)")
+    p.add_argument("--seconds", type=float, default=60.0)
+    p.add_argument("--seed", type=int, default=None, help="default: from the clock (printed)")
+    p.add_argument("--dir", default=None, help="work directory (default: a temp dir, removed)")
+    p.add_argument("--size-mib", type=int, default=VU_BYTES // MiB)
+    p.add_argument("-v", "--verbose", action="store_true")
+    args = p.parse_args(argv)
+    seed = args.seed if args.seed is not None else int(time.time()) % 1_000_000
+    print(f"soak: seed {seed}, {args.seconds:g} s (replay: make soak SEED={seed} "
+          f"SECONDS={args.seconds:g})", flush=True)
+    t0 = time.monotonic()
+    r = soak(args.seconds, seed, args.dir, log=lambda s: print(s, flush=True),
+             vu_bytes=args.size_mib * MiB, verbose=args.verbose)
+    print(f"{r.summary()} in {time.monotonic() - t0:.0f} s", flush=True)
+    for f in r.failures:
+        print(f"FAILURE {f}")
+    return 1 if r.failures else 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Power-cut simulation (tests/crash/powercut.py) inside `make test`: a bounded number of cut
+points; `make crash N=...` runs many more. Every scenario is replayable from its seed."""
+
+import pytest
+import trio
+import trio.testing
+
+from dsafs.record import Journal
+from dsafs.testing import MemMember
+from dsafs.units import BLOCK_BYTES
+from dsafs.vu import VirtualUnit, init_set
+from tests.crash import oracle as orc
+from tests.crash import powercut as pc
+
+SEEDS = range(1, 25)          # 24 scenarios
+CUTS_PER_SEED = 25            # 600 cut points in make test
+
+
+def test_oracle_allowed_values_table():
+    j = Journal()
+    o = orc.Oracle(j)
+    w1 = o.write_submitted(1, 10, 2)           # LBN 10-11
+    o.write_done(w1, True)
+    f = orc.AppFlush(j.note("flush"))
+    o.flushes.append(f)
+    before_flush_ack = j.index
+    f.acked = j.note("flush-ack")
+    w2 = o.write_submitted(2, 11, 1)           # in flight at the cut
+    w3 = o.write_submitted(3, 20, 1)           # LBN 20: w3 and w4 overlap in time
+    w4 = o.write_submitted(4, 20, 1)
+    o.write_done(w4, True)
+    o.write_done(w3, True)
+    f2 = orc.AppFlush(j.note("flush"))
+    o.flushes.append(f2)
+    f2.acked = j.note("flush-ack")
+    end = j.index
+    assert o.allowed(before_flush_ack) == {10: {0, 1}, 11: {0, 1}, 20: {0}}
+    assert o.allowed(w2.submitted) == {10: {1}, 11: {1}, 20: {0}}
+    got = o.allowed(end)
+    assert got[10] == {1} and got[11] == {1, 2}       # old or new of the write in flight
+    assert got[20] == {3, 4}      # both were in flight together: either order is possible
+    o.note_membership("remove-done", "/m/b.img")
+    mid = j.index
+    o.note_membership("add-start", "/m/b.img")
+    o.note_membership("add-done", "/m/b.img")
+    assert o.forbidden_sources(mid) == {"/m/b.img"} and o.forbidden_sources(j.index) == set()
+
+
+async def test_checker_reports_lost_foreign_and_differing_data():
+    """Negative control: the checks of the simulation do fail on bad members."""
+    j = Journal()
+    o = orc.Oracle(j)
+    w = o.write_submitted(1, 10, 1)
+    o.write_done(w, True)
+    f = orc.AppFlush(j.note("flush"))
+    o.flushes.append(f)
+    f.acked = j.note("flush-ack")
+    a, b = MemMember(pc.RAW, "/m/a.img"), MemMember(pc.RAW, "/m/b.img")
+    await init_set("DSA1", "DATA", pc.VU_BYTES, [a, b])
+    b.data[10 * BLOCK_BYTES:11 * BLOCK_BYTES] = orc.pattern(1, 10)       # a lost write 1
+    a.data[30 * BLOCK_BYTES:30 * BLOCK_BYTES + 7] = b"garbage"          # nobody wrote this
+    b.data[30 * BLOCK_BYTES:30 * BLOCK_BYTES + 7] = b"garbage"
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    result = pc.Result(0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vu.run)
+        assert not await pc.settle_and_check(result, "control", vu, o.allowed(j.index))
+        await vu.dissolve()
+    kinds = {v.split(": ")[1] for v in result.violations}
+    assert kinds == {"identical", "lost-write", "garbage"}, result.violations
+    assert any("/m/a.img LBN 10 holds zeros, allowed writes [1]" in v for v in result.violations)
+
+
+def _report(result) -> str:
+    lines = "\n".join(result.violations[:20])
+    return (f"{len(result.violations)} invariant violations in seed {result.seed}; replay with "
+            f"`make crash SEED={result.seed}`:\n{lines}")
+
+
+@pytest.mark.allow_warnings          # expulsions and aborted VUs log warnings by design
+@pytest.mark.parametrize("seed", SEEDS)
+def test_power_cut_invariants(seed):
+    result = pc.run_scenario(seed, CUTS_PER_SEED)
+    assert result.cuts == CUTS_PER_SEED
+    assert not result.violations, _report(result)
+
+
+@pytest.mark.allow_warnings
+def test_cuts_land_inside_scb_updates_and_membership_changes():
+    """Coverage of the simulation itself: cuts hit SCB updates (some slots torn), members are
+    removed, expelled and added back (copies), crash states need merges, and some get both SCB
+    slots of a member torn (bad input: refused by name)."""
+    total = pc.Result(0)
+    results = [pc.run_scenario(seed, 15, chain=0.0) for seed in range(101, 109)]
+    for r in results:
+        for name in ("cuts", "scb_in_doubt", "torn_slots", "removes", "adds", "merges",
+                     "copies", "writes", "flushes", "reads", "expels", "torn_refusals"):
+            setattr(total, name, getattr(total, name) + getattr(r, name))
+    assert total.cuts == 120
+    assert total.scb_in_doubt >= 10 and total.torn_slots >= 1
+    assert total.removes >= 1 and total.adds >= 1 and total.copies >= 1
+    assert total.merges >= 10 and total.writes >= 100 and total.flushes >= 10
+    assert total.expels >= 1 and total.torn_refusals >= 1, (total.expels, total.torn_refusals)
+    for r in results:
+        assert not r.violations, _report(r)
