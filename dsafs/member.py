@@ -264,6 +264,15 @@ class FileMember(Member):
     # ---- the request path (loop thread) ---------------------------------------------------
 
     def start_read(self, pos: int, nbytes: int) -> Pending:
+        return self._start_read(pos, nbytes, inline=True)
+
+    def start_bulk_read(self, pos: int, nbytes: int) -> Pending:
+        """Always on a worker thread: the memory copy of a 1 MiB merge or copy read (about
+        160 us) then runs beside the loop instead of on it, so application requests keep the
+        loop; one hand-off per MiB is cheap (DESIGN §7's concern is one per 4 KiB request)."""
+        return self._start_read(pos, nbytes, inline=False)
+
+    def _start_read(self, pos: int, nbytes: int, inline: bool) -> Pending:
         if pos < 0 or nbytes < 0:
             raise ValueError(f"member {self.path}: read of {nbytes} bytes at byte {pos}")
         self._reads += 1
@@ -274,9 +283,11 @@ class FileMember(Member):
         prefix = b""
         if not nbytes:
             return Ready(b"")
-        if self._nowait and self._miss_skip:
+        if not inline or not self._nowait:
+            pass                          # straight to a worker
+        elif self._miss_skip:
             self._miss_skip -= 1          # recent misses: don't make the loop start the I/O
-        elif self._nowait:
+        else:
             buf = bytearray(nbytes)
             try:
                 got = os.preadv(self._fd, [buf], pos, os.RWF_NOWAIT)
@@ -303,21 +314,6 @@ class FileMember(Member):
                 prefix = bytes(memoryview(buf)[:got])
         self._inline_streak = 0
         return self._submit("read", pos + len(prefix), nbytes - len(prefix), prefix)
-
-    def start_bulk_read(self, pos: int, nbytes: int) -> Pending:
-        """Always on a worker thread: the memory copy of a 1 MiB merge or copy read (about
-        160 us) then runs beside the loop instead of on it, so application requests keep the
-        loop; one hand-off per MiB is cheap (DESIGN §7's concern is one per 4 KiB request)."""
-        if pos < 0 or nbytes < 0:
-            raise ValueError(f"member {self.path}: read of {nbytes} bytes at byte {pos}")
-        self._reads += 1
-        self._read_bytes += nbytes
-        closed = self._closed_error("read")
-        if closed is not None:
-            return closed
-        if not nbytes:
-            return Ready(b"")
-        return self._submit("read", pos, nbytes, b"")
 
     def start_write(self, pos: int, data: bytes | bytearray | memoryview) -> Pending:
         if pos < 0:

@@ -330,11 +330,7 @@ class VirtualUnit:
         finish and refuse new ones, flush, then mark the members clean. A write that arrives
         from now on fails (EIO): nothing can land after the clean mark."""
         async with self._membership_lock:
-            if self._finished.is_set():
-                raise VuError(f"{self.name} is not mounted")
-            self._closing = True
-            self.mv.close()
-            await self._stop_operations()
+            await self._begin_closing()
             async with self.gate.closed(0, self.size_bytes):
                 current = self.current
                 failures = await flush_all(current)
@@ -352,14 +348,18 @@ class VirtualUnit:
                            how=f"{len(current) - len(failed)} members marked clean")
                 self._finished.set()
 
+    async def _begin_closing(self) -> None:
+        """Dissolve and abort: refuse new writes, end verification, stop the copy or merge."""
+        if self._finished.is_set():
+            raise VuError(f"{self.name} is not mounted")
+        self._closing = True
+        self.mv.close()
+        await self._stop_operations()
+
     async def abort(self) -> None:
         """Dismount at once without marking the members clean: the next mount merges."""
         async with self._membership_lock:
-            if self._finished.is_set():
-                raise VuError(f"{self.name} is not mounted")
-            self._closing = True
-            self.mv.close()
-            await self._stop_operations()
+            await self._begin_closing()
             for s in self.slots:
                 s.member.close()
             self.event("dissolved", rule="abort", how="aborted, members left as they were")
