@@ -32,6 +32,7 @@ from .inject import MAX_DELAY_S, FaultyMember, parse_flakey, parse_lbn_range
 from .member import FileMember, tune_allocator
 from .throttle import Settings as MergeSettings
 from .mountver import MOUNT_VERIFY, SetPlan
+from .scheduler import check_priority
 from .units import BLOCK_BYTES, vu_name
 from .verify import verify
 
@@ -91,13 +92,6 @@ def vu_json(vu) -> dict:
 
 _SETTING_NAMES = {"threshold": "merge_delay_threshold", "factor": "merge_delay_factor",
                   "min_rate": "merge_min_rate"}
-
-
-def _check_priority(name: str, priority) -> None:
-    from .vu import MAX_PRIORITY
-    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= MAX_PRIORITY:
-        raise InvalidArgument(f"{name}: priority {priority!r} is out of range; give 0 (never "
-                              f"start a copy or merge) to {MAX_PRIORITY}")
 
 
 def _round(x: Optional[float]) -> Optional[float]:
@@ -307,7 +301,7 @@ class Daemon:
             if paths.count(p) > 1:
                 raise InvalidArgument(f"{name}: member {p} is named twice; name each member once")
         if args.get("priority") is not None:
-            _check_priority(name, args["priority"])
+            check_priority(name, args["priority"])
         options = decide.Options(nocopy=bool(args.get("nocopy")), confirm=bool(args.get("confirm")),
                                  overwrite=bool(args.get("overwrite")),
                                  verify_label=bool(args.get("verify_label")))
@@ -442,7 +436,7 @@ class Daemon:
                 raise InvalidArgument(f"{vu.name}: {exc}") from None
         priority = args.get("priority")
         if priority is not None:
-            _check_priority(vu.name, priority)
+            check_priority(vu.name, priority)
         if args.get("demand_merge"):
             await vu.demand_merge()                # refuses before anything changes
             changes.append("merge demanded: a full merge starts at LBN 0, master "
