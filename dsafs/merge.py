@@ -222,6 +222,9 @@ class Merge:
         finally:
             for s in order:
                 s.release()
+        errors = [v for _, v in results if isinstance(v, MemberIOError)]
+        if len(errors) == len(results):      # no member answered: mount verification decides,
+            raise AllMembersFailed(vu.name, "merge read", errors)   # nobody is expelled here
         copies = []
         for s, value in results:
             if isinstance(value, MemberIOError):
@@ -231,11 +234,11 @@ class Merge:
                 if timeouts.rule_for(value) != "member-error":   # hung or gone: not repairable
                     await vu.expel(s, f"merge read failed: {value}", rule=timeouts.rule_for(value))
                     continue
-                value = None
+                value = None                 # a bad block: repaired from the model below
             copies.append((s, value))
         good = [(s, d) for s, d in copies if d is not None]
         if not good:
-            raise AllMembersFailed(vu.name, "merge read", [])
+            raise AllMembersFailed(vu.name, "merge read", errors)
         model = good[0][1]              # the master's data, or the next source's if it failed
         ios = len(order) * -(-nbytes // CHUNK_BYTES)
         nchunks = -(-nbytes // CHUNK_BYTES)

@@ -181,6 +181,7 @@ class MountVerification:
         self.vu.event("mv-end", rule=rule)
         if self.vu.targets and self.vu.copy is None:
             self.vu._queue_copy(self.vu.targets)      # a copy stopped by the outage resumes
+        self.vu.resume_stopped_merge()                # and so does a merge
 
     def _time_out(self, rule: str) -> None:
         if self.dead:

@@ -170,6 +170,14 @@ class Scheduler:
                  "%d by application reads", self.name, st.seconds, st.chunks_compared,
                  st.merge_repairs, st.app_repairs)
 
+    def resume_stopped_merge(self) -> None:
+        """A merge stopped by an outage (no member answered) goes on once members are back."""
+        if self.merge is not None and self._merge_stopped:
+            log.info("%s: merge resumes at LBN %d after the outage", self.name,
+                     self.merge.fence_bytes // BLOCK_BYTES)
+            self._merge_stopped = ""
+            self._kick()
+
     def set_priority(self, priority: int) -> None:
         check_priority(self.name, priority)
         self.priority = priority

@@ -7,7 +7,7 @@ import trio.testing
 
 from dsafs import merge as mergemod
 from dsafs.errors import MembershipRefused
-from dsafs.scb import choose_slot, min_member_bytes
+from dsafs.scb import MemberState, choose_slot, min_member_bytes
 from dsafs.testing import MemMember, assert_members_identical, running
 from dsafs.throttle import Settings
 from dsafs.units import CHUNK_BYTES, KiB, MiB
@@ -302,3 +302,31 @@ async def test_settings_are_the_daemons_with_the_vus_overrides(autojump_clock):
     vu.default_merge_settings = lambda: Settings(threshold=400)
     vu.merge_overrides = {"factor": 100}
     assert vu.merge_settings() == Settings(threshold=400, factor=100)
+
+
+async def test_an_outage_during_the_merge_expels_nobody_and_the_merge_resumes(autojump_clock):
+    a, b = await crashed_set("a", "b", diff_chunks=(50,), latency=0.001)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    vu.mv.configure(30, 300)
+    a.hang()                             # no member answers from the start
+    b.hang()
+    async with running(vu):
+        await trio.sleep(40)             # the merge's reads time out on both: it stops
+        assert [s.state for s in vu.slots] == [MemberState.SOURCE] * 2
+        assert vu.merge is not None and vu.merge_required and not vu.merge_running
+        got = {}
+
+        async def reader():
+            got["data"] = await vu.read(0, 512)
+        async with trio.open_nursery() as n:
+            n.start_soon(reader)
+            await trio.sleep(40)
+            assert vu.state == "mount-verify"
+            a.unhang()
+            b.unhang()
+        assert got["data"] == bytes(a.data[:512])
+        await vu.wait_steady()
+        assert vu.merge is None and not vu.merge_required
+        assert [s.state for s in vu.slots] == [MemberState.SOURCE] * 2
+        assert vu.last_merge.merge_repairs == 1
+        assert_members_identical(vu)
