@@ -231,7 +231,7 @@ def _has_dsafs_metadata(path: str, size: int) -> bool:
 
 
 async def _init(args) -> int:
-    from .vu import init_set, refuse_members_of_sets
+    from .setmeta import init_set, refuse_members_of_sets
     name = vu_name(args.vu)
     label = check_label(args.label)
     size = check_vu_size(parse_size(args.size, "--size"))

@@ -60,7 +60,8 @@ from dsafs.record import Journal, RecordingMember, torn_copy
 from dsafs.scb import MemberState, SLOT_BYTES, choose_slot, min_member_bytes, slot_offsets
 from dsafs.testing import MemMember
 from dsafs.units import BLOCK_BYTES, KiB, MiB
-from dsafs.vu import VirtualUnit, init_set, load_candidate
+from dsafs.setmeta import init_set, load_candidate
+from dsafs.vu import VirtualUnit
 from tests.crash.oracle import AppFlush, Oracle, block_id, payload
 
 try:

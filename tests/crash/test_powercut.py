@@ -8,7 +8,8 @@ import trio.testing
 from dsafs.record import Journal
 from dsafs.testing import MemMember
 from dsafs.units import BLOCK_BYTES
-from dsafs.vu import VirtualUnit, init_set
+from dsafs.setmeta import init_set
+from dsafs.vu import VirtualUnit
 from tests.crash import oracle as orc
 from tests.crash import powercut as pc
 

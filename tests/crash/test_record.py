@@ -13,7 +13,8 @@ from dsafs.record import Journal, RecordingMember, torn_copy
 from dsafs.scb import SCB_AREA_BYTES, SLOT_BYTES, ScbStore, choose_slot, min_member_bytes, slot_offsets
 from dsafs.testing import MemMember
 from dsafs.units import MiB
-from dsafs.vu import VirtualUnit, init_set, load_candidate
+from dsafs.setmeta import init_set, load_candidate
+from dsafs.vu import VirtualUnit
 
 SIZE = 1 * MiB
 RAW = min_member_bytes(SIZE)

@@ -8,7 +8,8 @@ from dsafs.record import Journal, RecordingMember
 from dsafs.scb import min_member_bytes
 from dsafs.testing import MemMember
 from dsafs.units import MiB
-from dsafs.vu import VirtualUnit, init_set
+from dsafs.setmeta import init_set
+from dsafs.vu import VirtualUnit
 
 SIZE = 1 * MiB
 RAW = min_member_bytes(SIZE)
@@ -54,7 +55,7 @@ async def test_flush_during_a_member_removal_survives_a_power_cut(autojump_clock
     import random
 
     from dsafs import decide
-    from dsafs.vu import load_candidate
+    from dsafs.setmeta import load_candidate
 
     a, b = MemMember(RAW, "/m/a.img", latency=0.001), MemMember(RAW, "/m/b.img", latency=0.001)
     await init_set("DSA1", "DATA", SIZE, [a, b])

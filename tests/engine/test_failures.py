@@ -17,7 +17,8 @@ from dsafs.mountver import SetPlan
 from dsafs.scb import MemberState, choose_slot, min_member_bytes
 from dsafs.testing import MemMember, assert_members_identical, running
 from dsafs.units import MiB
-from dsafs.vu import VirtualUnit, init_set
+from dsafs.setmeta import init_set
+from dsafs.vu import VirtualUnit
 
 SIZE = MiB
 RAW = min_member_bytes(SIZE)

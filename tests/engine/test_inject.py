@@ -11,7 +11,8 @@ from dsafs.inject import FaultyMember, parse_flakey, parse_lbn_range
 from dsafs.scb import MemberState, min_member_bytes
 from dsafs.testing import MemMember, running
 from dsafs.units import MiB
-from dsafs.vu import VirtualUnit, init_set
+from dsafs.setmeta import init_set
+from dsafs.vu import VirtualUnit
 
 SIZE = MiB
 RAW = min_member_bytes(SIZE)

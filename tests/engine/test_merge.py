@@ -11,7 +11,8 @@ from dsafs.scb import MemberState, choose_slot, min_member_bytes
 from dsafs.testing import MemMember, assert_members_identical, running
 from dsafs.throttle import Settings
 from dsafs.units import CHUNK_BYTES, KiB, MiB
-from dsafs.vu import VirtualUnit, init_set
+from dsafs.setmeta import init_set
+from dsafs.vu import VirtualUnit
 
 SIZE = 4 * MiB
 RAW = min_member_bytes(SIZE)

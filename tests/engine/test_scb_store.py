@@ -6,7 +6,8 @@ from dsafs.errors import MetadataError, MountRefused
 from dsafs.scb import ScbStore, min_member_bytes
 from dsafs.testing import MemMember
 from dsafs.units import MiB
-from dsafs.vu import VirtualUnit, init_set
+from dsafs.setmeta import init_set
+from dsafs.vu import VirtualUnit
 
 SIZE = MiB
 RAW = min_member_bytes(SIZE)

@@ -12,7 +12,8 @@ from dsafs.member import FileMember, create_file
 from dsafs.scb import MemberState, min_member_bytes
 from dsafs.testing import assert_members_identical, running
 from dsafs.units import MiB
-from dsafs.vu import VirtualUnit, init_set
+from dsafs.setmeta import init_set
+from dsafs.vu import VirtualUnit
 
 SIZE = 32 * MiB
 

@@ -19,7 +19,8 @@ from dsafs.errors import MembershipRefused
 from dsafs.scb import MemberState, min_member_bytes
 from dsafs.testing import MemMember, assert_members_identical
 from dsafs.units import KiB
-from dsafs.vu import VirtualUnit, init_set
+from dsafs.setmeta import init_set
+from dsafs.vu import VirtualUnit
 
 SIZE = 512 * KiB
 RAW = min_member_bytes(SIZE)
