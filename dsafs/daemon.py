@@ -64,10 +64,8 @@ def vu_json(vu) -> dict:
     if st.merge is not None:
         m = st.merge
         merge = {"percent": m.percent, "fence_lbn": m.fence_lbn, "master": m.master,
-                 "merge_repairs": m.merge_repairs, "app_repairs": m.app_repairs,
-                 "chunks_compared": m.chunks_compared, "bytes_written": m.bytes_written,
-                 "delay_us": round(m.delay_us, 1), "current_us": _round(m.current_us),
-                 "ideal_us": _round(m.ideal_us), "seconds": m.seconds,
+                 **_merge_counts(m), "delay_us": round(m.delay_us, 1),
+                 "current_us": _round(m.current_us), "ideal_us": _round(m.ideal_us),
                  "running": vu.merge_running}
     settings = vu.merge_settings()
     return {
@@ -98,13 +96,14 @@ def _round(x: Optional[float]) -> Optional[float]:
     return None if x is None else round(x, 1)
 
 
-def _last_merge_json(merge) -> Optional[dict]:
-    if merge is None:
-        return None
-    m = merge.statistics()
+def _merge_counts(m) -> dict:
     return {"merge_repairs": m.merge_repairs, "app_repairs": m.app_repairs,
             "chunks_compared": m.chunks_compared, "bytes_written": m.bytes_written,
             "seconds": m.seconds}
+
+
+def _last_merge_json(merge) -> Optional[dict]:
+    return None if merge is None else _merge_counts(merge.statistics())
 
 
 class Daemon:

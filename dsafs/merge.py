@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional, Sequence
+from typing import Optional
 
 import trio
 import xxhash
@@ -165,7 +165,7 @@ class Merge:
         lo = max(pos, todo[0] * CHUNK_BYTES)
         hi = min(end, (todo[-1] + 1) * CHUNK_BYTES)
         skip = {c - lo // CHUNK_BYTES for c in range(first, last) if c in self.merged}
-        repaired, ios = await self.reconcile(lo, hi, skip)
+        _, repaired, ios = await self._reconcile(lo, hi, skip)
         self.merge_repairs += repaired
         return ios
 
@@ -200,10 +200,6 @@ class Merge:
         return data
 
     # ----------------------------------------------------------------- compare and repair
-    async def reconcile(self, pos: int, end: int, skip: Sequence[int] = ()) -> tuple[int, int]:
-        _, repaired, ios = await self._reconcile(pos, end, skip)
-        return repaired, ios
-
     async def _reconcile(self, pos: int, end: int, skip) -> tuple[bytes, int, int]:
         """Read [pos, end) from every source; where a chunk (index relative to pos, not in
         `skip`) differs, write the master's data to the others. The caller holds the gate.
@@ -231,8 +227,9 @@ class Merge:
                 s.read_errors += 1
                 log.warning("%s: merge read failed on %s at LBN %d: %s", vu.name, s.name,
                             pos // BLOCK_BYTES, value)
-                if timeouts.rule_for(value) != "member-error":   # hung or gone: not repairable
-                    await vu.expel(s, f"merge read failed: {value}", rule=timeouts.rule_for(value))
+                rule = timeouts.rule_for(value)
+                if rule != "member-error":           # hung or gone: not repairable
+                    await vu.expel(s, f"merge read failed: {value}", rule=rule)
                     continue
                 value = None                 # a bad block: repaired from the model below
             copies.append((s, value))

@@ -39,6 +39,12 @@ def scb(member):
     return choose_slot(tail[:4096], tail[4096:]).scb
 
 
+async def merged_past(vu, nbytes):
+    """Until the running merge's fence has passed `nbytes`."""
+    while vu.merge.fence_bytes < nbytes:
+        await trio.sleep(0.0005)
+
+
 def reopen(*members):
     for m in members:
         m.closed = False
@@ -150,8 +156,7 @@ async def test_clean_dismount_mid_merge_resumes_at_the_fence(autojump_clock):
     vu = await VirtualUnit.assemble("DSA1", [a, b])
     async with trio.open_nursery() as n:
         await n.start(vu.run)
-        while vu.merge.fence_bytes < 4 * STEP:
-            await trio.sleep(0.0005)
+        await merged_past(vu, 4 * STEP)
         await vu.dissolve()
     fence = scb(a).merge_fence_lbn
     assert fence is not None and fence * 512 >= 4 * STEP
@@ -170,8 +175,7 @@ async def test_crash_after_writes_restarts_the_merge_from_zero(autojump_clock):
     vu = await VirtualUnit.assemble("DSA1", [a, b])
     async with trio.open_nursery() as n:
         await n.start(vu.run)
-        while vu.merge.fence_bytes < 4 * STEP:
-            await trio.sleep(0.0005)
+        await merged_past(vu, 4 * STEP)
         await vu.merge.checkpoint()
         await vu.write(0, b"n" * 4096)                # behind the fence: dirty again
         await vu.abort()
@@ -189,8 +193,7 @@ async def test_daemon_stop_without_writes_resumes_at_checkpoint(autojump_clock):
     vu = await VirtualUnit.assemble("DSA1", [a, b])
     async with trio.open_nursery() as n:
         await n.start(vu.run)
-        while vu.merge.fence_bytes < 4 * STEP:
-            await trio.sleep(0.0005)
+        await merged_past(vu, 4 * STEP)
         await vu.merge.checkpoint()
         await vu.abort()                              # no application write since the mount
     reopen(a, b)
@@ -205,8 +208,7 @@ async def test_adding_a_member_suspends_the_merge_copies_then_resumes(autojump_c
     master = bytes(a.data[:SIZE])
     vu = await VirtualUnit.assemble("DSA1", [a, b])
     async with running(vu):
-        while vu.merge.fence_bytes < 4 * STEP:
-            await trio.sleep(0.0005)
+        await merged_past(vu, 4 * STEP)
         fence = vu.merge.fence_bytes
         (c,) = mems("c")
         await vu.add([c])
