@@ -204,7 +204,10 @@ class Daemon:
 
     async def _fuse_main(self) -> None:
         try:
-            await pyfuse3.main(min_tasks=1, max_tasks=self.fuse_max_tasks)
+            # min_tasks = max_tasks: pyfuse3 otherwise ends a reader task whenever more than
+            # min_tasks are idle and starts one whenever none is, a task start per request or so
+            # under writes that wait on their members (randwrite-4k 4.3k -> 6.0k IOPS).
+            await pyfuse3.main(min_tasks=self.fuse_max_tasks, max_tasks=self.fuse_max_tasks)
         finally:
             self._nursery.cancel_scope.cancel()
 
