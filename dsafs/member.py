@@ -14,9 +14,12 @@ Per request, in code order:
   1. read: unless recent misses say otherwise (4), `os.preadv(fd, [buf], pos, RWF_NOWAIT)` inline.
      All bytes -> done, no hand-off. EAGAIN or a short count -> the rest goes to the workers.
      EOPNOTSUPP -> this filesystem has no NOWAIT reads: every later read goes to the workers.
-  2. write, flush: always to the workers. `pwritev(RWF_NOWAIT)` on buffered ext4 returns EOPNOTSUPP
-     (kernel 6.18); a plain inline pwrite costs ~18 us of CPU here anyway and can sleep in dirty
-     throttling, in a partial-page read, or forever on a hung device.
+  2. write, flush: to io_uring when this trio run has a ring (uring.py: the kernel's io-wq
+     threads do them, no GIL hand-over), else to the workers. Never inline: `pwritev(RWF_NOWAIT)`
+     on buffered ext4 returns EOPNOTSUPP (kernel 6.18), and a plain pwrite can sleep in dirty
+     throttling, in a partial-page read, or forever on a hung device. start_write only queues
+     the ring entry; the first wait() enters the kernel once for every member's write. A test
+     hook (`_pre_op`) sends a member's requests to the workers, where it runs.
   3. workers: `workers` long-lived daemon threads fed by a queue.SimpleQueue. A worker performs
      the syscall, appends the request to a deque and calls `TrioToken.run_sync_soon(drain)` only
      if no drain is pending, so completions reach the loop in batches (8-12 per wake-up at 16
@@ -62,6 +65,7 @@ from typing import Optional
 import outcome
 import trio
 
+from . import uring
 from .errors import InvalidArgument, MemberError, MemberInUse, MemberIOError
 from .units import format_size
 
@@ -171,7 +175,7 @@ class _Request(Pending):
     """One operation handed to the workers. `result` is an outcome set by the worker."""
 
     __slots__ = ("op", "pos", "arg", "prefix", "task", "token", "abandoned", "result", "failed",
-                 "done", "owner")
+                 "done", "owner", "written")
 
     def __init__(self, op, pos, arg, prefix, token, owner=None):
         # op: "read" | "write" | "flush"; arg: read: bytes still wanted, write: the data;
@@ -180,8 +184,13 @@ class _Request(Pending):
         self.owner = owner
         self.abandoned = self.failed = self.done = False
         self.task = self.result = None
+        self.written = 0          # io_uring write: bytes the kernel has written so far
 
     async def wait(self):
+        if not self.done and self.owner is not None:
+            ring = self.owner._ring
+            if ring is not None and ring._unsubmitted:
+                ring.flush()          # io_uring: submit everything queued (uring.py)
         if self.done:                 # finished before anyone waited
             await trio.lowlevel.checkpoint()
             return self.result.unwrap()
@@ -193,6 +202,10 @@ class _Request(Pending):
         if self.owner is not None:
             self.owner._abandoned += 1
         return trio.lowlevel.Abort.SUCCEEDED
+
+    def uring_done(self, res: int) -> None:
+        """The io_uring completion of this request (uring.Ring.reap, loop thread)."""
+        self.owner._uring_done(self, res)
 
 
 class FileMember(Member):
@@ -211,6 +224,7 @@ class FileMember(Member):
         self._pre_op = None                 # test hook: called in the worker before each syscall
         self._queue, self._done = queue.SimpleQueue(), collections.deque()
         self._wake_pending, self._token = False, None
+        self._ring, self._ring_token = None, None   # this trio run's io_uring (uring.py)
         self._fd_lock, self._fd_users = threading.Lock(), 0  # the lock guards _fd_users, closing
         self._reads = self._writes = self._flushes = self._read_bytes = self._written_bytes = 0
         self._errors = self._in_flight = self._inline_reads = self._worker_ops = 0
@@ -336,32 +350,73 @@ class FileMember(Member):
             return Ready(error=MemberIOError(self.path, op, errno.EBADF, "member is closed"))
         return None
 
-    def _submit(self, op, pos, arg, prefix) -> _Request:
+    def _submit(self, op, pos, arg, prefix) -> Pending:
         token = trio.lowlevel.current_trio_token()
         if token is not self._token:      # first request of a new trio.run
             self._token = token
             self._wake_pending = False
+            self._ring = uring.ring_for_run()
         req = _Request(op, pos, arg, prefix, token, self)
         self._in_flight += 1
         self._worker_ops += 1
-        self._queue.put(req)
+        ring = self._ring
+        if ring is None or op == "read" or self._pre_op is not None:
+            self._queue.put(req)
+            return req
+        try:          # queued only: the first wait() enters the kernel for every member at once
+            if op == "write":
+                ring.submit(req, uring.IORING_OP_WRITE, self._fd, pos, uring.address(arg),
+                            len(arg), enter=False)
+            else:
+                ring.submit(req, uring.IORING_OP_FSYNC, self._fd, 0, 0, 0,
+                            uring.IORING_FSYNC_DATASYNC, enter=False)
+        except OSError as exc:            # the kernel refused the submission itself
+            self._in_flight -= 1
+            self._errors += 1
+            return Ready(error=MemberIOError(self.path, op, exc.errno, exc.strerror or str(exc)))
         return req
+
+    def _uring_done(self, req: _Request, res: int) -> None:
+        if req.op == "write" and res > 0:
+            req.written += res
+            left = len(req.arg) - req.written
+            if left > 0 and not self._ring.closed:    # a short write: the rest, at once
+                try:
+                    self._ring.submit(req, uring.IORING_OP_WRITE, self._fd,
+                                      req.pos + req.written,
+                                      uring.address(req.arg) + req.written, left)
+                    return
+                except OSError as exc:
+                    res = -exc.errno
+            elif left > 0:
+                res = -errno.EBADF
+        if res >= 0 and not (req.op == "write" and res == 0):
+            req.result = outcome.Value(None)
+        else:
+            req.failed = True
+            code = -res if res < 0 else errno.EIO
+            where = f"at byte {req.pos + req.written}"
+            text = ("no progress " + where if res == 0 else f"{os.strerror(code)} {where}"
+                    if req.op == "write" else os.strerror(code))
+            req.result = outcome.Error(MemberIOError(self.path, req.op, code, text))
+        self._deliver(req)
 
     def _drain(self) -> None:
         """Deliver every finished request; runs on the loop via run_sync_soon."""
         self._wake_pending = False        # cleared before popping: a later append wakes again
         done = self._done
-        reschedule = trio.lowlevel.reschedule
         while done:
-            req = done.popleft()
-            self._in_flight -= 1
-            req.done = True
-            if req.abandoned:
-                self._abandoned -= 1
-            if req.failed:
-                self._errors += 1
-            if req.task is not None and not req.abandoned:
-                reschedule(req.task, req.result)
+            self._deliver(done.popleft())
+
+    def _deliver(self, req: _Request) -> None:
+        self._in_flight -= 1
+        req.done = True
+        if req.abandoned:
+            self._abandoned -= 1
+        if req.failed:
+            self._errors += 1
+        if req.task is not None and not req.abandoned:
+            trio.lowlevel.reschedule(req.task, req.result)
 
     # ---- workers (their own threads) ------------------------------------------------------
 
@@ -437,6 +492,8 @@ class FileMember(Member):
         """Release the lock and the fd; never waits for a worker stuck in a syscall."""
         if self._closed:
             return
+        if self._ring is not None and not self._ring.closed:
+            self._ring.flush()            # queued io_uring requests still name our fd
         with self._fd_lock:
             self._closed = True
             if self._fd >= 0:

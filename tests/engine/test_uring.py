@@ -1,0 +1,195 @@
+"""io_uring for member writes and flushes (dsafs/uring.py): data lands, errors name the member,
+a request the kernel cannot finish never holds up the loop, is cancellable, and is accounted
+when it finishes late or when its ring closes at the end of the trio run."""
+
+import os
+import threading
+
+import pytest
+import trio
+
+from dsafs import uring
+from dsafs.errors import MemberIOError
+from dsafs.member import FileMember, create_file
+
+MiB = 1 << 20
+
+
+def test_this_machine_has_io_uring():
+    # The rest of this file would quietly test the worker threads if io_uring were refused.
+    assert uring.unavailable() is None
+
+
+@pytest.fixture
+def members(tmp_path):
+    paths = [str(tmp_path / n) for n in ("a.img", "b.img")]
+    for p in paths:
+        create_file(p, MiB)
+    ms = [FileMember.open(p) for p in paths]
+    yield ms
+    for m in ms:
+        m.close()
+
+
+async def test_writes_and_flushes_go_through_one_ring_and_land(members):
+    a, b = members
+    data = os.urandom(64 * 1024)
+    pending = [m.start_write(4096, data) for m in members]   # queued, one enter at the wait
+    ring = a._ring
+    assert ring is not None and ring is b._ring              # one ring per trio run
+    assert ring.submitted == 2 and ring._unsubmitted == 2
+    for p in pending:
+        assert await p.wait() is None
+    assert ring._unsubmitted == 0 and ring.completed == 2
+    await a.flush()
+    await b.flush()
+    assert ring.completed == 4
+    for m in members:
+        with open(m.path, "rb") as f:
+            f.seek(4096)
+            assert f.read(len(data)) == data
+        st = m.statistics()
+        assert (st.writes, st.flushes, st.errors, st.in_flight) == (1, 1, 0, 0)
+
+
+async def test_many_concurrent_writes_each_wake_their_own_task(members):
+    a, _ = members
+    async with trio.open_nursery() as nursery:
+        for i in range(200):
+            nursery.start_soon(a.write, i * 4096 % MiB, bytes([i % 256]) * 4096)
+    with open(a.path, "rb") as f:
+        got = f.read()
+    for i in range(56, 200):                 # the last writer of each block wins
+        assert got[i * 4096 % MiB:(i * 4096 % MiB) + 4096] == bytes([i % 256]) * 4096
+    assert a.statistics().in_flight == 0 and a._ring.completed == 200
+
+
+async def test_kernel_error_is_a_member_error_naming_the_file(tmp_path):
+    path = str(tmp_path / "ro.img")
+    create_file(path, MiB)
+    m = FileMember.open(path, readonly=True, lock=False)
+    try:
+        with pytest.raises(MemberIOError) as info:
+            await m.write(0, b"z" * 512)
+        assert info.value.errno == 9 and path in str(info.value)   # EBADF from the kernel
+        assert m._ring.completed == 1 and m.statistics().errors == 1
+    finally:
+        m.close()
+
+
+def pipe_member(tmp_path):
+    """A FileMember over the write end of a full pipe: the kernel cannot finish a write to it
+    until someone reads (a regular file cannot be made to hang on demand)."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        while True:
+            os.write(w, b"\0" * 65536)
+    except BlockingIOError:
+        pass
+    os.set_blocking(w, True)
+    return r, FileMember(str(tmp_path / "pipe"), w, MiB, workers=1, locked=False)
+
+
+def drain(r):
+    os.set_blocking(r, False)
+    try:
+        while os.read(r, 1 << 20):
+            pass
+    except BlockingIOError:
+        pass
+
+
+async def test_a_write_the_kernel_cannot_finish_is_cancellable_and_wedges_nothing(
+        tmp_path, members):
+    r, hung = pipe_member(tmp_path)
+    ok, _ = members
+    try:
+        with trio.move_on_after(0.2) as scope:
+            await hung.write(0, b"x" * 4096)
+        assert scope.cancelled_caught
+        assert hung.statistics().in_flight == 1 and hung.abandoned_running == 1
+        for i in range(20):                   # the loop and another member carry on
+            await ok.write(i * 4096, bytes([i]) * 4096)
+        assert ok.statistics().in_flight == 0
+        drain(r)                              # now the kernel can finish it: late, dropped
+        with trio.fail_after(5):
+            while hung.statistics().in_flight:
+                await trio.sleep(0.01)
+        assert hung.abandoned_running == 0 and hung.statistics().errors == 0
+    finally:
+        hung.close()
+        os.close(r)
+
+
+def test_a_ring_closed_with_requests_in_flight_fails_them_and_keeps_their_buffers(tmp_path):
+    r, hung = pipe_member(tmp_path)
+    before = len(uring._orphans)
+    seen = {}
+
+    async def main():
+        req = hung.start_write(0, b"y" * 4096)
+        with trio.move_on_after(0.1):
+            await req.wait()
+        seen["ring"] = hung._ring
+        seen["req"] = req
+
+    try:
+        trio.run(main)                        # the run ends: its ring closes
+        assert seen["ring"].closed
+        assert len(uring._orphans) == before + 1 and uring._orphans[-1] is seen["req"]
+        assert seen["req"].done and seen["req"].failed
+        assert hung.statistics().in_flight == 0 and hung.abandoned_running == 0
+    finally:
+        hung.close()
+        drain(r)
+        os.close(r)
+
+
+async def test_a_short_write_is_finished(tmp_path):
+    # A pipe takes at most its free space per attempt: 1 MiB through a 64 KiB pipe while a
+    # thread reads arrives whole, in order, whether the kernel or dsafs resubmits the rest.
+    r, w = os.pipe()
+    m = FileMember(str(tmp_path / "pipe"), w, 4 * MiB, workers=1, locked=False)
+    data = os.urandom(MiB)
+    got = bytearray()
+
+    def reader():
+        while len(got) < len(data):
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            got.extend(chunk)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        with trio.fail_after(10):
+            await m.write(0, data)
+        submissions = m._ring.submitted
+    finally:
+        t.join(timeout=10)
+        m.close()
+        os.close(r)
+    assert bytes(got) == data
+    # Kernel 6.18 completes each attempt short (64 KiB), so FileMember resubmitted the rest.
+    assert submissions > 1, "the kernel finished the write itself: resubmission untested"
+
+
+def test_switched_off_by_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("DSAFS_URING", "0")
+    assert uring.unavailable() == "DSAFS_URING=0"
+    path = str(tmp_path / "a.img")
+    create_file(path, MiB)
+    m = FileMember.open(path)
+
+    async def main():
+        await m.write(0, b"w" * 4096)
+        await m.flush()
+        assert m._ring is None                # the worker threads did it
+        assert await m.read(0, 4096) == b"w" * 4096
+
+    try:
+        trio.run(main)
+    finally:
+        m.close()
