@@ -23,7 +23,7 @@ from typing import Optional
 import pyfuse3
 import trio
 
-from . import control, decide, timeouts
+from . import control, decide, intake, timeouts
 from .errors import (DsafsError, InvalidArgument, MemberError, MountRefused, UsageError,
                      VuError)
 from .events import EventLog
@@ -114,6 +114,7 @@ class Daemon:
         self.mountpoint = os.path.abspath(mountpoint)
         self.socket_path = os.path.abspath(socket_path or self.mountpoint.rstrip("/") + ".sock")
         self.fuse_max_tasks = fuse_max_tasks
+        self.intake = None                  # intake.install(): the fast FUSE reader wait
         self.allow_other = allow_other
         self.merge_settings = merge_settings       # the global defaults; VUs may override
         self.priorities: dict = {}                 # VU name -> priority; survives dismount
@@ -186,6 +187,8 @@ class Daemon:
             os.unlink(path)
             raise DsafsError(f"cannot mount FUSE on {self.mountpoint} ({exc}); is /dev/fuse "
                              f"available and the fuse3 package installed?") from None
+        if os.environ.get("DSAFS_FAST_INTAKE", "1") != "0":
+            self.intake = intake.install()
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -195,6 +198,9 @@ class Daemon:
                 log.info("serving %s, control socket %s", self.mountpoint, path)
                 task_status.started(self)
         finally:
+            if self.intake is not None:
+                log.info("FUSE intake: %d requests taken at once, %d after a wait",
+                         self.intake.fast, self.intake.slow)
             pyfuse3.close(unmount=True)
             try:
                 os.unlink(path)

@@ -330,6 +330,8 @@ def unavailable() -> str | None:
     """Why io_uring is not used in this process (None if it may be)."""
     if os.environ.get("DSAFS_URING", "1") == "0":
         return "DSAFS_URING=0"
+    if not hasattr(os, "eventfd"):
+        return "Python without os.eventfd (older than 3.10)"
     if platform.machine() not in ("x86_64", "AMD64"):
         return f"not on x86-64 ({platform.machine()})"
     return _disabled_reason

@@ -1,5 +1,7 @@
 """fio with crc32c verification on a 2-member VU, buffered and O_DIRECT; then the members agree."""
 
+import re
+
 import pytest
 
 from dsafs.units import MiB
@@ -38,3 +40,8 @@ def test_fio_randwrite_verify(served, tmp_path, direct):
     r = served.check("verify", "DSA1")
     assert "identical" in r.stdout
     assert_members_identical([tmp_path / "a.img", tmp_path / "b.img"], VU)
+    # The fast FUSE intake (dsafs/intake.py) carried these requests.
+    assert served.stop() == 0
+    found = re.search(r"FUSE intake: (\d+) requests taken at once, (\d+) after a wait",
+                      served.log(tail=400))
+    assert found and int(found[1]) > 0 and int(found[2]) > 0, served.log()

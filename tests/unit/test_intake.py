@@ -1,0 +1,96 @@
+"""The fast FUSE reader wait (dsafs/intake.py), on a pipe standing in for /dev/fuse: it returns
+at once, without a schedule point, when a request is queued; otherwise it waits, and never
+returns while nothing is queued, even when woken by readiness another reader already used."""
+
+import os
+
+import pyfuse3
+import pytest
+import trio
+
+from dsafs import intake
+
+
+@pytest.fixture
+def pipe():
+    r, w = os.pipe()
+    yield r, w
+    for fd in (r, w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+async def test_a_queued_request_is_taken_without_a_schedule_point(pipe):
+    r, w = pipe
+    wait = intake._FastWait(r)
+    os.write(w, b"req")
+    ran = []
+
+    async def other():
+        ran.append(True)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)             # runnable, but must not run inside the wait
+        assert await wait() is True
+        assert ran == [] and (wait.fast, wait.slow) == (1, 0)
+    assert ran == [True]
+
+
+async def test_an_empty_queue_waits_until_a_request_comes(pipe):
+    r, w = pipe
+    wait = intake._FastWait(r)
+    results = []
+
+    async def reader():
+        results.append(await wait())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.sleep(0.05)
+        assert results == []
+        os.write(w, b"req")
+    assert results == [True] and (wait.fast, wait.slow) == (0, 1)
+
+
+async def test_readiness_already_used_by_another_reader_is_not_trusted(pipe, monkeypatch):
+    # trio reports the fd readable, but before this reader runs a fast-path reader has read
+    # the request: returning True would make pyfuse3 block the loop in read(). The wait must
+    # look again and keep waiting until a request really is queued.
+    r, w = pipe
+    wait = intake._FastWait(r)
+    calls = []
+
+    async def fake_wait_readable(fd):
+        calls.append(fd)
+        if len(calls) == 2:
+            os.write(w, b"req")               # the second wake-up is real
+        await trio.lowlevel.checkpoint()
+
+    monkeypatch.setattr(trio.lowlevel, "wait_readable", fake_wait_readable)
+    assert await wait() is True
+    assert calls == [r, r] and os.read(r, 10) == b"req"
+
+
+async def test_a_closed_session_ends_the_waiting_reader(pipe):
+    r, _ = pipe
+    wait = intake._FastWait(r)
+    results = []
+
+    async def reader():
+        results.append(await wait())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.sleep(0.05)
+        trio.lowlevel.notify_closing(r)       # what pyfuse3.terminate() does
+    assert results == [False]
+
+
+def test_an_unchecked_pyfuse3_keeps_its_own_intake(monkeypatch):
+    original = pyfuse3._wait_fuse_readable
+    monkeypatch.setattr(pyfuse3, "__version__", "9.9.9")
+    assert intake.install() is None
+    assert pyfuse3._wait_fuse_readable is original
+
