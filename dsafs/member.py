@@ -65,7 +65,7 @@ from typing import Optional
 import outcome
 import trio
 
-from . import uring
+from . import timeouts, uring
 from .errors import InvalidArgument, MemberError, MemberInUse, MemberIOError
 from .units import format_size
 
@@ -170,6 +170,9 @@ class Ready(Pending):
             raise self.error
         return self.value
 
+    async def wait_until(self, deadline: float, timeout_args: tuple):
+        return await self.wait()      # answered already: no timer (timeouts.py)
+
 
 class _Request(Pending):
     """One operation handed to the workers. `result` is an outcome set by the worker."""
@@ -196,6 +199,27 @@ class _Request(Pending):
             return self.result.unwrap()
         self.task = trio.lowlevel.current_task()
         return await trio.lowlevel.wait_task_rescheduled(self.abort)
+
+    async def wait_until(self, deadline: float, timeout_args: tuple):
+        """wait(), failed with MemberTimeout(*timeout_args) by the run's watchdog at `deadline`
+        (timeouts.py): no CancelScope per request."""
+        if self.done or deadline == float("inf"):
+            return await self.wait()
+        dog = timeouts.watchdog()
+        dog.watch(self, deadline, timeout_args)
+        try:
+            return await self.wait()
+        finally:
+            dog.unwatch(self)
+
+    def time_out(self, exc) -> None:
+        """The watchdog's verdict: abandon the request and raise `exc` in its waiter."""
+        if self.done or self.abandoned or self.task is None:
+            return
+        self.abandoned = True
+        if self.owner is not None:
+            self.owner._abandoned += 1
+        trio.lowlevel.reschedule(self.task, outcome.Error(exc))
 
     def abort(self, raise_cancel):
         self.abandoned = True     # the worker may still run the syscall; its result is dropped

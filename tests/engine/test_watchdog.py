@@ -1,0 +1,103 @@
+"""Member timeouts of FileMember requests (timeouts.Watchdog): a request the kernel never
+finishes fails with MemberTimeout exactly at its deadline, alone or beside healthy members, an
+earlier deadline watched later still fires first, and nothing stays watched afterwards."""
+
+import os
+import types
+
+import pytest
+import trio
+import trio.testing
+
+from dsafs import timeouts
+from dsafs.errors import MemberTimeout
+from dsafs.member import FileMember, create_file
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def clock():
+    """Virtual time that jumps only after 50 ms of real idleness, so that a healthy member's
+    write (an io-wq kernel thread, microseconds) always lands before a deadline is reached."""
+    return trio.testing.MockClock(autojump_threshold=0.05)
+
+
+@pytest.fixture
+def hung(tmp_path):
+    """A FileMember over the write end of a full pipe: its writes never finish."""
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        while True:
+            os.write(w, b"\0" * 65536)
+    except BlockingIOError:
+        pass
+    os.set_blocking(w, True)
+    m = FileMember(str(tmp_path / "hung"), w, MiB, workers=1, locked=False)
+    yield m
+    m.close()
+    os.close(r)
+
+
+@pytest.fixture
+def healthy(tmp_path):
+    path = str(tmp_path / "ok.img")
+    create_file(path, MiB)
+    m = FileMember.open(path)
+    yield m
+    m.close()
+
+
+def slot(member, timeout_s):
+    return types.SimpleNamespace(member=member, member_timeout=timeout_s)
+
+
+async def test_a_hung_write_times_out_exactly_at_its_deadline(clock, hung):
+    start = trio.current_time()
+    with pytest.raises(MemberTimeout, match=r"no answer within its member timeout of 30 s"):
+        await timeouts.wait(slot(hung, 30), hung.start_write(0, b"x" * 4096), "write")
+    assert trio.current_time() - start == pytest.approx(30)
+    assert hung.abandoned_running == 1 and hung.statistics().in_flight == 1
+    assert timeouts.watchdog().waits == {}
+
+
+async def test_beside_a_healthy_member_only_the_hung_one_fails(clock, hung, healthy):
+    start = trio.current_time()
+    pending = [(slot(healthy, 5), healthy.start_write(0, b"y" * 4096)),
+               (slot(hung, 5), hung.start_write(0, b"y" * 4096))]
+    (s1, v1), (s2, v2) = await timeouts.wait_each(pending, "write", start)
+    assert v1 is None and isinstance(v2, MemberTimeout) and s2.member is hung
+    assert trio.current_time() - start == pytest.approx(5)
+
+
+async def test_an_earlier_deadline_watched_later_fires_first(clock, hung):
+    results = {}
+
+    async def waiter(name, timeout_s):
+        try:
+            await timeouts.wait(slot(hung, timeout_s), hung.start_write(0, b"z"), "write")
+        except MemberTimeout:
+            results[name] = trio.current_time()
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter, "long", 100)
+        await trio.sleep(1)
+        nursery.start_soon(waiter, "short", 10)
+    assert results["short"] - start == pytest.approx(11)
+    assert results["long"] - start == pytest.approx(100)
+
+
+async def test_a_request_delivered_in_time_is_not_failed_later(clock, healthy):
+    await timeouts.wait(slot(healthy, 2), healthy.start_write(0, b"w" * 4096), "write")
+    await trio.sleep(10)                      # past the deadline: nothing fires
+    assert healthy.statistics().errors == 0 and healthy.abandoned_running == 0
+    assert timeouts.watchdog().waits == {}
+
+
+async def test_a_waiter_cancelled_first_is_left_alone_by_the_watchdog(clock, hung):
+    with trio.move_on_after(1):
+        await timeouts.wait(slot(hung, 5), hung.start_write(0, b"c"), "write")
+    await trio.sleep(10)                      # its deadline passes with nobody waiting
+    assert hung.abandoned_running == 1 and timeouts.watchdog().waits == {}
