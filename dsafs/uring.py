@@ -357,13 +357,16 @@ def ring_for_run() -> Ring | None:
     except LookupError:
         pass
     ring = None
-    if unavailable() is None:
+    reason = unavailable()
+    if reason is None:
         try:
             ring = Ring()
         except OSError as exc:
-            _disabled_reason = str(exc)
-            log.info("io_uring unavailable (%s): members use worker threads", exc)
+            reason = _disabled_reason = str(exc)
         else:
             trio.lowlevel.spawn_system_task(ring.run_reaper, name="dsafs-uring-reaper")
+            log.debug("io_uring ring fd %d, setup flags %#x", ring.fd, ring.flags)
+    if reason is not None:
+        log.info("no io_uring (%s): member writes and flushes use worker threads", reason)
     _RING.set(ring)
     return ring
