@@ -29,6 +29,9 @@ import trio
 log = logging.getLogger("dsafs.intake")
 
 PYFUSE3_VERSIONS = ("3.5.0",)   # read internal.pxi of each before adding one
+FAST_STREAK = 64                # then one request goes through trio: a schedule point, so a
+                                # flood of requests whose handlers never yield (getattr, cached
+                                # reads) cannot starve the other tasks (control socket, merge)
 
 
 class _FastWait:
@@ -38,11 +41,14 @@ class _FastWait:
         self.poll.register(fd, select.POLLIN)
         self.lock = None
         self.fast = self.slow = 0       # requests taken each way (for the bench and tests)
+        self._streak = 0                # fast-path returns since the last schedule point
 
     async def __call__(self) -> bool:
-        if self.poll.poll(0):           # queued (or an error/hang-up the read will report)
+        if self._streak < FAST_STREAK and self.poll.poll(0):   # queued (or an error/hang-up
+            self._streak += 1                                   # the read will report)
             self.fast += 1
             return True                 # no checkpoint: the caller reads at once
+        self._streak = 0                # every FAST_STREAK-th request waits through trio
         if self.lock is None:
             self.lock = trio.Lock()
         try:

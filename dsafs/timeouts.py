@@ -34,11 +34,14 @@ MemberTimeout no later than the member's timeout after the request was submitted
 from __future__ import annotations
 
 import errno
+import logging
 from typing import Optional
 
 import trio
 
 from .errors import InvalidArgument, MemberIOError, MemberTimeout
+
+log = logging.getLogger("dsafs.timeouts")
 
 DEFAULT_MEMBER_TIMEOUT_S = 120
 DEFAULT_VU_TIMEOUT_S = 3600
@@ -144,7 +147,10 @@ class Watchdog:
             for req, (deadline, timeout_args) in list(self.waits.items()):
                 if deadline <= now:
                     del self.waits[req]
-                    req.time_out(MemberTimeout(*timeout_args))
+                    try:
+                        req.time_out(MemberTimeout(*timeout_args))
+                    except Exception as exc:      # a system task must never raise
+                        log.exception("member watchdog: %s", exc)
                 elif deadline < target:
                     target = deadline
             self.target = target

@@ -94,3 +94,20 @@ def test_an_unchecked_pyfuse3_keeps_its_own_intake(monkeypatch):
     assert intake.install() is None
     assert pyfuse3._wait_fuse_readable is original
 
+
+
+async def test_a_long_run_of_queued_requests_still_yields_to_other_tasks(pipe):
+    r, w = pipe
+    wait = intake._FastWait(r)
+    os.write(w, b"x" * 1000)                  # always a request queued
+    ran = []
+
+    async def other():
+        ran.append(wait.fast)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other)
+        for _ in range(intake.FAST_STREAK + 1):
+            assert await wait() is True
+    assert ran == [intake.FAST_STREAK]        # it ran at the one slow-path wait
+    assert (wait.fast, wait.slow) == (intake.FAST_STREAK, 1)
