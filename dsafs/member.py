@@ -18,8 +18,9 @@ Per request, in code order:
      threads do them, no GIL hand-over), else to the workers. Never inline: `pwritev(RWF_NOWAIT)`
      on buffered ext4 returns EOPNOTSUPP (kernel 6.18), and a plain pwrite can sleep in dirty
      throttling, in a partial-page read, or forever on a hung device. start_write only queues
-     the ring entry; the first wait() enters the kernel once for every member's write. A test
-     hook (`_pre_op`) sends a member's requests to the workers, where it runs.
+     the ring entry; the ring enters the kernel once per scheduler pass, just before trio
+     waits for I/O, for every write queued in the pass. A test hook (`_pre_op`) sends a
+     member's requests to the workers, where it runs.
   3. workers: `workers` long-lived daemon threads fed by a queue.SimpleQueue. A worker performs
      the syscall, appends the request to a deque and calls `TrioToken.run_sync_soon(drain)` only
      if no drain is pending, so completions reach the loop in batches (8-12 per wake-up at 16
@@ -190,7 +191,7 @@ class _Request(Pending):
         self.written = 0          # io_uring write: bytes the kernel has written so far
 
     async def wait(self):
-        if not self.done and self.owner is not None:
+        if not self.done and self.owner is not None and not uring.BATCH:
             ring = self.owner._ring
             if ring is not None and ring._unsubmitted:
                 ring.flush()          # io_uring: submit everything queued (uring.py)

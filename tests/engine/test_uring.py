@@ -193,3 +193,21 @@ def test_switched_off_by_the_environment(tmp_path, monkeypatch):
         trio.run(main)
     finally:
         m.close()
+
+
+async def test_writes_queued_in_one_scheduler_pass_enter_the_kernel_together(members):
+    a, b = members
+
+    async def writer(m, i):
+        await m.write(i * 4096, bytes([i]) * 4096)
+
+    async with trio.open_nursery() as nursery:   # 16 tasks start in the same pass
+        for i in range(8):
+            nursery.start_soon(writer, a, i)
+            nursery.start_soon(writer, b, i)
+    ring = a._ring
+    assert ring.submitted == 16 and ring.completed == 16
+    assert ring.enters < ring.submitted, "every write entered the kernel on its own"
+    for m in members:
+        with open(m.path, "rb") as f:
+            assert f.read(8 * 4096) == b"".join(bytes([i]) * 4096 for i in range(8))
