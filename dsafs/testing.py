@@ -143,6 +143,23 @@ def member_data(member: Member, nbytes: int) -> bytes:
         return f.read(nbytes)
 
 
+def hung_pipe_member(path: str, size_bytes: int):
+    """(read fd, FileMember) over the write end of a full pipe: the kernel cannot finish a write
+    to it until someone reads the read end (a regular file cannot be made to hang on demand).
+    `path` is only its name. The caller closes both."""
+    import os
+    from .member import FileMember
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        while True:
+            os.write(w, b"\0" * 65536)
+    except BlockingIOError:
+        pass
+    os.set_blocking(w, True)
+    return r, FileMember(path, w, size_bytes, workers=1, locked=False)
+
+
 def assert_members_identical(vu) -> None:
     """Every current member of `vu` holds the same VU data (STYLE: engine tests end with this)."""
     slots = [s for s in vu.slots if s.state.current]

@@ -11,6 +11,7 @@ import trio
 from dsafs import uring
 from dsafs.errors import MemberIOError
 from dsafs.member import FileMember, create_file
+from dsafs.testing import hung_pipe_member
 
 MiB = 1 << 20
 
@@ -78,17 +79,7 @@ async def test_kernel_error_is_a_member_error_naming_the_file(tmp_path):
 
 
 def pipe_member(tmp_path):
-    """A FileMember over the write end of a full pipe: the kernel cannot finish a write to it
-    until someone reads (a regular file cannot be made to hang on demand)."""
-    r, w = os.pipe()
-    os.set_blocking(w, False)
-    try:
-        while True:
-            os.write(w, b"\0" * 65536)
-    except BlockingIOError:
-        pass
-    os.set_blocking(w, True)
-    return r, FileMember(str(tmp_path / "pipe"), w, MiB, workers=1, locked=False)
+    return hung_pipe_member(str(tmp_path / "pipe"), MiB)
 
 
 def drain(r):

@@ -12,6 +12,7 @@ import trio.testing
 from dsafs import timeouts
 from dsafs.errors import MemberTimeout
 from dsafs.member import FileMember, create_file
+from dsafs.testing import hung_pipe_member
 
 MiB = 1 << 20
 
@@ -25,16 +26,8 @@ def clock():
 
 @pytest.fixture
 def hung(tmp_path):
-    """A FileMember over the write end of a full pipe: its writes never finish."""
-    r, w = os.pipe()
-    os.set_blocking(w, False)
-    try:
-        while True:
-            os.write(w, b"\0" * 65536)
-    except BlockingIOError:
-        pass
-    os.set_blocking(w, True)
-    m = FileMember(str(tmp_path / "hung"), w, MiB, workers=1, locked=False)
+    """A FileMember whose writes never finish."""
+    r, m = hung_pipe_member(str(tmp_path / "hung"), MiB)
     yield m
     m.close()
     os.close(r)

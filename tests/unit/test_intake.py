@@ -38,16 +38,16 @@ async def test_a_queued_request_is_taken_without_a_schedule_point(pipe):
     assert ran == [True]
 
 
+async def reader(wait, results):
+    results.append(await wait())
+
+
 async def test_an_empty_queue_waits_until_a_request_comes(pipe):
     r, w = pipe
     wait = intake._FastWait(r)
     results = []
-
-    async def reader():
-        results.append(await wait())
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
+        nursery.start_soon(reader, wait, results)
         await trio.sleep(0.05)
         assert results == []
         os.write(w, b"req")
@@ -77,12 +77,8 @@ async def test_a_closed_session_ends_the_waiting_reader(pipe):
     r, _ = pipe
     wait = intake._FastWait(r)
     results = []
-
-    async def reader():
-        results.append(await wait())
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
+        nursery.start_soon(reader, wait, results)
         await trio.sleep(0.05)
         trio.lowlevel.notify_closing(r)       # what pyfuse3.terminate() does
     assert results == [False]
