@@ -176,7 +176,8 @@ class Ready(Pending):
 
 
 class _Request(Pending):
-    """One operation handed to the workers. `result` is an outcome set by the worker."""
+    """One operation handed to the workers or to io_uring. `result` is an outcome set by the
+    worker or by the completion (`uring_done`)."""
 
     __slots__ = ("op", "pos", "arg", "prefix", "task", "token", "abandoned", "result", "failed",
                  "done", "owner", "written")
@@ -249,7 +250,7 @@ class FileMember(Member):
         self._pre_op = None                 # test hook: called in the worker before each syscall
         self._queue, self._done = queue.SimpleQueue(), collections.deque()
         self._wake_pending, self._token = False, None
-        self._ring, self._ring_token = None, None   # this trio run's io_uring (uring.py)
+        self._ring = None                   # this trio run's io_uring (uring.py), or None
         self._fd_lock, self._fd_users = threading.Lock(), 0  # the lock guards _fd_users, closing
         self._reads = self._writes = self._flushes = self._read_bytes = self._written_bytes = 0
         self._errors = self._in_flight = self._inline_reads = self._worker_ops = 0
@@ -388,7 +389,7 @@ class FileMember(Member):
         if ring is None or op == "read" or self._pre_op is not None:
             self._queue.put(req)
             return req
-        try:          # queued only: the first wait() enters the kernel for every member at once
+        try:          # queued only: entered with the scheduler pass's other requests (uring.py)
             if op == "write":
                 ring.submit(req, uring.IORING_OP_WRITE, self._fd, pos, uring.address(arg),
                             len(arg), enter=False)
@@ -420,9 +421,12 @@ class FileMember(Member):
         else:
             req.failed = True
             code = -res if res < 0 else errno.EIO
-            where = f"at byte {req.pos + req.written}"
-            text = ("no progress " + where if res == 0 else f"{os.strerror(code)} {where}"
-                    if req.op == "write" else os.strerror(code))
+            if req.op == "flush":
+                text = os.strerror(code)
+            elif res == 0:
+                text = f"no progress at byte {req.pos + req.written}"
+            else:
+                text = f"{os.strerror(code)} at byte {req.pos + req.written}"
             req.result = outcome.Error(MemberIOError(self.path, req.op, code, text))
         self._deliver(req)
 

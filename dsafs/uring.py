@@ -191,8 +191,9 @@ class Ring:
 
     def submit(self, req, opcode: int, fd: int, pos: int, addr: int, length: int,
                op_flags: int = 0, enter: bool = True) -> None:
-        """Queue one operation for `req` and (if `enter`) enter the kernel; with enter=False
-        the caller must call flush() before it waits, and before `fd` may be closed.
+        """Queue one operation for `req` and (if `enter`) enter the kernel. With enter=False the
+        entry waits for flush(): the run's Instrument calls it before trio waits for I/O (or
+        the waiter does, with DSAFS_URING_BATCH=0), and the owner before `fd` is closed.
         `req.uring_done(res)` is called once from reap(). Raises OSError if the kernel refuses
         the submission itself (the request is then not queued)."""
         if self.closed:
