@@ -201,6 +201,7 @@ class Daemon:
             if self.intake is not None:
                 log.info("FUSE intake: %d requests taken at once, %d after a wait",
                          self.intake.fast, self.intake.slow)
+            log.info("FUSE: %d GETATTR requests answered", self.ops.getattrs)
             pyfuse3.close(unmount=True)
             try:
                 os.unlink(path)
@@ -268,10 +269,15 @@ class Daemon:
         except Exception as exc:       # never let cache hints fail a command
             log.debug("invalidate %s: %s", name, exc)
         if self._nursery is not None:
-            self._nursery.start_soon(self._invalidate_inode, inode_of(name))
+            self._nursery.start_soon(self.invalidate_pages, inode_of(name))
 
-    @staticmethod
-    async def _invalidate_inode(inode: int) -> None:
+    async def invalidate_pages(self, inode: int) -> None:
+        """Drop the kernel's cached pages and attributes of a VU's inode; returns when they are
+        gone. Runs off the trio thread (see _invalidate); never during shutdown, where the
+        kernel could wait on a page whose read a stopping daemon never answers."""
+        if self._closing:
+            return
+
         def notify():
             try:
                 pyfuse3.invalidate_inode(inode, attr_only=False)

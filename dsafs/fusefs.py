@@ -8,7 +8,18 @@ traceback, returns EIO, and puts that VU into failsafe (further writes return EI
 Inode numbers are stable per name: DSAn is inode 100 + n. Attribute and entry timeouts are long
 (the kernel need not ask again); the daemon invalidates a name when its VU appears, disappears or
 changes size. Files are opened with keep_cache, so the page cache survives reopen; a caller's
-O_DIRECT is honoured by the kernel's FUSE direct-I/O path and never reaches the member files.
+O_DIRECT never reaches the member files.
+
+O_DIRECT opens (fio --direct=1, `losetup --direct-io=on`) get FUSE's own direct-I/O path
+(FOPEN_DIRECT_IO), and their handles carry DIRECT_FH. On the kernel's generic O_DIRECT path
+instead, every read that follows a write waits for a GETATTR round trip (libfuse turns on
+auto_inval_data, and each write invalidates the cached size): ext4 on a direct loop over DSA1
+ran at half the speed (9.4k against 23k IOPS of randrw 4 KiB). FOPEN_DIRECT_IO writes do not
+drop pages that buffered handles cached, so this module does, with the invariant: after a direct
+write is acknowledged, no buffered read returns data older than it. A buffered open that follows
+direct writes gets no keep_cache (the kernel drops the inode's pages on open), and a direct
+write made while buffered handles are open invalidates the inode's pages before it is
+acknowledged (off the trio thread: the kernel waits on pages whose reads only it answers).
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ log = logging.getLogger("dsafs.fusefs")
 
 INODE_BASE = 100
 ATTR_TIMEOUT_S = 3600.0
+DIRECT_FH = 1 << 32          # set in the fh of a handle opened O_DIRECT (inodes stay below it)
 
 
 def errno_for(exc: BaseException) -> int:
@@ -41,6 +53,14 @@ def errno_for(exc: BaseException) -> int:
 
 def inode_of(name: str) -> int:
     return INODE_BASE + int(name[3:])
+
+
+def _count_down(counts: dict[int, int], key: int) -> None:
+    n = counts.get(key, 0) - 1
+    if n > 0:
+        counts[key] = n
+    else:
+        counts.pop(key, None)
 
 
 def _guard(fn):
@@ -69,6 +89,10 @@ class DsafsOps(pyfuse3.Operations):
         super().__init__()
         self.daemon = daemon
         self.open_count: dict[int, int] = {}
+        self.buffered_count: dict[int, int] = {}    # open handles without O_DIRECT, per inode
+        self.direct_written: set[int] = set()       # inodes written by a direct handle since
+                                                    # the last buffered open dropped their pages
+        self.getattrs = 0                           # GETATTR requests answered (logged at stop)
         self._mount_ns = time.time_ns()
 
     def _root_attrs(self) -> pyfuse3.EntryAttributes:
@@ -93,7 +117,7 @@ class DsafsOps(pyfuse3.Operations):
         return a
 
     def _vu(self, inode):
-        vu = self.daemon.vu_by_inode(inode)
+        vu = self.daemon.vu_by_inode(inode & ~DIRECT_FH)
         if vu is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return vu
@@ -109,6 +133,7 @@ class DsafsOps(pyfuse3.Operations):
 
     @_guard
     async def getattr(self, inode, ctx=None):
+        self.getattrs += 1
         if inode == pyfuse3.ROOT_INODE:
             return self._root_attrs()
         return self._vu_attrs(self._vu(inode))
@@ -141,7 +166,12 @@ class DsafsOps(pyfuse3.Operations):
         if vu.readonly and flags & os.O_ACCMODE != os.O_RDONLY:
             raise pyfuse3.FUSEError(errno.EROFS)
         self.open_count[inode] = self.open_count.get(inode, 0) + 1
-        return pyfuse3.FileInfo(fh=inode, keep_cache=True)
+        if flags & os.O_DIRECT:
+            return pyfuse3.FileInfo(fh=inode | DIRECT_FH, direct_io=True, keep_cache=True)
+        self.buffered_count[inode] = self.buffered_count.get(inode, 0) + 1
+        keep = inode not in self.direct_written
+        self.direct_written.discard(inode)
+        return pyfuse3.FileInfo(fh=inode, keep_cache=keep)
 
     @_guard
     async def read(self, fh, off, size):
@@ -152,7 +182,13 @@ class DsafsOps(pyfuse3.Operations):
         vu = self._vu(fh)
         if self.daemon.is_failsafe(vu):
             raise pyfuse3.FUSEError(errno.EIO)
-        return await vu.write(off, buf)
+        n = await vu.write(off, buf)
+        if fh & DIRECT_FH:
+            inode = fh & ~DIRECT_FH
+            self.direct_written.add(inode)
+            if self.buffered_count.get(inode):
+                await self.daemon.invalidate_pages(inode)
+        return n
 
     @_guard
     async def fsync(self, fh, datasync):
@@ -162,11 +198,10 @@ class DsafsOps(pyfuse3.Operations):
         return None
 
     async def release(self, fh):
-        n = self.open_count.get(fh, 0) - 1
-        if n > 0:
-            self.open_count[fh] = n
-        else:
-            self.open_count.pop(fh, None)
+        inode = fh & ~DIRECT_FH
+        _count_down(self.open_count, inode)
+        if not fh & DIRECT_FH:
+            _count_down(self.buffered_count, inode)
 
     async def releasedir(self, fh):
         return None
