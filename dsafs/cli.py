@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("mountpoint")
     s.add_argument("--socket", default=None, help="control socket (default MOUNTPOINT.sock)")
     s.add_argument("--fuse-tasks", type=int, default=16, help="pyfuse3 worker tasks (default 16)")
+    s.add_argument("--max-background", type=int, default=64, metavar="N",
+                   help="asynchronous FUSE requests in flight, 1-65535, set through fusectl "
+                   "(default 64; 0 leaves the kernel's 12)")
     s.add_argument("--allow-other", action="store_true", help="let other users open the VU files")
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _merge_setting_args(s, "for every VU (default %(default)s)", defaults=True)
@@ -313,13 +316,17 @@ def cmd_serve(args) -> int:
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     if args.fuse_tasks < 1:
         raise InvalidArgument(f"--fuse-tasks {args.fuse_tasks} must be at least 1")
+    if not 0 <= args.max_background <= 65535:
+        raise InvalidArgument(f"--max-background {args.max_background} must be 0 (the kernel's "
+                              f"default) or 1-65535")
     timeouts = {k: _seconds(getattr(args, k), "--" + k.replace("_", "-"))
                 for k in ("member_timeout", "vu_timeout") if getattr(args, k) is not None}
     from .throttle import Settings
     m = _merge_settings_of(args)
     merge = Settings(m["merge_delay_threshold"], m["merge_delay_factor"], m["merge_min_rate"])
     daemon = Daemon(args.mountpoint, args.socket, fuse_max_tasks=args.fuse_tasks,
-                    allow_other=args.allow_other, merge_settings=merge, **timeouts)
+                    max_background=args.max_background, allow_other=args.allow_other,
+                    merge_settings=merge, **timeouts)
     mbr = timeouts.get("member_timeout", 120)
     if mbr >= timeouts.get("vu_timeout", 3600):
         log.warning("dsafs: warning: --member-timeout %g s is not below the VU timeout %g s; give a "

@@ -23,7 +23,7 @@ from typing import Optional
 import pyfuse3
 import trio
 
-from . import control, decide, intake, timeouts
+from . import control, decide, fusectl, intake, timeouts
 from .errors import (DsafsError, InvalidArgument, MemberError, MountRefused, UsageError,
                      VuError)
 from .events import EventLog
@@ -109,11 +109,13 @@ def _last_merge_json(merge) -> Optional[dict]:
 class Daemon:
     def __init__(self, mountpoint: str, socket_path: Optional[str] = None, *,
                  fuse_max_tasks: int = 16, allow_other: bool = False,
+                 max_background: int = fusectl.DEFAULT_MAX_BACKGROUND,
                  member_timeout: Optional[float] = None, vu_timeout: Optional[float] = None,
                  merge_settings: MergeSettings = MergeSettings()):
         self.mountpoint = os.path.abspath(mountpoint)
         self.socket_path = os.path.abspath(socket_path or self.mountpoint.rstrip("/") + ".sock")
         self.fuse_max_tasks = fuse_max_tasks
+        self.max_background = max_background    # 0: leave the kernel's limit (fusectl.py)
         self.intake = None                  # intake.install(): the fast FUSE reader wait
         self.allow_other = allow_other
         self.merge_settings = merge_settings       # the global defaults; VUs may override
@@ -270,6 +272,16 @@ class Daemon:
             log.debug("invalidate %s: %s", name, exc)
         if self._nursery is not None:
             self._nursery.start_soon(self.invalidate_pages, inode_of(name))
+
+    def fuse_initialized(self) -> None:
+        """The kernel's INIT was answered (DsafsOps.init): set the connection's limits."""
+        if self.max_background and self._nursery is not None and not self._closing:
+            self._nursery.start_soon(self._tune_fuse)
+
+    async def _tune_fuse(self) -> None:
+        done, line = await trio.to_thread.run_sync(fusectl.tune, self.mountpoint,
+                                                   self.max_background)
+        (log.info if done else log.warning)("%s", line)
 
     async def invalidate_pages(self, inode: int) -> None:
         """Drop the kernel's cached pages and attributes of a VU's inode; returns when they are

@@ -95,6 +95,13 @@ class DsafsOps(pyfuse3.Operations):
         self.getattrs = 0                           # GETATTR requests answered (logged at stop)
         self._mount_ns = time.time_ns()
 
+    def init(self):
+        """Called by pyfuse3 while it answers the kernel's INIT (never raises into it)."""
+        try:
+            self.daemon.fuse_initialized()
+        except Exception as exc:       # noqa: BLE001
+            log.warning("after FUSE INIT: %s", exc)
+
     def _root_attrs(self) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
         a.st_ino = pyfuse3.ROOT_INODE

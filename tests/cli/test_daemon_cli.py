@@ -338,6 +338,8 @@ CASES = [
     ("demand merge with a bad setting", None,
      ["set", "DSA1", "--demand-merge", "--merge-delay-factor", "0"], 1,
      r"merge_delay_factor 0 is out of range"),
+    ("serve --max-background out of range", None, ["serve", "mnt2", "--max-background", "70000"],
+     1, r"^dsafs: --max-background 70000 must be 0 \(the kernel's default\) or 1-65535$"),
     ("name DSA10000 (mount)", None, ["mount", "DSA10000", "a.img"], 1,
      r"^dsafs: 'DSA10000' " + NAME),
     ("name XYZ1 (mount)", None, ["mount", "XYZ1", "a.img"], 1, r"^dsafs: 'XYZ1' " + NAME),
