@@ -153,6 +153,10 @@ class Pending:
     async def wait(self):
         raise NotImplementedError
 
+    def finished(self):
+        """The outcome (to unwrap once, instead of waiting) if known without a wait, else None."""
+        return None
+
 
 class Ready(Pending):
     """A request that completed at submission (an inline read, or an error found up front)."""
@@ -213,6 +217,9 @@ class _Request(Pending):
             return await self.wait()
         finally:
             dog.unwatch(self)
+
+    def finished(self):
+        return self.result if self.done and not self.abandoned else None
 
     def time_out(self, exc) -> None:
         """The watchdog's verdict: abandon the request and raise `exc` in its waiter."""

@@ -103,12 +103,22 @@ async def call(slot, op: str, fn, *args):
 
 async def wait_each(pending: list, op: str, start: float) -> list:
     """Wait for [(slot, Pending), ...] submitted at `start`; each at most its slot's timeout
-    after `start`. Returns [(slot, value or MemberIOError), ...] in the same order."""
+    after `start`. Returns [(slot, value or MemberIOError), ...] in the same order.
+
+    After the first wait (a schedule point), a request that has finished meanwhile is taken
+    without another one (`Pending.finished`)."""
     results = []
+    waited = False
     for slot, p in pending:
+        finished = getattr(p, "finished", None) if waited else None
+        out = finished() if finished is not None else None
         try:
-            value = await _wait_until(p, start + slot.member_timeout,
-                                      (slot.member.path, op, slot.member_timeout))
+            if out is not None:
+                value = out.unwrap()
+            else:
+                waited = True
+                value = await _wait_until(p, start + slot.member_timeout,
+                                          (slot.member.path, op, slot.member_timeout))
         except MemberIOError as exc:
             value = exc
         results.append((slot, value))

@@ -5,13 +5,14 @@ earlier deadline watched later still fires first, and nothing stays watched afte
 import os
 import types
 
+import outcome
 import pytest
 import trio
 import trio.testing
 
 from dsafs import timeouts
-from dsafs.errors import MemberTimeout
-from dsafs.member import FileMember, create_file
+from dsafs.errors import MemberIOError, MemberTimeout
+from dsafs.member import FileMember, Ready, create_file
 from dsafs.testing import hung_pipe_member
 
 MiB = 1 << 20
@@ -94,3 +95,30 @@ async def test_a_waiter_cancelled_first_is_left_alone_by_the_watchdog(clock, hun
         await timeouts.wait(slot(hung, 5), hung.start_write(0, b"c"), "write")
     await trio.sleep(10)                      # its deadline passes with nobody waiting
     assert hung.abandoned_running == 1 and timeouts.watchdog().waits == {}
+
+
+class _Finished:
+    """A request known to be finished; waiting on it is a test failure."""
+
+    def __init__(self, out):
+        self.out = out
+
+    async def wait(self):
+        raise AssertionError("waited on a request that had finished")
+
+    def finished(self):
+        return self.out
+
+
+async def test_wait_each_takes_finished_requests_after_the_first_wait():
+    """After one wait (the schedule point), requests that finished meanwhile are taken as they
+    are, errors included; the first request is always waited on."""
+    slot = types.SimpleNamespace(member_timeout=5.0, member=types.SimpleNamespace(path="m"))
+    err = MemberIOError("m", "write", 5)
+    got = await timeouts.wait_each([(slot, Ready(value="a")), (slot, _Finished(outcome.Value("b"))),
+                                    (slot, _Finished(outcome.Error(err)))],
+                                   "write", trio.current_time())
+    assert [v for _, v in got] == ["a", "b", err]
+    with pytest.raises(AssertionError, match="waited on a request that had finished"):
+        await timeouts.wait_each([(slot, _Finished(outcome.Value("c")))], "write",
+                                 trio.current_time())
