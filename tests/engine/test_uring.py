@@ -10,7 +10,7 @@ import trio
 
 from dsafs import uring
 from dsafs.errors import MemberIOError
-from dsafs.member import FileMember, create_file
+from dsafs.member import WRITE_PIECE, FileMember, create_file, write_pieces
 from dsafs.testing import hung_pipe_member
 
 MiB = 1 << 20
@@ -138,11 +138,13 @@ def test_a_ring_closed_with_requests_in_flight_fails_them_and_keeps_their_buffer
 
 
 async def test_a_short_write_is_finished(tmp_path):
-    # A pipe takes at most its free space per attempt: 1 MiB through a 64 KiB pipe while a
-    # thread reads arrives whole, in order, whether the kernel or dsafs resubmits the rest.
+    # A pipe takes at most its free space per attempt: one write piece (256 KiB) through a
+    # 64 KiB pipe while a thread reads arrives whole, in order, whether the kernel or dsafs
+    # resubmits the rest. (One piece: the pieces of a larger write may run side by side, which
+    # only positioned files allow.)
     r, w = os.pipe()
     m = FileMember(str(tmp_path / "pipe"), w, 4 * MiB, workers=1, locked=False)
-    data = os.urandom(MiB)
+    data = os.urandom(WRITE_PIECE)
     got = bytearray()
 
     def reader():
@@ -202,3 +204,57 @@ async def test_writes_queued_in_one_scheduler_pass_enter_the_kernel_together(mem
     for m in members:
         with open(m.path, "rb") as f:
             assert f.read(8 * 4096) == b"".join(bytes([i]) * 4096 for i in range(8))
+
+
+@pytest.mark.parametrize("via", ["io_uring", "workers"])
+def test_a_large_write_is_issued_in_pieces_and_lands_whole(tmp_path, monkeypatch, via):
+    """A write longer than WRITE_PIECE, starting off a piece boundary, becomes one ring entry
+    per piece (no page-cache folio larger than a piece) and lands byte for byte."""
+    if via == "workers":
+        monkeypatch.setenv("DSAFS_URING", "0")
+    path = str(tmp_path / "a.img")
+    create_file(path, 4 * MiB)
+    m = FileMember.open(path)
+    pos, data = WRITE_PIECE - 4096, os.urandom(3 * WRITE_PIECE + 12345)
+
+    async def main():
+        await m.write(pos, data)
+        if via == "io_uring":
+            assert m._ring.submitted == len(write_pieces(pos, len(data))) == 5
+            assert m._ring.completed == 5
+        else:
+            assert m._ring is None
+        st = m.statistics()
+        assert (st.writes, st.errors, st.in_flight) == (1, 0, 0)
+
+    try:
+        trio.run(main)
+    finally:
+        m.close()
+    with open(path, "rb") as f:
+        f.seek(pos)
+        assert f.read(len(data)) == data
+
+
+def test_a_ring_closed_with_pieces_in_flight_fails_the_write_once(tmp_path):
+    r, hung = pipe_member(tmp_path)
+    before = len(uring._orphans)
+    seen = {}
+
+    async def main():
+        req = hung.start_write(0, b"p" * (2 * WRITE_PIECE))     # two pieces, neither finishes
+        with trio.move_on_after(0.1):
+            await req.wait()
+        seen["req"] = req
+
+    try:
+        trio.run(main)
+        req = seen["req"]
+        assert req.done and req.failed and req.pieces_left == 0
+        assert len(uring._orphans) == before + 2            # both pieces, holding the buffer
+        assert all(p.req is req for p in uring._orphans[before:])
+        assert hung.statistics().in_flight == 0 and hung.statistics().errors == 1
+    finally:
+        hung.close()
+        drain(r)
+        os.close(r)
