@@ -327,6 +327,9 @@ class Bench:
             with open(f"/sys/block/{os.path.basename(loop)}/loop/dio") as f:
                 if f.read().strip() != "1":
                     self.notes.append(f"{t}: loop {loop} did not enable direct I/O")
+            if a.loop_rq_affinity is not None:      # the same tuning on every target's loop
+                with open(f"/sys/block/{os.path.basename(loop)}/queue/rq_affinity", "w") as f:
+                    f.write(f"{a.loop_rq_affinity}\n")
             run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard", loop])
             mp = os.path.join(self.workdir, f"ext4-{t}")
             os.makedirs(mp, exist_ok=True)
@@ -457,7 +460,8 @@ def print_report(b: Bench, summary: dict, meta: dict) -> None:
     print()
     print(f"dsafs bench {meta['started']}  VU {a.size >> 20} MiB  {a.repeats} repeat(s) x "
           f"{a.runtime:g} s  median shown  fuse-tasks {a.fuse_tasks}"
-          f"{'  drop-caches' if a.drop_caches else ''}")
+          f"{'  drop-caches' if a.drop_caches else ''}"
+          f"{f'  loop rq_affinity {a.loop_rq_affinity}' if a.loop_rq_affinity is not None else ''}")
     print(f"host: {meta['cpus']} CPUs, load average {meta['load_start']:.2f} at start, "
           f"{meta['load_end']:.2f} at end (other work on the machine makes figures noisy)")
     print()
@@ -525,6 +529,9 @@ def parse_args(argv):
     p.add_argument("--sweep", default=None,
                    help="fuse-tasks values to compare on randread/randwrite 4k (default 1,16; "
                         "'' to skip)")
+    p.add_argument("--loop-rq-affinity", type=int, choices=[0, 1, 2], default=None,
+                   help="ext4 cell: set queue/rq_affinity of every target's loop device (the "
+                   "kernel's default is 1; 2 completes each request on the CPU that submitted it)")
     p.add_argument("--drop-caches", action="store_true",
                    help="drop all caches before every direct-I/O cell (cold member cache)")
     p.add_argument("--dir", default="/var/tmp", help="where the scratch directory goes")
