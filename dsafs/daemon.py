@@ -29,7 +29,8 @@ from .errors import (DsafsError, InvalidArgument, MemberError, MountRefused, Usa
 from .events import EventLog
 from .fusefs import DsafsOps, inode_of
 from .inject import MAX_DELAY_S, FaultyMember, parse_flakey, parse_lbn_range
-from .member import FileMember, tune_allocator
+from .allocator import tune_allocator
+from .member import FileMember
 from .throttle import Settings as MergeSettings
 from .mountver import MOUNT_VERIFY, SetPlan
 from .scheduler import check_priority

@@ -26,7 +26,8 @@ from typing import Optional
 import trio
 
 from .errors import InvalidArgument, MemberIOError
-from .member import Member, MemberStats, Ready
+from .member import Member, MemberStats
+from .pending import Ready
 from .units import BLOCK_BYTES
 
 MAX_DELAY_S = 600.0

@@ -77,6 +77,7 @@ import trio
 
 from . import timeouts, uring
 from .errors import InvalidArgument, MemberError, MemberInUse, MemberIOError
+from .pending import Pending, Ready
 from .units import format_size
 
 WRITE_PIECE = 128 * 1024     # no member write crosses a multiple of this (page-cache folio size)
@@ -166,38 +167,6 @@ class Member:
     def __repr__(self) -> str:
         return (f"<{type(self).__name__} {self.path} {format_size(self.size_bytes)}, "
                 f"{self.statistics().in_flight} in flight>")
-
-
-class Pending:
-    """A submitted request. `await wait()` returns its result or raises its MemberIOError."""
-
-    async def wait(self):
-        raise NotImplementedError
-
-    def finished(self):
-        """The outcome (to unwrap once, instead of waiting) if known without a wait, else None."""
-        return None
-
-
-class Ready(Pending):
-    """A request that completed at submission (an inline read, or an error found up front)."""
-
-    __slots__ = ("value", "error", "yield_")
-
-    def __init__(self, value=None, error: Optional[BaseException] = None, yield_: bool = True):
-        self.value, self.error, self.yield_ = value, error, yield_
-
-    async def wait(self):
-        if self.yield_:
-            await trio.lowlevel.checkpoint()
-        else:
-            await trio.lowlevel.checkpoint_if_cancelled()
-        if self.error is not None:
-            raise self.error
-        return self.value
-
-    async def wait_until(self, deadline: float, timeout_args: tuple):
-        return await self.wait()      # answered already: no timer (timeouts.py)
 
 
 class _Request(Pending):
@@ -704,22 +673,3 @@ def create_file(path: str, size_bytes: int) -> None:
                           f"({exc.strerror}); choose a smaller size or another filesystem",
                           path) from None
     os.close(fd)
-
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MALLOC_MMAP_THRESHOLD = 64 << 20
-MALLOC_TRIM_THRESHOLD = 128 << 20
-
-
-def tune_allocator() -> bool:
-    """Keep large I/O buffers in the heap (glibc mallopt). By default glibc serves every
-    allocation of 128 KiB or more from a fresh mmap (or trims the heap when it is freed), so each
-    1 MiB copy or merge read costs 256 page faults twice: 830 us instead of 160 us measured on
-    this machine. The daemon calls this once at start; False if libc has no mallopt."""
-    import ctypes
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
-                    and libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD))
-    except (OSError, AttributeError):
-        return False

@@ -12,7 +12,8 @@ import trio.testing
 
 from dsafs import timeouts
 from dsafs.errors import MemberIOError, MemberTimeout
-from dsafs.member import FileMember, Ready, create_file
+from dsafs.member import FileMember, create_file
+from dsafs.pending import Ready
 from dsafs.testing import hung_pipe_member
 
 MiB = 1 << 20
