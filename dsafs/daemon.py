@@ -24,12 +24,12 @@ import pyfuse3
 import trio
 
 from . import control, decide, fusectl, intake, timeouts
+from .allocator import tune_allocator
 from .errors import (DsafsError, InvalidArgument, MemberError, MountRefused, UsageError,
                      VuError)
 from .events import EventLog
 from .fusefs import DsafsOps, inode_of
 from .inject import MAX_DELAY_S, FaultyMember, parse_flakey, parse_lbn_range
-from .allocator import tune_allocator
 from .member import FileMember
 from .throttle import Settings as MergeSettings
 from .mountver import MOUNT_VERIFY, SetPlan
