@@ -45,7 +45,11 @@ warm 256 MiB file, 16 concurrent tasks; loop-thread CPU per request, ranges over
   yield on every read measured 7-12.6 us): a loop over cached data still yields regularly.
 
 Other choices: members are opened buffered (O_DIRECT made inline I/O 4x slower) and with
-O_NOATIME where allowed (an atime update could make a NOWAIT read wait for the journal).
+O_NOATIME where allowed (an atime update could make a NOWAIT read wait for the journal). Writes
+copy a mutable buffer first, since a cancelled write's worker may still read it. `close()`
+releases the flock at once (LOCK_UN) but closes the fd only when no worker is inside a syscall,
+so a late syscall of a hung worker can never hit a reused fd number.
+
 Members keep small page-cache folios: a 4 KiB overwrite inside a large folio costs ext4 (kernel
 6.18) a walk over every block of the folio: 24-29 us of CPU inside a 1 MiB folio, 6.8 us in a
 256 KiB one, 3.7-5.3 us in 64 KiB or smaller ones. Large folios come from readahead (8 MiB on
@@ -54,10 +58,7 @@ a read caches what it asks for, in small folios) and a write is issued in pieces
 a multiple of WRITE_PIECE (`write_pieces`). Randwrite-4k on a 2-member VU just filled with 1 MiB
 writes, daemon CPU per write: 91-103 us unsplit, 67-74 us with 256 KiB pieces, 57-63 us with
 64 KiB ones; 1 MiB sequential writes lose 15 % (256 KiB) to 30 % (64 KiB) to the extra ring
-entries. 128 KiB is between the two. Writes
-copy a mutable buffer first, since a cancelled write's worker may still read it. `close()`
-releases the flock at once (LOCK_UN) but closes the fd only when no worker is inside a syscall,
-so a late syscall of a hung worker can never hit a reused fd number.
+entries. 128 KiB is between the two.
 """
 
 from __future__ import annotations
@@ -185,7 +186,7 @@ class _Request(Pending):
         self.task = self.result = None
         self.written = 0          # io_uring write: bytes the kernel has written so far
         self.pieces_left = 0      # io_uring write in pieces: pieces not yet finished
-        self.piece_error = None   # ... and the first failure: (result, byte position)
+        self.piece_error = None   # ... and the first failure (a MemberIOError)
 
     async def wait(self):
         if not self.done and self.owner is not None and not uring.BATCH:
@@ -434,67 +435,61 @@ class FileMember(Member):
                 if i == 0:
                     raise                 # nothing queued: refused as a whole (see _submit)
                 req.pieces_left = i       # done once the queued pieces are
-                req.piece_error = (-exc.errno, req.pos + piece.off)
+                req.piece_error = self._write_error(-exc.errno, req.pos + piece.off)
                 return
+
+    def _write_progress(self, entry, res: int, pos: int, addr: int, length: int):
+        """The completion `res` of a ring write of `length` bytes at `pos` (`entry.written` done
+        before it): None if the rest of a short write was resubmitted, else the final result,
+        1 when all of it is written and <= 0 on failure."""
+        if res <= 0:
+            return res
+        entry.written += res
+        left = length - entry.written
+        if left == 0:
+            return 1
+        if self._ring.closed:
+            return -errno.EBADF
+        try:                              # a short write: the rest, at once
+            self._ring.submit(entry, uring.IORING_OP_WRITE, self._fd, pos + entry.written,
+                              addr + entry.written, left)
+            return None
+        except OSError as exc:
+            return -exc.errno
+
+    def _write_error(self, res: int, at: int) -> MemberIOError:
+        code = -res if res < 0 else errno.EIO
+        text = f"no progress at byte {at}" if res == 0 else f"{os.strerror(code)} at byte {at}"
+        return MemberIOError(self.path, "write", code, text)
 
     def _piece_done(self, piece: "_Piece", res: int) -> None:
         req = piece.req
-        if res > 0:
-            piece.written += res
-            left = piece.length - piece.written
-            if left > 0 and not self._ring.closed:    # a short write: the rest, at once
-                try:
-                    self._ring.submit(piece, uring.IORING_OP_WRITE, self._fd,
-                                      req.pos + piece.off + piece.written,
-                                      uring.address(req.arg) + piece.off + piece.written, left)
-                    return
-                except OSError as exc:
-                    res = -exc.errno
-            elif left > 0:
-                res = -errno.EBADF
-            if left == 0:
-                res = 1
-        if res <= 0 and req.piece_error is None:
-            req.piece_error = (res, req.pos + piece.off + piece.written)
-        req.pieces_left -= 1
-        if req.pieces_left:
+        res = self._write_progress(piece, res, req.pos + piece.off,
+                                   uring.address(req.arg) + piece.off, piece.length)
+        if res is None:
             return
-        if req.piece_error is None:
-            req.result = outcome.Value(None)
-        else:
-            req.failed = True
-            res, at = req.piece_error
-            code = -res if res < 0 else errno.EIO
-            text = f"no progress at byte {at}" if res == 0 else f"{os.strerror(code)} at byte {at}"
-            req.result = outcome.Error(MemberIOError(self.path, "write", code, text))
-        self._deliver(req)
+        if res <= 0 and req.piece_error is None:
+            req.piece_error = self._write_error(res, req.pos + piece.off + piece.written)
+        req.pieces_left -= 1
+        if not req.pieces_left:
+            self._finish(req, req.piece_error)
 
     def _uring_done(self, req: _Request, res: int) -> None:
-        if req.op == "write" and res > 0:
-            req.written += res
-            left = len(req.arg) - req.written
-            if left > 0 and not self._ring.closed:    # a short write: the rest, at once
-                try:
-                    self._ring.submit(req, uring.IORING_OP_WRITE, self._fd,
-                                      req.pos + req.written,
-                                      uring.address(req.arg) + req.written, left)
-                    return
-                except OSError as exc:
-                    res = -exc.errno
-            elif left > 0:
-                res = -errno.EBADF
-        if res >= 0 and not (req.op == "write" and res == 0):
+        if req.op == "write":
+            res = self._write_progress(req, res, req.pos, uring.address(req.arg), len(req.arg))
+            if res is None:
+                return
+            error = None if res > 0 else self._write_error(res, req.pos + req.written)
+        else:
+            error = None if res >= 0 else MemberIOError(self.path, req.op, -res, os.strerror(-res))
+        self._finish(req, error)
+
+    def _finish(self, req: _Request, error: Optional[MemberIOError]) -> None:
+        if error is None:
             req.result = outcome.Value(None)
         else:
             req.failed = True
-            code = -res if res < 0 else errno.EIO
-            if req.op == "flush":
-                text = os.strerror(code)
-            elif res == 0:
-                text = f"no progress at byte {req.pos + req.written}"
-            else:
-                text = f"{os.strerror(code)} at byte {req.pos + req.written}"
-            req.result = outcome.Error(MemberIOError(self.path, req.op, code, text))
+            req.result = outcome.Error(error)
         self._deliver(req)
 
     def _drain(self) -> None:
