@@ -17,13 +17,17 @@ loop-mounted read-only by itself)::
 `size` is the member's own size (a larger block device just has a gap before its SCBs).
 `init --size` is the VU size; member files are made `min_member_bytes(vu_size)` long.
 
-SCB slot, format version 1: 4096 bytes, little-endian::
+SCB slot, format version 2: 4096 bytes, little-endian. Version 1 (dsafs before lineage) is the
+same layout with bytes 168-255 and 1984-4087 all zero; it is still read (lineage unknown, see
+below) and is rewritten as version 2 at the member's next SCB write::
 
     off   len  field
     0     8    magic                  b"DSAFSCB\\0"
-    8     2    format_version         1
+    8     2    format_version         2 (1 is read too)
     10    2    slot_bytes             4096
-    12    4    feature_flags          bit 0 EXTMEMB (more than 3 members); unknown bits refuse
+    12    4    feature_flags          bit 0 EXTMEMB (more than 3 members), bit 1 LINEAGE (bytes
+                                      168-183 and the history hold this member's lineage; set by
+                                      every version-2 writer); unknown bits refuse
     16    8    sequence               +1 on every write of this member's SCB
     24    16   set_uuid               shared by every member of the set
     40    16   member_uuid            this member
@@ -44,7 +48,14 @@ SCB slot, format version 1: 4096 bytes, little-endian::
     148   4    bitmap_slots
     152   8    created_ns             when `init` made the set
     160   8    updated_ns             when this SCB was written
-    168   88   reserved               0
+    168   8    branch_generation      the generation this member last branched at: it left the set
+                                      (split off, expelled), or was mounted apart from members its
+                                      list names; 0 = never
+    176   1    branch_reason          0 none, 1 removed, 2 mounted-apart, 3 override-membership
+    177   1    history_count          entries used in the history, 0-64
+    178   2    lineage_flags          bit 0 WRITTEN: a data write was acknowledged at the current
+                                      generation (durable before the write was issued)
+    180   76   reserved               0
     256   1728 membership list: 6 entries of 288 bytes (unused entries all zero)
                  +0   16   member_uuid
                  +16  1    state   1 source, 2 copy-target, 3 minicopy-target, 4 removed, 5 expelled
@@ -52,8 +63,21 @@ SCB slot, format version 1: 4096 bytes, little-endian::
                  +18  2    path_len (0-255)
                  +20  12   reserved 0
                  +32  256  path hint, UTF-8, NUL-padded
-    1984  2104 reserved               0
+    1984  1024 history: 64 entries of 16 bytes, newest first (unused entries all zero)
+                 +0   8    generation  an earlier generation of this member, below `generation`
+                           and strictly descending
+                 +8   4    flags       bit 0 WRITTEN: a data write was acknowledged at it
+                 +12  4    reserved 0
+    3008  1080 reserved               0
     4088  8    checksum               xxh3_64 of bytes [0, 4088)
+
+Lineage (DESIGN §3-4, after DRBD's history UUIDs): a member's *history* is its current generation
+plus the generations in its history list; each carries whether data was written at it. The mount
+decision (lineage.py, decide.py) compares histories: a member whose current generation is in the
+other's history is behind it; two members neither of which holds the other's generation have
+diverged, and the written flags after their newest common generation tell which holds writes the
+other lacks. A version-1 member has no lineage (`Scb.lineage` is None): it is compared by
+generation alone, as before.
 """
 
 from __future__ import annotations
@@ -72,7 +96,8 @@ from .errors import InvalidArgument, MemberError, MetadataError
 from .units import MAX_MEMBERS, MiB, NO_LBN, align_up, nchunks_of
 
 MAGIC = b"DSAFSCB\0"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SLOT_BYTES = 4096
 SCB_AREA_BYTES = 2 * SLOT_BYTES
 CHECKSUM_OFFSET = SLOT_BYTES - 8
@@ -81,9 +106,15 @@ BITMAP_HEADER_BYTES = 4096
 MAX_PATH_HINT_BYTES = 255
 ENTRY_BYTES = 288
 LIST_OFFSET = 256
+LINEAGE_OFFSET = 168
+HISTORY_OFFSET = 1984
+HISTORY_ENTRIES = 64
+HISTORY_ENTRY_BYTES = 16
 
 FEATURE_EXTMEMB = 1 << 0
-KNOWN_FEATURES = FEATURE_EXTMEMB
+FEATURE_LINEAGE = 1 << 1
+KNOWN_FEATURES = FEATURE_EXTMEMB | FEATURE_LINEAGE
+LINEAGE_WRITTEN = 1 << 0
 
 FLAG_DIRTY = 1 << 0
 FLAG_MERGE_REQUIRED = 1 << 1
@@ -91,7 +122,11 @@ FLAG_NOT_ERASED = 1 << 2
 
 _HEADER = struct.Struct("<8sHHIQ16s16s12s8sIQQQIB3xQQQQIIQQ88x")
 _ENTRY = struct.Struct("<16sBxH12x256s")
+_LINEAGE = struct.Struct("<QBBH")
+_HISTORY_ENTRY = struct.Struct("<QI4x")
 assert _HEADER.size == LIST_OFFSET and _ENTRY.size == ENTRY_BYTES
+assert _HISTORY_ENTRY.size == HISTORY_ENTRY_BYTES
+assert LIST_OFFSET + 6 * ENTRY_BYTES == HISTORY_OFFSET
 _LABEL_RE = re.compile(r"^[A-Za-z0-9$_.-]{1,12}$")
 
 
@@ -112,6 +147,44 @@ class MemberState(enum.IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower().replace("_", "-")
+
+
+class BranchReason(enum.IntEnum):
+    """Why a member's history last branched from its set (SCB byte 176)."""
+
+    NONE = 0
+    REMOVED = 1               # split off: dismount --member
+    MOUNTED_APART = 2         # assembled without members its list names (or an expelled member alone)
+    OVERRIDE = 3              # a split-off member used writable on its own (--override-membership)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class Lineage:
+    """A member's history (DESIGN §3): whether it was written at its current generation, the
+    earlier generations it descends from (newest first, each with its own written flag), and
+    where it last branched from its set."""
+
+    written: bool = False
+    history: tuple[tuple[int, bool], ...] = ()
+    branch_generation: int = 0
+    branch_reason: BranchReason = BranchReason.NONE
+
+    def advanced(self, old_generation: int, new_written: bool = False) -> "Lineage":
+        """The lineage after the generation rises from `old_generation`: it enters the history."""
+        history = ((old_generation, self.written),) + self.history
+        return dataclasses.replace(self, written=new_written, history=history[:HISTORY_ENTRIES])
+
+    def branched(self, generation: int, reason: BranchReason) -> "Lineage":
+        return dataclasses.replace(self, branch_generation=generation, branch_reason=reason)
+
+    def written_since(self, generation: int, current: int) -> bool:
+        """Was data written at a generation after `generation` (the current one included)?"""
+        return ((current > generation and self.written)
+                or any(w for g, w in self.history if g > generation))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +264,7 @@ class Scb:
     updated_ns: int = 0
     sequence: int = 0
     format_version: int = FORMAT_VERSION
+    lineage: Optional[Lineage] = Lineage()      # None: a version-1 member, lineage unknown
 
     def replace(self, **changes) -> "Scb":
         return dataclasses.replace(self, **changes)
@@ -236,7 +310,7 @@ def encode(scb: Scb) -> bytes:
         | (FLAG_NOT_ERASED if scb.not_erased else 0)
     )
     head = _HEADER.pack(
-        MAGIC, FORMAT_VERSION, SLOT_BYTES, scb.feature_flags, scb.sequence,
+        MAGIC, FORMAT_VERSION, SLOT_BYTES, scb.feature_flags | FEATURE_LINEAGE, scb.sequence,
         scb.set_uuid.bytes, scb.member_uuid.bytes, _pad(scb.label, 12, "label"),
         _pad(scb.vu_name, 8, "VU name"), flags, scb.generation, scb.revision,
         scb.vu_size_bytes, scb.writers, len(scb.members),
@@ -248,6 +322,7 @@ def encode(scb: Scb) -> bytes:
     )
     buf = bytearray(SLOT_BYTES)
     buf[:LIST_OFFSET] = head
+    _encode_lineage(buf, scb)
     for i, entry in enumerate(scb.members):
         path = entry.path.encode("utf-8")
         if len(path) > MAX_PATH_HINT_BYTES:
@@ -258,8 +333,47 @@ def encode(scb: Scb) -> bytes:
     return bytes(buf)
 
 
+def _encode_lineage(buf: bytearray, scb: Scb) -> None:
+    lin = scb.lineage or Lineage()
+    if len(lin.history) > HISTORY_ENTRIES:
+        raise InvalidArgument(f"{scb.vu_name}: lineage history longer than {HISTORY_ENTRIES}")
+    _LINEAGE.pack_into(buf, LINEAGE_OFFSET, lin.branch_generation, int(lin.branch_reason),
+                       len(lin.history), LINEAGE_WRITTEN if lin.written else 0)
+    for i, (gen, written) in enumerate(lin.history):
+        _HISTORY_ENTRY.pack_into(buf, HISTORY_OFFSET + i * HISTORY_ENTRY_BYTES, gen,
+                                 LINEAGE_WRITTEN if written else 0)
+
+
 class SlotError(Exception):
     """Why one slot did not decode (internal; becomes part of a MetadataError)."""
+
+
+def _decode_lineage(raw: bytes, generation: int) -> Lineage:
+    """The lineage fields of a version-2 slot, checked: a slot whose checksum holds but whose
+    lineage makes no sense (written by a buggy or hostile tool) is damaged, never guessed at."""
+    branch, reason, count, flags = _LINEAGE.unpack_from(raw, LINEAGE_OFFSET)
+    if any(raw[LINEAGE_OFFSET + _LINEAGE.size:LIST_OFFSET]) or any(
+            raw[HISTORY_OFFSET + HISTORY_ENTRIES * HISTORY_ENTRY_BYTES:CHECKSUM_OFFSET]):
+        raise SlotError("lineage: reserved bytes are not zero")
+    if reason not in {r.value for r in BranchReason} or flags & ~LINEAGE_WRITTEN:
+        raise SlotError(f"lineage: unknown branch reason {reason} or flags 0x{flags:x}")
+    if count > HISTORY_ENTRIES:
+        raise SlotError(f"lineage: history has {count} entries (at most {HISTORY_ENTRIES})")
+    if branch > generation:
+        raise SlotError(f"lineage: branch generation {branch} is above the generation {generation}")
+    history, previous = [], generation
+    for i in range(HISTORY_ENTRIES):
+        gen, hflags = _HISTORY_ENTRY.unpack_from(raw, HISTORY_OFFSET + i * HISTORY_ENTRY_BYTES)
+        if i >= count:
+            if gen or hflags:
+                raise SlotError(f"lineage: unused history entry {i} is not zero")
+            continue
+        if not 0 < gen < previous or hflags & ~LINEAGE_WRITTEN:
+            raise SlotError(f"lineage: history entry {i} ({gen}) is not below the one before it")
+        history.append((gen, bool(hflags & LINEAGE_WRITTEN)))
+        previous = gen
+    return Lineage(written=bool(flags & LINEAGE_WRITTEN), history=tuple(history),
+                   branch_generation=branch, branch_reason=BranchReason(reason))
 
 
 def decode(raw: bytes) -> Scb:
@@ -276,10 +390,17 @@ def decode(raw: bytes) -> Scb:
      flags, generation, revision, vu_size, writers, count, copy_fence, copy_fence_gen,
      merge_fence, bitmap_offset, bitmap_slot_bytes, bitmap_slots, created_ns,
      updated_ns) = _HEADER.unpack_from(raw)
-    if version != FORMAT_VERSION:
-        raise SlotError(f"format version {version} is not supported (this dsafs reads {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise SlotError(f"format version {version} is not supported (this dsafs reads "
+                        f"{', '.join(map(str, READABLE_VERSIONS))})")
     if slot_bytes != SLOT_BYTES or features & ~KNOWN_FEATURES:
         raise SlotError(f"unknown features 0x{features:x} or slot size {slot_bytes}")
+    if bool(features & FEATURE_LINEAGE) != (version >= 2):
+        raise SlotError(f"format version {version} with features 0x{features:x}: the lineage "
+                        f"feature belongs to version 2")
+    lineage = _decode_lineage(raw, generation) if version >= 2 else None
+    if lineage is None and (any(raw[LINEAGE_OFFSET:LIST_OFFSET]) or any(raw[HISTORY_OFFSET:CHECKSUM_OFFSET])):
+        raise SlotError("format version 1 with non-zero reserved bytes")
     if count > MAX_MEMBERS:
         raise SlotError(f"membership list has {count} entries (at most {MAX_MEMBERS})")
     members = []
@@ -300,7 +421,8 @@ def decode(raw: bytes) -> Scb:
         copy_fence_lbn=None if copy_fence == NO_LBN else copy_fence,
         copy_fence_generation=copy_fence_gen,
         merge_fence_lbn=None if merge_fence == NO_LBN else merge_fence,
-        feature_flags=features, created_ns=created_ns, updated_ns=updated_ns, sequence=sequence,
+        feature_flags=features & ~FEATURE_LINEAGE, created_ns=created_ns, updated_ns=updated_ns,
+        sequence=sequence, format_version=version, lineage=lineage,
     )
     if (bitmap_offset, bitmap_slot_bytes, bitmap_slots) != dataclasses.astuple(scb.layout)[1:]:
         raise SlotError("bitmap directory does not match the VU size")

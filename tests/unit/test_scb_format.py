@@ -7,7 +7,7 @@ import pytest
 import xxhash
 
 from dsafs import scb as S
-from dsafs.scb import MemberEntry, MemberState, Scb
+from dsafs.scb import BranchReason, Lineage, MemberEntry, MemberState, Scb
 from dsafs.units import GiB, MiB
 
 SET = uuid.UUID("11111111-2222-3333-4444-555555555555")
@@ -21,6 +21,8 @@ def sample(**kw) -> Scb:
         vu_size_bytes=2 * GiB, revision=7, dirty=True, merge_required=False, not_erased=True,
         writers=1, copy_fence_lbn=4096, copy_fence_generation=0x42, merge_fence_lbn=None,
         created_ns=1000, updated_ns=2000, sequence=9,
+        lineage=Lineage(written=True, history=((0x0123456789ABCDE0, True), (0x0000000000000500, False)),
+                        branch_generation=0x0000000000000500, branch_reason=BranchReason.REMOVED),
         members=(MemberEntry(M1, MemberState.SOURCE, "/srv/a.img"),
                  MemberEntry(M2, MemberState.COPY_TARGET, "/srv/b.img")))
     base.update(kw)
@@ -31,7 +33,7 @@ def test_golden_bytes_at_documented_offsets():
     raw = S.encode(sample())
     assert len(raw) == 4096
     assert raw[0:8] == b"DSAFSCB\0"
-    assert struct.unpack_from("<HHI", raw, 8) == (1, 4096, 0)
+    assert struct.unpack_from("<HHI", raw, 8) == (2, 4096, 0b10)       # version 2, LINEAGE
     assert struct.unpack_from("<Q", raw, 16)[0] == 9
     assert raw[24:40] == SET.bytes and raw[40:56] == M2.bytes
     assert raw[56:68] == b"DATA" + bytes(8)
@@ -45,18 +47,23 @@ def test_golden_bytes_at_documented_offsets():
     assert struct.unpack_from("<QII", raw, 136) == (2 * GiB, 4096 + 4096, 12)
     assert nchunks // 8 == 4096
     assert struct.unpack_from("<QQ", raw, 152) == (1000, 2000)
-    assert raw[168:256] == bytes(88)
+    # lineage: branch generation, reason, history count, flags (WRITTEN)
+    assert struct.unpack_from("<QBBH", raw, 168) == (0x500, 1, 2, 1)
+    assert raw[180:256] == bytes(76)
     e0, e1 = raw[256:256 + 288], raw[256 + 288:256 + 576]
     assert e0[:16] == M1.bytes and e0[16] == 1 and struct.unpack_from("<H", e0, 18)[0] == 10
     assert e0[32:42] == b"/srv/a.img" and e0[42:288] == bytes(246)
     assert e1[:16] == M2.bytes and e1[16] == 2
-    assert raw[256 + 576:4088] == bytes(4088 - 256 - 576)
+    assert raw[256 + 576:1984] == bytes(1984 - 256 - 576)
+    assert struct.unpack_from("<QI4x", raw, 1984) == (0x0123456789ABCDE0, 1)
+    assert struct.unpack_from("<QI4x", raw, 2000) == (0x500, 0)
+    assert raw[2016:4088] == bytes(4088 - 2016)
     assert struct.unpack_from("<Q", raw, 4088)[0] == xxhash.xxh3_64_intdigest(raw[:4088])
     # Pinned: any change to the encoding must bump FORMAT_VERSION.
     assert xxhash.xxh3_64_hexdigest(raw) == GOLDEN_DIGEST
 
 
-GOLDEN_DIGEST = "090ac03e9c991c55"
+GOLDEN_DIGEST = "aded63f80836c880"
 
 
 def test_round_trip():
@@ -83,10 +90,34 @@ def _resign(raw: bytearray) -> bytes:
     return bytes(raw)
 
 
+# A version-1 slot as dsafs wrote it before lineage (the golden slot of that version, rebuilt:
+# the same fields, bytes 168-255 and 1984-4087 zero). It must still be read, lineage unknown.
+def _v1_slot() -> bytes:
+    raw = bytearray(S.encode(sample(lineage=Lineage())))
+    struct.pack_into("<HHI", raw, 8, 1, 4096, 0)
+    raw[168:256] = bytes(88)
+    raw[1984:4088] = bytes(4088 - 1984)
+    return _resign(raw)
+
+
+def test_version_1_member_still_read_without_lineage():
+    raw = _v1_slot()
+    assert xxhash.xxh3_64_hexdigest(raw) == "090ac03e9c991c55"   # byte for byte the v1 golden slot
+    old = S.decode(raw)
+    assert old.format_version == 1 and old.lineage is None
+    assert old.generation == 0x0123456789ABCDEF and old.members == sample().members
+    again = S.decode(S.encode(old))                  # rewritten as version 2, lineage empty
+    assert again.format_version == 2 and again.lineage == Lineage()
+
+
 def test_unknown_version_and_features_refused():
     raw = bytearray(S.encode(sample()))
-    struct.pack_into("<H", raw, 8, 2)
-    with pytest.raises(S.SlotError, match="format version 2 is not supported"):
+    struct.pack_into("<H", raw, 8, 3)
+    with pytest.raises(S.SlotError, match="format version 3 is not supported"):
+        S.decode(_resign(raw))
+    raw = bytearray(_v1_slot())
+    struct.pack_into("<I", raw, 12, 0b10)            # LINEAGE on a version-1 slot
+    with pytest.raises(S.SlotError, match="lineage feature belongs to version 2"):
         S.decode(_resign(raw))
     raw = bytearray(S.encode(sample()))
     struct.pack_into("<I", raw, 12, 1 << 7)
@@ -135,3 +166,42 @@ def test_long_path_hint_keeps_the_tail():
     s = sample(members=(MemberEntry(M2, MemberState.SOURCE, long),))
     back = S.decode(S.encode(s))
     assert back.members[0].path.endswith("/member.img") and len(back.members[0].path.encode()) == 255
+
+
+def _with(raw: bytes, fmt: str, offset: int, *values) -> bytes:
+    buf = bytearray(raw)
+    struct.pack_into(fmt, buf, offset, *values)
+    return _resign(buf)
+
+
+@pytest.mark.parametrize("fmt, offset, values, reason", [
+    ("<B", 176, (9,), "unknown branch reason 9"),
+    ("<H", 178, (0x80,), "flags 0x80"),
+    ("<B", 177, (65,), "history has 65 entries"),
+    ("<Q", 168, (2**63,), "branch generation .* is above the generation"),
+    ("<Q", 2000, (0x0123456789ABCDE1,), "history entry 1 .* is not below"),     # ascending
+    ("<Q", 1984, (0x0123456789ABCDEF,), "history entry 0 .* is not below"),     # == current
+    ("<Q", 2016, (7,), "unused history entry 2 is not zero"),
+    ("<B", 200, (1,), "reserved bytes are not zero"),
+])
+def test_damaged_lineage_is_a_damaged_slot(fmt, offset, values, reason):
+    """A lineage field that makes no sense under a valid checksum: the slot is damaged (the
+    reader falls back to the other slot), never decoded into a guess."""
+    raw = _with(S.encode(sample()), fmt, offset, *values)
+    with pytest.raises(S.SlotError, match=reason):
+        S.decode(raw)
+    good = S.encode(sample(sequence=3))
+    r = S.choose_slot(good, raw)
+    assert r.slot == 0 and reason.split()[0] in r.reasons[1]
+
+
+def test_lineage_history_is_bounded_and_advances():
+    lin = Lineage()
+    for gen in range(1, 80):
+        lin = lin.advanced(gen, new_written=gen % 2 == 0)
+    assert len(lin.history) == S.HISTORY_ENTRIES and lin.history[0] == (79, True)
+    assert lin.written is False
+    s = sample(generation=1000, lineage=lin)
+    assert S.decode(S.encode(s)).lineage == lin
+    assert lin.written_since(70, 1000) and not Lineage(history=((5, True),)).written_since(5, 9)
+    assert Lineage(written=True).written_since(5, 9) and not Lineage(written=True).written_since(9, 9)
