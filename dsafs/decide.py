@@ -13,8 +13,12 @@ Rules, checked in this order (spec §5, DESIGN §4):
  4. `already-member`     a current member listed again (by path): no effect. Another path
     carrying a current member's UUID (a `cp` of its image) is refused (`duplicate-member`), or
     with --overwrite becomes a new member (`overwrite-duplicate`).
- 5. `add-to-mounted-vu`  a member of this set: always a copy target, whatever its generation.
- 6. `blank-member`       a file with no dsafs metadata: a copy target.
+ 5. `add-to-mounted-vu`  a member of this set: always a copy target, whatever its generation;
+    but one that holds writes the mounted set lacks (a fork written since it diverged,
+    lineage.py) is refused (`add-diverged`) unless --overwrite (`overwrite-diverged`).
+ 6. `blank-member`       a file with no dsafs metadata: a copy target; one that holds data (a
+    file system or partition signature, or non-zero bytes in its first or last MiB: probe.py)
+    is refused (`holds-data`) unless --overwrite (`overwrite-data`).
  7. `other-set`          another set's member (or damaged metadata): refused without --overwrite;
     `overwrite-other-set` with it: a copy target; `scratch-disk` with --verify-label, a member
     labelled SCRATCH_DISK (made for this by `dsafs init DSAn --label SCRATCH_DISK`).
@@ -24,9 +28,27 @@ Rules, checked in this order (spec §5, DESIGN §4):
 10. `all-new-first-named` every member has generation 0 (never shadowed): the first named is the
     source, the others copy targets.
 11. `incomplete-copy`    a member whose own SCB says copy target never becomes a source.
-12. `highest-generation` / `same-generation`: the complete members with the highest
-    (generation, revision) are the sources; `lower-generation` / `lower-revision`: the rest are
-    copy targets. `no-complete-member`: every member is an unfinished copy target: refused.
+    `no-complete-member`: every member is an unfinished copy target: refused.
+12. Lineage (lineage.py; DESIGN §4): the winner is the generation over which no other complete
+    member holds more (writes it lacks); of several, the newest. Its members (highest revision
+    first) are the sources, by `same-generation` (everyone agrees), `highest-generation` or
+    `diverged-unwritten` (some member diverged from it and was not written since, or the winner
+    was the only side written). The rest are copy targets: `lower-generation` (behind it),
+    `lower-revision`, `removed-member` (behind it, and split off by its own SCB) or
+    `diverged-unwritten`.
+    `split-brain`        no winner: two sides were written after they diverged: refused, naming
+    them, unless `--source M`: `operator-source`, M's data wins, every other generation is a
+    copy target. `--source` without a split brain changes nothing when M wins anyway (a note
+    says so) and is refused when M would be a copy target (`source-stale`); `unknown-source`:
+    M is not among the members named.
+12a. `removed-member`    every source is a member split off from its set (its own SCB says
+    removed), with no newer member named: refused writable, since it would fork the set under
+    the set's own name; with --nowrite it mounts and nothing is written to it; with
+    --override-membership it becomes a fork (`override-membership`): generation up, a branch
+    recorded, and reassembly with its old set decides by lineage.
+12b. `set-in-use`        the set is mounted under another VU name in this daemon: refused
+    writable (a second writer would fork it) unless --nowrite or --override-membership.
+12c. `nowrite-copy`      --nowrite and a copy target: refused (a read-only mount copies nothing).
 13. `resume-copy`        a copy target whose checkpointed fence belongs to the sources' current
     generation, with sources that list it as a copy target and were dismounted cleanly, resumes at
     its fence; otherwise the copy starts at LBN 0 (after a crash an in-flight write may have
@@ -48,8 +70,10 @@ import dataclasses
 import uuid as uuidlib
 from typing import Optional, Sequence
 
+from . import lineage
 from .errors import MountRefused
-from .scb import MemberState, Scb, min_member_bytes
+from .lineage import Relation
+from .scb import BranchReason, MemberState, Scb, describe_generation, min_member_bytes
 from .units import MAX_MEMBERS, format_size
 
 
@@ -61,6 +85,7 @@ class Candidate:
     size_bytes: int
     scb: Optional[Scb] = None
     damaged: str = ""             # non-empty: both SCB slots bad, with the reason
+    holds_data: str = ""          # a blank file that holds data: what was found (probe.py)
 
     @property
     def blank(self) -> bool:
@@ -81,6 +106,7 @@ class Mounted:
     vu_size_bytes: int
     member_uuids: tuple[uuidlib.UUID, ...]
     member_paths: tuple[str, ...]
+    scb: Optional[Scb] = None     # the sources' SCB as it stands (generation and lineage)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +115,10 @@ class Options:
     confirm: bool = False
     overwrite: bool = False
     verify_label: bool = False
+    nowrite: bool = False
+    override_membership: bool = False
+    source: str = ""                          # --source M: a path or a basename
+    in_use: tuple[tuple[uuidlib.UUID, str], ...] = ()   # (set UUID, VU name) mounted elsewhere
 
 
 SCRATCH_LABEL = "SCRATCH_DISK"
@@ -119,6 +149,8 @@ class Plan:
     merge_fence_lbn: int = 0                 # where the merge starts (rule resume-merge)
     dropped: tuple[uuidlib.UUID, ...] = ()   # listed by the sources, not proposed: leave the set
     confirm_required: bool = False
+    branch: BranchReason = BranchReason.NONE  # the sources' history branches at this mount
+    notes: tuple[str, ...] = ()              # said in the mount output (e.g. a no-op --source)
 
     @property
     def sources(self) -> list[MemberPlan]:
@@ -130,8 +162,8 @@ class Plan:
 
     @property
     def membership_changes(self) -> bool:
-        """True when the sources' generation must rise (someone joins or leaves)."""
-        return bool(self.targets or self.dropped)
+        """True when the sources' generation must rise (someone joins or leaves, or a fork)."""
+        return bool(self.targets or self.dropped or self.branch is BranchReason.OVERRIDE)
 
 
 def _refuse(message: str, rule: str):
@@ -177,6 +209,10 @@ def plan(vu_name: str, cands: Sequence[Candidate], options: Options = Options(),
         what = ", ".join(m.candidate.name for m in result.targets) or "the set"
         _refuse(f"{vu_name}: a {'copy' if result.targets else 'merge'} would be needed onto "
                 f"{what} and --nocopy was given; mount without --nocopy to allow it", "nocopy")
+    if options.nowrite and result.targets:
+        _refuse(f"{vu_name}: cannot mount read-only (--nowrite): "
+                f"{', '.join(m.candidate.name for m in result.targets)} would need a copy; name "
+                f"only the members that hold the newest data, or mount writable", "nowrite-copy")
     if options.verify_label:
         for mp in result.targets:
             scb = mp.candidate.scb
@@ -204,9 +240,13 @@ def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mo
                         "duplicate-member")
             members.append(MemberPlan(c, MemberState.COPY_TARGET, "overwrite-duplicate"))
         elif c.scb is not None and c.scb.set_uuid == mounted.set_uuid:
-            members.append(MemberPlan(c, MemberState.COPY_TARGET, "add-to-mounted-vu"))
+            members.append(MemberPlan(c, MemberState.COPY_TARGET, _add_same_set(vu, c, options, mounted)))
+        elif c.blank and c.holds_data and not options.overwrite:
+            _refuse(f"{vu}: {c.path} holds data ({c.holds_data}); adding it would overwrite it: "
+                    f"give --overwrite if that is what you want", "holds-data")
         elif c.blank:
-            members.append(MemberPlan(c, MemberState.COPY_TARGET, "blank-member"))
+            members.append(MemberPlan(c, MemberState.COPY_TARGET,
+                                      "overwrite-data" if c.holds_data else "blank-member"))
         elif options.verify_label and c.scb is not None and c.scb.label == SCRATCH_LABEL:
             members.append(MemberPlan(c, MemberState.COPY_TARGET, "scratch-disk"))
         elif options.overwrite:
@@ -217,6 +257,20 @@ def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mo
             _refuse(f"{vu}: member {c.path} {owner}; adding it would erase it: "
                     f"give --overwrite if that is what you want", "other-set")
     return Plan(vu, mounted.set_uuid, mounted.label, mounted.vu_size_bytes, tuple(members))
+
+
+def _add_same_set(vu: str, c: Candidate, options: Options, mounted: Mounted) -> str:
+    """Rule 5: a member of this set returns as a copy target, unless it holds writes the set
+    lacks (and no --overwrite)."""
+    if (mounted.scb is None or c.scb.own_state is MemberState.COPY_TARGET
+            or not lineage.holds_more(c.scb, mounted.scb)):
+        return "add-to-mounted-vu"
+    if options.overwrite:
+        return "overwrite-diverged"
+    _refuse(f"{vu}: {c.name} holds writes that {vu} lacks (it diverged from the set and was "
+            f"written since: {lineage.describe(c.scb)}); adding it would overwrite them. Give "
+            f"--overwrite to discard them, or dismount {vu} and reassemble with --source to "
+            f"choose the data to keep", "add-diverged")
 
 
 def _plan_assemble(vu: str, cands: Sequence[Candidate], options: Options) -> Plan:
@@ -242,6 +296,8 @@ def _plan_assemble(vu: str, cands: Sequence[Candidate], options: Options) -> Pla
     _check_common(vu, cands, 0, first.vu_size_bytes)
 
     members: list[MemberPlan] = []
+    notes: list[str] = []
+    branch = BranchReason.NONE
     if all(c.scb.generation == 0 for c in cands):
         members.append(MemberPlan(cands[0], MemberState.SOURCE, "all-new-first-named"))
         members += [MemberPlan(c, MemberState.COPY_TARGET, "all-new-first-named") for c in cands[1:]]
@@ -251,27 +307,166 @@ def _plan_assemble(vu: str, cands: Sequence[Candidate], options: Options) -> Pla
         if not complete:
             _refuse(f"{vu}: every member given is an unfinished copy target; name a member "
                     f"that holds complete data (a former source)", "no-complete-member")
-        best = max((c.scb.generation, c.scb.revision) for c in complete)
-        sources = [c for c in complete if (c.scb.generation, c.scb.revision) == best]
-        all_same = len(sources) == len(cands)
+        sources, rules, notes = _choose_sources(vu, cands, complete, options)
         for c in cands:
-            if c in sources:
-                members.append(MemberPlan(c, MemberState.SOURCE,
-                                          "same-generation" if all_same else "highest-generation"))
-            elif c not in complete:
-                members.append(_copy_target(c, sources, "incomplete-copy"))
-            elif c.scb.generation < best[0]:
-                members.append(_copy_target(c, sources, "lower-generation"))
+            role = MemberState.SOURCE if c in sources else MemberState.COPY_TARGET
+            if role is MemberState.SOURCE:
+                members.append(MemberPlan(c, role, rules[c.path]))
             else:
-                members.append(_copy_target(c, sources, "lower-revision"))
+                members.append(_copy_target(c, sources, rules[c.path]))
+        branch = _removed_sources(vu, sources, options)
     src = sources[0].scb
     proposed = {c.scb.member_uuid for c in cands}
     dropped = tuple(e.member_uuid for e in src.members
                     if e.state.current and e.member_uuid not in proposed)
+    _check_in_use(vu, src, options)
+    if branch is BranchReason.OVERRIDE or (options.nowrite and _all_removed(sources)):
+        rule = "override-membership" if branch is BranchReason.OVERRIDE else "removed-member"
+        members = [dataclasses.replace(mp, rule=rule) if mp.role is MemberState.SOURCE else mp
+                   for mp in members]
+    elif dropped and branch is BranchReason.NONE:
+        branch = BranchReason.MOUNTED_APART
     rule, fence = _merge_rule([s.scb for s in sources])
     return Plan(vu, src.set_uuid, src.label, src.vu_size_bytes, tuple(members),
                 source_generation=src.generation, merge_required=bool(rule),
-                merge_rule=rule, merge_fence_lbn=fence, dropped=dropped)
+                merge_rule=rule, merge_fence_lbn=fence, dropped=dropped,
+                branch=BranchReason.NONE if options.nowrite else branch, notes=tuple(notes))
+
+
+def _names(cands: Sequence[Candidate]) -> str:
+    names = [c.name for c in cands]
+    return " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _choose_sources(vu: str, cands: Sequence[Candidate], complete: Sequence[Candidate],
+                    options: Options) -> tuple[list[Candidate], dict[str, str], list[str]]:
+    """Rule 12: the winning generation's members, and every member's rule (lineage.py)."""
+    gens = sorted({c.scb.generation for c in complete}, reverse=True)
+    rep = {g: next(c.scb for c in complete if c.scb.generation == g) for g in gens}
+    winners = [g for g in gens
+               if not any(lineage.holds_more(rep[h], rep[g]) for h in gens if h != g)]
+    chosen = _operator_source(vu, cands, complete, options)
+    notes = []
+    if not winners and chosen is None:
+        x, y = _conflict(complete)
+        common = lineage.common_generation(x.scb, y.scb)
+        where = (f"they diverged after generation {describe_generation(common)}" if common
+                 else "their histories do not meet")
+        _refuse(f"{vu}: split brain: {x.name} and {y.name} each hold writes the other lacks "
+                f"({where}); nothing was written to any member. Choose the data to keep: mount "
+                f"again with --source {x.name} (or --source {y.name}); the other side is "
+                f"overwritten by a copy. Look at each first with 'dsafs mount DSAn MEMBER "
+                f"--nowrite'", "split-brain")
+    if chosen is not None and winners:
+        winner = max(winners)
+        if chosen.scb.generation != winner:
+            loser_rule = _loser_rule(chosen.scb, rep[winner])
+            _refuse(f"{vu}: --source {chosen.name} would discard newer data: {chosen.name} is "
+                    f"not a source here (it would be a copy target by rule={loser_rule}); there "
+                    f"is no split brain to resolve: mount without --source", "source-stale")
+        notes.append(f"--source {chosen.name}: no split brain to resolve; {chosen.name} holds "
+                     f"the newest data anyway, nothing changes")
+        chosen = None
+    if chosen is not None:
+        winner = chosen.scb.generation
+    else:
+        winner = max(winners)
+    best_rev = max(c.scb.revision for c in complete if c.scb.generation == winner)
+    sources = [c for c in complete if (c.scb.generation, c.scb.revision) == (winner, best_rev)]
+    w = sources[0].scb
+    rules: dict[str, str] = {}
+    diverged = False
+    for c in cands:
+        if c in sources:
+            continue
+        if chosen is not None:
+            rules[c.path] = "operator-source"
+        elif c not in complete:
+            rules[c.path] = "incomplete-copy"
+        else:
+            rules[c.path] = _loser_rule(c.scb, w)
+            diverged |= rules[c.path] == "diverged-unwritten"
+    if chosen is not None:
+        src_rule = "operator-source"
+    elif len(sources) == len(cands):
+        src_rule = "same-generation"
+    else:
+        src_rule = "diverged-unwritten" if diverged else "highest-generation"
+    rules.update({c.path: src_rule for c in sources})
+    return sources, rules, notes
+
+
+def _conflict(complete: Sequence[Candidate]) -> tuple[Candidate, Candidate]:
+    """Two members that each hold writes the other lacks (for the split-brain message), the
+    newest such pair first; else the first pair where one holds more."""
+    by_gen = sorted(complete, key=lambda c: -c.scb.generation)
+    pairs = [(x, y) for i, x in enumerate(by_gen) for y in by_gen[i + 1:]
+             if x.scb.generation != y.scb.generation]
+    for x, y in pairs:
+        if lineage.holds_more(x.scb, y.scb) and lineage.holds_more(y.scb, x.scb):
+            return x, y
+    return next(((x, y) for x, y in pairs if lineage.holds_more(x.scb, y.scb)
+                 or lineage.holds_more(y.scb, x.scb)), pairs[0])
+
+
+def _loser_rule(scb: Scb, winner: Scb) -> str:
+    rel = lineage.relation(scb, winner)
+    if rel is Relation.SAME:
+        return "lower-revision"
+    if rel is Relation.DIVERGED:
+        return "diverged-unwritten"
+    return "removed-member" if scb.own_state is MemberState.REMOVED else "lower-generation"
+
+
+def _operator_source(vu: str, cands: Sequence[Candidate], complete: Sequence[Candidate],
+                     options: Options) -> Optional[Candidate]:
+    """The member --source names (None without --source); refused if it names none of them."""
+    if not options.source:
+        return None
+    ref = options.source
+    hits = [c for c in cands if c.path == ref] or [c for c in cands if c.name == ref.rsplit("/", 1)[-1]]
+    if len(hits) != 1:
+        why = "is ambiguous among" if hits else "is not one of"
+        _refuse(f"{vu}: --source {ref} {why} the members named ({_names(cands)}); name one "
+                f"of them by path or by a unique file name", "unknown-source")
+    if hits[0] not in complete:
+        _refuse(f"{vu}: --source {hits[0].name} is an unfinished copy target and holds no "
+                f"complete data; name a member that was a source", "source-stale")
+    return hits[0]
+
+
+def _all_removed(sources: Sequence[Candidate]) -> bool:
+    return all(c.scb.own_state is MemberState.REMOVED for c in sources)
+
+
+def _removed_sources(vu: str, sources: Sequence[Candidate], options: Options) -> BranchReason:
+    """Rule 12a: sources that were all split off from their set."""
+    if not _all_removed(sources):
+        return BranchReason.NONE
+    if options.nowrite:
+        return BranchReason.NONE
+    if options.override_membership:
+        return BranchReason.OVERRIDE
+    c = sources[0]
+    lin = c.scb.lineage
+    at = (f" at generation {describe_generation(lin.branch_generation)}"
+          if lin is not None and lin.branch_generation else "")
+    _refuse(f"{vu}: {_names(sources)} {'was' if len(sources) == 1 else 'were'} split off from "
+            f"shadow set {c.scb.label}{at} and the set may hold newer data; look at it with "
+            f"--nowrite (nothing is written to it), return it to its set with 'dsafs mount DSAn "
+            f"--add {c.name}', or use it writable on its own as a fork with "
+            f"--override-membership", "removed-member")
+
+
+def _check_in_use(vu: str, src: Scb, options: Options) -> None:
+    """Rule 12b: the set is mounted under another VU name in this daemon."""
+    if options.nowrite or options.override_membership:
+        return
+    for set_uuid, name in options.in_use:
+        if set_uuid == src.set_uuid and name != vu:
+            _refuse(f"{vu}: these members belong to shadow set {src.label}, which is mounted as "
+                    f"{name}; add them there with 'dsafs mount {name} --add MEMBER', look at them "
+                    f"with --nowrite, or fork them with --override-membership", "set-in-use")
 
 
 def _merge_rule(sources: Sequence[Scb]) -> tuple[str, int]:

@@ -264,7 +264,7 @@ class Scb:
     updated_ns: int = 0
     sequence: int = 0
     format_version: int = FORMAT_VERSION
-    lineage: Optional[Lineage] = Lineage()      # None: a version-1 member, lineage unknown
+    lineage: Optional[Lineage] = None   # None: lineage unknown (a version-1 member); written as empty
 
     def replace(self, **changes) -> "Scb":
         return dataclasses.replace(self, **changes)
