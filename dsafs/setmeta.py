@@ -15,7 +15,7 @@ from typing import Sequence
 
 from . import decide
 from .errors import InvalidArgument, MemberError, MetadataError
-from .scb import (FEATURE_EXTMEMB, SCB_AREA_BYTES, MemberEntry, MemberState, Scb, ScbStore,
+from .scb import (FEATURE_EXTMEMB, SCB_AREA_BYTES, Lineage, MemberEntry, MemberState, Scb, ScbStore,
                   check_label, describe_generation, min_member_bytes, next_generation)
 from .units import MAX_MEMBERS, check_vu_size, format_size, vu_name
 
@@ -73,7 +73,8 @@ async def init_set(name: str, label: str, vu_size_bytes: int, members: Sequence,
     for m, entry in zip(members, entries):
         scb = Scb(set_uuid=set_uuid, member_uuid=entry.member_uuid, label=label, vu_name=name,
                   generation=generation, vu_size_bytes=vu_size_bytes, members=entries,
-                  feature_flags=FEATURE_EXTMEMB if len(members) > 3 else 0, created_ns=now)
+                  feature_flags=FEATURE_EXTMEMB if len(members) > 3 else 0, created_ns=now,
+                  lineage=Lineage())
         written.append(await ScbStore(m).write(scb))
     log.info("%s: initialized %s with label %s, %d members, generation %s", name,
              format_size(vu_size_bytes), label, len(members), describe_generation(generation))

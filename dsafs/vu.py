@@ -14,6 +14,15 @@ member that fails a write is expelled (generation up on the survivors) before th
 acknowledged; the write succeeds if a source succeeded. flush() flushes every current member.
 The first write after a mount makes the dirty flag durable on every member before it is issued.
 
+Lineage (DESIGN §3-4, lineage.py): the current sources share one history; at every generation
+change the old generation enters it with its written flag. The first write after a mount or a
+generation change makes WRITTEN durable on every member (with the dirty flag) before it is
+issued. A member that leaves takes a snapshot of the history as of the generation it leaves at
+(with the branch: removed); a write acknowledged after a member left `current` but before the
+survivors' new generation is durable (or still in flight at that commit) is counted as written
+at the new generation, so the leaver's history never claims a write it lacks. A mount that
+drops listed members, or forks a split-off member, records a branch at the old generation.
+
 Membership changes (DESIGN §3): generation = max(time_ns, previous + 1) on the members that
 remain; the survivors' SCBs are written first (old sources, then newly promoted sources, then
 copy targets), then the one that leaves is marked. A copy target keeps its old generation until
@@ -48,8 +57,8 @@ from .mountver import MountVerification
 from .fence import RangeGate
 from .repair import read_and_repair
 from .throttle import Settings as MergeSettings, Throttle
-from .scb import (FEATURE_EXTMEMB, MemberEntry, MemberState, Scb, ScbStore, describe_generation,
-                  next_generation)
+from .scb import (FEATURE_EXTMEMB, BranchReason, Lineage, MemberEntry, MemberState, Scb, ScbStore,
+                  describe_generation, next_generation)
 from .setmeta import load_candidate
 from .units import BLOCK_BYTES, CHUNK_BYTES
 
@@ -90,8 +99,11 @@ class Slot:
     """One member in a VU: its role, read cost, in-flight count and application counters."""
 
     def __init__(self, member, store: ScbStore, member_uuid: uuidlib.UUID, state: MemberState,
-                 generation: int, fence_lbn: int = 0):
+                 generation: int, fence_lbn: int = 0, lineage: Optional[Lineage] = None):
         self.member = member
+        # Its own lineage while it is not a source (a copy target's old one; a leaver's snapshot
+        # as of the generation it left at). Sources use the VU's.
+        self.lineage = lineage or Lineage()
         self.store = store
         self.uuid = member_uuid
         self.state = state
@@ -133,6 +145,14 @@ class Slot:
 Confirm = Callable[[decide.Plan], Awaitable[bool]]
 
 
+def first_lineage(plan: decide.Plan) -> Lineage:
+    """The sources' lineage at assembly, with the branch this mount records (if it commits)."""
+    lin = plan.sources[0].candidate.scb.lineage or Lineage()
+    if plan.branch is not BranchReason.NONE:
+        lin = lin.branched(plan.source_generation, plan.branch)
+    return lin
+
+
 async def _decide_or_close(members, fn):
     try:
         cands = [await load_candidate(m) for m in members]
@@ -172,6 +192,11 @@ class VirtualUnit(Scheduler):
             self.merge = Merge(self, min(start, plan.vu_size_bytes), self.merge_throttle)
         self.dirty = False
         self._dirty_durable = False     # the dirty mark is on every member's SCB (flushed)
+        self.lineage = first_lineage(plan)  # the sources' history (lineage.py)
+        self._written_durable = False   # WRITTEN at the current generation is durable
+        self._writes_active = 0         # writes between their WRITTEN check and their end
+        self._write_seq = 0             # writes started, ever
+        self._leave_mark: Optional[int] = None   # _write_seq when a member left, until the commit
         self._leaving = 0               # members out of `current` whose commit is not durable
         self._left = trio.Event()       # set when _leaving drops to 0
         self._left.set()
@@ -183,7 +208,7 @@ class VirtualUnit(Scheduler):
         for mp in plan.members:
             scb = mp.candidate.scb
             slot = Slot(by_path[mp.path], ScbStore(by_path[mp.path]), scb.member_uuid, mp.role,
-                        scb.generation, mp.resume_fence_lbn)
+                        scb.generation, mp.resume_fence_lbn, scb.lineage)
             slot.store.current = scb
             self.slots.append(slot)
         self._plan = plan
@@ -215,14 +240,8 @@ class VirtualUnit(Scheduler):
                        *, readonly: bool = False, confirm: Optional[Confirm] = None) -> "VirtualUnit":
         """Decide the roles of `members` (opened Member objects, in the order named). Takes
         ownership of them: on a refusal they are closed and nothing was written to any."""
+        options = dataclasses.replace(options, nowrite=options.nowrite or readonly)
         _, plan = await _decide_or_close(members, lambda c: decide.plan(name, c, options))
-        if readonly and plan.membership_changes:
-            for m in members:
-                m.close()
-            what = (f"{', '.join(m.candidate.name for m in plan.targets)} would need a copy"
-                    if plan.targets else "a listed member is absent")
-            raise MountRefused(f"{name}: cannot mount read-only (--nowrite): {what}; mount it "
-                               f"writable first, or name exactly the current members")
         if not await _confirmed(plan, confirm):
             for m in members:
                 m.close()
@@ -254,10 +273,16 @@ class VirtualUnit(Scheduler):
                      entry.path.rsplit("/", 1)[-1] if entry else uid)
             self.event("member-dropped", member=entry.path if entry else str(uid),
                        rule="absent-member")
+        for note in plan.notes:
+            log.info("%s: %s", self.name, note)
         if plan.merge_required:
             log.info("%s: merge required by rule=%s", self.name, plan.merge_rule)
             self.event("merge-required", rule=plan.merge_rule)
-        if plan.membership_changes:
+        if plan.branch is not BranchReason.NONE:
+            log.info("%s: history branches at generation %s by rule=%s", self.name,
+                     describe_generation(plan.source_generation),
+                     "override-membership" if plan.branch is BranchReason.OVERRIDE else "absent-member")
+        if plan.membership_changes and not self.readonly:    # read-only: nothing is written
             await self._commit()
         for mp in plan.members:
             self.event(f"member-{mp.role.label}", member=mp.path, rule=mp.rule)
@@ -452,8 +477,18 @@ class VirtualUnit(Scheduler):
             return 0
         if self.merge is not None:
             self.merge.throttle.app_io()
-        if not self._dirty_durable:
-            await self._mark_dirty()
+        self._writes_active += 1         # before the WRITTEN check: see _commit
+        self._write_seq += 1
+        try:
+            if not (self._dirty_durable and self._written_durable):
+                await self._mark_dirty()
+            await self._write_fenced(pos, data)
+        finally:
+            self._writes_active -= 1
+        return nbytes
+
+    async def _write_fenced(self, pos: int, data) -> None:
+        nbytes = len(data)
         end = pos + nbytes
         token = self.gate.enter_nowait(pos, end)
         if token is None:
@@ -472,7 +507,6 @@ class VirtualUnit(Scheduler):
             self.gate.leave(token)
         if failures:
             await self._write_failed(failures)
-        return nbytes
 
     def _closed_error(self) -> VuError:
         exc = VuError(f"{self.name} is being dismounted; the write was not done")
@@ -522,19 +556,24 @@ class VirtualUnit(Scheduler):
         # `_dirty_durable`, or a second writer would issue its data while the first one's
         # dirty mark is still on its way (a crash then leaves clean SCBs over differing data:
         # found by tests/crash/powercut.py).
+        # WRITTEN (lineage) is made durable the same way, at the first write of each generation.
         async with self._dirty_lock:
-            if not self._dirty_durable:
+            if not (self._dirty_durable and self._written_durable):
+                was_dirty, was_written = self.dirty, self.lineage.written
                 self.dirty = True
+                self.lineage = dataclasses.replace(self.lineage, written=True)
                 try:
                     await self.write_scbs(self.current)
-                except AllMembersFailed:
-                    self.dirty = False        # not durable anywhere: the next write retries
+                except AllMembersFailed:      # not durable anywhere: the next write retries
+                    self.dirty = was_dirty
+                    self.lineage = dataclasses.replace(self.lineage, written=was_written)
                     raise
-                self._dirty_durable = True
+                self._dirty_durable = self._written_durable = True
 
     # ----------------------------------------------------------------- SCBs
     def scb_for(self, slot: Slot) -> Scb:
         target = slot.state is MemberState.COPY_TARGET
+        own_lineage = target or not slot.state.current
         entries = tuple(MemberEntry(s.uuid, s.state, s.member.path) for s in self.current)
         if not slot.state.current:
             entries += (MemberEntry(slot.uuid, slot.state, slot.member.path),)
@@ -548,7 +587,8 @@ class VirtualUnit(Scheduler):
                              if self.merge is not None and slot.state.current else None),
             copy_fence_lbn=slot.fence_lbn if target else None,
             copy_fence_generation=self.generation if target else 0,
-            feature_flags=self.feature_flags, created_ns=self.created_ns)
+            feature_flags=self.feature_flags, created_ns=self.created_ns,
+            lineage=slot.lineage if own_lineage else self.lineage)
 
     async def write_scbs(self, slots: Sequence[Slot]) -> None:
         """Write the SCB of each slot (in this order), durably. A member that fails is expelled."""
@@ -576,12 +616,21 @@ class VirtualUnit(Scheduler):
         """Raise the generation and write every current member's SCB: sources first."""
         while True:
             async with self._scb_lock:
-                self.generation = next_generation(self.generation)
+                # Writes in flight now, or started since a member left, may be acknowledged
+                # with data the leaver lacks: they count as written at the new generation.
+                old, mark = self.generation, self._leave_mark
+                written = self._writes_active > 0 or (mark is not None and self._write_seq != mark)
+                self.generation = next_generation(old)
+                self.lineage = self.lineage.advanced(old, written)
+                self._written_durable = False
                 order = ([s for s in self.sources if s not in promoted] + list(promoted)
                          + self.targets)
                 failed = await self._write_scbs_locked(order)
             if not failed:
                 self.mv.commit_owed = False
+                self._written_durable = written
+                if self._leave_mark == mark:
+                    self._leave_mark = None
                 return
             failed_ids = {id(s) for s, _ in failed}
             if all(id(s) in failed_ids for s in self.sources):   # no member answers: change
@@ -591,7 +640,15 @@ class VirtualUnit(Scheduler):
                 self._drop(slot, MemberState.EXPELLED, f"SCB write failed: {exc}",
                            rule=timeouts.rule_for(exc))
 
+    def _leaves(self, slot: Slot, reason: BranchReason) -> None:
+        """`slot` leaves `current` now: snapshot its history, mark where writes it lacks begin."""
+        slot.lineage = self.lineage.branched(slot.generation, reason)
+        if self._leave_mark is None:
+            self._leave_mark = self._write_seq
+
     def _drop(self, slot: Slot, state: MemberState, why: str, rule: Optional[str] = None) -> None:
+        if slot.state is MemberState.SOURCE:
+            self._leaves(slot, BranchReason.REMOVED)
         slot.state = state
         self._refresh()
         rule = rule or ("member-error" if state is MemberState.EXPELLED else "operator")
@@ -629,6 +686,8 @@ class VirtualUnit(Scheduler):
                     f"dismount {self.name} instead")
             async with self._member_leaving():
                 async with self.gate.closed(0, self.size_bytes):
+                    if slot.state is MemberState.SOURCE:
+                        self._leaves(slot, BranchReason.REMOVED)
                     slot.state = MemberState.REMOVED
                     self._refresh()
                 await slot.wait_idle()
@@ -651,7 +710,8 @@ class VirtualUnit(Scheduler):
         async with self._membership_lock:
             mounted = decide.Mounted(self.name, self.set_uuid, self.label, self.size_bytes,
                                      tuple(s.uuid for s in self.current),
-                                     tuple(s.member.path for s in self.current))
+                                     tuple(s.member.path for s in self.current),
+                                     self.scb_for(self.sources[0]))
             _, plan = await _decide_or_close(members, lambda c: decide.plan(self.name, c, options, mounted))
             if not await _confirmed(plan, confirm):
                 for m in members:
@@ -673,7 +733,8 @@ class VirtualUnit(Scheduler):
                     keep_uuid = same_set and all(s.uuid != scb.member_uuid for s in self.current)
                     slot = Slot(member, ScbStore(member),
                                 scb.member_uuid if keep_uuid else uuidlib.uuid4(),
-                                MemberState.COPY_TARGET, scb.generation if same_set else 0)
+                                MemberState.COPY_TARGET, scb.generation if same_set else 0,
+                                lineage=scb.lineage if same_set else None)
                     slot.store.current = scb
                     self.slots.append(slot)
                     new.append(slot)

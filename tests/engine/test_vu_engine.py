@@ -418,9 +418,16 @@ async def test_readonly_mount_never_writes_and_refuses_membership_changes(autoju
             await vu.write(0, b"x")
     assert (bytes(a.data), bytes(b.data)) == before
     reopen(a, b)
-    with pytest.raises(MountRefused, match=r"^DSA1: cannot mount read-only \(--nowrite\): a listed member is absent"):
-        await VirtualUnit.assemble("DSA1", [a], readonly=True)
+    # A listed member absent: read-only it mounts (to look at a backup), and records nothing.
+    async with running(await VirtualUnit.assemble("DSA1", [a], readonly=True)) as vu:
+        assert vu.generation == (await scb(a)).generation and await vu.read(0, 512) == bytes(512)
     assert (bytes(a.data), bytes(b.data)) == before
+    reopen(a, b)
+    async with running(await VirtualUnit.assemble("DSA1", [a])) as vu:     # writable: a branch
+        pass
+    reopen(a, b)
+    with pytest.raises(MountRefused, match=r"^DSA1: cannot mount read-only \(--nowrite\): b.img would need a copy"):
+        await VirtualUnit.assemble("DSA1", [a, b], readonly=True)
 
 
 async def test_dissolve_with_writes_in_flight_never_marks_different_members_clean(autojump_clock):
