@@ -24,6 +24,7 @@ from . import __version__
 from .control import Client, default_socket
 from .errors import DsafsError, InvalidArgument, MemberError, MountRefused, UsageError
 from .member import FileMember, create_file
+from .probe import file_holds_data
 from .scb import MAGIC, SCB_AREA_BYTES, SLOT_BYTES, check_label, min_member_bytes
 from .units import MAX_MEMBERS, check_vu_size, format_size, parse_size, vu_name
 
@@ -86,8 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "dsafs set; remembered by the daemon across dismounts")
     s.add_argument("--confirm", action="store_true", help="ask before any full copy")
     s.add_argument("--overwrite", action="store_true",
-                   help="with --add: accept another set's member (its data is overwritten)")
-    s.add_argument("--nowrite", action="store_true", help="mount the VU read-only")
+                   help="with --add: accept a file that holds data, another set's member or a "
+                        "fork with writes the set lacks (its data is overwritten)")
+    s.add_argument("--nowrite", action="store_true",
+                   help="mount the VU read-only: nothing is written to any member (no copy, no "
+                        "SCB update); absent members allowed, e.g. a split-off member alone")
+    s.add_argument("--source", metavar="M",
+                   help="resolve a split brain: M's data wins, the other members are copy "
+                        "targets (refused if M holds older data than another member)")
+    s.add_argument("--override-membership", action="store_true",
+                   help="use a split-off member writable on its own: a fork of its set "
+                        "(VMS /OVERRIDE=SHADOW_MEMBERSHIP); reassembly decides by lineage")
     s.add_argument("--verify-label", action="store_true",
                    help="refuse any copy target not labelled SCRATCH_DISK (VMS /POLICY=VERIFY_LABEL)")
     w = s.add_mutually_exclusive_group()
@@ -162,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clear", action="store_true", help="remove every fault from the member")
     s.set_defaults(func=cmd_inject)
 
+    s = sub.add_parser("examine", help="one member's metadata, no daemon needed (mdadm --examine)",
+                       description="Show a member's SCB: set, member, label, VU name, "
+                       "generation, lineage, state, membership, fences, dirty, bitmaps and "
+                       "the condition of both SCB slots. Never writes.")
+    s.add_argument("member", metavar="MEMBER")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_examine)
+
     s = sub.add_parser("verify", parents=[sock], help="compare the members' data (exit 1 if they differ)")
     s.add_argument("vu", metavar="DSAn")
     s.add_argument("--json", action="store_true")
@@ -212,22 +230,25 @@ def _inspect_init_member(path: str, overwrite: bool) -> str:
         return "create"
     if stat.S_ISDIR(st.st_mode):
         raise MemberError(f"member {path} is a directory, not an image file or block device", path)
-    if stat.S_ISBLK(st.st_mode):
-        return "zero-device"
-    if not stat.S_ISREG(st.st_mode):
+    if not (stat.S_ISBLK(st.st_mode) or stat.S_ISREG(st.st_mode)):
         raise MemberError(f"member {path} is not a regular file or block device", path)
-    if st.st_size == 0:
+    if st.st_size == 0 and stat.S_ISREG(st.st_mode):
         return "size"
-    if not overwrite and not _has_dsafs_metadata(path, st.st_size):
-        raise MemberError(f"member {path} already exists and holds data; give --overwrite to "
-                          f"erase it, or choose another path", path)
-    return "erase"          # with dsafs metadata and no --overwrite, init_set refuses it below
+    size = st.st_size if stat.S_ISREG(st.st_mode) else None
+    if not overwrite and not _has_dsafs_metadata(path, size):
+        found = file_holds_data(path)      # a file system, partition table, any non-zero byte
+        if found:
+            raise MemberError(f"member {path} holds data ({found}); give --overwrite to erase "
+                              f"it, or choose another path", path)
+    # with dsafs metadata and no --overwrite, init_set refuses it below
+    return "zero-device" if stat.S_ISBLK(st.st_mode) else "erase"
 
 
-def _has_dsafs_metadata(path: str, size: int) -> bool:
-    if size < SCB_AREA_BYTES:
-        return False
+def _has_dsafs_metadata(path: str, size: Optional[int]) -> bool:
     with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END) if size is None else size    # a block device: its size
+        if size < SCB_AREA_BYTES:
+            return False
         f.seek(size - SCB_AREA_BYTES)
         tail = f.read(SCB_AREA_BYTES)
     return MAGIC in (tail[:8], tail[SLOT_BYTES:SLOT_BYTES + 8])
@@ -289,6 +310,13 @@ async def _init(args) -> int:
         print(f"{name}: {verbs[actions[p]]} member {p}")
     print(f"{name}: shadow set {label}, {format_size(size)}, {len(paths)} member"
           f"{'s' if len(paths) > 1 else ''}; mount with: dsafs mount {name} {' '.join(args.members)}")
+    return 0
+
+
+def cmd_examine(args) -> int:
+    from .examine import examine, format_examine
+    info = examine(args.member)
+    print(json.dumps(info, indent=2) if args.json else format_examine(info))
     return 0
 
 
@@ -370,7 +398,9 @@ def cmd_mount(args) -> int:
     paths = [os.path.abspath(m) for m in args.members]
     req = dict(vu=name, members=paths, add=args.add, nocopy=args.nocopy, confirm=args.confirm,
                overwrite=args.overwrite, nowrite=args.nowrite, verify_label=args.verify_label,
-               priority=args.priority)
+               priority=args.priority, override_membership=args.override_membership,
+               source=(os.path.abspath(args.source) if args.source and "/" in args.source
+                       else args.source))
     with _client(args) as c:
         result = c.call("mount", **req)
         if result.get("needs_confirmation"):
@@ -385,11 +415,15 @@ def cmd_mount(args) -> int:
             result = c.call("mount", confirmed=True, **req)
         for mp in result.get("plan", []):
             print(f"{name}: {mp['path']} {mp['role'] or 'unchanged'} by rule={mp['rule']}")
+        for note in result.get("notes", []):
+            print(f"{name}: {note}")
         if result.get("merge_rule"):
             print(f"{name}: merge required by rule={result['merge_rule']}; it runs online "
                   f"(dsafs show {name})")
         if not args.add and result.get("path"):
-            print(f"{name}: mounted at {result['path']}")
+            print(f"{name}: mounted at {result['path']}"
+                  + (" read-only (--nowrite): nothing is written to its members"
+                     if result.get("readonly") else ""))
         tty = sys.stdout.isatty()
         until = ("copying", "merging") if args.wait else ("copying",)
         if result.get("state") in until and (args.wait or (tty and not args.no_wait)):

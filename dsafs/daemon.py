@@ -329,9 +329,16 @@ class Daemon:
                 raise InvalidArgument(f"{name}: member {p} is named twice; name each member once")
         if args.get("priority") is not None:
             check_priority(name, args["priority"])
+        source = args.get("source") or ""
+        if "/" in source:
+            source = os.path.abspath(source)
         options = decide.Options(nocopy=bool(args.get("nocopy")), confirm=bool(args.get("confirm")),
                                  overwrite=bool(args.get("overwrite")),
-                                 verify_label=bool(args.get("verify_label")))
+                                 verify_label=bool(args.get("verify_label")),
+                                 nowrite=bool(args.get("nowrite")),
+                                 override_membership=bool(args.get("override_membership")),
+                                 source=source,
+                                 in_use=tuple((v.set_uuid, v.name) for v in self.vus.values()))
         confirmed = bool(args.get("confirmed"))
         asked = []
 
@@ -375,9 +382,10 @@ class Daemon:
             vu.mv.configure(self.member_timeout, self.vu_timeout)
             await self._nursery.start(self._run_vu, vu)
             self._publish(vu)
-            return {"vu": name, "plan": _plan_json(vu._plan), "state": vu.state,
+            return {"vu": name, "plan": _plan_json(vu.plan), "state": vu.state,
                     "path": os.path.join(self.mountpoint, name),
-                    "merge_rule": vu._plan.merge_rule or None}
+                    "merge_rule": vu.plan.merge_rule or None, "notes": list(vu.plan.notes),
+                    "readonly": vu.readonly}
 
     @staticmethod
     async def _assemble(name, members, options, readonly, confirm):

@@ -1,6 +1,7 @@
 """Shadow-set metadata across members, outside a mounted VU: `dsafs init` writes matching SCBs
 on 1-6 members (`init_set`); `load_candidate` reads a member's SCB for the mount decision
-(decide.py); `refuse_members_of_sets` protects another set's members from `init`.
+(decide.py), and for a blank member whether it holds data all the same (probe.py);
+`refuse_members_of_sets` protects another set's members from `init`.
 
 Invariant: `init_set` checks every member before it writes to any, and a refusal changes
 nothing; `load_candidate` never raises for damaged metadata, it reports it to the decision.
@@ -13,7 +14,7 @@ import time
 import uuid as uuidlib
 from typing import Sequence
 
-from . import decide
+from . import decide, probe
 from .errors import InvalidArgument, MemberError, MetadataError
 from .scb import (FEATURE_EXTMEMB, SCB_AREA_BYTES, Lineage, MemberEntry, MemberState, Scb, ScbStore,
                   check_label, describe_generation, min_member_bytes, next_generation)
@@ -27,6 +28,12 @@ async def load_candidate(member) -> decide.Candidate:
     store = ScbStore(member)
     try:
         scb = await store.load()
+        if scb is None:                # blank: does it hold data all the same? (probe.py)
+            n = min(probe.PROBE_BYTES, member.size_bytes)
+            head = await member.read(0, n)
+            tail = await member.read(member.size_bytes - n, n)
+            found = probe.find_data(head, tail, member.size_bytes)
+            return decide.Candidate(member.path, member.size_bytes, None, holds_data=found)
         return decide.Candidate(member.path, member.size_bytes, scb)
     except MetadataError as exc:
         return decide.Candidate(member.path, member.size_bytes, None, damaged=str(exc).split(": ", 1)[-1])

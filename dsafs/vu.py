@@ -340,6 +340,11 @@ class VirtualUnit(Scheduler):
         self.mv.adopt(self.slots)
 
     @property
+    def plan(self) -> decide.Plan:
+        """The mount decision this VU was assembled by (roles, rules, notes)."""
+        return self._plan
+
+    @property
     def mounted(self) -> bool:
         return self._nursery is not None and not self._finished.is_set()
 

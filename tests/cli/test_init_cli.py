@@ -46,12 +46,58 @@ def test_init_creates_matching_members(tmp_path):
 def test_overwrite_erases_existing_data(tmp_path):
     (tmp_path / "old.img").write_bytes(b"precious" * 1000)
     r = run("init", "DSA1", "--label", "DATA", "--size", "4M", "old.img", cwd=tmp_path)
-    assert r.returncode == 1 and "already exists and holds data; give --overwrite" in r.stderr
+    assert r.returncode == 1 and "holds data (non-zero bytes at byte 0); give --overwrite" in r.stderr
     assert (tmp_path / "old.img").read_bytes() == b"precious" * 1000
     r = run("init", "DSA1", "--label", "DATA", "--size", "4M", "--overwrite", "old.img", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     with open(tmp_path / "old.img", "rb") as f:
         assert f.read(8000) == bytes(8000)
+
+
+def test_existing_file_of_zeros_is_taken_but_data_at_its_end_is_not(tmp_path):
+    with open(tmp_path / "zeros.img", "wb") as f:
+        f.truncate(16 * MiB)                    # e.g. made with truncate -s or fallocate
+    r = run("init", "DSA1", "--label", "DATA", "--size", "4M", "zeros.img", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "tail.img", "wb") as f:
+        f.truncate(16 * MiB)
+        f.seek(16 * MiB - 100)
+        f.write(b"x")
+    r = run("init", "DSA2", "--label", "DATA", "--size", "4M", "tail.img", cwd=tmp_path)
+    assert r.returncode == 1 and f"holds data (non-zero bytes at byte {16 * MiB - 100})" in r.stderr
+
+
+def test_file_system_signature_named(tmp_path):
+    img = tmp_path / "fs.img"
+    with open(img, "wb") as f:
+        f.truncate(16 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
+    before = digest(img)
+    r = run("init", "DSA1", "--label", "DATA", "--size", "4M", "fs.img", cwd=tmp_path)
+    assert r.returncode == 1 and "holds data (an ext2/3/4 file system signature)" in r.stderr
+    assert digest(img) == before
+
+
+def test_block_device_holding_data_is_not_zeroed_without_overwrite(tmp_path):
+    """Before lineage, init zeroed a block device whatever it held."""
+    img = tmp_path / "dev.img"
+    with open(img, "wb") as f:
+        f.truncate(16 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
+    before = digest(img)
+    dev = subprocess.run(["losetup", "--find", "--show", str(img)], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    try:
+        r = run("init", "DSA1", "--label", "DATA", "--size", "4M", dev, cwd=tmp_path)
+        assert r.returncode == 1, r.stdout
+        assert f"member {dev} holds data (an ext2/3/4 file system signature)" in r.stderr
+        assert digest(img) == before
+        r = run("init", "DSA1", "--label", "DATA", "--size", "4M", "--overwrite", dev, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
+    with open(img, "rb") as f:
+        assert f.read(4 * MiB) == bytes(4 * MiB)
 
 
 BAD = [

@@ -94,7 +94,7 @@ async def test_the_issue_sequence_split_member_never_wins(autojump_clock):
     assert snapshot(b) == before
     # reassembled: a's newer data wins, b is a copy target by removed-member
     async with running(await mount("DSA1", [a, b])) as vu:
-        rules = {mp.candidate.name: (mp.role.label, mp.rule) for mp in vu._plan.members}
+        rules = {mp.candidate.name: (mp.role.label, mp.rule) for mp in vu.plan.members}
         assert rules == {"a.img": ("source", "highest-generation"),
                          "b.img": ("copy-target", "removed-member")}
         await vu.wait_steady()
@@ -128,7 +128,7 @@ async def test_expelled_member_mounted_alone_under_another_name_needs_override(a
 async def fork(b, data=None):
     """Use split-off b on its own (--override-membership), writing `data` if given."""
     async with running(await mount("DSA9", [b], override_membership=True)) as vu:
-        rules = [(mp.role.label, mp.rule) for mp in vu._plan.members]
+        rules = [(mp.role.label, mp.rule) for mp in vu.plan.members]
         assert rules == [("source", "override-membership")]
         if data is not None:
             await vu.write(0, data)
@@ -141,7 +141,7 @@ async def test_fork_unwritten_loses_to_the_written_set(autojump_clock):
     await split_then_write_new(a, b)
     await fork(b)
     async with running(await mount("DSA1", [b, a])) as vu:
-        assert [(mp.candidate.name, mp.role.label, mp.rule) for mp in vu._plan.members] == [
+        assert [(mp.candidate.name, mp.role.label, mp.rule) for mp in vu.plan.members] == [
             ("b.img", "copy-target", "diverged-unwritten"), ("a.img", "source", "diverged-unwritten")]
         await vu.wait_steady()
     assert head(a) == NEW == head(b)
@@ -168,14 +168,14 @@ async def test_split_brain_refused_then_resolved_by_source_each_way(autojump_clo
         assert "a.img" in msg and "b.img" in msg and "--source" in msg
         await refused("unknown-source", "DSA1", [a, b], source="c.img")
         async with running(await mount("DSA1", [a, b], source=keep)) as vu:
-            assert {mp.rule for mp in vu._plan.members} == {"operator-source"}
+            assert {mp.rule for mp in vu.plan.members} == {"operator-source"}
             await vu.wait_steady()
             assert await vu.read(0, 300) == data
             assert_members_identical(vu)
         assert head(a) == data == head(b)
         # afterwards they agree: a plain mount needs nothing
         async with running(await mount("DSA1", [a, b])) as vu:
-            assert {mp.rule for mp in vu._plan.members} == {"same-generation"}
+            assert {mp.rule for mp in vu.plan.members} == {"same-generation"}
 
 
 async def test_source_on_a_stale_member_is_refused_and_a_noop_is_said(autojump_clock):
@@ -183,7 +183,7 @@ async def test_source_on_a_stale_member_is_refused_and_a_noop_is_said(autojump_c
     await split_then_write_new(a, b)
     await refused("source-stale", "DSA1", [a, b], source="b.img")
     async with running(await mount("DSA1", [a, b], source="a.img")) as vu:
-        assert vu._plan.notes and "nothing changes" in vu._plan.notes[0]
+        assert vu.plan.notes and "nothing changes" in vu.plan.notes[0]
         await vu.wait_steady()
     assert head(b) == NEW
 

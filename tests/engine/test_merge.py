@@ -163,7 +163,7 @@ async def test_clean_dismount_mid_merge_resumes_at_the_fence(autojump_clock):
     assert scb(a).merge_required and not scb(a).dirty
     reopen(a, b)
     vu = await VirtualUnit.assemble("DSA1", [a, b])
-    assert vu._plan.merge_rule == "resume-merge" and vu.merge.fence_bytes == fence * 512
+    assert vu.plan.merge_rule == "resume-merge" and vu.merge.fence_bytes == fence * 512
     async with running(vu):
         await vu.wait_steady()
         assert vu.last_merge.merge_repairs == 1      # chunk 50; chunk 2 was merged before
@@ -182,7 +182,7 @@ async def test_crash_after_writes_restarts_the_merge_from_zero(autojump_clock):
     b.data[0:4096] = b"o" * 4096                      # ...and in flight on a only at the "crash"
     reopen(a, b)
     vu = await VirtualUnit.assemble("DSA1", [a, b])
-    assert vu._plan.merge_rule == "dirty-source" and vu.merge.fence_bytes == 0
+    assert vu.plan.merge_rule == "dirty-source" and vu.merge.fence_bytes == 0
     async with running(vu):
         await vu.wait_steady()
         assert_members_identical(vu)
@@ -198,7 +198,7 @@ async def test_daemon_stop_without_writes_resumes_at_checkpoint(autojump_clock):
         await vu.abort()                              # no application write since the mount
     reopen(a, b)
     vu = await VirtualUnit.assemble("DSA1", [a, b])
-    assert vu._plan.merge_rule == "resume-merge" and vu.merge.fence_bytes >= 4 * STEP
+    assert vu.plan.merge_rule == "resume-merge" and vu.merge.fence_bytes >= 4 * STEP
     async with running(vu):
         await vu.wait_steady()
 
