@@ -5,7 +5,9 @@ back by the write gate, read the range from another source; write it to the fail
 re-read it there and compare; count a repair on that member. If the rewrite or the re-read
 fails, or the data still differs, the member is expelled. The caller gets the good data.
 A member whose read timed out or that vanished (ENODEV) is not rewritten but expelled at once:
-waiting on it again would hold the caller past its member timeout (timeouts.py).
+waiting on it again would hold the caller past its member timeout (timeouts.py). On a read-only
+VU (--nowrite) nothing is rewritten: the failing member is only taken out of use (vu.expel writes
+no SCB there).
 
 Invariant: the caller never sees a read error while another source can supply the data, and a
 member is never left serving data that differs from the source it was repaired from.
@@ -39,7 +41,9 @@ async def read_and_repair(vu, bad, pos: int, nbytes: int, first_error: MemberIOE
             except MemberIOError as exc:
                 failures.append(exc)
         rule = timeouts.rule_for(first_error)
-        if bad.state.current and rule != "member-error":
+        if bad.state.current and vu.readonly:      # --nowrite: never rewrite; just stop using it
+            await vu.expel(bad, f"read failed: {first_error} (read-only: not repaired)", rule=rule)
+        elif bad.state.current and rule != "member-error":
             await vu.expel(bad, f"read failed: {first_error}", rule=rule)
         elif bad.state.current:
             await _rewrite(vu, bad, pos, data)

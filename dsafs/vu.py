@@ -670,6 +670,9 @@ class VirtualUnit(Scheduler):
             return
         if slot.state is MemberState.SOURCE and len(self.sources) == 1:
             raise AllMembersFailed(self.name, "I/O", [MemberIOError(slot.member.path, "I/O", 5, why)])
+        if self.readonly:         # --nowrite writes nothing: out of use here, no SCB is changed
+            self._drop(slot, MemberState.EXPELLED, why, rule)
+            return
         async with self._member_leaving():
             self._drop(slot, MemberState.EXPELLED, why, rule)
             if self._nursery is not None:

@@ -18,6 +18,11 @@ One *scenario* (everything follows from its seed, trio's scheduling included):
   5. Reassemble the members (in a random order, the removed one included or not), let the copy
      and merge finish, and check the invariants below. Then dismount cleanly and check that the
      SCBs are clean and a re-mount needs nothing.
+  5'. Or (a *fork*, issue 13), when a member had been split off before the cut: mount it apart
+     on its own (--override-membership), write to it or not, dismount it, then reassemble it
+     with the crash state of its set. The outcome is the lineage rule: a split brain (both
+     sides written since the split) is refused with no byte changed, and the operator then
+     picks a side with --source; otherwise the side holding every acknowledged write wins.
 
 Invariants checked (DESIGN §4, §7; spec §15, §31 item 28; the allowed values of a block are
 tests/crash/oracle.py's):
@@ -35,6 +40,12 @@ tests/crash/oracle.py's):
   read-unstable   two reads of a block with no write to it in between return the same data
                   (reads ahead of the merge fence are repaired before they return).
   unclean         after a clean dismount the SCBs say clean and a re-mount needs no merge.
+  fork-lost       no acknowledged write is lost unless the operator chose --source: after a
+                  reassembly with a fork, every block holds the fork's write to it (when the
+                  fork was written and won) or a value the oracle allows for its set; a block
+                  of the winning side never holds the other side's data.
+  fork-refusal    a split brain is refused (rule split-brain) and changes no byte; any other
+                  refusal of a fork's reassembly is a violation.
 A violation prints its seed and cut; `make crash SEED=S [CUT=C]` replays it.
 """
 
@@ -55,6 +66,7 @@ import trio.testing
 
 from dsafs import copy as copymod
 from dsafs import decide
+from dsafs.decide import Options
 from dsafs.errors import DsafsError, MembershipRefused, MountRefused
 from dsafs.record import Journal, RecordingMember, torn_copy
 from dsafs.scb import MemberState, SLOT_BYTES, choose_slot, min_member_bytes, slot_offsets
@@ -133,6 +145,8 @@ class Result:
     scb_in_doubt: int = 0      # crash states with an SCB write in doubt on some member
     torn_slots: int = 0        # SCB slots found torn (checksum mismatch) in crash states
     torn_refusals: int = 0     # crash states with both slots of a member torn (bad input)
+    forks: int = 0             # split-off members forked and reassembled with their set
+    split_brains: int = 0      # of those, reassemblies refused as a split brain
     rules: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def violation(self, cut: str, kind: str, text: str) -> None:
@@ -542,12 +556,94 @@ async def check_cut(result: Result, label: str, rng: random.Random, recs: list, 
         await check_cut(result, f"{label} then chained cut (event {cut2})", rng, recs2,
                         oracle2, cut2, next_wid, latency=latency, chain=chain, depth=1)
         return
+    split = [r for r in recs if r.path in oracle.forbidden_sources(cut, recs)
+             and _removed_at(oracle, r.path, cut) and has_metadata(images[r.path])]
+    if depth == 0 and split and rng.random() < 0.5:
+        await check_fork(result, f"{label} fork", rng, images, split[0].path,
+                         [m for m in members if m.path != split[0].path], allowed, next_wid,
+                         latency=latency)
+        return
     vu = VirtualUnit(plan, members)
     async with trio.open_nursery() as nursery:
         await nursery.start(vu.run)
         await settle_and_check(result, label, vu, allowed)
         current = [s.member for s in vu.slots if s.state.current]
         await vu.dissolve()
+    await check_clean(result, label, current)
+
+
+def _removed_at(oracle: Oracle, path: str, cut: int) -> bool:
+    """`path` was split off (remove() returned) and not added back before the cut."""
+    last = [k for i, k, p in oracle.membership if p == path and i < cut]
+    return bool(last) and last[-1] == "remove-done"
+
+
+async def check_fork(result: Result, label: str, rng: random.Random, images: dict, fork_path: str,
+                     members: list, allowed: dict, next_wid: list, *, latency: float) -> None:
+    """Step 5' of the module docstring: fork the split-off member, reassemble, check."""
+    fork = JitterMember(RAW, fork_path, rng, latency=latency, data=images[fork_path])
+    fork_writes: dict = {}
+    vu = await VirtualUnit.assemble("DSA2", [fork], Options(override_membership=True))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vu.run)
+        if rng.random() < 0.6:
+            for _ in range(rng.randint(1, 4)):
+                next_wid[0] += 1
+                nblocks = rng.choice((1, 8, 64))
+                lbn = rng.randrange(0, NBLOCKS - nblocks + 1)
+                await vu.write(lbn * BLOCK_BYTES, payload(next_wid[0], lbn, nblocks))
+                fork_writes.update({b: next_wid[0] for b in range(lbn, lbn + nblocks)})
+        await vu.dissolve()
+    result.forks += 1
+    fork_data = bytes(fork.data[:VU_BYTES])
+    everyone = members + [fork]
+    rng.shuffle(everyone)
+    for m in everyone:
+        m.closed = False
+    before = [bytes(m.data) for m in everyone]
+    source = None
+    try:
+        vu = await VirtualUnit.assemble("DSA1", everyone)
+    except MountRefused as exc:
+        if getattr(exc, "rule", "") != "split-brain" or not fork_writes:
+            result.violation(label, "fork-refusal", f"rule={getattr(exc, 'rule', '?')}: {exc}")
+            return
+        if [bytes(m.data) for m in everyone] != before:
+            result.violation(label, "fork-refusal", "a refused mount wrote to a member")
+        result.split_brains += 1
+        source = rng.choice(everyone)           # the operator's choice
+        for m in everyone:
+            m.closed = False
+        vu = await VirtualUnit.assemble("DSA1", everyone, Options(source=source.path))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(vu.run)
+        with trio.move_on_after(SETTLE_S):
+            await vu.wait_steady()
+        data = await vu.read(0, VU_BYTES)
+        current = [s.member for s in vu.slots if s.state.current]
+        await vu.dissolve()
+    fork_won = any(mp.path == fork_path and mp.role is MemberState.SOURCE
+                   for mp in vu.plan.members)
+    bad = 0
+    for lbn in range(NBLOCKS):
+        got = block_id(data[lbn * BLOCK_BYTES:(lbn + 1) * BLOCK_BYTES], lbn)
+        if fork_won:
+            want = {block_id(fork_data[lbn * BLOCK_BYTES:(lbn + 1) * BLOCK_BYTES], lbn)}
+            if source is None:         # no --source: the fork's side must hold everything
+                want &= allowed.get(lbn, {0}) | set(fork_writes.values())
+        else:
+            want = allowed.get(lbn, {0})
+            if source is None and lbn in fork_writes:
+                want = set()           # the fork was written and lost without --source
+        if got not in want:
+            bad += 1
+            if bad <= 3:
+                result.violation(label, "fork-lost",
+                                 f"LBN {lbn} holds {_who(data, lbn)}; the "
+                                 f"{'fork' if fork_won else 'set'} won"
+                                 f"{' by --source' if source is not None else ''}, fork writes "
+                                 f"{sorted(set(fork_writes.values()))[:4]}, allowed "
+                                 f"{sorted(want)[:6]}")
     await check_clean(result, label, current)
 
 
@@ -607,7 +703,8 @@ def main(argv=None) -> int:
           f"{total.demand_merges} demand merges; reassemblies: {total.merges} with a merge, "
           f"{total.copies} with a copy; {total.scb_in_doubt} cuts inside SCB updates, "
           f"{total.torn_slots} torn SCB slots, {total.torn_refusals} both-slots-torn "
-          f"refusals checked) in {time.monotonic() - t0:.1f} s")
+          f"refusals checked; {total.forks} forks reassembled, {total.split_brains} of them "
+          f"refused as a split brain) in {time.monotonic() - t0:.1f} s")
     if args.verbose:
         print("rules:", dict(total.rules))
     return 1 if total.violations else 0

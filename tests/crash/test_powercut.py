@@ -90,22 +90,25 @@ def test_power_cut_invariants(seed):
 def test_cuts_land_inside_scb_updates_and_membership_changes():
     """Coverage of the simulation itself: cuts hit SCB updates (some slots torn), members are
     removed, expelled and added back (copies), crash states need merges, and some get both SCB
-    slots of a member torn (bad input: refused by name)."""
+    slots of a member torn (bad input: refused by name), and split-off members are forked and
+    reassembled with their set, some of them as a split brain (issue 13)."""
     total = pc.Result(0)
     results = []
     seeds = iter(range(101, 141))
     # 8 seeds of 15 cuts; more (up to 40) while no crash state drew the 5 % both-slots-torn
     # case, which depends on the schedule, so that this coverage check cannot be unlucky
-    while len(results) < 8 or not total.torn_refusals:
+    while len(results) < 8 or not total.torn_refusals or not total.split_brains:
         r = pc.run_scenario(next(seeds), 15, chain=0.0)
         results.append(r)
         for name in ("cuts", "scb_in_doubt", "torn_slots", "removes", "adds", "merges",
-                     "copies", "writes", "flushes", "reads", "expels", "torn_refusals"):
+                     "copies", "writes", "flushes", "reads", "expels", "torn_refusals",
+                     "forks", "split_brains"):
             setattr(total, name, getattr(total, name) + getattr(r, name))
     assert total.cuts == 15 * len(results)
     assert total.scb_in_doubt >= 10 and total.torn_slots >= 1
     assert total.removes >= 1 and total.adds >= 1 and total.copies >= 1
     assert total.merges >= 10 and total.writes >= 100 and total.flushes >= 10
     assert total.expels >= 1 and total.torn_refusals >= 1, (total.expels, total.torn_refusals)
+    assert total.forks > total.split_brains >= 1, (total.forks, total.split_brains)
     for r in results:
         assert not r.violations, _report(r)

@@ -297,3 +297,20 @@ async def test_written_flag_is_durable_before_the_data_write(autojump_clock):
         await vu.write(0, NEW)
         a.start_write = orig
     assert seen == [True]
+
+
+@pytest.mark.allow_warnings
+async def test_nowrite_never_writes_even_on_a_read_error(autojump_clock):
+    """--nowrite must change no byte of any member: a bad block is served from the other
+    member and the failing one is taken out of use, without a repair or an SCB write."""
+    a, b = await new_set("a", "b")
+    async with running(await mount("DSA1", [a, b])) as vu:
+        await vu.write(0, OLD)
+    before = snapshot(a, b)
+    a.bad_read_lbns.update(range(0, 8))
+    b.bad_read_lbns.update(range(100, 108))
+    async with running(await mount("DSA1", [a, b], nowrite=True)) as vu:
+        for _ in range(4):                     # whichever member serves: the data is good
+            assert await vu.read(0, 300) == OLD
+        assert len(vu.current) == 1
+    assert snapshot(a, b) == before

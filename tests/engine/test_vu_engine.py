@@ -252,8 +252,8 @@ async def test_copy_under_concurrent_writes_ends_identical(autojump_clock):
     async with running(await VirtualUnit.assemble("DSA1", [a])) as vu:
         await vu.write(0, bytes(model))
         c, d = mems("c", "d", latency=0.0007)
-        c.data[:] = os.urandom(RAW)              # a dissimilar target
-        await vu.add([c, d])
+        c.data[:] = os.urandom(RAW)              # a dissimilar target: it holds data
+        await vu.add([c, d], decide.Options(overwrite=True))
         rng = __import__("random").Random(7)
 
         async def writer(k):             # each writer its own quarter: no overlapping writes

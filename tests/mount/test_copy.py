@@ -36,8 +36,8 @@ def test_member_added_during_fio_write(served, tmp_path):
         wait_until(lambda: show(served)["members"][0]["writes"] > 1000 or fio.poll() is not None,
                    60, "fio to start writing", explain=served.explain)
         assert fio.poll() is None, "fio ended before the member was added: make it run longer"
-        r = served.check("mount", "DSA1", "--add", "c.img", "--no-wait")
-        assert "c.img copy-target by rule=blank-member" in r.stdout, r.stdout
+        r = served.check("mount", "DSA1", "--add", "c.img", "--overwrite", "--no-wait")
+        assert "c.img copy-target by rule=overwrite-data" in r.stdout, r.stdout
         copying = []            # a.img's and c.img's application writes while copying
         while fio.poll() is None:
             info = show(served)
