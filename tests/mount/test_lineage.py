@@ -152,3 +152,35 @@ def test_add_refuses_a_file_that_holds_data(served):
     r = served.check("mount", "DSA1", "--add", "c.img", "--overwrite", "--wait")
     assert "rule=overwrite-data" in r.stdout
     served.check("dismount", "DSA1")
+
+
+def _corrupt_lineage(path, which):
+    """Make the lineage of SCB slot `which` nonsense (65 history entries) under a valid checksum."""
+    import xxhash
+    size = os.path.getsize(path)
+    off = size - (8192 if which == "a" else 4096)
+    with open(path, "r+b") as f:
+        f.seek(off)
+        slot = bytearray(f.read(4096))
+        if slot[:8] != b"DSAFSCB\0":
+            return False
+        slot[177] = 65
+        struct.pack_into("<Q", slot, 4088, xxhash.xxh3_64_intdigest(bytes(slot[:4088])))
+        f.seek(off)
+        f.write(slot)
+    return True
+
+
+def test_damaged_lineage_is_one_line_and_changes_nothing(served):
+    split_then_write_new(served)
+    b = os.path.join(served.dir, "b.img")
+    newest = json.loads(served.check("examine", b, "--json").stdout)["newest_slot"]
+    assert _corrupt_lineage(b, newest)
+    info = json.loads(served.check("examine", b, "--json").stdout)
+    assert info["slots"][newest] == "damaged: lineage: history has 65 entries (at most 64)"
+    for slot in "ab":
+        _corrupt_lineage(b, slot)
+    line = one_line_error(served.run("examine", b), 1)
+    assert "damaged in both SCB slots" in line and "lineage: history has 65 entries" in line
+    line = refused(served, ["mount", "DSA1", "a.img", "b.img"], "damaged in both SCB slots")
+    assert "b.img" in line and ("--overwrite" in line or "backup" in line)
