@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("mount", parents=[sock], help="assemble a shadow set, or --add members to it",
-                       description="Assemble DSAn from its members (sources by generation; "
+                       description="Assemble DSAn from its members (sources by lineage and generation; "
                        "others become copy targets), or add members to a mounted DSAn.")
     s.add_argument("vu", metavar="DSAn")
     s.add_argument("members", nargs="+", metavar="MEMBER")

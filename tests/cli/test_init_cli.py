@@ -67,11 +67,16 @@ def test_existing_file_of_zeros_is_taken_but_data_at_its_end_is_not(tmp_path):
     assert r.returncode == 1 and f"holds data (non-zero bytes at byte {16 * MiB - 100})" in r.stderr
 
 
-def test_file_system_signature_named(tmp_path):
-    img = tmp_path / "fs.img"
-    with open(img, "wb") as f:
+def ext4_image(path):
+    """A 16 MiB file holding an empty ext4 file system."""
+    with open(path, "wb") as f:
         f.truncate(16 * MiB)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(path)], check=True, capture_output=True)
+    return path
+
+
+def test_file_system_signature_named(tmp_path):
+    img = ext4_image(tmp_path / "fs.img")
     before = digest(img)
     r = run("init", "DSA1", "--label", "DATA", "--size", "4M", "fs.img", cwd=tmp_path)
     assert r.returncode == 1 and "holds data (an ext2/3/4 file system signature)" in r.stderr
@@ -80,10 +85,7 @@ def test_file_system_signature_named(tmp_path):
 
 def test_block_device_holding_data_is_not_zeroed_without_overwrite(tmp_path):
     """Before lineage, init zeroed a block device whatever it held."""
-    img = tmp_path / "dev.img"
-    with open(img, "wb") as f:
-        f.truncate(16 * MiB)
-    subprocess.run(["mkfs.ext4", "-q", "-F", str(img)], check=True, capture_output=True)
+    img = ext4_image(tmp_path / "dev.img")
     before = digest(img)
     dev = subprocess.run(["losetup", "--find", "--show", str(img)], check=True,
                          capture_output=True, text=True).stdout.strip()

@@ -4,15 +4,13 @@ unchanged. MemMember sets under the MockClock."""
 
 import pytest
 import trio
-import trio.testing
 
-from dsafs import copy as copymod
 from dsafs.decide import Options
 from dsafs.errors import MountRefused
 from dsafs.scb import BranchReason, MemberState, choose_slot, min_member_bytes
 from dsafs.setmeta import init_set
 from dsafs.testing import MemMember, assert_members_identical, running
-from dsafs.units import KiB, MiB
+from dsafs.units import MiB
 from dsafs.vu import VirtualUnit
 
 SIZE = 4 * MiB
@@ -20,14 +18,7 @@ RAW = min_member_bytes(SIZE)
 OLD, NEW, FORK = b"OLD" * 100, b"NEW" * 100, b"FRK" * 100
 
 
-@pytest.fixture
-def autojump_clock():
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
-@pytest.fixture(autouse=True)
-def small_copy_steps(monkeypatch):
-    monkeypatch.setattr(copymod, "STEP_BYTES", 256 * KiB)
+pytestmark = pytest.mark.usefixtures("small_copy_steps")     # tests/engine/conftest.py
 
 
 async def new_set(*names, **kw):
