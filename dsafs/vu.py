@@ -14,14 +14,12 @@ member that fails a write is expelled (generation up on the survivors) before th
 acknowledged; the write succeeds if a source succeeded. flush() flushes every current member.
 The first write after a mount makes the dirty flag durable on every member before it is issued.
 
-Lineage (DESIGN §3-4, lineage.py): the current sources share one history; at every generation
-change the old generation enters it with its written flag. The first write after a mount or a
-generation change makes WRITTEN durable on every member (with the dirty flag) before it is
-issued. A member that leaves takes a snapshot of the history as of the generation it leaves at
-(with the branch: removed); a write acknowledged after a member left `current` but before the
-survivors' new generation is durable (or still in flight at that commit) is counted as written
-at the new generation, so the leaver's history never claims a write it lacks. A mount that
-drops listed members, or forks a split-off member, records a branch at the old generation.
+Lineage (DESIGN §3-4; history.py keeps it, lineage.py decides by it): the current sources share
+one history; at every generation change the old generation enters it with its written flag. The
+first write after a mount or a generation change makes WRITTEN durable on every member (with the
+dirty flag) before it is issued. A member that leaves takes the history as of the generation it
+leaves at; a write it may lack counts at the survivors' next generation. A mount that drops
+listed members, or forks a split-off member, records a branch at the old generation.
 
 Membership changes (DESIGN §3): generation = max(time_ns, previous + 1) on the members that
 remain; the survivors' SCBs are written first (old sources, then newly promoted sources, then
@@ -53,6 +51,7 @@ from .errors import (AllMembersFailed, IoRangeError, MemberIOError, MembershipRe
                      MountRefused, VuError)
 from .events import EventLog
 from .fanout import flush_all, write_all
+from .history import History
 from .mountver import MountVerification
 from .fence import RangeGate
 from .repair import read_and_repair
@@ -145,12 +144,12 @@ class Slot:
 Confirm = Callable[[decide.Plan], Awaitable[bool]]
 
 
-def first_lineage(plan: decide.Plan) -> Lineage:
+def first_history(plan: decide.Plan) -> History:
     """The sources' lineage at assembly, with the branch this mount records (if it commits)."""
-    lin = plan.sources[0].candidate.scb.lineage or Lineage()
+    history = History(plan.sources[0].candidate.scb.lineage)
     if plan.branch is not BranchReason.NONE:
-        lin = lin.branched(plan.source_generation, plan.branch)
-    return lin
+        history.branched(plan.source_generation, plan.branch)
+    return history
 
 
 async def _decide_or_close(members, fn):
@@ -192,11 +191,7 @@ class VirtualUnit(Scheduler):
             self.merge = Merge(self, min(start, plan.vu_size_bytes), self.merge_throttle)
         self.dirty = False
         self._dirty_durable = False     # the dirty mark is on every member's SCB (flushed)
-        self.lineage = first_lineage(plan)  # the sources' history (lineage.py)
-        self._written_durable = False   # WRITTEN at the current generation is durable
-        self._writes_active = 0         # writes between their WRITTEN check and their end
-        self._write_seq = 0             # writes started, ever
-        self._leave_mark: Optional[int] = None   # _write_seq when a member left, until the commit
+        self.history = first_history(plan)     # the sources' lineage (history.py)
         self._leaving = 0               # members out of `current` whose commit is not durable
         self._left = trio.Event()       # set when _leaving drops to 0
         self._left.set()
@@ -482,14 +477,13 @@ class VirtualUnit(Scheduler):
             return 0
         if self.merge is not None:
             self.merge.throttle.app_io()
-        self._writes_active += 1         # before the WRITTEN check: see _commit
-        self._write_seq += 1
+        self.history.write_started()     # before the WRITTEN check (history.py)
         try:
-            if not (self._dirty_durable and self._written_durable):
+            if not self._dirty_durable or self.history.needs_mark:
                 await self._mark_dirty()
             await self._write_fenced(pos, data)
         finally:
-            self._writes_active -= 1
+            self.history.write_ended()
         return nbytes
 
     async def _write_fenced(self, pos: int, data) -> None:
@@ -563,17 +557,17 @@ class VirtualUnit(Scheduler):
         # found by tests/crash/powercut.py).
         # WRITTEN (lineage) is made durable the same way, at the first write of each generation.
         async with self._dirty_lock:
-            if not (self._dirty_durable and self._written_durable):
-                was_dirty, was_written = self.dirty, self.lineage.written
+            if not self._dirty_durable or self.history.needs_mark:
+                was_dirty, was = self.dirty, self.history.marked()
                 self.dirty = True
-                self.lineage = dataclasses.replace(self.lineage, written=True)
                 try:
                     await self.write_scbs(self.current)
                 except AllMembersFailed:      # not durable anywhere: the next write retries
                     self.dirty = was_dirty
-                    self.lineage = dataclasses.replace(self.lineage, written=was_written)
+                    self.history.mark_failed(was)
                     raise
-                self._dirty_durable = self._written_durable = True
+                self._dirty_durable = True
+                self.history.mark_durable()
 
     # ----------------------------------------------------------------- SCBs
     def scb_for(self, slot: Slot) -> Scb:
@@ -593,7 +587,7 @@ class VirtualUnit(Scheduler):
             copy_fence_lbn=slot.fence_lbn if target else None,
             copy_fence_generation=self.generation if target else 0,
             feature_flags=self.feature_flags, created_ns=self.created_ns,
-            lineage=slot.lineage if own_lineage else self.lineage)
+            lineage=slot.lineage if own_lineage else self.history.lineage)
 
     async def write_scbs(self, slots: Sequence[Slot]) -> None:
         """Write the SCB of each slot (in this order), durably. A member that fails is expelled."""
@@ -621,21 +615,15 @@ class VirtualUnit(Scheduler):
         """Raise the generation and write every current member's SCB: sources first."""
         while True:
             async with self._scb_lock:
-                # Writes in flight now, or started since a member left, may be acknowledged
-                # with data the leaver lacks: they count as written at the new generation.
-                old, mark = self.generation, self._leave_mark
-                written = self._writes_active > 0 or (mark is not None and self._write_seq != mark)
+                old = self.generation
                 self.generation = next_generation(old)
-                self.lineage = self.lineage.advanced(old, written)
-                self._written_durable = False
+                advanced = self.history.advance(old)
                 order = ([s for s in self.sources if s not in promoted] + list(promoted)
                          + self.targets)
                 failed = await self._write_scbs_locked(order)
             if not failed:
                 self.mv.commit_owed = False
-                self._written_durable = written
-                if self._leave_mark == mark:
-                    self._leave_mark = None
+                self.history.committed(*advanced)
                 return
             failed_ids = {id(s) for s, _ in failed}
             if all(id(s) in failed_ids for s in self.sources):   # no member answers: change
@@ -645,15 +633,9 @@ class VirtualUnit(Scheduler):
                 self._drop(slot, MemberState.EXPELLED, f"SCB write failed: {exc}",
                            rule=timeouts.rule_for(exc))
 
-    def _leaves(self, slot: Slot, reason: BranchReason) -> None:
-        """`slot` leaves `current` now: snapshot its history, mark where writes it lacks begin."""
-        slot.lineage = self.lineage.branched(slot.generation, reason)
-        if self._leave_mark is None:
-            self._leave_mark = self._write_seq
-
     def _drop(self, slot: Slot, state: MemberState, why: str, rule: Optional[str] = None) -> None:
         if slot.state is MemberState.SOURCE:
-            self._leaves(slot, BranchReason.REMOVED)
+            slot.lineage = self.history.member_leaves(slot.generation, BranchReason.REMOVED)
         slot.state = state
         self._refresh()
         rule = rule or ("member-error" if state is MemberState.EXPELLED else "operator")
@@ -695,7 +677,8 @@ class VirtualUnit(Scheduler):
             async with self._member_leaving():
                 async with self.gate.closed(0, self.size_bytes):
                     if slot.state is MemberState.SOURCE:
-                        self._leaves(slot, BranchReason.REMOVED)
+                        slot.lineage = self.history.member_leaves(slot.generation,
+                                                                  BranchReason.REMOVED)
                     slot.state = MemberState.REMOVED
                     self._refresh()
                 await slot.wait_idle()
