@@ -134,13 +134,9 @@ class Daemon:
                            timeouts.check_timeout(vu_timeout, "--vu-timeout"))
 
     # ----------------------------------------------------------------- FUSE-facing
-    def vu_by_inode(self, inode: int):
-        vu = self.vus.get(f"DSA{inode - 100}") if inode >= 100 else None
-        return vu
-
-    def failsafe(self, inode, exc) -> None:
-        vu = self.vu_by_inode(inode) if isinstance(inode, int) else None
-        if vu is not None and vu.name not in self._failsafe:
+    def failsafe(self, vu, exc) -> None:
+        """An unexpected error on `vu` (fusefs found which VU, from its inode or handle)."""
+        if self.vus.get(vu.name) is vu and vu.name not in self._failsafe:
             self._failsafe.add(vu.name)
             log.error("%s: unexpected error (%s); writes now fail with EIO until it is "
                       "dismounted", vu.name, exc)
