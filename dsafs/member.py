@@ -64,6 +64,7 @@ entries. 128 KiB is between the two.
 from __future__ import annotations
 
 import collections
+import ctypes
 import dataclasses
 import errno
 import fcntl
@@ -77,7 +78,7 @@ import outcome
 import trio
 
 from . import timeouts, uring
-from .errors import InvalidArgument, MemberError, MemberInUse, MemberIOError
+from .errors import InvalidArgument, MemberError, MemberInUse, MemberIOError, MemberShrunk
 from .pending import Pending, Ready
 from .units import format_size
 
@@ -147,6 +148,11 @@ class Member:
     def start_flush(self) -> "Pending":
         raise NotImplementedError
 
+    def start_size_check(self) -> "Pending":
+        """Whether the member still has its size: a Pending of None, or MemberShrunk (smaller
+        than `size_bytes`) or MemberIOError (its device went away). Default: no check."""
+        return Ready(None)
+
     async def read(self, pos: int, nbytes: int) -> bytes:
         await trio.lowlevel.checkpoint_if_cancelled()     # cancelled: nothing is submitted
         return await self.start_read(pos, nbytes).wait()
@@ -178,7 +184,7 @@ class _Request(Pending):
                  "done", "owner", "written", "pieces_left", "piece_error")
 
     def __init__(self, op, pos, arg, prefix, token, owner=None):
-        # op: "read" | "write" | "flush"; arg: read: bytes still wanted, write: the data;
+        # op: "read" | "write" | "flush" | "size"; arg: read: bytes still wanted, write: the data;
         # prefix: read: the bytes already read inline; owner: the FileMember
         self.op, self.pos, self.arg, self.prefix, self.token = op, pos, arg, prefix, token
         self.owner = owner
@@ -268,6 +274,8 @@ class FileMember(Member):
         self._errors = self._in_flight = self._inline_reads = self._worker_ops = 0
         self._abandoned = 0                 # abandoned requests the workers have not finished
         self._nworkers = workers
+        self._size_inline = _size_check_inline(fd)   # lseek(SEEK_END) never waits here
+        self._size_checked = -1             # the ring's `enters` at the last inline size check
         for i in range(workers):
             threading.Thread(target=self._worker, daemon=True,
                              name=f"dsafs-member-{os.path.basename(path)}-{i}").start()
@@ -392,6 +400,26 @@ class FileMember(Member):
             return Ready(error=MemberIOError(self.path, op, errno.EBADF, "member is closed"))
         return None
 
+    def start_size_check(self) -> Pending:
+        """Inline where lseek cannot wait (a block device, a local filesystem), else on a worker."""
+        if self._closed:
+            return Ready(None)
+        if self._size_inline:
+            error = self._size_error("size check")
+            return Ready(None) if error is None else Ready(error=error)
+        return self._submit("size", 0, None, b"")
+
+    def _size_error(self, op: str) -> Optional[MemberIOError]:
+        """MemberShrunk if the member is now smaller than it was opened, MemberIOError if its
+        size cannot be had (the device went away), else None. One lseek(SEEK_END)."""
+        try:
+            size = os.lseek(self._fd, 0, os.SEEK_END)
+        except OSError as exc:
+            return MemberIOError(self.path, op, exc.errno, f"{exc.strerror} (size check)")
+        if size < self.size_bytes:
+            return MemberShrunk(self.path, op, size, self.size_bytes)
+        return None
+
     def _submit(self, op, pos, arg, prefix) -> Pending:
         token = trio.lowlevel.current_trio_token()
         if token is not self._token:      # first request of a new trio.run
@@ -402,9 +430,16 @@ class FileMember(Member):
         self._in_flight += 1
         self._worker_ops += 1
         ring = self._ring
-        if ring is None or op == "read" or self._pre_op is not None:
-            self._queue.put(req)
+        if ring is None or op == "read" or op == "size" or self._pre_op is not None:
+            self._queue.put(req)          # a worker checks the size before a write (_syscall)
             return req
+        if op == "write" and self._size_inline and self._size_checked != ring.enters:
+            self._size_checked = ring.enters          # once per batch entered (see the doc)
+            error = self._size_error("write")
+            if error is not None:
+                self._in_flight -= 1
+                self._errors += 1
+                return Ready(error=error)
         try:          # queued only: entered with the scheduler pass's other requests (uring.py)
             if op == "write":
                 n = len(arg)
@@ -558,6 +593,9 @@ class FileMember(Member):
                 data = os.pread(fd, want, pos)
                 if not data:
                     start, total = req.pos - len(req.prefix), len(req.prefix) + req.arg
+                    if start + total <= self.size_bytes:    # end of file inside: it shrank
+                        raise MemberShrunk(self.path, "read", os.lseek(fd, 0, os.SEEK_END),
+                                           self.size_bytes)
                     raise MemberIOError(self.path, "read", errno.EIO,
                                         f"short read: end of file after {pos - start} of "
                                         f"{total} bytes at byte {start}")
@@ -565,6 +603,12 @@ class FileMember(Member):
                 pos += len(data)
                 want -= len(data)
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if req.op == "size" or req.op == "write":
+            error = self._size_error(req.op)       # off the loop: free to wait
+            if error is not None:
+                raise error
+            if req.op == "size":
+                return None
         if req.op == "write":
             view = memoryview(req.arg)
             while view:                   # a short write is retried until complete or error
@@ -615,6 +659,38 @@ class FileMember(Member):
         state = ", closed" if self._closed else ""
         return (f"<FileMember {self.path} {format_size(self.size_bytes)}, "
                 f"{self._in_flight} in flight{state}>")
+
+
+# statfs f_type of the filesystems whose lseek(SEEK_END) reads the in-memory size and never
+# waits for I/O or a server (NFS, CIFS, FUSE may revalidate it with a round trip).
+_LOCAL_FS_MAGIC = frozenset({
+    0xEF53,        # ext2/3/4
+    0x58465342,    # xfs
+    0x9123683E,    # btrfs
+    0x01021994,    # tmpfs
+    0x858458F6,    # ramfs
+    0xF2F52010,    # f2fs
+    0xCA451A4E,    # bcachefs
+    0x2FC12FC1,    # zfs
+    0x794C7630,    # overlayfs (its upper or lower file's own lseek)
+    0x2011BAB0,    # exfat
+    0x4D44,        # vfat
+})
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _size_check_inline(fd: int) -> bool:
+    """True if the loop may lseek(fd, 0, SEEK_END) itself: a block device, or a file on a
+    local filesystem (statfs f_type in _LOCAL_FS_MAGIC)."""
+    try:
+        if stat.S_ISBLK(os.fstat(fd).st_mode):
+            return True
+    except OSError:
+        return False
+    buf = ctypes.create_string_buffer(256)          # struct statfs: f_type is the first long
+    if _libc.fstatfs(fd, buf) != 0:
+        return False
+    return ctypes.c_long.from_buffer(buf).value in _LOCAL_FS_MAGIC
 
 
 def _check_type(path: str, mode: int) -> None:

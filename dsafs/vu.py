@@ -52,6 +52,7 @@ from .scb import (FEATURE_EXTMEMB, MemberEntry, MemberState, Scb, ScbStore, desc
                   next_generation)
 from .setmeta import load_candidate
 from .units import BLOCK_BYTES, CHUNK_BYTES
+from .watch import MemberWatch
 
 log = logging.getLogger("dsafs.vu")
 
@@ -207,6 +208,7 @@ class VirtualUnit(Scheduler):
         self.priority = DEFAULT_PRIORITY
         self.events = EventLog()                   # the daemon gives its own before run()
         self.mv = MountVerification(self)          # member/VU timeouts, verification, stalls
+        self.watch = MemberWatch(self)             # member sizes and SCB slots (watch.py)
         self._refresh()
 
     # ----------------------------------------------------------------- assembly and lifetime
@@ -236,6 +238,7 @@ class VirtualUnit(Scheduler):
                 self._nursery = nursery
                 self._queue_copy(self.targets)
                 self._kick()
+                nursery.start_soon(self.watch.run)
                 task_status.started(self)
                 await self._finished.wait()
                 nursery.cancel_scope.cancel()
