@@ -18,12 +18,13 @@ import logging
 import os
 import signal
 import stat
+import threading
 from typing import Optional
 
 import pyfuse3
 import trio
 
-from . import control, decide, fusectl, intake, timeouts
+from . import control, decide, fusectl, intake, memberpath, timeouts
 from .allocator import tune_allocator
 from .errors import (DsafsError, InvalidArgument, MemberError, MountRefused, UsageError,
                      VuError)
@@ -125,6 +126,7 @@ class Daemon:
         self._failsafe: set = set()
         self._nursery: Optional[trio.Nursery] = None
         self.ops: Optional[DsafsOps] = None
+        self._mount_real = os.path.realpath(self.mountpoint)   # re-taken by _prepare
         self._busy = trio.Lock()           # one membership command at a time
         self._closing = False
         self.events = EventLog()           # every VU's state changes (dsafs events)
@@ -146,6 +148,7 @@ class Daemon:
 
     # ----------------------------------------------------------------- lifetime
     def _prepare(self) -> trio.SocketListener:
+        self._mount_real = os.path.realpath(self.mountpoint)   # now: once mounted, it is ours
         if not os.path.isdir(self.mountpoint):
             parent = os.path.dirname(self.mountpoint)
             if not os.path.isdir(parent):
@@ -341,22 +344,22 @@ class Daemon:
                 if vu is None:
                     raise VuError(f"{name} is not mounted; mount it first, then add members "
                                   f"with --add")
-                current = {os.path.realpath(s.member.path) for s in vu.current}
-                new_paths = [p for p in paths if os.path.realpath(p) not in current]
-                members = self._open(name, new_paths)
+                members, warnings = await self._open(name, paths, adding_to=name)
                 try:
                     plan = await vu.add(members, options, confirm) if members else None
                 except MountRefused:
                     if asked and not confirmed:
                         return _confirmation(name, asked[0])
                     raise
-                return {"vu": name, "plan": _plan_json(plan) if plan else [], "state": vu.state}
+                return {"vu": name, "plan": _plan_json(plan) if plan else [], "state": vu.state,
+                        "warnings": warnings}
             if vu is not None:
                 raise VuError(f"{name} is already mounted; add members with "
                               f"'dsafs mount {name} --add MEMBER'")
             if len(self.vus) >= 10000:
                 raise MountRefused(f"{name}: too many virtual units mounted")
-            members = self._open(name, paths, readonly=bool(args.get("nowrite")))
+            members, warnings = await self._open(name, paths,
+                                                 readonly=bool(args.get("nowrite")))
             try:
                 vu = await type(self)._assemble(name, members, options, bool(args.get("nowrite")), confirm)
             except MountRefused:
@@ -373,30 +376,44 @@ class Daemon:
             self._publish(vu)
             return {"vu": name, "plan": _plan_json(vu._plan), "state": vu.state,
                     "path": os.path.join(self.mountpoint, name),
-                    "merge_rule": vu._plan.merge_rule or None}
+                    "merge_rule": vu._plan.merge_rule or None, "warnings": warnings}
 
     @staticmethod
     async def _assemble(name, members, options, readonly, confirm):
         from .vu import VirtualUnit
         return await VirtualUnit.assemble(name, members, options, readonly=readonly, confirm=confirm)
 
-    def _open(self, name: str, paths, readonly: bool = False) -> list:
-        """Open (and lock) every member, or none: a failure closes those already opened."""
-        opened = []
+    async def _open(self, name: str, paths, readonly: bool = False,
+                    adding_to: Optional[str] = None) -> tuple[list, list]:
+        """Open (and lock) every member, or none: a failure closes those already opened.
+        Returns (members, warnings). With `adding_to` (a VU name), a path that is already a
+        current member of that VU is skipped. Each path is checked (memberpath.py: never a file
+        of this daemon's own mount, never a symlink loop) and opened on a worker thread with a
+        deadline, so the loop never waits on a filesystem that could be its own, or a hung one."""
+        roots, devices = memberpath.own_roots(self._mount_real)
+        in_use = {}
+        for vu in self.vus.values():
+            for s in vu.slots:
+                ident = _identity(s.member)
+                if s.state.current and ident is not None:
+                    in_use[ident] = vu.name
+        opened, warnings = [], []
         try:
             for p in paths:
-                real = os.path.realpath(p)
-                for vu in self.vus.values():
-                    if any(os.path.realpath(s.member.path) == real
-                           for s in vu.slots if s.state.current):
-                        raise MemberError(f"{name}: member {p} is already in use by {vu.name}; "
-                                          f"dismount it there first", p)
-                opened.append(FileMember.open(p, readonly=readonly))
+                m = await _open_member(name, p, roots, devices, in_use, readonly, adding_to)
+                if m is None:
+                    continue
+                in_use[m.identity] = (p,)          # a tuple: named earlier in this command
+                opened.append(m)
+                warning = None if readonly else m.space_warning()
+                if warning:
+                    log.warning("%s: %s", name, warning)
+                    warnings.append(warning)
         except BaseException:
             for m in opened:
                 m.close()
             raise
-        return opened
+        return opened, warnings
 
     async def cmd_dismount(self, args) -> dict:
         async with self._busy:
@@ -545,6 +562,57 @@ class Daemon:
     async def cmd_verify(self, args) -> dict:
         vu = self._get(args.get("vu", ""))
         return (await verify(vu)).as_dict()
+
+
+OPEN_TIMEOUT_S = 20          # a member path that takes longer to check and open is refused
+
+
+def _identity(member) -> Optional[tuple]:
+    """(st_dev, st_ino) of a FileMember, also under a fault-injection wrapper."""
+    return getattr(member, "identity", None) or getattr(getattr(member, "inner", None),
+                                                        "identity", None)
+
+
+async def _open_member(name, path, roots, devices, in_use, readonly, adding_to):
+    """Check and open one member on a worker thread (memberpath.py), at most OPEN_TIMEOUT_S;
+    a member opened after the deadline is closed by the thread itself. None: skipped (already
+    a member of `adding_to`)."""
+    lock = threading.Lock()
+    state = {"abandoned": False, "member": None}
+
+    def work():
+        real = memberpath.resolve(path, roots)
+        try:
+            st = os.stat(real)
+        except OSError:
+            st = None                 # the open reports it
+        owner = None if st is None else in_use.get((st.st_dev, st.st_ino))
+        if isinstance(owner, tuple):
+            raise InvalidArgument(f"{name}: member {path} is the same file as {owner[0]}; name "
+                                  f"each member once")
+        if owner is not None:
+            if owner == adding_to:
+                return None
+            raise MemberError(f"{name}: member {path} is already in use by {owner}; dismount "
+                              f"it there first", path)
+        m = FileMember.open(path, readonly=readonly, check=lambda fd: memberpath.check_opened(
+            path, fd, roots, devices))
+        with lock:
+            if state["abandoned"]:
+                m.close()
+                return None
+            state["member"] = m
+        return m
+
+    with trio.move_on_after(OPEN_TIMEOUT_S):
+        return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+    with lock:
+        state["abandoned"] = True
+        if state["member"] is not None:
+            state["member"].close()
+    raise MemberError(f"{name}: member {path} could not be checked and opened within "
+                      f"{OPEN_TIMEOUT_S} s (a hung filesystem or device?); check it and "
+                      f"mount again", path)
 
 
 def _with_failure_fields(vu) -> dict:

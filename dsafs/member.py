@@ -258,6 +258,7 @@ class FileMember(Member):
     def __init__(self, path: str, fd: int, size_bytes: int, *, workers: int, locked: bool):
         self.path = path
         self.size_bytes = size_bytes
+        self.identity: Optional[tuple] = None     # (st_dev, st_ino) when opened by open()
         self._fd = fd
         self._locked = locked
         self._closed = False
@@ -284,8 +285,10 @@ class FileMember(Member):
 
     @classmethod
     def open(cls, path: str, *, workers: int = 4, lock: bool = True,
-             readonly: bool = False) -> "FileMember":
-        """Open and (if `lock`) flock a member. Raises MemberError/MemberInUse with one line."""
+             readonly: bool = False, check=None) -> "FileMember":
+        """Open and (if `lock`) flock a member. Raises MemberError/MemberInUse with one line.
+        `check(fd)`, if given, runs on the open fd before anything else and may refuse it by
+        raising (memberpath.check_opened)."""
         if workers < 1:
             raise InvalidArgument(f"member {path}: workers must be at least 1, not {workers}")
         path = os.path.abspath(path)
@@ -303,6 +306,8 @@ class FileMember(Member):
         except OSError as exc:
             raise _open_error(path, exc, readonly) from None
         try:
+            if check is not None:
+                check(fd)
             st = os.fstat(fd)
             _check_type(path, st.st_mode)
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
@@ -323,7 +328,9 @@ class FileMember(Member):
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd, size_bytes, workers=workers, locked=lock)
+        member = cls(path, fd, size_bytes, workers=workers, locked=lock)
+        member.identity = (st.st_dev, st.st_ino)
+        return member
 
     # ---- the request path (loop thread) ---------------------------------------------------
 
@@ -408,6 +415,20 @@ class FileMember(Member):
             error = self._size_error("size check")
             return Ready(None) if error is None else Ready(error=error)
         return self._submit("size", 0, None, b"")
+
+    def space_warning(self) -> Optional[str]:
+        """One line if this member is a sparse file whose filesystem has less free space than
+        the member still has to allocate (writes would fail with ENOSPC), else None. Blocking
+        (fstatvfs): call it where waiting is allowed (the open, `init`)."""
+        try:
+            st = os.fstat(self._fd)
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            vfs = os.fstatvfs(self._fd)
+        except OSError:
+            return None
+        return space_warning(self.path, st.st_size, st.st_blocks * 512,
+                             vfs.f_bavail * vfs.f_frsize)
 
     def _size_error(self, op: str) -> Optional[MemberIOError]:
         """MemberShrunk if the member is now smaller than it was opened, MemberIOError if its
@@ -691,6 +712,18 @@ def _size_check_inline(fd: int) -> bool:
     if _libc.fstatfs(fd, buf) != 0:
         return False
     return ctypes.c_long.from_buffer(buf).value in _LOCAL_FS_MAGIC
+
+
+def space_warning(path: str, size_bytes: int, allocated_bytes: int,
+                  free_bytes: int) -> Optional[str]:
+    """The warning for a sparse member whose filesystem cannot hold the rest of it (pure)."""
+    unallocated = max(0, size_bytes - allocated_bytes)
+    if free_bytes >= unallocated:
+        return None
+    return (f"member {path} is sparse: {format_size(unallocated)} of it is not allocated yet "
+            f"and its filesystem has only {format_size(free_bytes)} free; once that is used "
+            f"up, its writes fail (ENOSPC) and it is expelled by rule=member-no-space; free "
+            f"space, or allocate it (fallocate -l SIZE FILE keeps its data)")
 
 
 def _check_type(path: str, mode: int) -> None:
