@@ -3,7 +3,10 @@
 Lifetime: `Daemon.run` owns one nursery holding the FUSE main loop, the control server, the
 signal watcher and every VU (each started with `nursery.start(vu.run)`). SIGTERM or SIGINT
 dissolves every VU cleanly (flush, members marked clean), then the nursery is cancelled, FUSE is
-unmounted and the socket removed; the process exits 0. A stale socket (nothing answers) is
+unmounted and the socket removed; the process exits 0. While a VU file is open (a loop device,
+a filesystem mounted on it) a signal does not dissolve it under its user: the daemon logs a
+WARNING naming the VUs, refuses new mounts, keeps serving, and stops once the last handle is
+released, or at a second signal (which dissolves them anyway). A stale socket (nothing answers) is
 removed at start; a live one, or a mountpoint that is already mounted, is refused.
 
 Invariant: a command either completes or changes nothing; a failing VU task is logged and its VU
@@ -129,6 +132,8 @@ class Daemon:
         self._mount_real = os.path.realpath(self.mountpoint)   # re-taken by _prepare
         self._busy = trio.Lock()           # one membership command at a time
         self._closing = False
+        self._stop_requested = False       # a signal came while a VU was open (_watch_signals)
+        self._all_closed = trio.Event()
         self.events = EventLog()           # every VU's state changes (dsafs events)
         self.member_timeout = (None if member_timeout is None else
                                timeouts.check_timeout(member_timeout, "--member-timeout"))
@@ -221,13 +226,46 @@ class Daemon:
             self._nursery.cancel_scope.cancel()
 
     async def _watch_signals(self) -> None:
+        """SIGTERM/SIGINT: dismount every VU and stop, but never under a VU that is open (a
+        loop device, a mounted filesystem): then keep serving, say so, and stop once every VU
+        is closed, or at the next signal (which dismounts them anyway: their users get EIO)."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
+                busy = self._open_vus()
+                if busy and not self._stop_requested:
+                    self._stop_requested = True
+                    log.warning("signal %d: %s in use (%s); still serving until every VU is "
+                                "closed, then dismounting them; send the signal again to "
+                                "dismount now (their users then get I/O errors)", signum,
+                                ", ".join(busy), _handles(sum(busy.values())))
+                    self._nursery.start_soon(self._stop_when_closed, signum)
+                    continue
+                if busy:
+                    log.warning("signal %d again: dismounting %s although in use (%s)", signum,
+                                ", ".join(busy), _handles(sum(busy.values())))
                 log.info("signal %d: dismounting every VU", signum)
                 await self.shutdown()
                 return
 
+    def _open_vus(self) -> dict:
+        """{VU name: open file handles} of the VUs that are open."""
+        counts = self.ops.open_count if self.ops is not None else {}
+        return {name: counts[inode_of(name)] for name in sorted(self.vus)
+                if counts.get(inode_of(name))}
+
+    def vu_released(self) -> None:
+        """fusefs: a VU file handle was released (the kernel's RELEASE)."""
+        if self._stop_requested and not self._open_vus():
+            self._all_closed.set()
+
+    async def _stop_when_closed(self, signum: int) -> None:
+        await self._all_closed.wait()
+        log.info("signal %d: every VU is closed now; dismounting every VU", signum)
+        await self.shutdown()
+
     async def shutdown(self) -> None:
+        if self._closing:
+            return                # the other of the two signal paths is already at it
         self._closing = True      # no cache invalidations from here on: see _invalidate
         async with self._busy:
             for name in list(self.vus):
@@ -356,6 +394,9 @@ class Daemon:
             if vu is not None:
                 raise VuError(f"{name} is already mounted; add members with "
                               f"'dsafs mount {name} --add MEMBER'")
+            if self._stop_requested or self._closing:
+                raise MountRefused(f"{name}: the daemon is stopping (a signal came while VUs "
+                                   f"were open); mount {name} after it has stopped")
             if len(self.vus) >= 10000:
                 raise MountRefused(f"{name}: too many virtual units mounted")
             members, warnings = await self._open(name, paths,
@@ -565,6 +606,10 @@ class Daemon:
 
 
 OPEN_TIMEOUT_S = 20          # a member path that takes longer to check and open is refused
+
+
+def _handles(n: int) -> str:
+    return f"{n} open file handle{'s' if n != 1 else ''}: a loop device or a mounted filesystem?"
 
 
 def _identity(member) -> Optional[tuple]:

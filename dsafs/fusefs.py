@@ -239,6 +239,10 @@ class DsafsOps(pyfuse3.Operations):
         _count_down(self.open_count, inode)
         if not fh & DIRECT_FH:
             _count_down(self.buffered_count, inode)
+        try:
+            self.daemon.vu_released()
+        except Exception as exc:       # noqa: BLE001 (never into pyfuse3)
+            log.error("after release: %s", exc)
 
     async def releasedir(self, fh):
         return None

@@ -68,7 +68,8 @@ def test_a_bind_mount_of_a_vu_is_refused(served, tmp_path):
     try:
         assert "inside this daemon's own FUSE mount" in refused(served, str(target))
     finally:
-        subprocess.run(["umount", str(target)], check=True)
+        if subprocess.run(["umount", str(target)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(target)])
 
 
 @needs("losetup")
@@ -119,4 +120,5 @@ def test_init_and_mount_warn_about_a_sparse_member_on_a_small_filesystem(served,
         assert "a.img is sparse" not in r.stderr            # its filesystem has room
         served.check("dismount", "DSA1")
     finally:
-        subprocess.run(["umount", str(small)], check=True)
+        if subprocess.run(["umount", str(small)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(small)])
