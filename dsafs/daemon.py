@@ -21,7 +21,6 @@ import logging
 import os
 import signal
 import stat
-import threading
 from typing import Optional
 
 import pyfuse3
@@ -29,12 +28,11 @@ import trio
 
 from . import control, decide, fusectl, intake, memberpath, timeouts
 from .allocator import tune_allocator
-from .errors import (DsafsError, InvalidArgument, MemberError, MountRefused, UsageError,
+from .errors import (DsafsError, InvalidArgument, MountRefused, UsageError,
                      VuError)
 from .events import EventLog
 from .fusefs import DsafsOps, inode_of
 from .inject import MAX_DELAY_S, FaultyMember, parse_flakey, parse_lbn_range
-from .member import FileMember
 from .throttle import Settings as MergeSettings
 from .mountver import MOUNT_VERIFY, SetPlan
 from .scheduler import check_priority
@@ -292,6 +290,7 @@ class Daemon:
         if self.vus.pop(name, None) is not None:
             self._failsafe.discard(name)
             self._invalidate(name)
+            self.vu_released()            # a stop waiting for open VUs may go on now
 
     def _invalidate(self, name: str) -> None:
         """Make the kernel forget the name and the inode's cached pages and attributes. Both
@@ -435,13 +434,14 @@ class Daemon:
         in_use = {}
         for vu in self.vus.values():
             for s in vu.slots:
-                ident = _identity(s.member)
+                ident = memberpath.identity(s.member)
                 if s.state.current and ident is not None:
                     in_use[ident] = vu.name
         opened, warnings = [], []
         try:
             for p in paths:
-                m = await _open_member(name, p, roots, devices, in_use, readonly, adding_to)
+                m = await memberpath.open_checked(name, p, roots, devices, in_use, readonly,
+                                                  adding_to)
                 if m is None:
                     continue
                 in_use[m.identity] = (p,)          # a tuple: named earlier in this command
@@ -605,59 +605,8 @@ class Daemon:
         return (await verify(vu)).as_dict()
 
 
-OPEN_TIMEOUT_S = 20          # a member path that takes longer to check and open is refused
-
-
 def _handles(n: int) -> str:
     return f"{n} open file handle{'s' if n != 1 else ''}: a loop device or a mounted filesystem?"
-
-
-def _identity(member) -> Optional[tuple]:
-    """(st_dev, st_ino) of a FileMember, also under a fault-injection wrapper."""
-    return getattr(member, "identity", None) or getattr(getattr(member, "inner", None),
-                                                        "identity", None)
-
-
-async def _open_member(name, path, roots, devices, in_use, readonly, adding_to):
-    """Check and open one member on a worker thread (memberpath.py), at most OPEN_TIMEOUT_S;
-    a member opened after the deadline is closed by the thread itself. None: skipped (already
-    a member of `adding_to`)."""
-    lock = threading.Lock()
-    state = {"abandoned": False, "member": None}
-
-    def work():
-        real = memberpath.resolve(path, roots)
-        try:
-            st = os.stat(real)
-        except OSError:
-            st = None                 # the open reports it
-        owner = None if st is None else in_use.get((st.st_dev, st.st_ino))
-        if isinstance(owner, tuple):
-            raise InvalidArgument(f"{name}: member {path} is the same file as {owner[0]}; name "
-                                  f"each member once")
-        if owner is not None:
-            if owner == adding_to:
-                return None
-            raise MemberError(f"{name}: member {path} is already in use by {owner}; dismount "
-                              f"it there first", path)
-        m = FileMember.open(path, readonly=readonly, check=lambda fd: memberpath.check_opened(
-            path, fd, roots, devices))
-        with lock:
-            if state["abandoned"]:
-                m.close()
-                return None
-            state["member"] = m
-        return m
-
-    with trio.move_on_after(OPEN_TIMEOUT_S):
-        return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
-    with lock:
-        state["abandoned"] = True
-        if state["member"] is not None:
-            state["member"].close()
-    raise MemberError(f"{name}: member {path} could not be checked and opened within "
-                      f"{OPEN_TIMEOUT_S} s (a hung filesystem or device?); check it and "
-                      f"mount again", path)
 
 
 def _with_failure_fields(vu) -> dict:

@@ -33,9 +33,13 @@ from __future__ import annotations
 import os
 import re
 import stat
+import threading
 from typing import Iterable, Optional
 
-from .errors import MemberError
+import trio
+
+from .errors import InvalidArgument, MemberError
+from .member import FileMember
 
 MAX_SYMLINKS = 40            # the kernel's limit (MAXSYMLINKS) before ELOOP
 _OCTAL = re.compile(r"\\([0-7]{3})")
@@ -159,3 +163,57 @@ def check_opened(given: str, fd: int, roots: Iterable[str], devices: set[int]) -
             raise MemberError(f"member {given} is a loop device over {backing}, inside this "
                               f"daemon's own FUSE mount {root}: its I/O would call back into "
                               f"the daemon; give a device or file outside {root}", given)
+
+
+OPEN_TIMEOUT_S = 20          # a member path that takes longer to check and open is refused
+
+
+def identity(member) -> Optional[tuple]:
+    """(st_dev, st_ino) of a FileMember, also under a fault-injection wrapper."""
+    return getattr(member, "identity", None) or getattr(getattr(member, "inner", None),
+                                                        "identity", None)
+
+
+async def open_checked(name: str, path: str, roots, devices, in_use: dict, readonly: bool,
+                       adding_to: Optional[str]):
+    """Check and open one member on a worker thread (resolve, FileMember.open, check_opened),
+    at most OPEN_TIMEOUT_S; a member opened after the deadline is closed by the thread itself.
+    `in_use` maps (st_dev, st_ino) to the VU name using it, or to a 1-tuple (path) for a file
+    named earlier in the same command. Returns None for a path skipped as already a member of
+    `adding_to` (a VU name, for `mount --add`)."""
+    lock = threading.Lock()
+    state = {"abandoned": False, "member": None}
+
+    def work():
+        real = resolve(path, roots)
+        try:
+            st = os.stat(real)
+        except OSError:
+            st = None                 # the open reports it
+        owner = None if st is None else in_use.get((st.st_dev, st.st_ino))
+        if isinstance(owner, tuple):
+            raise InvalidArgument(f"{name}: member {path} is the same file as {owner[0]}; name "
+                                  f"each member once")
+        if owner is not None:
+            if owner == adding_to:
+                return None
+            raise MemberError(f"{name}: member {path} is already in use by {owner}; dismount "
+                              f"it there first", path)
+        m = FileMember.open(path, readonly=readonly, check=lambda fd: check_opened(
+            path, fd, roots, devices))
+        with lock:
+            if state["abandoned"]:
+                m.close()
+                return None
+            state["member"] = m
+        return m
+
+    with trio.move_on_after(OPEN_TIMEOUT_S):
+        return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+    with lock:
+        state["abandoned"] = True
+        if state["member"] is not None:
+            state["member"].close()
+    raise MemberError(f"{name}: member {path} could not be checked and opened within "
+                      f"{OPEN_TIMEOUT_S} s (a hung filesystem or device?); check it and "
+                      f"mount again", path)

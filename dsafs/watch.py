@@ -89,7 +89,7 @@ class MemberWatch:
             await timeouts.wait(slot, slot.member.start_size_check(), "size check")
             return True
         except MemberTimeout:
-            return True
+            return False                    # hung: left to the I/O paths, no SCB read either
         except MemberIOError as exc:
             rule = timeouts.rule_for(exc)
             try:

@@ -5,6 +5,7 @@ small for it (item 5). Each refusal is one line naming the member, and the daemo
 answering."""
 
 import errno
+import json
 import os
 import stat
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 
 from dsafs.units import MiB
 
-from .support import needs, needs_fuse, one_line_error, show
+from .support import direct_read, direct_write, needs, needs_fuse, one_line_error, show
 
 pytestmark = [pytest.mark.mount, needs_fuse]
 
@@ -122,3 +123,21 @@ def test_init_and_mount_warn_about_a_sparse_member_on_a_small_filesystem(served,
     finally:
         if subprocess.run(["umount", str(small)]).returncode != 0:
             subprocess.run(["umount", "-l", str(small)])
+
+
+def test_a_member_truncated_while_mounted_is_expelled_not_read_as_zeros(served, tmp_path):
+    served.check("init", "DSA1", "--label", "SHRINK", "--size", str(VU), "a.img", "b.img")
+    served.check("mount", "DSA1", "a.img", "b.img")
+    vu = served.vu_path("DSA1")
+    data = os.urandom(MiB)
+    direct_write(vu, 0, data)                        # mounted and dirty
+    os.truncate(tmp_path / "b.img", 0)               # behind dsafs' back
+    direct_write(vu, 8 * MiB, os.urandom(4096))      # would re-extend b.img with a hole
+    for _ in range(4):                               # reads alternate between the sources
+        assert direct_read(vu, 0, MiB) == data
+    assert os.path.getsize(tmp_path / "b.img") == 0
+    states = {os.path.basename(m["path"]): m["state"] for m in show(served)["members"]}
+    assert states == {"a.img": "source", "b.img": "expelled"}, states
+    events = [json.loads(x) for x in served.check("events", "DSA1", "--json").stdout.splitlines()]
+    assert [(e["kind"], e["rule"]) for e in events if e["member"] == str(tmp_path / "b.img")
+            and e["kind"] == "expelled"] == [("expelled", "member-shrunk")], events
