@@ -9,7 +9,8 @@ So, in code order:
   1. `own_roots(mountpoint)`: the mountpoints of this daemon's FUSE filesystem, read from
      /proc/self/mountinfo (a read of /proc, never of the FUSE mount): the entry at the
      daemon's mountpoint gives its device number, and every entry with that device (a bind
-     mount of the VU directory or of a single VU file) is a root too.
+     mount of the VU directory or of a single VU file) is a root too, as is an overlayfs with
+     a layer inside a root.
   2. `resolve(path, roots)`: the path made absolute and free of symlinks one component at a
      time, like the kernel's walk, but a component is checked against the roots *before* it
      is lstat'ed: a path that is or passes through a root is refused without any syscall on
@@ -23,6 +24,9 @@ caller gets a one-line refusal and the loop keeps answering.
 
 A symlink swapped in between the check and the open (a race by root, who could also unmount
 or overwrite members) is caught by 3 when it leads into our mount; it is not otherwise guarded.
+Not detected: another FUSE filesystem that passes through to ours (bindfs of the mountpoint):
+its checks and I/O stay off the loop (reads fall back to the workers, no NOWAIT on FUSE), but
+closing such a member's fd sends a FLUSH that comes back to this daemon's loop.
 
 Invariant: no member path accepted by the daemon resolves into, or is, a file served by this
 daemon, and checking one never makes the trio thread wait on the FUSE mount.
@@ -50,8 +54,9 @@ def _unescape(field: str) -> str:
     return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), field)
 
 
-def mountinfo(text: Optional[str] = None) -> list[tuple[str, str, str]]:
-    """[(major:minor, mount point, fstype), ...] of /proc/self/mountinfo (or of `text`)."""
+def mountinfo(text: Optional[str] = None) -> list[tuple[str, str, str, str]]:
+    """[(major:minor, mount point, fstype, super options), ...] of /proc/self/mountinfo (or of
+    `text`)."""
     if text is None:
         try:
             with open("/proc/self/mountinfo") as f:
@@ -63,19 +68,35 @@ def mountinfo(text: Optional[str] = None) -> list[tuple[str, str, str]]:
         fields = line.split(" ")
         try:
             sep = fields.index("-", 6)
-            out.append((fields[2], _unescape(fields[4]), fields[sep + 1]))
+            out.append((fields[2], _unescape(fields[4]), fields[sep + 1],
+                        fields[sep + 3] if len(fields) > sep + 3 else ""))
         except (ValueError, IndexError):
             continue
     return out
 
 
+def _overlay_layers(options: str) -> list[str]:
+    """The layer directories of an overlayfs (lowerdir, upperdir, workdir, datadir options)."""
+    dirs = []
+    for opt in options.split(","):
+        key, _, value = opt.partition("=")
+        if key.rstrip("+") in ("lowerdir", "upperdir", "workdir", "datadir") and value:
+            dirs += [_unescape(d) for d in value.split(":") if d]
+    return dirs
+
+
 def own_roots(mountpoint_real: str, text: Optional[str] = None) -> tuple[list[str], set[int]]:
     """(mount points, st_dev numbers) of the FUSE filesystem mounted at `mountpoint_real` (the
-    resolved path, taken before the mount existed). Always includes `mountpoint_real`."""
+    resolved path, taken before the mount existed). Always includes `mountpoint_real`. An
+    overlayfs with a layer inside one of them is a root too: its files are ours underneath."""
     entries = mountinfo(text)
-    devs = {dev for dev, mnt, fstype in entries
+    devs = {dev for dev, mnt, fstype, _ in entries
             if mnt == mountpoint_real and fstype.startswith("fuse")}
-    roots = {mountpoint_real} | {mnt for dev, mnt, _ in entries if dev in devs}
+    roots = {mountpoint_real} | {mnt for dev, mnt, _, _ in entries if dev in devs}
+    for _, mnt, fstype, options in entries:
+        if fstype == "overlay" and any(inside(os.path.normpath(d), roots)
+                                       for d in _overlay_layers(options)):
+            roots.add(mnt)
     numbers = set()
     for dev in devs:
         major, _, minor = dev.partition(":")

@@ -73,6 +73,23 @@ def test_a_bind_mount_of_a_vu_is_refused(served, tmp_path):
             subprocess.run(["umount", "-l", str(target)])
 
 
+@needs("mount")
+def test_a_file_of_an_overlay_over_its_mount_is_refused(served, tmp_path):
+    init_one(served)
+    served.check("mount", "DSA1", "a.img")
+    for d in ("upper", "work", "ovl"):
+        (tmp_path / d).mkdir()
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={served.mnt},upperdir={tmp_path / 'upper'},"
+                    f"workdir={tmp_path / 'work'}", str(tmp_path / "ovl")], check=True)
+    try:
+        line = refused(served, str(tmp_path / "ovl" / "DSA1"))
+        assert f"inside this daemon's own FUSE mount {tmp_path / 'ovl'}" in line, line
+    finally:
+        if subprocess.run(["umount", str(tmp_path / "ovl")]).returncode != 0:
+            subprocess.run(["umount", "-l", str(tmp_path / "ovl")])
+
+
 @needs("losetup")
 def test_a_loop_device_over_its_own_vu_is_refused(served, tmp_path):
     init_one(served)

@@ -13,14 +13,17 @@ MOUNTINFO = r"""22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 61 22 0:53 / /mnt/dsafs rw,nosuid,nodev,relatime shared:30 - fuse.dsafs dsafs rw,user_id=0
 62 22 0:53 /DSA1 /srv/with\040space/disk rw,relatime shared:30 - fuse.dsafs dsafs rw,user_id=0
 63 22 0:54 / /mnt/other rw,relatime shared:31 - fuse.dsafs dsafs rw,user_id=0
+64 22 0:55 / /mnt/ovl rw,relatime shared:32 - overlay overlay rw,lowerdir=/srv/lower:/mnt/dsafs,upperdir=/srv/up,workdir=/srv/work
+65 22 0:56 / /mnt/ovl2 rw,relatime shared:33 - overlay overlay rw,lowerdir=/srv/lower,upperdir=/srv/up2,workdir=/srv/work2
 """
 
 
 def test_own_roots_are_every_mount_of_the_daemons_fuse_device():
     roots, devs = own_roots("/mnt/dsafs", MOUNTINFO)
-    assert roots == ["/mnt/dsafs", "/srv/with space/disk"]      # a bind mount of DSA1 too
+    # a bind mount of DSA1, and an overlayfs with the VU directory as a lower layer
+    assert roots == ["/mnt/dsafs", "/mnt/ovl", "/srv/with space/disk"]
     assert devs == {os.makedev(0, 53)}
-    assert mountinfo(MOUNTINFO)[2] == ("0:53", "/srv/with space/disk", "fuse.dsafs")
+    assert mountinfo(MOUNTINFO)[2][:3] == ("0:53", "/srv/with space/disk", "fuse.dsafs")
 
 
 def test_no_mountinfo_entry_still_forbids_the_mountpoint():
