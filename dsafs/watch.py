@@ -19,8 +19,9 @@ Per pass, for each current member, in order:
      (`vu.write_scbs`: the write goes to the damaged slot, see scb.py), unless the VU is
      read-only (--nowrite: reported, nothing written). The same report is made when an SCB
      write of the VU finds the damage first (`ScbStore.on_damage`, set here).
-The only source cannot be expelled (the VU would have none): it is reported once, and its
-I/O fails rather than returning zeros (member.py).
+The only source cannot be expelled (the VU would have none), and a read-only VU writes no
+SCB, so expels nothing: such a member is reported once, and its reads past its end fail rather
+than return zeros (member.py).
 
 Invariant: a member found smaller than it was opened is out of the set before the next pass;
 a damaged slot is never left unreported, and never rewritten on a read-only VU.
@@ -92,14 +93,21 @@ class MemberWatch:
             return False                    # hung: left to the I/O paths, no SCB read either
         except MemberIOError as exc:
             rule = timeouts.rule_for(exc)
+            if self.vu.readonly:                # --nowrite: no SCB is written, so no expulsion
+                self._report_once(slot, f"{exc}; on a read-only VU it is not expelled, its "
+                                        f"reads past the end fail")
+                return False
             try:
                 await self.vu.expel(slot, f"size check: {exc}", rule=rule)
             except DsafsError as refused:      # e.g. the only source: its I/O fails instead
-                if id(slot) not in self._reported:
-                    self._reported.add(id(slot))
-                    log.warning("%s: %s: %s; it cannot be expelled (%s), so its I/O fails",
-                                self.vu.name, slot.name, exc, refused)
+                self._report_once(slot, f"{exc}; it cannot be expelled ({refused}), so its "
+                                        f"I/O fails")
             return False
+
+    def _report_once(self, slot, text: str) -> None:
+        if id(slot) not in self._reported:
+            self._reported.add(id(slot))
+            log.warning("%s: %s: %s", self.vu.name, slot.name, text)
 
     async def _scb_ok(self, slot) -> None:
         try:

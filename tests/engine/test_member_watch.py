@@ -229,3 +229,14 @@ async def test_enospc_on_a_sparse_member_expels_it_and_spares_the_others(tmp_pat
             assert_members_identical(vu)
         with open(b, "rb") as f:
             assert f.read(SIZE) == data
+
+
+async def test_a_shrunk_member_of_a_read_only_vu_is_reported_not_expelled(tmp_path, caplog):
+    a, b = await make_set(str(tmp_path / "a.img"), str(tmp_path / "b.img"))
+    async with running(await mount([a, b], readonly=True)) as vu:
+        os.truncate(b, RAW // 2)
+        await vu.watch.check()
+        await vu.watch.check()
+        assert caplog.text.count("on a read-only VU it is not expelled") == 1
+        assert len(vu.current) == 2 and not vu.events.find("expelled")
+    assert os.path.getsize(b) == RAW // 2 and os.path.getsize(a) == RAW
