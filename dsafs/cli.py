@@ -297,6 +297,7 @@ async def _init(args) -> int:
                     os.fsync(f.fileno())
             opened[p] = FileMember.open(p)
         await init_set(name, label, size, [opened[p] for p in paths], overwrite=True)
+        warnings = [w for w in (opened[p].space_warning() for p in paths) if w]
     except BaseException:
         for p in created:
             os.unlink(p)
@@ -308,6 +309,8 @@ async def _init(args) -> int:
              "zero-device": "zeroed and initialized"}
     for p in paths:
         print(f"{name}: {verbs[actions[p]]} member {p}")
+    for warning in warnings:
+        print(f"dsafs: warning: {name}: {warning}", file=sys.stderr)
     print(f"{name}: shadow set {label}, {format_size(size)}, {len(paths)} member"
           f"{'s' if len(paths) > 1 else ''}; mount with: dsafs mount {name} {' '.join(args.members)}")
     return 0
@@ -417,6 +420,8 @@ def cmd_mount(args) -> int:
             print(f"{name}: {mp['path']} {mp['role'] or 'unchanged'} by rule={mp['rule']}")
         for note in result.get("notes", []):
             print(f"{name}: {note}")
+        for warning in result.get("warnings") or []:
+            print(f"dsafs: warning: {name}: {warning}", file=sys.stderr)
         if result.get("merge_rule"):
             print(f"{name}: merge required by rule={result['merge_rule']}; it runs online "
                   f"(dsafs show {name})")

@@ -3,7 +3,10 @@
 Lifetime: `Daemon.run` owns one nursery holding the FUSE main loop, the control server, the
 signal watcher and every VU (each started with `nursery.start(vu.run)`). SIGTERM or SIGINT
 dissolves every VU cleanly (flush, members marked clean), then the nursery is cancelled, FUSE is
-unmounted and the socket removed; the process exits 0. A stale socket (nothing answers) is
+unmounted and the socket removed; the process exits 0. While a VU file is open (a loop device,
+a filesystem mounted on it) a signal does not dissolve it under its user: the daemon logs a
+WARNING naming the VUs, refuses new mounts, keeps serving, and stops once the last handle is
+released, or at a second signal (which dissolves them anyway). A stale socket (nothing answers) is
 removed at start; a live one, or a mountpoint that is already mounted, is refused.
 
 Invariant: a command either completes or changes nothing; a failing VU task is logged and its VU
@@ -23,14 +26,13 @@ from typing import Optional
 import pyfuse3
 import trio
 
-from . import control, decide, fusectl, intake, timeouts
+from . import control, decide, fusectl, intake, memberpath, timeouts
 from .allocator import tune_allocator
-from .errors import (DsafsError, InvalidArgument, MemberError, MountRefused, UsageError,
+from .errors import (DsafsError, InvalidArgument, MountRefused, UsageError,
                      VuError)
 from .events import EventLog
 from .fusefs import DsafsOps, inode_of
 from .inject import MAX_DELAY_S, FaultyMember, parse_flakey, parse_lbn_range
-from .member import FileMember
 from .throttle import Settings as MergeSettings
 from .mountver import MOUNT_VERIFY, SetPlan
 from .scheduler import check_priority
@@ -125,8 +127,11 @@ class Daemon:
         self._failsafe: set = set()
         self._nursery: Optional[trio.Nursery] = None
         self.ops: Optional[DsafsOps] = None
+        self._mount_real = os.path.realpath(self.mountpoint)   # re-taken by _prepare
         self._busy = trio.Lock()           # one membership command at a time
         self._closing = False
+        self._stop_requested = False       # a signal came while a VU was open (_watch_signals)
+        self._all_closed = trio.Event()
         self.events = EventLog()           # every VU's state changes (dsafs events)
         self.member_timeout = (None if member_timeout is None else
                                timeouts.check_timeout(member_timeout, "--member-timeout"))
@@ -134,13 +139,9 @@ class Daemon:
                            timeouts.check_timeout(vu_timeout, "--vu-timeout"))
 
     # ----------------------------------------------------------------- FUSE-facing
-    def vu_by_inode(self, inode: int):
-        vu = self.vus.get(f"DSA{inode - 100}") if inode >= 100 else None
-        return vu
-
-    def failsafe(self, inode, exc) -> None:
-        vu = self.vu_by_inode(inode) if isinstance(inode, int) else None
-        if vu is not None and vu.name not in self._failsafe:
+    def failsafe(self, vu, exc) -> None:
+        """An unexpected error on `vu` (fusefs found which VU, from its inode or handle)."""
+        if self.vus.get(vu.name) is vu and vu.name not in self._failsafe:
             self._failsafe.add(vu.name)
             log.error("%s: unexpected error (%s); writes now fail with EIO until it is "
                       "dismounted", vu.name, exc)
@@ -150,6 +151,7 @@ class Daemon:
 
     # ----------------------------------------------------------------- lifetime
     def _prepare(self) -> trio.SocketListener:
+        self._mount_real = os.path.realpath(self.mountpoint)   # now: once mounted, it is ours
         if not os.path.isdir(self.mountpoint):
             parent = os.path.dirname(self.mountpoint)
             if not os.path.isdir(parent):
@@ -222,13 +224,46 @@ class Daemon:
             self._nursery.cancel_scope.cancel()
 
     async def _watch_signals(self) -> None:
+        """SIGTERM/SIGINT: dismount every VU and stop, but never under a VU that is open (a
+        loop device, a mounted filesystem): then keep serving, say so, and stop once every VU
+        is closed, or at the next signal (which dismounts them anyway: their users get EIO)."""
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for signum in signals:
+                busy = self._open_vus()
+                if busy and not self._stop_requested:
+                    self._stop_requested = True
+                    log.warning("signal %d: %s in use (%s); still serving until every VU is "
+                                "closed, then dismounting them; send the signal again to "
+                                "dismount now (their users then get I/O errors)", signum,
+                                ", ".join(busy), _handles(sum(busy.values())))
+                    self._nursery.start_soon(self._stop_when_closed, signum)
+                    continue
+                if busy:
+                    log.warning("signal %d again: dismounting %s although in use (%s)", signum,
+                                ", ".join(busy), _handles(sum(busy.values())))
                 log.info("signal %d: dismounting every VU", signum)
                 await self.shutdown()
                 return
 
+    def _open_vus(self) -> dict:
+        """{VU name: open file handles} of the VUs that are open."""
+        counts = self.ops.open_count if self.ops is not None else {}
+        return {name: counts[inode_of(name)] for name in sorted(self.vus)
+                if counts.get(inode_of(name))}
+
+    def vu_released(self) -> None:
+        """fusefs: a VU file handle was released (the kernel's RELEASE)."""
+        if self._stop_requested and not self._open_vus():
+            self._all_closed.set()
+
+    async def _stop_when_closed(self, signum: int) -> None:
+        await self._all_closed.wait()
+        log.info("signal %d: every VU is closed now; dismounting every VU", signum)
+        await self.shutdown()
+
     async def shutdown(self) -> None:
+        if self._closing:
+            return                # the other of the two signal paths is already at it
         self._closing = True      # no cache invalidations from here on: see _invalidate
         async with self._busy:
             for name in list(self.vus):
@@ -255,6 +290,7 @@ class Daemon:
         if self.vus.pop(name, None) is not None:
             self._failsafe.discard(name)
             self._invalidate(name)
+            self.vu_released()            # a stop waiting for open VUs may go on now
 
     def _invalidate(self, name: str) -> None:
         """Make the kernel forget the name and the inode's cached pages and attributes. Both
@@ -352,22 +388,25 @@ class Daemon:
                 if vu is None:
                     raise VuError(f"{name} is not mounted; mount it first, then add members "
                                   f"with --add")
-                current = {os.path.realpath(s.member.path) for s in vu.current}
-                new_paths = [p for p in paths if os.path.realpath(p) not in current]
-                members = self._open(name, new_paths)
+                members, warnings = await self._open(name, paths, adding_to=name)
                 try:
                     plan = await vu.add(members, options, confirm) if members else None
                 except MountRefused:
                     if asked and not confirmed:
                         return _confirmation(name, asked[0])
                     raise
-                return {"vu": name, "plan": _plan_json(plan) if plan else [], "state": vu.state}
+                return {"vu": name, "plan": _plan_json(plan) if plan else [], "state": vu.state,
+                        "warnings": warnings}
             if vu is not None:
                 raise VuError(f"{name} is already mounted; add members with "
                               f"'dsafs mount {name} --add MEMBER'")
+            if self._stop_requested or self._closing:
+                raise MountRefused(f"{name}: the daemon is stopping (a signal came while VUs "
+                                   f"were open); mount {name} after it has stopped")
             if len(self.vus) >= 10000:
                 raise MountRefused(f"{name}: too many virtual units mounted")
-            members = self._open(name, paths, readonly=bool(args.get("nowrite")))
+            members, warnings = await self._open(name, paths,
+                                                 readonly=bool(args.get("nowrite")))
             try:
                 vu = await type(self)._assemble(name, members, options, bool(args.get("nowrite")), confirm)
             except MountRefused:
@@ -385,30 +424,45 @@ class Daemon:
             return {"vu": name, "plan": _plan_json(vu.plan), "state": vu.state,
                     "path": os.path.join(self.mountpoint, name),
                     "merge_rule": vu.plan.merge_rule or None, "notes": list(vu.plan.notes),
-                    "readonly": vu.readonly}
+                    "readonly": vu.readonly, "warnings": warnings}
 
     @staticmethod
     async def _assemble(name, members, options, readonly, confirm):
         from .vu import VirtualUnit
         return await VirtualUnit.assemble(name, members, options, readonly=readonly, confirm=confirm)
 
-    def _open(self, name: str, paths, readonly: bool = False) -> list:
-        """Open (and lock) every member, or none: a failure closes those already opened."""
-        opened = []
+    async def _open(self, name: str, paths, readonly: bool = False,
+                    adding_to: Optional[str] = None) -> tuple[list, list]:
+        """Open (and lock) every member, or none: a failure closes those already opened.
+        Returns (members, warnings). With `adding_to` (a VU name), a path that is already a
+        current member of that VU is skipped. Each path is checked (memberpath.py: never a file
+        of this daemon's own mount, never a symlink loop) and opened on a worker thread with a
+        deadline, so the loop never waits on a filesystem that could be its own, or a hung one."""
+        roots, devices = memberpath.own_roots(self._mount_real)
+        in_use = {}
+        for vu in self.vus.values():
+            for s in vu.slots:
+                ident = memberpath.identity(s.member)
+                if s.state.current and ident is not None:
+                    in_use[ident] = vu.name
+        opened, warnings = [], []
         try:
             for p in paths:
-                real = os.path.realpath(p)
-                for vu in self.vus.values():
-                    if any(os.path.realpath(s.member.path) == real
-                           for s in vu.slots if s.state.current):
-                        raise MemberError(f"{name}: member {p} is already in use by {vu.name}; "
-                                          f"dismount it there first", p)
-                opened.append(FileMember.open(p, readonly=readonly))
+                m = await memberpath.open_checked(name, p, roots, devices, in_use, readonly,
+                                                  adding_to)
+                if m is None:
+                    continue
+                in_use[m.identity] = (p,)          # a tuple: named earlier in this command
+                opened.append(m)
+                warning = None if readonly else m.space_warning()
+                if warning:
+                    log.warning("%s: %s", name, warning)
+                    warnings.append(warning)
         except BaseException:
             for m in opened:
                 m.close()
             raise
-        return opened
+        return opened, warnings
 
     async def cmd_dismount(self, args) -> dict:
         async with self._busy:
@@ -557,6 +611,10 @@ class Daemon:
     async def cmd_verify(self, args) -> dict:
         vu = self._get(args.get("vu", ""))
         return (await verify(vu)).as_dict()
+
+
+def _handles(n: int) -> str:
+    return f"{n} open file handle{'s' if n != 1 else ''}: a loop device or a mounted filesystem?"
 
 
 def _with_failure_fields(vu) -> dict:

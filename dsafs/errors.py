@@ -116,6 +116,19 @@ class MemberTimeout(MemberIOError):
         self.timeout_s = timeout_s
 
 
+class MemberShrunk(MemberIOError):
+    """A member is smaller than when it was opened (truncated behind dsafs' back, or a block
+    device that shrank or went away): the missing range would read as zeros or a hole after a
+    write re-extends it, so the member is expelled (rule member-shrunk), never repaired."""
+
+    def __init__(self, member: str, op: str, size_bytes: int, expected_bytes: int):
+        super().__init__(member, op, _errno.EIO,
+                         f"the member shrank to {size_bytes} bytes from {expected_bytes}: "
+                         f"truncated, or its device shrank or went away")
+        self.size_bytes = size_bytes
+        self.expected_bytes = expected_bytes
+
+
 class VolumeInvalid(DsafsError):
     """I/O on a VU whose mount verification timed out or was aborted (VMS SS$_VOLINV)."""
 

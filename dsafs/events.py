@@ -76,6 +76,7 @@ KINDS = {
     "repaired": ("DSAFS-I-REPAIRED",
                  "_{vu}: {member}: repaired at LBN {lbn} ({blocks} blocks) from another source"),
     "dissolved": ("MOUNT-I-DISMOUNTED", "_{vu}: dismounted; {how}"),
+    "scb-damaged": ("DSAFS-W-SCBDAMAGED", "_{vu}: {member}: damaged SCB {what}"),
 }
 
 

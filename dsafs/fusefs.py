@@ -5,7 +5,9 @@ errors to errno here and nowhere else. Invariant: no exception escapes a handler
 the mount on one). A DsafsError maps to its errno; any other exception is logged with its
 traceback, returns EIO, and puts that VU into failsafe (further writes return EIO), like S3QL.
 
-Inode numbers are stable per name: DSAn is inode 100 + n. Attribute and entry timeouts are long
+Inode numbers are stable per name: DSAn is inode 100 + n, and a file handle is the inode, plus
+DIRECT_FH for an O_DIRECT open. This module alone knows that scheme (`inode_of`, `vu_name_of`):
+the daemon keeps VUs by name. Attribute and entry timeouts are long
 (the kernel need not ask again); the daemon invalidates a name when its VU appears, disappears or
 changes size. Files are opened with keep_cache, so the page cache survives reopen; a caller's
 O_DIRECT never reaches the member files.
@@ -30,6 +32,7 @@ import logging
 import os
 import stat
 import time
+from typing import Optional
 
 import pyfuse3
 
@@ -55,6 +58,14 @@ def inode_of(name: str) -> int:
     return INODE_BASE + int(name[3:])
 
 
+def vu_name_of(inode_or_fh) -> Optional[str]:
+    """The VU name an inode or a file handle (with or without DIRECT_FH) stands for, or None."""
+    if not isinstance(inode_or_fh, int) or isinstance(inode_or_fh, bool):
+        return None
+    inode = inode_or_fh & ~DIRECT_FH
+    return f"DSA{inode - INODE_BASE}" if inode >= INODE_BASE else None
+
+
 def _count_down(counts: dict[int, int], key: int) -> None:
     n = counts.get(key, 0) - 1
     if n > 0:
@@ -75,13 +86,17 @@ def _guard(fn):
             raise pyfuse3.FUSEError(errno_for(exc)) from None
         except Exception as exc:
             log.exception("%s failed: %s", fn.__name__, exc)
-            self.daemon.failsafe(args[0] if args else None, exc)
+            # args[0] is an inode or a file handle (DIRECT_FH included) for every handler
+            # that touches a VU; lookup's is the root, which names none.
+            vu = self._vu_or_none(args[0]) if args else None
+            if vu is not None:
+                self.daemon.failsafe(vu, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
     return wrapper
 
 
 class DsafsOps(pyfuse3.Operations):
-    """pyfuse3 operations over the daemon's VUs (`daemon.vu_by_inode`)."""
+    """pyfuse3 operations over the daemon's VUs (`daemon.vus`, by name)."""
 
     enable_writeback_cache = False
 
@@ -94,6 +109,7 @@ class DsafsOps(pyfuse3.Operations):
                                                     # the last buffered open dropped their pages
         self.getattrs = 0                           # GETATTR requests answered (logged at stop)
         self._mount_ns = time.time_ns()
+        self._owner = (os.getuid(), os.getgid())    # every VU file's owner: the daemon's
 
     def init(self):
         """Called by pyfuse3 while it answers the kernel's INIT (never raises into it)."""
@@ -115,6 +131,7 @@ class DsafsOps(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = inode_of(vu.name)
         a.st_mode = stat.S_IFREG | (0o400 if vu.readonly else 0o600)
+        a.st_uid, a.st_gid = self._owner
         a.st_nlink = 1
         a.st_size = vu.size_bytes
         a.st_blksize = 4096
@@ -123,8 +140,12 @@ class DsafsOps(pyfuse3.Operations):
         a.attr_timeout = a.entry_timeout = ATTR_TIMEOUT_S
         return a
 
-    def _vu(self, inode):
-        vu = self.daemon.vu_by_inode(inode & ~DIRECT_FH)
+    def _vu_or_none(self, inode_or_fh):
+        name = vu_name_of(inode_or_fh)
+        return None if name is None else self.daemon.vus.get(name)
+
+    def _vu(self, inode_or_fh):
+        vu = self._vu_or_none(inode_or_fh)
         if vu is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return vu
@@ -147,10 +168,19 @@ class DsafsOps(pyfuse3.Operations):
 
     @_guard
     async def setattr(self, inode, attr, fields, fh, ctx):
+        """A VU's size, mode and owner are fixed (the daemon's, 0600 root; `--allow-other` and
+        the mountpoint's own permissions decide who else may reach it): a change of any fails
+        with EPERM, a "change" to the value it has succeeds. Times are accepted and ignored."""
         vu = self._vu(inode)
+        now = self._vu_attrs(vu)
         if fields.update_size and attr.st_size != vu.size_bytes:
             raise pyfuse3.FUSEError(errno.EPERM)    # a VU's size is fixed
-        return self._vu_attrs(vu)
+        if fields.update_mode and stat.S_IMODE(attr.st_mode) != stat.S_IMODE(now.st_mode):
+            raise pyfuse3.FUSEError(errno.EPERM)    # chmod
+        if (fields.update_uid and attr.st_uid != now.st_uid) or \
+                (fields.update_gid and attr.st_gid != now.st_gid):
+            raise pyfuse3.FUSEError(errno.EPERM)    # chown, chgrp
+        return now
 
     @_guard
     async def opendir(self, inode, ctx):
@@ -209,6 +239,10 @@ class DsafsOps(pyfuse3.Operations):
         _count_down(self.open_count, inode)
         if not fh & DIRECT_FH:
             _count_down(self.buffered_count, inode)
+        try:
+            self.daemon.vu_released()
+        except Exception as exc:       # noqa: BLE001 (never into pyfuse3)
+            log.error("after release: %s", exc)
 
     async def releasedir(self, fh):
         return None

@@ -191,6 +191,9 @@ class FaultyMember(Member):
             return self.inner.start_flush()
         return self._start("flush", flush)
 
+    def start_size_check(self):
+        return self.inner.start_size_check()    # a fault never hides a shrunk member
+
     @property
     def abandoned_running(self) -> int:
         return getattr(self.inner, "abandoned_running", 0)

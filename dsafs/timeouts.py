@@ -39,7 +39,7 @@ from typing import Optional
 
 import trio
 
-from .errors import InvalidArgument, MemberIOError, MemberTimeout
+from .errors import InvalidArgument, MemberIOError, MemberShrunk, MemberTimeout
 
 log = logging.getLogger("dsafs.timeouts")
 
@@ -69,11 +69,18 @@ def timeout_warning(vu: str, member: str, member_s: float, vu_s: float) -> Optio
 
 
 def rule_for(exc: BaseException) -> str:
-    """The expulsion rule for a member error: member-timeout, member-vanished or member-error."""
+    """The expulsion rule for a member error: member-timeout, member-shrunk (truncated or a
+    device that shrank), member-vanished (ENODEV, ENXIO), member-no-space (ENOSPC, EDQUOT: a
+    sparse member on a full filesystem) or member-error."""
     if isinstance(exc, MemberTimeout):
         return "member-timeout"
-    if getattr(exc, "errno", None) in (errno.ENODEV, errno.ENXIO):
+    if isinstance(exc, MemberShrunk):
+        return "member-shrunk"
+    code = getattr(exc, "errno", None)
+    if code in (errno.ENODEV, errno.ENXIO):
         return "member-vanished"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "member-no-space"
     return "member-error"
 
 

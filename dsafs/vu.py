@@ -60,6 +60,7 @@ from .scb import (FEATURE_EXTMEMB, BranchReason, Lineage, MemberEntry, MemberSta
                   describe_generation, next_generation)
 from .setmeta import load_candidate
 from .units import BLOCK_BYTES, CHUNK_BYTES
+from .watch import MemberWatch
 
 log = logging.getLogger("dsafs.vu")
 
@@ -227,6 +228,7 @@ class VirtualUnit(Scheduler):
         self.priority = DEFAULT_PRIORITY
         self.events = EventLog()                   # the daemon gives its own before run()
         self.mv = MountVerification(self)          # member/VU timeouts, verification, stalls
+        self.watch = MemberWatch(self)             # member sizes and SCB slots (watch.py)
         self._refresh()
 
     # ----------------------------------------------------------------- assembly and lifetime
@@ -250,6 +252,7 @@ class VirtualUnit(Scheduler):
                 self._nursery = nursery
                 self._queue_copy(self.targets)
                 self._kick()
+                nursery.start_soon(self.watch.run)
                 task_status.started(self)
                 await self._finished.wait()
                 nursery.cancel_scope.cancel()

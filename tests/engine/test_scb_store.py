@@ -13,7 +13,8 @@ SIZE = MiB
 RAW = min_member_bytes(SIZE)
 
 
-async def test_writes_alternate_and_a_torn_slot_falls_back():
+@pytest.mark.allow_warnings      # the torn slot found by the third write is logged
+async def test_writes_alternate_and_a_torn_slot_falls_back(caplog):
     m = MemMember(RAW, "/m/a.img")
     (first,) = await init_set("DSA1", "DATA", SIZE, [m])
     store = ScbStore(m)
@@ -27,6 +28,9 @@ async def test_writes_alternate_and_a_torn_slot_falls_back():
     assert reread.sequence == 1 and reread.generation == first.generation
     third = await store.write(first.replace(generation=first.generation + 5))
     assert third.sequence == 3 and (await ScbStore(m).load()).generation == first.generation + 5
+    assert ("member /m/a.img: damaged SCB slot B: checksum mismatch (torn or corrupt); "
+            "rewriting it") in caplog.text
+    assert await store.inspect() == []                  # the write went into the torn slot
 
 
 async def test_both_slots_bad_is_refused_naming_the_member():
