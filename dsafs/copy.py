@@ -31,6 +31,7 @@ from .fanout import flush_all
 from .scb import MemberState
 from .timeouts import rule_for, wait, wait_each
 from .units import BLOCK_BYTES, MiB
+from .rules import Rule
 
 log = logging.getLogger("dsafs.copy")
 
@@ -116,7 +117,7 @@ class Copy:
         reads = [(t, t.member.start_bulk_read(pos, nbytes)) for t in targets]
         writes = []
         for t, current in await wait_each(reads, "read", start):
-            if isinstance(current, MemberIOError) and rule_for(current) != "member-error":
+            if isinstance(current, MemberIOError) and rule_for(current) != Rule.MEMBER_ERROR:
                 await self.vu.expel(t, f"read failed during the copy: {current}",
                                     rule=rule_for(current))
                 continue                # a hung or vanished target: waiting again is no use

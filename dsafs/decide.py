@@ -42,10 +42,11 @@ Rules, checked in this order (spec §5, DESIGN §4):
     says so) and is refused when M would be a copy target (`source-stale`); `unknown-source`:
     M is not among the members named.
 12a. `removed-member`    every source is a member split off from its set (its own SCB says
-    removed), with no newer member named: refused writable, since it would fork the set under
-    the set's own name; with --nowrite it mounts and nothing is written to it; with
-    --override-membership it becomes a fork (`override-membership`): generation up, a branch
-    recorded, and reassembly with its old set decides by lineage.
+    removed), with no newer member named, and not chosen by --source: refused writable,
+    since it would fork the set under the set's own name; with --nowrite it mounts and
+    nothing is written to it; with --override-membership it becomes a fork
+    (`override-membership`): generation up, a branch recorded, and reassembly with its old
+    set decides by lineage.
 12b. `set-in-use`        the set is mounted under another VU name in this daemon: refused
     writable (a second writer would fork it) unless --nowrite or --override-membership.
 12c. `nowrite-copy`      --nowrite and a copy target: refused (a read-only mount copies nothing).
@@ -73,6 +74,7 @@ from typing import Optional, Sequence
 from . import lineage
 from .errors import MountRefused
 from .lineage import Relation
+from .rules import Rule, joined
 from .scb import BranchReason, MemberState, Scb, describe_generation, min_member_bytes
 from .units import MAX_MEMBERS, format_size
 
@@ -175,7 +177,7 @@ def _refuse(message: str, rule: str):
 def _check_common(vu: str, cands: Sequence[Candidate], n_current: int, vu_size: Optional[int]):
     if n_current + len(cands) > MAX_MEMBERS:
         _refuse(f"{vu}: a shadow set holds at most {MAX_MEMBERS} members "
-                f"({n_current + len(cands)} proposed); remove a member first", "too-many-members")
+                f"({n_current + len(cands)} proposed); remove a member first", Rule.TOO_MANY_MEMBERS)
     seen: dict[uuidlib.UUID, str] = {}
     for c in cands:
         if c.scb is None:
@@ -184,7 +186,7 @@ def _check_common(vu: str, cands: Sequence[Candidate], n_current: int, vu_size: 
         if other != c.path:
             _refuse(f"{vu}: member {c.path} carries the same member UUID as {other} "
                     f"(a copy of that image?); add it with --overwrite to make it a new member",
-                    "duplicate-member")
+                    Rule.DUPLICATE_MEMBER)
     if vu_size is not None:
         need = min_member_bytes(vu_size)
         for c in cands:
@@ -193,14 +195,14 @@ def _check_common(vu: str, cands: Sequence[Candidate], n_current: int, vu_size: 
                 if have == want:
                     have, want = f"{c.size_bytes} bytes", f"{need} bytes"
                 _refuse(f"{vu}: member {c.path} is smaller than the set ({have} < {want}); "
-                        f"give a member of at least {need} bytes", "member-too-small")
+                        f"give a member of at least {need} bytes", Rule.MEMBER_TOO_SMALL)
 
 
 def plan(vu_name: str, cands: Sequence[Candidate], options: Options = Options(),
          mounted: Optional[Mounted] = None) -> Plan:
     """Decide every proposed member's role. Pure; raises MountRefused(rule=...)."""
     if not cands:
-        _refuse(f"{vu_name}: no members given; name at least one member file", "no-members")
+        _refuse(f"{vu_name}: no members given; name at least one member file", Rule.NO_MEMBERS)
     if mounted is not None:
         result = _plan_add(vu_name, cands, options, mounted)
     else:
@@ -208,11 +210,11 @@ def plan(vu_name: str, cands: Sequence[Candidate], options: Options = Options(),
     if options.nocopy and (result.targets or result.merge_required):
         what = ", ".join(m.candidate.name for m in result.targets) or "the set"
         _refuse(f"{vu_name}: a {'copy' if result.targets else 'merge'} would be needed onto "
-                f"{what} and --nocopy was given; mount without --nocopy to allow it", "nocopy")
+                f"{what} and --nocopy was given; mount without --nocopy to allow it", Rule.NOCOPY)
     if options.nowrite and result.targets:
         _refuse(f"{vu_name}: cannot mount read-only (--nowrite): "
                 f"{', '.join(m.candidate.name for m in result.targets)} would need a copy; name "
-                f"only the members that hold the newest data, or mount writable", "nowrite-copy")
+                f"only the members that hold the newest data, or mount writable", Rule.NOWRITE_COPY)
     if options.verify_label:
         for mp in result.targets:
             scb = mp.candidate.scb
@@ -220,7 +222,7 @@ def plan(vu_name: str, cands: Sequence[Candidate], options: Options = Options(),
                 have = f"label {scb.label!r}" if scb else "no label"
                 _refuse(f"{vu_name}: copy target {mp.candidate.path} has {have}, not "
                         f"{SCRATCH_LABEL!r}, and --verify-label was given; label it with "
-                        f"'dsafs init DSAn --label {SCRATCH_LABEL}' first", "verify-label")
+                        f"'dsafs init DSAn --label {SCRATCH_LABEL}' first", Rule.VERIFY_LABEL)
     return dataclasses.replace(result, confirm_required=options.confirm and bool(result.targets))
 
 
@@ -231,31 +233,31 @@ def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mo
     members = []
     for c in cands:
         if c not in new:
-            members.append(MemberPlan(c, None, "already-member"))
+            members.append(MemberPlan(c, None, Rule.ALREADY_MEMBER))
         elif c.scb is not None and c.scb.member_uuid in current:
             if not options.overwrite:
                 _refuse(f"{vu}: member {c.path} carries the same member UUID as current member "
                         f"{current[c.scb.member_uuid]} (a copy of that image?); give "
                         f"--overwrite to add it as a new member (its data is overwritten)",
-                        "duplicate-member")
-            members.append(MemberPlan(c, MemberState.COPY_TARGET, "overwrite-duplicate"))
+                        Rule.DUPLICATE_MEMBER)
+            members.append(MemberPlan(c, MemberState.COPY_TARGET, Rule.OVERWRITE_DUPLICATE))
         elif c.scb is not None and c.scb.set_uuid == mounted.set_uuid:
             members.append(MemberPlan(c, MemberState.COPY_TARGET, _add_same_set(vu, c, options, mounted)))
         elif c.blank and c.holds_data and not options.overwrite:
             _refuse(f"{vu}: {c.path} holds data ({c.holds_data}); adding it would overwrite it: "
-                    f"give --overwrite if that is what you want", "holds-data")
+                    f"give --overwrite if that is what you want", Rule.HOLDS_DATA)
         elif c.blank:
             members.append(MemberPlan(c, MemberState.COPY_TARGET,
-                                      "overwrite-data" if c.holds_data else "blank-member"))
+                                      Rule.OVERWRITE_DATA if c.holds_data else Rule.BLANK_MEMBER))
         elif options.verify_label and c.scb is not None and c.scb.label == SCRATCH_LABEL:
-            members.append(MemberPlan(c, MemberState.COPY_TARGET, "scratch-disk"))
+            members.append(MemberPlan(c, MemberState.COPY_TARGET, Rule.SCRATCH_DISK))
         elif options.overwrite:
-            members.append(MemberPlan(c, MemberState.COPY_TARGET, "overwrite-other-set"))
+            members.append(MemberPlan(c, MemberState.COPY_TARGET, Rule.OVERWRITE_OTHER_SET))
         else:
             owner = (f"belongs to shadow set {c.scb.label} ({c.scb.vu_name})" if c.scb
                      else f"has damaged dsafs metadata ({c.damaged})")
             _refuse(f"{vu}: member {c.path} {owner}; adding it would erase it: "
-                    f"give --overwrite if that is what you want", "other-set")
+                    f"give --overwrite if that is what you want", Rule.OTHER_SET)
     return Plan(vu, mounted.set_uuid, mounted.label, mounted.vu_size_bytes, tuple(members))
 
 
@@ -264,49 +266,49 @@ def _add_same_set(vu: str, c: Candidate, options: Options, mounted: Mounted) -> 
     lacks (and no --overwrite)."""
     if (mounted.scb is None or c.scb.own_state is MemberState.COPY_TARGET
             or not lineage.holds_more(c.scb, mounted.scb)):
-        return "add-to-mounted-vu"
+        return Rule.ADD_TO_MOUNTED_VU
     if options.overwrite:
-        return "overwrite-diverged"
+        return Rule.OVERWRITE_DIVERGED
     _refuse(f"{vu}: {c.name} holds writes that {vu} lacks (it diverged from the set and was "
             f"written since: {lineage.describe(c.scb)}); adding it would overwrite them. Give "
             f"--overwrite to discard them, or dismount {vu} and reassemble with --source to "
-            f"choose the data to keep", "add-diverged")
+            f"choose the data to keep", Rule.ADD_DIVERGED)
 
 
 def _plan_assemble(vu: str, cands: Sequence[Candidate], options: Options) -> Plan:
     for c in cands:
         if c.damaged:
-            _refuse(f"{vu}: member {c.path}: {c.damaged}", "damaged-metadata")
+            _refuse(f"{vu}: member {c.path}: {c.damaged}", Rule.DAMAGED_METADATA)
         if c.blank:
             _refuse(f"{vu}: member {c.path} has no dsafs metadata; create the set with "
-                    f"dsafs init, or add a blank file to a mounted VU with --add", "no-metadata")
+                    f"dsafs init, or add a blank file to a mounted VU with --add", Rule.NO_METADATA)
     first = cands[0].scb
     for c in cands[1:]:
         if c.scb.set_uuid != first.set_uuid:
             _refuse(f"{vu}: member {c.path} belongs to another shadow set than {cands[0].path} "
                     f"(set {c.scb.label} {str(c.scb.set_uuid)[:8]} vs {first.label} "
-                    f"{str(first.set_uuid)[:8]}); mount them separately", "set-mismatch")
+                    f"{str(first.set_uuid)[:8]}); mount them separately", Rule.SET_MISMATCH)
         if c.scb.label != first.label:
             _refuse(f"{vu}: member {c.path} has label {c.scb.label!r}, not {first.label!r}; "
-                    f"members of one set carry one label", "label-mismatch")
+                    f"members of one set carry one label", Rule.LABEL_MISMATCH)
         if c.scb.vu_size_bytes != first.vu_size_bytes:
             _refuse(f"{vu}: member {c.path} records a VU size of {c.scb.vu_size_bytes} bytes, "
                     f"not {first.vu_size_bytes}; its metadata does not belong with the others",
-                    "size-mismatch")
+                    Rule.SIZE_MISMATCH)
     _check_common(vu, cands, 0, first.vu_size_bytes)
 
     members: list[MemberPlan] = []
     notes: list[str] = []
     branch = BranchReason.NONE
     if all(c.scb.generation == 0 for c in cands):
-        members.append(MemberPlan(cands[0], MemberState.SOURCE, "all-new-first-named"))
-        members += [MemberPlan(c, MemberState.COPY_TARGET, "all-new-first-named") for c in cands[1:]]
+        members.append(MemberPlan(cands[0], MemberState.SOURCE, Rule.ALL_NEW_FIRST_NAMED))
+        members += [MemberPlan(c, MemberState.COPY_TARGET, Rule.ALL_NEW_FIRST_NAMED) for c in cands[1:]]
         sources = [cands[0]]
     else:
         complete = [c for c in cands if c.scb.own_state is not MemberState.COPY_TARGET]
         if not complete:
             _refuse(f"{vu}: every member given is an unfinished copy target; name a member "
-                    f"that holds complete data (a former source)", "no-complete-member")
+                    f"that holds complete data (a former source)", Rule.NO_COMPLETE_MEMBER)
         sources, rules, notes = _choose_sources(vu, cands, complete, options)
         for c in cands:
             role = MemberState.SOURCE if c in sources else MemberState.COPY_TARGET
@@ -314,14 +316,15 @@ def _plan_assemble(vu: str, cands: Sequence[Candidate], options: Options) -> Pla
                 members.append(MemberPlan(c, role, rules[c.path]))
             else:
                 members.append(_copy_target(c, sources, rules[c.path]))
-        branch = _removed_sources(vu, sources, options)
+        if rules[sources[0].path] != Rule.OPERATOR_SOURCE:    # --source chose it: no refusal
+            branch = _removed_sources(vu, sources, options)
     src = sources[0].scb
     proposed = {c.scb.member_uuid for c in cands}
     dropped = tuple(e.member_uuid for e in src.members
                     if e.state.current and e.member_uuid not in proposed)
     _check_in_use(vu, src, options)
     if branch is BranchReason.OVERRIDE or (options.nowrite and _all_removed(sources)):
-        rule = "override-membership" if branch is BranchReason.OVERRIDE else "removed-member"
+        rule = Rule.OVERRIDE_MEMBERSHIP if branch is BranchReason.OVERRIDE else Rule.REMOVED_MEMBER
         members = [dataclasses.replace(mp, rule=rule) if mp.role is MemberState.SOURCE else mp
                    for mp in members]
     elif dropped and branch is BranchReason.NONE:
@@ -356,14 +359,14 @@ def _choose_sources(vu: str, cands: Sequence[Candidate], complete: Sequence[Cand
                 f"({where}); nothing was written to any member. Choose the data to keep: mount "
                 f"again with --source {x.name} (or --source {y.name}); the other side is "
                 f"overwritten by a copy. Look at each first with 'dsafs mount DSAn MEMBER "
-                f"--nowrite'", "split-brain")
+                f"--nowrite'", Rule.SPLIT_BRAIN)
     if chosen is not None and winners:
         winner = max(winners)
         if chosen.scb.generation != winner:
             loser_rule = _loser_rule(chosen.scb, rep[winner])
             _refuse(f"{vu}: --source {chosen.name} would discard newer data: {chosen.name} is "
                     f"not a source here (it would be a copy target by rule={loser_rule}); there "
-                    f"is no split brain to resolve: mount without --source", "source-stale")
+                    f"is no split brain to resolve: mount without --source", Rule.SOURCE_STALE)
         notes.append(f"--source {chosen.name}: no split brain to resolve; {chosen.name} holds "
                      f"the newest data anyway, nothing changes")
         chosen = None
@@ -380,18 +383,18 @@ def _choose_sources(vu: str, cands: Sequence[Candidate], complete: Sequence[Cand
         if c in sources:
             continue
         if chosen is not None:
-            rules[c.path] = "operator-source"
+            rules[c.path] = Rule.OPERATOR_SOURCE
         elif c not in complete:
-            rules[c.path] = "incomplete-copy"
+            rules[c.path] = Rule.INCOMPLETE_COPY
         else:
             rules[c.path] = _loser_rule(c.scb, w)
-            diverged |= rules[c.path] == "diverged-unwritten"
+            diverged |= rules[c.path] == Rule.DIVERGED_UNWRITTEN
     if chosen is not None:
-        src_rule = "operator-source"
+        src_rule = Rule.OPERATOR_SOURCE
     elif len(sources) == len(cands):
-        src_rule = "same-generation"
+        src_rule = Rule.SAME_GENERATION
     else:
-        src_rule = "diverged-unwritten" if diverged else "highest-generation"
+        src_rule = Rule.DIVERGED_UNWRITTEN if diverged else Rule.HIGHEST_GENERATION
     rules.update({c.path: src_rule for c in sources})
     return sources, rules, notes
 
@@ -412,10 +415,10 @@ def _conflict(complete: Sequence[Candidate]) -> tuple[Candidate, Candidate]:
 def _loser_rule(scb: Scb, winner: Scb) -> str:
     rel = lineage.relation(scb, winner)
     if rel is Relation.SAME:
-        return "lower-revision"
+        return Rule.LOWER_REVISION
     if rel is Relation.DIVERGED:
-        return "diverged-unwritten"
-    return "removed-member" if scb.own_state is MemberState.REMOVED else "lower-generation"
+        return Rule.DIVERGED_UNWRITTEN
+    return Rule.REMOVED_MEMBER if scb.own_state is MemberState.REMOVED else Rule.LOWER_GENERATION
 
 
 def _operator_source(vu: str, cands: Sequence[Candidate], complete: Sequence[Candidate],
@@ -428,10 +431,10 @@ def _operator_source(vu: str, cands: Sequence[Candidate], complete: Sequence[Can
     if len(hits) != 1:
         why = "is ambiguous among" if hits else "is not one of"
         _refuse(f"{vu}: --source {ref} {why} the members named ({_names(cands)}); name one "
-                f"of them by path or by a unique file name", "unknown-source")
+                f"of them by path or by a unique file name", Rule.UNKNOWN_SOURCE)
     if hits[0] not in complete:
         _refuse(f"{vu}: --source {hits[0].name} is an unfinished copy target and holds no "
-                f"complete data; name a member that was a source", "source-stale")
+                f"complete data; name a member that was a source", Rule.SOURCE_STALE)
     return hits[0]
 
 
@@ -455,7 +458,7 @@ def _removed_sources(vu: str, sources: Sequence[Candidate], options: Options) ->
             f"shadow set {c.scb.label}{at} and the set may hold newer data; look at it with "
             f"--nowrite (nothing is written to it), return it to its set with 'dsafs mount DSAn "
             f"--add {c.name}', or use it writable on its own as a fork with "
-            f"--override-membership", "removed-member")
+            f"--override-membership", Rule.REMOVED_MEMBER)
 
 
 def _check_in_use(vu: str, src: Scb, options: Options) -> None:
@@ -466,18 +469,18 @@ def _check_in_use(vu: str, src: Scb, options: Options) -> None:
         if set_uuid == src.set_uuid and name != vu:
             _refuse(f"{vu}: these members belong to shadow set {src.label}, which is mounted as "
                     f"{name}; add them there with 'dsafs mount {name} --add MEMBER', look at them "
-                    f"with --nowrite, or fork them with --override-membership", "set-in-use")
+                    f"with --nowrite, or fork them with --override-membership", Rule.SET_IN_USE)
 
 
 def _merge_rule(sources: Sequence[Scb]) -> tuple[str, int]:
     """Rule 14: ("", 0) when no merge is owed, else (rule, LBN the merge starts at)."""
     if any(s.dirty or s.writers for s in sources):
-        return "dirty-source", 0
+        return Rule.DIRTY_SOURCE, 0
     if not any(s.merge_required for s in sources):
         return "", 0
     if all(s.merge_required and s.merge_fence_lbn is not None for s in sources):
-        return "resume-merge", min(s.merge_fence_lbn for s in sources)
-    return "merge-owed", 0
+        return Rule.RESUME_MERGE, min(s.merge_fence_lbn for s in sources)
+    return Rule.MERGE_OWED, 0
 
 
 def _copy_target(c: Candidate, sources: list[Candidate], rule: str) -> MemberPlan:
@@ -492,5 +495,5 @@ def _copy_target(c: Candidate, sources: list[Candidate], rule: str) -> MemberPla
         and not any(s.scb.dirty or s.scb.writers for s in sources)
     )
     if resumable:
-        return MemberPlan(c, MemberState.COPY_TARGET, f"{rule},resume-copy", scb.copy_fence_lbn)
+        return MemberPlan(c, MemberState.COPY_TARGET, joined(rule, Rule.RESUME_COPY), scb.copy_fence_lbn)
     return MemberPlan(c, MemberState.COPY_TARGET, rule)

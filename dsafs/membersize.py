@@ -22,6 +22,7 @@ import stat
 from typing import Optional
 
 from .units import format_size
+from .rules import Rule
 
 
 # statfs f_type of the filesystems whose lseek(SEEK_END) reads the in-memory size and never
@@ -64,5 +65,5 @@ def space_warning(path: str, size_bytes: int, allocated_bytes: int,
         return None
     return (f"member {path} is sparse: {format_size(unallocated)} of it is not allocated yet "
             f"and its filesystem has only {format_size(free_bytes)} free; once that is used "
-            f"up, its writes fail (ENOSPC) and it is expelled by rule=member-no-space; free "
+            f"up, its writes fail (ENOSPC) and it is expelled by rule={Rule.MEMBER_NO_SPACE}; free "
             f"space, or allocate it (fallocate -l SIZE FILE keeps its data)")

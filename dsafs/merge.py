@@ -53,6 +53,7 @@ from .errors import AllMembersFailed, MemberIOError
 from .fanout import flush_all
 from .throttle import Throttle
 from .units import BLOCK_BYTES, CHUNK_BYTES, KiB, MiB
+from .rules import Rule
 
 log = logging.getLogger("dsafs.merge")
 
@@ -228,7 +229,7 @@ class Merge:
                 log.warning("%s: merge read failed on %s at LBN %d: %s", vu.name, s.name,
                             pos // BLOCK_BYTES, value)
                 rule = timeouts.rule_for(value)
-                if rule != "member-error":           # hung or gone: not repairable
+                if rule != Rule.MEMBER_ERROR:           # hung or gone: not repairable
                     await vu.expel(s, f"merge read failed: {value}", rule=rule)
                     continue
                 value = None                 # a bad block: repaired from the model below

@@ -38,6 +38,7 @@ from . import timeouts
 from .errors import (AllMembersFailed, InvalidArgument, MembershipRefused, MemberIOError,
                      Unsupported, VolumeInvalid)
 from .scb import MemberState
+from .rules import Rule
 
 log = logging.getLogger("dsafs.mountver")
 
@@ -141,7 +142,7 @@ class MountVerification:
                     except AllMembersFailed as again:
                         self._enter(again)
                         continue
-                    self._leave("member-returned")
+                    self._leave(Rule.MEMBER_RETURNED)
                     return result
         finally:
             self.held -= 1
@@ -168,7 +169,7 @@ class MountVerification:
         self._resumed = trio.Event()
         log.warning("%s: is offline (%s); mount verification in progress for up to %g s",
                     self.vu.name, exc, self.vu_timeout)
-        self.vu.event("mv-start", rule="no-member-answers")
+        self.vu.event("mv-start", rule=Rule.NO_MEMBER_ANSWERS)
         if self.vu._nursery is not None:
             self.vu._nursery.start_soon(self._verify, self._episode)
 
@@ -228,7 +229,7 @@ class MountVerification:
                     await self.vu._commit()
             except (MemberIOError, AllMembersFailed):
                 continue
-            self._leave("member-returned")
+            self._leave(Rule.MEMBER_RETURNED)
             return
 
     # ------------------------------------------------------------------ operator actions
@@ -240,7 +241,7 @@ class MountVerification:
                 f"{vu.name}: {slot.name} is the only source member; --force-removal would leave "
                 f"{vu.name} without its data; remove another member, or dismount {vu.name} "
                 f"with --abort")
-        vu._drop(slot, MemberState.EXPELLED, "forced removal", rule="force-removal")
+        vu._drop(slot, MemberState.EXPELLED, "forced removal", rule=Rule.FORCE_REMOVAL)
         if vu._nursery is not None:
             vu._nursery.start_soon(vu._close_when_idle, slot)
         self.commit_owed = True
@@ -248,13 +249,13 @@ class MountVerification:
     def stall_writes(self, seconds: float) -> None:
         self.stall_until = trio.current_time() + seconds
         self._stall_update()
-        self.vu.event("stall-writes", rule="operator", seconds=seconds)
+        self.vu.event("stall-writes", rule=Rule.OPERATOR, seconds=seconds)
 
     def nostall_writes(self, seconds: float) -> None:
         if self.stall_until is None:
             return
         self.stall_until = min(self.stall_until, trio.current_time() + seconds)
-        self.vu.event("nostall-writes", rule="operator", seconds=seconds)
+        self.vu.event("nostall-writes", rule=Rule.OPERATOR, seconds=seconds)
         if seconds <= 0:
             self._release_stall()
         else:
@@ -277,7 +278,7 @@ class MountVerification:
         self.hold_writes = self.dead
         self._unstalled.set()
         self._stall_changed.set()
-        self.vu.event("writes-resumed", rule="stall-ended")
+        self.vu.event("writes-resumed", rule=Rule.STALL_ENDED)
 
     async def _run_stall_timer(self) -> None:
         try:
@@ -368,10 +369,10 @@ class SetPlan:
             changes.append(f"VU timeout {self.vu_timeout:g} s")
         mv.adopt(vu.slots)
         for c in changes:
-            vu.event("setting", rule="operator", what=c)
+            vu.event("setting", rule=Rule.OPERATOR, what=c)
         for slot in self.noforce:
             mv.flagged.discard(slot)
-            vu.event("noforce-removal", member=slot.member.path, rule="operator")
+            vu.event("noforce-removal", member=slot.member.path, rule=Rule.OPERATOR)
             changes.append(f"{slot.name} removal flag cleared")
         for slot in self.force:
             if mv.state == MOUNT_VERIFY:
@@ -379,7 +380,7 @@ class SetPlan:
                 changes.append(f"{slot.name} expelled (forced removal in mount verification)")
             else:
                 mv.flagged.add(slot)
-                vu.event("force-removal", member=slot.member.path, rule="operator")
+                vu.event("force-removal", member=slot.member.path, rule=Rule.OPERATOR)
                 changes.append(f"{slot.name} flagged: expelled when mount verification starts")
         if self.abort_vu:
             mv._time_out("abort-vu")

@@ -21,6 +21,7 @@ import trio
 
 from . import timeouts
 from .errors import AllMembersFailed, MemberIOError
+from .rules import Rule
 
 log = logging.getLogger("dsafs.repair")
 
@@ -43,7 +44,7 @@ async def read_and_repair(vu, bad, pos: int, nbytes: int, first_error: MemberIOE
         rule = timeouts.rule_for(first_error)
         if bad.state.current and vu.readonly:      # --nowrite: never rewrite; just stop using it
             await vu.expel(bad, f"read failed: {first_error} (read-only: not repaired)", rule=rule)
-        elif bad.state.current and rule != "member-error":
+        elif bad.state.current and rule != Rule.MEMBER_ERROR:
             await vu.expel(bad, f"read failed: {first_error}", rule=rule)
         elif bad.state.current:
             await _rewrite(vu, bad, pos, data)
@@ -62,11 +63,11 @@ async def _rewrite(vu, bad, pos: int, data: bytes) -> None:
         bad.release()
         log.warning("%s: %s could not be repaired at LBN %d (%s); expelling it",
                     vu.name, bad.name, pos // 512, exc)
-        await vu.expel(bad, f"repair failed: {exc}", rule="repair-failed")
+        await vu.expel(bad, f"repair failed: {exc}", rule=Rule.REPAIR_FAILED)
         return
     bad.release()
     bad.repairs += 1
     log.info("%s: %s repaired at LBN %d (%d blocks) from another source",
              vu.name, bad.name, pos // 512, len(data) // 512)
-    vu.event("repaired", member=bad.member.path, rule="read-error", lbn=pos // 512,
+    vu.event("repaired", member=bad.member.path, rule=Rule.READ_ERROR, lbn=pos // 512,
              blocks=len(data) // 512)

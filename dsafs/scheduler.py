@@ -29,6 +29,7 @@ from .merge import Merge
 from .scb import MemberState
 from .throttle import Settings as MergeSettings
 from .units import BLOCK_BYTES
+from .rules import Rule
 
 if TYPE_CHECKING:
     from . import vu
@@ -108,7 +109,7 @@ class Scheduler:
         self.copy = Copy(self, targets, start)
         log.info("%s: copy onto %s starts at LBN %d", self.name,
                  ", ".join(t.name for t in targets), start // BLOCK_BYTES)
-        self.event("copy-start", rule="copy-target", lbn=start // BLOCK_BYTES,
+        self.event("copy-start", rule=Rule.COPY_TARGET, lbn=start // BLOCK_BYTES,
                    blocks=copy_module.STEP_BYTES // BLOCK_BYTES)
         done = False
         try:
@@ -120,7 +121,7 @@ class Scheduler:
             copy = self.last_copy = self.copy
             self.copy = None
             self.event("copy-end" if done else "copy-stop",
-                       rule="copied" if done else "interrupted",
+                       rule=Rule.COPIED if done else Rule.INTERRUPTED,
                        lbn=copy.fence_bytes // BLOCK_BYTES)
         if done:
             try:
@@ -135,14 +136,14 @@ class Scheduler:
                  "resumes" if merge.fence_bytes else "starts", merge.fence_bytes // BLOCK_BYTES,
                  master.name if master else "none")
         self.event("merge-start", member=master.member.path if master else None,
-                   rule=self._plan.merge_rule or "merge-owed", lbn=merge.fence_bytes // BLOCK_BYTES)
+                   rule=self.merge_rule, lbn=merge.fence_bytes // BLOCK_BYTES)
         with trio.CancelScope() as scope:
             self._merge_scope = scope
             try:
                 done = await merge.run()
             except DsafsError as exc:
                 self._merge_stopped = str(exc)
-                self.event("merge-stop", rule="merge-error", lbn=merge.fence_bytes // BLOCK_BYTES)
+                self.event("merge-stop", rule=Rule.MERGE_ERROR, lbn=merge.fence_bytes // BLOCK_BYTES)
                 log.error("%s: merge stopped at LBN %d: %s; it stays owed (demand it again with "
                           "'dsafs set %s --demand-merge')", self.name,
                           merge.fence_bytes // BLOCK_BYTES, exc, self.name)
@@ -152,7 +153,7 @@ class Scheduler:
         if scope.cancelled_caught:
             log.info("%s: merge suspended at LBN %d for a copy", self.name,
                      merge.fence_bytes // BLOCK_BYTES)
-            self.event("merge-suspend", rule="copy-first", lbn=merge.fence_bytes // BLOCK_BYTES)
+            self.event("merge-suspend", rule=Rule.COPY_FIRST, lbn=merge.fence_bytes // BLOCK_BYTES)
             return
         if done:
             await self._finish_merge(merge)
@@ -164,7 +165,7 @@ class Scheduler:
             self.last_merge = merge
             await self.write_scbs(self.current)
         st = merge.statistics()
-        self.event("merge-end", rule="merged", merge_repairs=st.merge_repairs,
+        self.event("merge-end", rule=Rule.MERGED, merge_repairs=st.merge_repairs,
                    app_repairs=st.app_repairs)
         log.info("%s: merge completed in %.1f s; %d chunks compared, %d repaired by the merge, "
                  "%d by application reads", self.name, st.seconds, st.chunks_compared,
@@ -202,8 +203,9 @@ class Scheduler:
             self.merge_required = True
             self._merge_stopped = ""
             self.merge = Merge(self, 0, self.merge_throttle)
-            log.info("%s: merge required by rule=demand-merge", self.name)
-            self.event("merge-required", rule="demand-merge")
+            self.merge_rule = Rule.DEMAND_MERGE
+            log.info("%s: merge required by rule=%s", self.name, Rule.DEMAND_MERGE)
+            self.event("merge-required", rule=Rule.DEMAND_MERGE)
             await self.write_scbs(self.current)
         self._kick()
 
@@ -218,7 +220,7 @@ class Scheduler:
                 self.merge.forget_reads()
             await self._commit(promoted)
             for t in promoted:
-                self.event("copy-completed", member=t.member.path, rule="copy-complete")
+                self.event("copy-completed", member=t.member.path, rule=Rule.COPY_COMPLETE)
             stats = copy.statistics()
             log.info("%s: copy completed; %s now source members (%d bytes compared, %d written)",
                      self.name, ", ".join(t.name for t in promoted), stats.bytes_compared,

@@ -40,6 +40,7 @@ from typing import Optional
 import trio
 
 from .errors import InvalidArgument, MemberIOError, MemberShrunk, MemberTimeout
+from .rules import Rule
 
 log = logging.getLogger("dsafs.timeouts")
 
@@ -73,15 +74,15 @@ def rule_for(exc: BaseException) -> str:
     device that shrank), member-vanished (ENODEV, ENXIO), member-no-space (ENOSPC, EDQUOT: a
     sparse member on a full filesystem) or member-error."""
     if isinstance(exc, MemberTimeout):
-        return "member-timeout"
+        return Rule.MEMBER_TIMEOUT
     if isinstance(exc, MemberShrunk):
-        return "member-shrunk"
+        return Rule.MEMBER_SHRUNK
     code = getattr(exc, "errno", None)
     if code in (errno.ENODEV, errno.ENXIO):
-        return "member-vanished"
+        return Rule.MEMBER_VANISHED
     if code in (errno.ENOSPC, errno.EDQUOT):
-        return "member-no-space"
-    return "member-error"
+        return Rule.MEMBER_NO_SPACE
+    return Rule.MEMBER_ERROR
 
 
 async def wait(slot, pending, op: str, start: Optional[float] = None):

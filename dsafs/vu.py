@@ -61,6 +61,7 @@ from .scb import (FEATURE_EXTMEMB, BranchReason, Lineage, MemberEntry, MemberSta
 from .setmeta import load_candidate
 from .units import BLOCK_BYTES, CHUNK_BYTES
 from .watch import MemberWatch
+from .rules import Rule
 
 log = logging.getLogger("dsafs.vu")
 
@@ -179,6 +180,7 @@ class VirtualUnit(Scheduler):
         self.generation = plan.source_generation
         self.readonly = readonly
         self.merge_required = plan.merge_required
+        self.merge_rule = plan.merge_rule or Rule.MERGE_OWED   # why the merge owed now is owed
         self.merge_overrides: dict = {}            # per-VU merge throttle settings (dsafs set)
         self.default_merge_settings: Callable[[], MergeSettings] = MergeSettings
         self.merge: Optional[Merge] = None
@@ -267,10 +269,10 @@ class VirtualUnit(Scheduler):
             log.info("%s: %s %s by rule=%s", self.name, mp.candidate.name, mp.role.label, mp.rule)
         for uid in plan.dropped:
             entry = plan.sources[0].candidate.scb.entry_for(uid)
-            log.info("%s: %s leaves the set by rule=absent-member", self.name,
-                     entry.path.rsplit("/", 1)[-1] if entry else uid)
+            log.info("%s: %s leaves the set by rule=%s", self.name,
+                     entry.path.rsplit("/", 1)[-1] if entry else uid, Rule.ABSENT_MEMBER)
             self.event("member-dropped", member=entry.path if entry else str(uid),
-                       rule="absent-member")
+                       rule=Rule.ABSENT_MEMBER)
         for note in plan.notes:
             log.info("%s: %s", self.name, note)
         if plan.merge_required:
@@ -279,12 +281,13 @@ class VirtualUnit(Scheduler):
         if plan.branch is not BranchReason.NONE:
             log.info("%s: history branches at generation %s by rule=%s", self.name,
                      describe_generation(plan.source_generation),
-                     "override-membership" if plan.branch is BranchReason.OVERRIDE else "absent-member")
+                     Rule.OVERRIDE_MEMBERSHIP if plan.branch is BranchReason.OVERRIDE
+                     else Rule.ABSENT_MEMBER)
         if plan.membership_changes and not self.readonly:    # read-only: nothing is written
             await self._commit()
         for mp in plan.members:
             self.event(f"member-{mp.role.label}", member=mp.path, rule=mp.rule)
-        self.event("mounted", rule="operator")
+        self.event("mounted", rule=Rule.OPERATOR)
 
     async def dissolve(self) -> None:
         """Dismount the VU cleanly: stop the copy (its fence is kept), let the writes in flight
@@ -305,7 +308,7 @@ class VirtualUnit(Scheduler):
                     s.member.close()      # before returning: the next mount can take the locks
                 log.info("%s: dissolved; %d members marked clean", self.name,
                          len(current) - len(failed))
-                self.event("dissolved", rule="operator",
+                self.event("dissolved", rule=Rule.OPERATOR,
                            how=f"{len(current) - len(failed)} members marked clean")
                 self._finished.set()
 
@@ -323,7 +326,7 @@ class VirtualUnit(Scheduler):
             await self._begin_closing()
             for s in self.slots:
                 s.member.close()
-            self.event("dissolved", rule="abort", how="aborted, members left as they were")
+            self.event("dissolved", rule=Rule.ABORT, how="aborted, members left as they were")
             log.warning("%s: aborted; members left as they were (a merge is owed if written)",
                         self.name)
             self._finished.set()
@@ -621,8 +624,10 @@ class VirtualUnit(Scheduler):
                 old = self.generation
                 self.generation = next_generation(old)
                 advanced = self.history.advance(old)
-                order = ([s for s in self.sources if s not in promoted] + list(promoted)
-                         + self.targets)
+                # a promoted member that failed an earlier round is expelled: not written again
+                # (it stayed in `promoted`, and the loop retried it without end)
+                order = ([s for s in self.sources if s not in promoted]
+                         + [s for s in promoted if s.state.current] + self.targets)
                 failed = await self._write_scbs_locked(order)
             if not failed:
                 self.mv.commit_owed = False
@@ -641,7 +646,7 @@ class VirtualUnit(Scheduler):
             slot.lineage = self.history.member_leaves(slot.generation, BranchReason.REMOVED)
         slot.state = state
         self._refresh()
-        rule = rule or ("member-error" if state is MemberState.EXPELLED else "operator")
+        rule = rule or (Rule.MEMBER_ERROR if state is MemberState.EXPELLED else Rule.OPERATOR)
         log.warning("%s: %s %s by rule=%s; shadow set has been reduced (%d current members)",
                     self.name, slot.name, state.label, rule, len(self.current))
         log.info("%s: %s: %s", self.name, slot.name, why)
@@ -685,8 +690,8 @@ class VirtualUnit(Scheduler):
                     slot.state = MemberState.REMOVED
                     self._refresh()
                 await slot.wait_idle()
-                log.info("%s: %s removed by rule=operator", self.name, slot.name)
-                self.event("removed", member=slot.member.path, rule="operator")
+                log.info("%s: %s removed by rule=%s", self.name, slot.name, Rule.OPERATOR)
+                self.event("removed", member=slot.member.path, rule=Rule.OPERATOR)
                 await self._commit()
             try:
                 await timeouts.call(slot, "flush", slot.member.flush)
@@ -731,11 +736,11 @@ class VirtualUnit(Scheduler):
                                 lineage=scb.lineage if same_set else None)
                     slot.store.current = scb
                     self.slots.append(slot)
-                    new.append(slot)
+                    new.append((slot, mp.rule))
                 self._refresh()
                 if new:
                     await self._commit()
-                for slot in new:
-                    self.event("member-copy-target", member=slot.member.path, rule="add-to-mounted")
-            self._queue_copy(new)
+                for slot, rule in new:
+                    self.event("member-copy-target", member=slot.member.path, rule=rule)
+            self._queue_copy([slot for slot, _ in new])
             return plan

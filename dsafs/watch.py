@@ -37,6 +37,7 @@ import trio
 
 from . import timeouts
 from .errors import DsafsError, MemberIOError, MemberTimeout
+from .rules import Rule
 
 log = logging.getLogger("dsafs.watch")
 
@@ -127,9 +128,9 @@ class MemberWatch:
     def _damaged(self, slot, text: str) -> None:
         what = ("reported only: the VU is read-only (--nowrite)" if self.vu.readonly
                 else "rewriting it")
-        log.warning("%s: %s: damaged SCB %s; %s by rule=scb-damaged", self.vu.name, slot.name,
-                    text, what)
-        self.vu.event("scb-damaged", member=slot.member.path, rule="scb-damaged", what=text)
+        log.warning("%s: %s: damaged SCB %s; %s by rule=%s", self.vu.name, slot.name,
+                    text, what, Rule.SCB_DAMAGED)
+        self.vu.event("scb-damaged", member=slot.member.path, rule=Rule.SCB_DAMAGED, what=text)
 
 
 def _already_reported(text: str) -> None:

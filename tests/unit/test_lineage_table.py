@@ -249,3 +249,23 @@ def test_relation_and_holds_more(x, y, rel, x_more, y_more):
     sy = m("b", y["gen"], y.get("history", ()), written=y.get("written", False)).scb
     assert lineage.relation(sx, sy) is rel
     assert (lineage.holds_more(sx, sy), lineage.holds_more(sy, sx)) == (x_more, y_more)
+
+
+def test_source_may_choose_a_split_off_member_in_a_split_brain():
+    """Found by the lineage model: a split-off member on one side of a split brain (its fork
+    side was never mounted writable, but a third member's fork was written) chosen with
+    --source must win, not be refused as removed-member; alone it is still refused."""
+    a = m("a", G2, written=True, history=[(G1, True)], listed={"a": SRC, "b": GONE})
+    c = m("c", G3, written=True, history=[(G1, True)], listed={"c": SRC}, branch=G1,
+          reason=BranchReason.OVERRIDE)
+    b = m("b", G1, written=True, state=GONE, listed={"a": SRC, "b": GONE}, branch=G1,
+          reason=BranchReason.REMOVED)
+    with pytest.raises(MountRefused) as e:
+        decide.plan("DSA1", [a, b, c])
+    assert e.value.rule == "split-brain"
+    p = decide.plan("DSA1", [a, b, c], Options(source="b.img"))
+    assert roles(p) == [("a", "copy-target", "operator-source"), ("b", "source", "operator-source"),
+                        ("c", "copy-target", "operator-source")]
+    with pytest.raises(MountRefused) as e:
+        decide.plan("DSA1", [b], Options(source="b.img"))
+    assert e.value.rule == "removed-member"
