@@ -23,7 +23,7 @@ from typing import Optional
 import pyfuse3
 import trio
 
-from . import control, decide, fusectl, intake, timeouts
+from . import control, decide, fusectl, intake, requests, timeouts
 from .allocator import tune_allocator
 from .errors import (DsafsError, InvalidArgument, MemberError, MountRefused, UsageError,
                      VuError)
@@ -39,7 +39,7 @@ from .verify import verify
 
 log = logging.getLogger("dsafs.daemon")
 
-MAX_READ_COST = 65535
+MAX_READ_COST = requests.MAX_READ_COST
 
 
 def _is_mountpoint_in_use(path: str) -> bool:
@@ -128,6 +128,7 @@ class Daemon:
         self._busy = trio.Lock()           # one membership command at a time
         self._closing = False
         self.events = EventLog()           # every VU's state changes (dsafs events)
+        self.control_limits = control.Limits()     # bounds on control connections
         self.member_timeout = (None if member_timeout is None else
                                timeouts.check_timeout(member_timeout, "--member-timeout"))
         self.vu_timeout = (None if vu_timeout is None else
@@ -245,7 +246,7 @@ class Daemon:
             "mount": self.cmd_mount, "dismount": self.cmd_dismount, "show": self.cmd_show,
             "set": self.cmd_set, "verify": self.cmd_verify, "ping": self.cmd_ping,
             "inject": self.cmd_inject, "events": self.cmd_events,
-        })
+        }, self.control_limits)
 
     def _publish(self, vu) -> None:
         self.vus[vu.name] = vu
