@@ -272,8 +272,14 @@ class Client:
                                 f"denied); run dsafs as root") from None
         self._file = self.sock.makefile("rb")
 
+    def _send(self, cmd: str, args: dict) -> None:
+        try:
+            self.sock.sendall(encode({"cmd": cmd, "args": args}))
+        except (BrokenPipeError, ConnectionResetError):
+            pass        # the daemon closed the connection: its last line (a refusal) is next
+
     def call(self, cmd: str, **args) -> Any:
-        self.sock.sendall(encode({"cmd": cmd, "args": args}))
+        self._send(cmd, args)
         line = self._file.readline()
         if not line:
             raise NoDaemonError(f"the dsafs daemon on {self.path} closed the connection")
@@ -286,7 +292,7 @@ class Client:
 
     def stream(self, cmd: str, **args):
         """Send a request whose reply is a stream; yields its items until it ends."""
-        self.sock.sendall(encode({"cmd": cmd, "args": args}))
+        self._send(cmd, args)
         while True:
             line = self._file.readline()
             if not line:

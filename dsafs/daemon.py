@@ -174,7 +174,7 @@ class Daemon:
         path = self._prepare()
         tune_allocator()
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        old_umask = os.umask(0o077)
+        old_umask = os.umask(0o177)          # the socket is born 0600: root only (README)
         try:
             await sock.bind(path)
         finally:
