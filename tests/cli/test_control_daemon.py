@@ -4,10 +4,8 @@ connections hold unfinished requests, and is handed back when they close; the so
 
 import json
 import os
-import signal
 import socket
 import stat
-import subprocess
 import time
 
 import pytest
@@ -16,6 +14,7 @@ from dsafs import control
 from dsafs.control import Client
 from dsafs.testing import mounted
 from dsafs.units import MiB
+from tests.cli import control_support
 from tests.mount.support import digest, needs_fuse
 
 pytestmark = needs_fuse
@@ -52,20 +51,8 @@ def alive(m):
     return info
 
 
-def raw(m, line: bytes, read=True, timeout=30):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(m.sock)
-    try:
-        s.sendall(line)
-        if not read:
-            return None
-        f = s.makefile("rb")
-        reply = f.readline()
-        f.close()
-        return json.loads(reply) if reply else None
-    finally:
-        s.close()
+def raw(m, line: bytes, read=True):
+    return control_support.raw(m.sock, line, read=read)
 
 
 def test_socket_is_0600(daemon):
@@ -87,38 +74,13 @@ def test_hangup_before_reading_the_reply(daemon):
     alive(daemon)
 
 
-def has_socket(pid) -> bool:
-    """True once process `pid` holds a socket (the CLI connects after its imports)."""
-    try:
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
-                   for fd in os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return False
-
-
-def interrupt_after_connect(m, args, extra_s):
-    """Run `dsafs ARGS`; SIGINT it `extra_s` after it connected (Ctrl-C at the terminal)."""
-    p = subprocess.Popen(m.argv(*args), cwd=m.dir, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not has_socket(p.pid) and p.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    time.sleep(extra_s)
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
-    # 130: interrupted (one line); 0: done first; -SIGINT: interrupted as it exited, after main
-    assert p.returncode in (0, 130, -signal.SIGINT), (args, p.returncode, err)
-    assert "Traceback" not in err and "internal error" not in err, err
-    return p.returncode
-
-
 def test_ctrl_c_of_cli_commands(daemon):
     """SIGINT to real CLI commands from their connect to after the reply: the CLI says
     'interrupted' (exit 130) or finishes; the daemon goes on."""
     codes = []
     for extra_s in (0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.6):
         for args in (["verify", "DSA1"], ["events", "--follow"], ["show", "DSA1", "--json"]):
-            codes.append((args[0], interrupt_after_connect(daemon, args, extra_s)))
+            codes.append((args[0], control_support.interrupt_after_connect(daemon, args, extra_s)))
         alive(daemon)
     assert ("verify", 130) in codes, f"no verify was interrupted: the test proves nothing {codes}"
 
