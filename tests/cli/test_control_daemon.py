@@ -4,8 +4,11 @@ connections hold unfinished requests, and is handed back when they close; the so
 
 import json
 import os
+import shutil
 import socket
 import stat
+import subprocess
+import tempfile
 import time
 
 import pytest
@@ -176,3 +179,37 @@ def test_connection_limit(daemon):
     alive(daemon)
     digests = [digest(p, VU) for p in members(daemon)]
     assert digests[0] == digests[1]
+
+
+def as_nobody(cmd: str):
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           "sh", "-c", cmd], capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)")
+@pytest.mark.parametrize("allow_other", [False, True], ids=["default", "allow-other"])
+def test_readme_security_claims_as_another_user(allow_other):
+    """README 'Security': another user cannot connect to the socket; without --allow-other
+    cannot even enter the mount; with it can list and stat the VU files but not open them."""
+    d = tempfile.mkdtemp(prefix="dsafs-security-")
+    try:
+        os.chmod(d, 0o755)                     # pytest's tmp_path is not reachable by others
+        with mounted(d, *(["--allow-other"] if allow_other else [])) as m:
+            m.check("init", "DSA1", "--label", "X", "--size", "4M", "a.img")
+            m.check("mount", "DSA1", "a.img")
+            vu = os.path.join(m.mnt, "DSA1")
+            r = as_nobody(f"python3 -c \"import socket; socket.socket(socket.AF_UNIX)"
+                          f".connect('{m.sock}')\"")
+            assert r.returncode != 0 and "PermissionError" in r.stderr, r
+            r = as_nobody(f"ls {m.mnt}")
+            assert (r.returncode, r.stdout.strip()) == ((0, "DSA1") if allow_other else
+                                                        (2, "")), r
+            r = as_nobody(f"stat -c %a:%U {vu}")
+            assert (r.returncode, r.stdout.strip()) == ((0, "600:root") if allow_other else
+                                                        (1, "")), r
+            r = as_nobody(f"head -c1 {vu}")
+            assert r.returncode != 0 and "Permission denied" in r.stderr, r
+            m.check("dismount", "DSA1")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
