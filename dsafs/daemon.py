@@ -517,6 +517,10 @@ class Daemon:
         nblocks = vu.size_bytes // BLOCK_BYTES
         bad_read = [parse_lbn_range(r, nblocks, "--eio-read") for r in args.get("eio_read") or []]
         bad_write = [parse_lbn_range(r, nblocks, "--eio-write") for r in args.get("eio_write") or []]
+        marked = sum(map(len, bad_read + bad_write))        # each LBN is kept in a set
+        if marked > requests.MAX_FAULT_BLOCKS:
+            raise InvalidArgument(f"{vu.name}: --eio-read/--eio-write cover {marked} blocks; "
+                                  f"give at most {requests.MAX_FAULT_BLOCKS} per command")
         delay_ms = args.get("delay_ms")
         if delay_ms is not None and not (isinstance(delay_ms, (int, float))
                                          and 0 <= delay_ms <= MAX_DELAY_S * 1000):

@@ -213,3 +213,23 @@ def test_readme_security_claims_as_another_user(allow_other):
             m.check("dismount", "DSA1")
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_injected_bad_blocks_are_bounded(daemon):
+    """Each injected bad LBN is kept in a set: `--eio-read 0-END` over a 1 TiB VU would have
+    taken ~100 GB of daemon memory. One inject marks at most 1 Mi blocks."""
+    daemon.check("init", "DSA2", "--label", "BIG", "--size", "2G", "big.img")
+    daemon.check("mount", "DSA2", "big.img")
+    try:
+        r = daemon.run("debug", "inject", "DSA2", "big.img", "--eio-read", "0-1048575",
+                       "--eio-write", "0-0")
+        assert r.returncode == 1 and r.stderr.strip() == (
+            "dsafs: DSA2: --eio-read/--eio-write cover 1048577 blocks; give at most 1048576 "
+            "per command"), daemon.explain(r)
+        assert daemon.show("DSA2")["members"][0]["faults"] == []
+        daemon.check("debug", "inject", "DSA2", "big.img", "--eio-read", "0-1048575")
+        daemon.check("debug", "inject", "DSA2", "big.img", "--clear")
+    finally:
+        daemon.check("dismount", "DSA2")
+        os.unlink(os.path.join(daemon.dir, "big.img"))
+    alive(daemon)

@@ -181,6 +181,7 @@ async def test_line_limit_refuses_exit_2():
         client.sendall(b"x" * 5000)
         r = await read_reply(client)
         assert r["exit"] == 2 and r["error"].startswith("request too long"), r
+        await trio.lowlevel.wait_readable(client)
         assert client.recv(10) == b""           # and the connection is closed
         client.close()
     assert limits.buffered == 0 and limits.connections == 0
