@@ -182,11 +182,11 @@ class _LineReader:
                     rest = chunk[cut + 1:]
                     self.chunks = [rest, *self.chunks[i + 1:]] if rest else self.chunks[i + 1:]
                     self.line_bytes = len(line) + 1
+                    if len(line) > self.limits.max_line_bytes:
+                        raise self._too_long()
                     return line
-            partial = sum(len(c) for c in self.chunks)
-            if partial > self.limits.max_line_bytes:
-                raise _Refused("lines", f"request too long (more than "
-                               f"{self.limits.max_line_bytes} bytes without a newline)", 2)
+            if sum(len(c) for c in self.chunks) > self.limits.max_line_bytes:
+                raise self._too_long()
             chunk = await self.stream.receive_some(RECEIVE_BYTES)
             if not chunk:
                 return None
@@ -198,6 +198,10 @@ class _LineReader:
             limits.buffered += len(chunk)
             self.held += len(chunk)
             self.chunks.append(chunk)
+
+    def _too_long(self) -> _Refused:
+        return _Refused("lines", f"request too long (more than {self.limits.max_line_bytes} "
+                        f"bytes without a newline)", 2)
 
     def release_line(self) -> None:
         """The last line has been handled: stop counting its bytes."""

@@ -185,6 +185,14 @@ async def test_line_limit_refuses_exit_2():
         assert client.recv(10) == b""           # and the connection is closed
         client.close()
     assert limits.buffered == 0 and limits.connections == 0
+    server, client = pair()                     # a whole line just over the limit: refused too
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(control.serve_connection, server, Handlers(), limits)
+        client.sendall(b'{"cmd":"ping","args":{"x":"' + b"x" * 980 + b'"}}\n')
+        r = await read_reply(client)
+        assert r["exit"] == 2 and r["error"].startswith("request too long"), r
+        client.close()
+    assert limits.buffered == 0 and limits.connections == 0 and limits.refused["lines"] == 2
 
 
 @pytest.mark.allow_warnings
