@@ -195,9 +195,9 @@ def steer(line: bytes, served):
             if name in rargs:
                 del rargs[name]
                 changed = True
-        if "member_timeout" in args:               # a 1 s member timeout could expel a member
+        if any(v != 120 for v in args.get("member_timeout", {}).values()):
             rargs["member_timeout"] = {k: 120 for k in args["member_timeout"]}
-            changed = True
+            changed = True                         # a 1 s member timeout could expel a member
         if "force_removal" in args:
             del rargs["force_removal"]
             changed = True
