@@ -236,7 +236,7 @@ def _delay(vu, ms):
 
 def _flakey(vu, text):
     up, down = parse_flakey(text)
-    if not (math.isfinite(up) and math.isfinite(down)):
+    if not (text.isascii() and math.isfinite(up) and math.isfinite(down)):   # float('\u0665')
         raise InvalidArgument(f"--flakey {text!r} is not UP_S,DOWN_S (two positive numbers of "
                               f"seconds, e.g. 5,1)")
 

@@ -222,6 +222,7 @@ OUT_OF_RANGE = [
     (req("inject", vu="DSA1", member="b.img", flakey="0,1"), r"^--flakey '0,1' is not UP_S,DOWN_S"),
     (req("inject", vu="DSA1", member="b.img", flakey="nan,1"), r"^--flakey 'nan,1' is not"),
     (req("inject", vu="DSA1", member="b.img", flakey="1,inf"), r"^--flakey '1,inf' is not"),
+    (req("inject", vu="DSA1", member="b.img", flakey="\u0665,1"), r"^--flakey '\u0665,1' is not"),
     (req("inject", vu="DSA1", member="b.img", eio_read=["9"]),
      r"^--eio-read '9' is not a block range; give START-END in 512-byte blocks"),
     (req("inject", vu="DSA1", member="b.img", eio_write=["\u0661-\u0662"]),
