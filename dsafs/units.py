@@ -16,7 +16,7 @@ KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 MAX_MEMBERS = 6
 NO_LBN = (1 << 64) - 1                   # "no fence" in on-disk fields
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(i?B?)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*([KMGTP]?)(i?B?)?\s*$", re.IGNORECASE | re.ASCII)
 _SIZE_MULT = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB, "P": 1 << 50}
 _VU_RE = re.compile(r"^_?DSA([0-9]{1,4}):?$", re.IGNORECASE | re.ASCII)   # no Unicode digits
 

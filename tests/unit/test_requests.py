@@ -264,3 +264,12 @@ def test_every_refusal_is_a_dsafs_error():
             requests.parse(bytes(line))
         except DsafsError:
             pass
+
+
+@pytest.mark.parametrize("text", ["\u0661G", "1\u0660M", "\uff11K", "DSA\u0661", "DSA\u09e7",
+                                  "D\u017fA1", "DSA1\u2003"])
+def test_names_and_sizes_take_ascii_digits_only(text):
+    """Python's \\d, int() and str.strip() take any Unicode digit or space: '\u0661G' was 1 GiB."""
+    from dsafs.units import parse_size, vu_name
+    with pytest.raises(InvalidArgument):
+        parse_size(text) if not text.startswith(("DSA", "D\u017f")) else vu_name(text)
