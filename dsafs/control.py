@@ -250,11 +250,16 @@ async def dispatch(line: bytes, handlers: dict[str, Handler]) -> dict:
             raise requests.MalformedRequest(f"unknown command {cmd!r}")
         return {"ok": True, "result": await handler(args)}
     except DsafsError as exc:
-        return {"ok": False, "error": str(exc), "exit": exc.exit_code}
+        return {"ok": False, "error": _one_line(str(exc)), "exit": exc.exit_code}
     except Exception as exc:
         log.exception("control command failed")
-        why = " ".join(str(exc).split())[:200]          # one line, whatever the exception says
+        why = _one_line(str(exc))[:200]
         return {"ok": False, "error": f"internal error: {type(exc).__name__}: {why}", "exit": 1}
+
+
+def _one_line(text: str) -> str:
+    """A reply's error is one line, whatever the message holds."""
+    return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
 
 
 class Client:

@@ -41,6 +41,7 @@ MAX_LIST_ITEMS = 64           # members, refs, block ranges, read costs in one r
 MAX_INT = (1 << 53) - 1       # every integer a JSON reader keeps exactly
 MAX_READ_COST = 65535
 MAX_FAULT_BLOCKS = 1 << 20    # LBNs one inject may mark bad (each is kept in a set; daemon)
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _RANGE_RE = re.compile(r"\s*([0-9]{1,20})\s*-\s*([0-9]{1,20})\s*", re.ASCII)
 
 
@@ -99,14 +100,17 @@ class Num:
 
 @dataclasses.dataclass(frozen=True)
 class Text:
-    """A string of at most `max_bytes` UTF-8 bytes with no NUL; `nonempty`; or one of `choices`."""
+    """A string of at most `max_bytes` UTF-8 bytes with no control character (a newline in a
+    member name would split the one-line replies and log lines that name it); `nonempty`; or
+    one of `choices`."""
     max_bytes: int = MAX_PATH_BYTES
     nonempty: bool = True
     choices: tuple = ()
     what: str = "a path or member name"
 
     def check(self, value, where):
-        ok = (isinstance(value, str) and "\0" not in value and (value or not self.nonempty)
+        ok = (isinstance(value, str) and not _CONTROL_RE.search(value)
+              and (value or not self.nonempty)
               and len(value.encode("utf-8", "surrogatepass")) <= self.max_bytes
               and (not self.choices or value in self.choices))
         if not ok:

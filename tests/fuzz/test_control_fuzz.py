@@ -237,6 +237,8 @@ class Fuzz:
     def exchange(self, kind, line, how):
         line, cmd, args, error, undo = steer(line, self.served)
         self.count(f"messages:{kind}")
+        if undo and how == "hangup":
+            how = "reply"       # a command goes on after its client left: wait, then undo it
         if how == "midline":
             self.count("hang-ups: mid-line")
             control_support.raw(self.served.sock, line[:len(line) // 2], read=False)

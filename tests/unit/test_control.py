@@ -246,3 +246,10 @@ def test_dispatch_error_reply_is_one_line():
     assert r == {"ok": False, "exit": 1, "error": "internal error: ValueError: two lines"}
     r = trio.run(control.dispatch, b'{"cmd":"show"}', {"show": refused})
     assert r == {"ok": False, "exit": 1, "error": "DSA1: refused"}
+
+
+def test_a_refusal_naming_a_newline_stays_one_line():
+    async def refused(args):
+        raise InvalidArgument("DSA1: b.img\nx is not a member")
+    r = trio.run(control.dispatch, b'{"cmd":"show"}', {"show": refused})
+    assert r == {"ok": False, "exit": 1, "error": "DSA1: b.img x is not a member"}
