@@ -6,6 +6,8 @@
 #   make crash    install, then the power-cut simulation: N cut points (default 1000);
 #                 SEED=S replays one scenario (CUT=C: one cut of it)
 #   make soak     install, then the kill -9 soak with a real daemon for SECONDS (default 600)
+#   make fuzz     install, then the control-socket fuzz against a real daemon with N messages
+#                 (default 50000; make test runs 4000); SEED=S replays one run
 #   make clean    remove .venv and caches
 # Extra pytest arguments: make test PYTEST_ARGS='-x -k scb'
 
@@ -23,7 +25,7 @@ PYTEST_ARGS ?=
 export PIP_NO_INPUT := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: all install system-deps test demo bench crash soak clean
+.PHONY: all install system-deps test demo bench crash soak fuzz clean
 
 all: test
 
@@ -64,6 +66,12 @@ crash: install
 
 soak: install
 	$(PY) -m tests.crash.soak --seconds $(SECONDS) $(if $(SEED),--seed $(SEED))
+
+# N given on the command line (or in the environment) wins; else fuzz's own default.
+FUZZ_N := $(if $(filter command line environment,$(origin N)),$(N),50000)
+
+fuzz: install
+	DSAFS_FUZZ_N=$(FUZZ_N) DSAFS_FUZZ_SEED=$(SEED) $(PY) -m pytest tests/fuzz -q -s -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build dist *.egg-info

@@ -2,7 +2,9 @@
 
 Invariant: large I/O buffers (1 MiB copy and merge reads) are served from the heap, never from a
 fresh mmap each: `tune_allocator` raises glibc's mmap and trim thresholds, or reports False and
-changes nothing where libc has no mallopt.
+changes nothing where libc has no mallopt. Because the heap is then trimmed only past 128 MiB of
+free space, `release_free_memory` (malloc_trim) hands freed pages back explicitly after a burst
+(control.py: many connections' buffered requests, once they are gone).
 """
 
 from __future__ import annotations
@@ -23,5 +25,13 @@ def tune_allocator() -> bool:
         libc = ctypes.CDLL("libc.so.6")
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
                     and libc.mallopt(_M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD))
+    except (OSError, AttributeError):
+        return False
+
+
+def release_free_memory() -> bool:
+    """Return the heap's free pages to the system (glibc malloc_trim); False if unavailable."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
     except (OSError, AttributeError):
         return False

@@ -26,7 +26,7 @@ from typing import Optional
 import pyfuse3
 import trio
 
-from . import control, decide, fusectl, intake, memberpath, timeouts
+from . import control, decide, fusectl, intake, memberpath, requests, timeouts
 from .allocator import tune_allocator
 from .errors import (DsafsError, InvalidArgument, MountRefused, UsageError,
                      VuError)
@@ -41,7 +41,7 @@ from .verify import verify
 
 log = logging.getLogger("dsafs.daemon")
 
-MAX_READ_COST = 65535
+MAX_READ_COST = requests.MAX_READ_COST
 
 
 def _is_mountpoint_in_use(path: str) -> bool:
@@ -133,6 +133,7 @@ class Daemon:
         self._stop_requested = False       # a signal came while a VU was open (_watch_signals)
         self._all_closed = trio.Event()
         self.events = EventLog()           # every VU's state changes (dsafs events)
+        self.control_limits = control.Limits()     # bounds on control connections
         self.member_timeout = (None if member_timeout is None else
                                timeouts.check_timeout(member_timeout, "--member-timeout"))
         self.vu_timeout = (None if vu_timeout is None else
@@ -175,7 +176,7 @@ class Daemon:
         path = self._prepare()
         tune_allocator()
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
-        old_umask = os.umask(0o077)
+        old_umask = os.umask(0o177)          # the socket is born 0600: root only (README)
         try:
             await sock.bind(path)
         finally:
@@ -280,7 +281,7 @@ class Daemon:
             "mount": self.cmd_mount, "dismount": self.cmd_dismount, "show": self.cmd_show,
             "set": self.cmd_set, "verify": self.cmd_verify, "ping": self.cmd_ping,
             "inject": self.cmd_inject, "events": self.cmd_events,
-        })
+        }, self.control_limits)
 
     def _publish(self, vu) -> None:
         self.vus[vu.name] = vu
@@ -578,6 +579,10 @@ class Daemon:
         nblocks = vu.size_bytes // BLOCK_BYTES
         bad_read = [parse_lbn_range(r, nblocks, "--eio-read") for r in args.get("eio_read") or []]
         bad_write = [parse_lbn_range(r, nblocks, "--eio-write") for r in args.get("eio_write") or []]
+        marked = sum(map(len, bad_read + bad_write))        # each LBN is kept in a set
+        if marked > requests.MAX_FAULT_BLOCKS:
+            raise InvalidArgument(f"{vu.name}: --eio-read/--eio-write cover {marked} blocks; "
+                                  f"give at most {requests.MAX_FAULT_BLOCKS} per command")
         delay_ms = args.get("delay_ms")
         if delay_ms is not None and not (isinstance(delay_ms, (int, float))
                                          and 0 <= delay_ms <= MAX_DELAY_S * 1000):

@@ -16,9 +16,9 @@ KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
 MAX_MEMBERS = 6
 NO_LBN = (1 << 64) - 1                   # "no fence" in on-disk fields
 
-_SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGTP]?)(i?B?)?\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*([KMGTP]?)(i?B?)?\s*$", re.IGNORECASE | re.ASCII)
 _SIZE_MULT = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB, "P": 1 << 50}
-_VU_RE = re.compile(r"^_?DSA(\d{1,4}):?$", re.IGNORECASE)
+_VU_RE = re.compile(r"^_?DSA([0-9]{1,4}):?$", re.IGNORECASE | re.ASCII)   # no Unicode digits
 
 
 def align_up(nbytes: int, alignment: int) -> int:
@@ -57,8 +57,8 @@ def check_vu_size(nbytes: int) -> int:
 
 
 def vu_name(text: str) -> str:
-    """Accept DSAn, DSAn: or _DSAn: (n = 0..9999) and return the canonical 'DSAn'."""
-    m = _VU_RE.match(str(text).strip())
+    """Accept DSAn, DSAn: or _DSAn: (n = 0..9999, ASCII digits) and return the canonical 'DSAn'."""
+    m = _VU_RE.match(str(text).strip(" \t\r\n"))
     if not m:
         raise InvalidArgument(
             f"{text!r} is not a virtual unit name; use DSA0 to DSA9999 (for example DSA1)"
