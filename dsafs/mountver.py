@@ -105,7 +105,7 @@ class MountVerification:
 
     # ------------------------------------------------------------------ the I/O side
     def _volinv(self) -> VolumeInvalid:
-        why = ("is being dismounted" if self.vu._closing else
+        why = ("is being dismounted" if self.vu.closing else
                "has aborted mount verification (no member answered within its VU timeout, or "
                "--abort-vu)")
         return VolumeInvalid(f"{self.vu.name}: volume is not software enabled (VOLINV): it {why}; "
@@ -137,7 +137,7 @@ class MountVerification:
                     await self._pause()
                     try:
                         if self.commit_owed:
-                            await self.vu._commit()
+                            await self.vu.commit()
                         result = await op(*args)
                     except AllMembersFailed as again:
                         self._enter(again)
@@ -170,8 +170,7 @@ class MountVerification:
         log.warning("%s: is offline (%s); mount verification in progress for up to %g s",
                     self.vu.name, exc, self.vu_timeout)
         self.vu.event("mv-start", rule=Rule.NO_MEMBER_ANSWERS)
-        if self.vu._nursery is not None:
-            self.vu._nursery.start_soon(self._verify, self._episode)
+        self.vu.start_soon(self._verify, self._episode)
 
     def _leave(self, rule: str) -> None:
         if self.state != MOUNT_VERIFY:
@@ -181,7 +180,7 @@ class MountVerification:
         log.info("%s: has completed mount verification", self.vu.name)
         self.vu.event("mv-end", rule=rule)
         if self.vu.targets and self.vu.copy is None:
-            self.vu._queue_copy(self.vu.targets)      # a copy stopped by the outage resumes
+            self.vu.resume_copies()      # a copy stopped by the outage resumes
         self.vu.resume_stopped_merge()                # and so does a merge
 
     def _time_out(self, rule: str) -> None:
@@ -226,7 +225,7 @@ class MountVerification:
             try:
                 await timeouts.wait(s, s.member.start_read(0, 512), "read")
                 if self.commit_owed:
-                    await self.vu._commit()
+                    await self.vu.commit()
             except (MemberIOError, AllMembersFailed):
                 continue
             self._leave(Rule.MEMBER_RETURNED)
@@ -241,9 +240,7 @@ class MountVerification:
                 f"{vu.name}: {slot.name} is the only source member; --force-removal would leave "
                 f"{vu.name} without its data; remove another member, or dismount {vu.name} "
                 f"with --abort")
-        vu._drop(slot, MemberState.EXPELLED, "forced removal", rule=Rule.FORCE_REMOVAL)
-        if vu._nursery is not None:
-            vu._nursery.start_soon(vu._close_when_idle, slot)
+        vu.force_out(slot, "forced removal", Rule.FORCE_REMOVAL)
         self.commit_owed = True
 
     def stall_writes(self, seconds: float) -> None:
@@ -267,9 +264,8 @@ class MountVerification:
             self._unstalled = trio.Event()
         self._stall_changed.set()
         self._stall_changed = trio.Event()
-        if not self._stall_timer and self.vu._nursery is not None:
-            self._stall_timer = True
-            self.vu._nursery.start_soon(self._run_stall_timer)
+        if not self._stall_timer:
+            self._stall_timer = self.vu.start_soon(self._run_stall_timer)
 
     def _release_stall(self) -> None:
         if self.stall_until is None:

@@ -340,6 +340,33 @@ class VirtualUnit(Scheduler):
             self.feature_flags |= FEATURE_EXTMEMB
         self.mv.adopt(self.slots)
 
+    # ----------------------------------------------------------------- for mountver.py
+    @property
+    def closing(self) -> bool:
+        """Dissolve or abort has begun."""
+        return self._closing
+
+    def start_soon(self, fn, *args) -> bool:
+        """Run `fn(*args)` in the VU's nursery; False when the VU is not running."""
+        if self._nursery is None:
+            return False
+        self._nursery.start_soon(fn, *args)
+        return True
+
+    async def commit(self) -> None:
+        """Raise the generation and write every current member's SCB (a commit owed)."""
+        await self._commit()
+
+    def resume_copies(self) -> None:
+        """Queue the copy of every copy target again (after an outage stopped it)."""
+        self._queue_copy(self.targets)
+
+    def force_out(self, slot: Slot, why: str, rule: str) -> None:
+        """Expel `slot` at once without an SCB write (no member answers), and release it
+        when idle: mount verification's forced removal."""
+        self._drop(slot, MemberState.EXPELLED, why, rule=rule)
+        self.start_soon(self._close_when_idle, slot)
+
     @property
     def plan(self) -> decide.Plan:
         """The mount decision this VU was assembled by (roles, rules, notes)."""
