@@ -24,8 +24,8 @@ import time
 import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dsafs import member as member_mod  # noqa: E402
-from dsafs.member import FileMember  # noqa: E402
+from dsafs.members import member as member_mod  # noqa: E402
+from dsafs.members.member import FileMember  # noqa: E402
 
 FILE_BYTES = 256 << 20
 IO_BYTES = 4096

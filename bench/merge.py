@@ -35,7 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as bench  # noqa: E402  (bench/run.py: its Daemon wrapper and helpers)
-from dsafs.control import Client  # noqa: E402
+from dsafs.service.control import Client  # noqa: E402
 
 CHUNK = 64 * 1024
 MIN_RATE = 10 * 1024 * 1024

@@ -20,13 +20,13 @@ from typing import Optional, Sequence
 
 import trio
 
-from . import __version__
-from .control import Client, default_socket
-from .errors import DsafsError, InvalidArgument, MemberError, MountRefused, UsageError
-from .member import FileMember, create_file
-from .probe import file_holds_data
-from .scb import MAGIC, SCB_AREA_BYTES, SLOT_BYTES, check_label, min_member_bytes
-from .units import MAX_MEMBERS, check_vu_size, format_size, parse_size, vu_name
+from dsafs import __version__
+from dsafs.service.control import Client, default_socket
+from dsafs.errors import DsafsError, InvalidArgument, MemberError, MountRefused, UsageError
+from dsafs.members.member import FileMember, create_file
+from dsafs.members.probe import file_holds_data
+from dsafs.ondisk.scb import MAGIC, SCB_AREA_BYTES, SLOT_BYTES, check_label, min_member_bytes
+from dsafs.units import MAX_MEMBERS, check_vu_size, format_size, parse_size, vu_name
 
 log = logging.getLogger("dsafs.cli")
 BLKZEROOUT = 0x127F           # _IO(0x12, 127)
@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _merge_setting_args(p, scope: str, defaults: bool = False) -> None:
-    from .throttle import DEFAULT_FACTOR, DEFAULT_THRESHOLD
+    from dsafs.engine.throttle import DEFAULT_FACTOR, DEFAULT_THRESHOLD
     p.add_argument("--merge-delay-threshold", type=int, metavar="N",
                    default=DEFAULT_THRESHOLD if defaults else None,
                    help=f"0-20000: how much slower than ideal the application may get before the "
@@ -255,7 +255,7 @@ def _has_dsafs_metadata(path: str, size: Optional[int]) -> bool:
 
 
 async def _init(args) -> int:
-    from .setmeta import init_set, refuse_members_of_sets
+    from dsafs.engine.setmeta import init_set, refuse_members_of_sets
     name = vu_name(args.vu)
     label = check_label(args.label)
     size = check_vu_size(parse_size(args.size, "--size"))
@@ -317,7 +317,7 @@ async def _init(args) -> int:
 
 
 def cmd_examine(args) -> int:
-    from .examine import examine, format_examine
+    from dsafs.service.examine import examine, format_examine
     info = examine(args.member)
     print(json.dumps(info, indent=2) if args.json else format_examine(info))
     return 0
@@ -341,7 +341,7 @@ def cmd_init(args) -> int:
 
 # ----------------------------------------------------------------------------- daemon commands
 def cmd_serve(args) -> int:
-    from .daemon import Daemon
+    from dsafs.service.daemon import Daemon
     logging.getLogger().setLevel(args.log_level)
     for h in logging.getLogger().handlers:
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -352,7 +352,7 @@ def cmd_serve(args) -> int:
                               f"default) or 1-65535")
     timeouts = {k: _seconds(getattr(args, k), "--" + k.replace("_", "-"))
                 for k in ("member_timeout", "vu_timeout") if getattr(args, k) is not None}
-    from .throttle import Settings
+    from dsafs.engine.throttle import Settings
     m = _merge_settings_of(args)
     merge = Settings(m["merge_delay_threshold"], m["merge_delay_factor"], m["merge_min_rate"])
     daemon = Daemon(args.mountpoint, args.socket, fuse_max_tasks=args.fuse_tasks,
@@ -595,7 +595,7 @@ def cmd_set(args) -> int:
 
 
 def cmd_events(args) -> int:
-    from .events import format_line
+    from dsafs.events import format_line
     name = vu_name(args.vu) if args.vu else None
 
     def out(event):

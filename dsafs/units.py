@@ -6,7 +6,7 @@ and conversions between them happen only here. Display units stay 512-byte block
 
 import re
 
-from .errors import InvalidArgument
+from dsafs.errors import InvalidArgument
 
 BLOCK_BYTES = 512
 CHUNK_BLOCKS = 128                       # one bitmap bit, one merge/copy compare unit

@@ -13,9 +13,9 @@ import time
 
 import pytest
 
-from dsafs import control
-from dsafs.control import Client
-from dsafs.testing import mounted
+from dsafs.service import control
+from dsafs.service.control import Client
+from dsafs.testing.fakes import mounted
 from dsafs.units import MiB
 from tests.cli import control_support
 from tests.mount.support import digest, needs_fuse

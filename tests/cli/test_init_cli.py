@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from dsafs.scb import choose_slot, min_member_bytes
+from dsafs.ondisk.scb import choose_slot, min_member_bytes
 from dsafs.units import MiB
 
 DSAFS = os.path.join(os.path.dirname(sys.executable), "dsafs")

@@ -24,8 +24,8 @@ import dataclasses
 import struct
 from typing import Optional
 
-from dsafs.record import Journal
-from dsafs.scb import SLOT_BYTES, MemberState, SlotError, decode, slot_offsets
+from dsafs.testing.record import Journal
+from dsafs.ondisk.scb import SLOT_BYTES, MemberState, SlotError, decode, slot_offsets
 from dsafs.units import BLOCK_BYTES
 
 def pattern(wid: int, lbn: int, block_bytes: int = BLOCK_BYTES) -> bytes:

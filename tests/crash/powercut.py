@@ -3,7 +3,7 @@ merge, check. Also the runner of `make crash N=... [SEED=...]`.
 
 One *scenario* (everything follows from its seed, trio's scheduling included):
   1. `dsafs init` 2 or 3 in-memory members (MemMember with random per-request latency, so
-     requests complete out of order) and wrap each in a RecordingMember (dsafs/record.py); all
+     requests complete out of order) and wrap each in a RecordingMember (dsafs/testing/record.py); all
      recorders share one Journal.
   2. Mount a VirtualUnit on them and run, for a short virtual time under trio's MockClock:
      1-4 writer tasks (random 512 B - 64 KiB writes of a self-describing pattern, flushes,
@@ -64,20 +64,20 @@ from typing import Optional
 import trio
 import trio.testing
 
-from dsafs import copy as copymod
-from dsafs import decide
-from dsafs.decide import Options
+from dsafs.engine import copy as copymod
+from dsafs.engine import decide
+from dsafs.engine.decide import Options
 from dsafs.errors import DsafsError, MembershipRefused, MountRefused
-from dsafs.record import Journal, RecordingMember, torn_copy
-from dsafs.scb import MemberState, SLOT_BYTES, choose_slot, min_member_bytes, slot_offsets
-from dsafs.testing import MemMember
+from dsafs.testing.record import Journal, RecordingMember, torn_copy
+from dsafs.ondisk.scb import MemberState, SLOT_BYTES, choose_slot, min_member_bytes, slot_offsets
+from dsafs.testing.fakes import MemMember
 from dsafs.units import BLOCK_BYTES, KiB, MiB
-from dsafs.setmeta import init_set, load_candidate
-from dsafs.vu import VirtualUnit
+from dsafs.engine.setmeta import init_set, load_candidate
+from dsafs.engine.vu import VirtualUnit
 from tests.crash.oracle import AppFlush, Oracle, block_id, payload
 
 try:
-    from dsafs import merge as mergemod
+    from dsafs.engine import merge as mergemod
 except ImportError:        # before the merge (issue 5) lands
     mergemod = None
 

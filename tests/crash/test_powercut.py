@@ -5,11 +5,11 @@ import pytest
 import trio
 import trio.testing
 
-from dsafs.record import Journal
-from dsafs.testing import MemMember
+from dsafs.testing.record import Journal
+from dsafs.testing.fakes import MemMember
 from dsafs.units import BLOCK_BYTES
-from dsafs.setmeta import init_set
-from dsafs.vu import VirtualUnit
+from dsafs.engine.setmeta import init_set
+from dsafs.engine.vu import VirtualUnit
 from tests.crash import oracle as orc
 from tests.crash import powercut as pc
 

@@ -1,4 +1,4 @@
-"""The recording member layer and its crash states (dsafs/record.py), and the bad-input case:
+"""The recording member layer and its crash states (dsafs/testing/record.py), and the bad-input case:
 a member whose two SCB slots are both torn is refused by name, never guessed at."""
 
 import random
@@ -7,14 +7,16 @@ import pytest
 import trio
 import trio.testing
 
-from dsafs import decide
+from dsafs.engine import decide
 from dsafs.errors import MountRefused
-from dsafs.record import Journal, RecordingMember, torn_copy
-from dsafs.scb import SCB_AREA_BYTES, SLOT_BYTES, ScbStore, choose_slot, min_member_bytes, slot_offsets
-from dsafs.testing import MemMember
+from dsafs.testing.record import Journal, RecordingMember, torn_copy
+from dsafs.ondisk.scb import (
+    SCB_AREA_BYTES, SLOT_BYTES, ScbStore, choose_slot, min_member_bytes, slot_offsets,
+)
+from dsafs.testing.fakes import MemMember
 from dsafs.units import MiB
-from dsafs.setmeta import init_set, load_candidate
-from dsafs.vu import VirtualUnit
+from dsafs.engine.setmeta import init_set, load_candidate
+from dsafs.engine.vu import VirtualUnit
 
 SIZE = 1 * MiB
 RAW = min_member_bytes(SIZE)

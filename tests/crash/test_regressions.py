@@ -4,12 +4,12 @@ import pytest
 import trio
 import trio.testing
 
-from dsafs.record import Journal, RecordingMember
-from dsafs.scb import min_member_bytes
-from dsafs.testing import MemMember
+from dsafs.testing.record import Journal, RecordingMember
+from dsafs.ondisk.scb import min_member_bytes
+from dsafs.testing.fakes import MemMember
 from dsafs.units import MiB
-from dsafs.setmeta import init_set
-from dsafs.vu import VirtualUnit
+from dsafs.engine.setmeta import init_set
+from dsafs.engine.vu import VirtualUnit
 
 SIZE = 1 * MiB
 RAW = min_member_bytes(SIZE)
@@ -54,8 +54,8 @@ async def test_flush_during_a_member_removal_survives_a_power_cut(autojump_clock
     first the merge took b, which never had the flushed write durably: it was lost."""
     import random
 
-    from dsafs import decide
-    from dsafs.setmeta import load_candidate
+    from dsafs.engine import decide
+    from dsafs.engine.setmeta import load_candidate
 
     a, b = MemMember(RAW, "/m/a.img", latency=0.001), MemMember(RAW, "/m/b.img", latency=0.001)
     await init_set("DSA1", "DATA", SIZE, [a, b])

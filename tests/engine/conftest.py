@@ -2,7 +2,7 @@
 
 import pytest
 
-from dsafs import copy as copymod
+from dsafs.engine import copy as copymod
 from dsafs.units import KiB
 
 

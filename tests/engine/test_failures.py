@@ -9,16 +9,19 @@ import pytest
 import trio
 import trio.testing
 
-from dsafs import mountver, timeouts
-from dsafs.errors import InvalidArgument, MembershipRefused, MemberTimeout, Unsupported, VolumeInvalid
+from dsafs.engine import mountver
+from dsafs.members import timeouts
+from dsafs.errors import (
+    InvalidArgument, MembershipRefused, MemberTimeout, Unsupported, VolumeInvalid,
+)
 from dsafs.events import EventLog
-from dsafs.member import FileMember, create_file
-from dsafs.mountver import SetPlan
-from dsafs.scb import MemberState, choose_slot, min_member_bytes
-from dsafs.testing import MemMember, assert_members_identical, running
+from dsafs.members.member import FileMember, create_file
+from dsafs.engine.mountver import SetPlan
+from dsafs.ondisk.scb import MemberState, choose_slot, min_member_bytes
+from dsafs.testing.fakes import MemMember, assert_members_identical, running
 from dsafs.units import MiB
-from dsafs.setmeta import init_set
-from dsafs.vu import VirtualUnit
+from dsafs.engine.setmeta import init_set
+from dsafs.engine.vu import VirtualUnit
 
 SIZE = MiB
 RAW = min_member_bytes(SIZE)

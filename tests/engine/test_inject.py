@@ -7,12 +7,12 @@ import trio
 import trio.testing
 
 from dsafs.errors import InvalidArgument, MemberIOError
-from dsafs.inject import FaultyMember, parse_flakey, parse_lbn_range
-from dsafs.scb import MemberState, min_member_bytes
-from dsafs.testing import MemMember, running
+from dsafs.members.inject import FaultyMember, parse_flakey, parse_lbn_range
+from dsafs.ondisk.scb import MemberState, min_member_bytes
+from dsafs.testing.fakes import MemMember, running
 from dsafs.units import MiB
-from dsafs.setmeta import init_set
-from dsafs.vu import VirtualUnit
+from dsafs.engine.setmeta import init_set
+from dsafs.engine.vu import VirtualUnit
 
 SIZE = MiB
 RAW = min_member_bytes(SIZE)

@@ -5,13 +5,13 @@ unchanged. MemMember sets under the MockClock."""
 import pytest
 import trio
 
-from dsafs.decide import Options
+from dsafs.engine.decide import Options
 from dsafs.errors import MountRefused
-from dsafs.scb import BranchReason, MemberState, choose_slot, min_member_bytes
-from dsafs.setmeta import init_set
-from dsafs.testing import MemMember, assert_members_identical, running
+from dsafs.ondisk.scb import BranchReason, MemberState, choose_slot, min_member_bytes
+from dsafs.engine.setmeta import init_set
+from dsafs.testing.fakes import MemMember, assert_members_identical, running
 from dsafs.units import MiB
-from dsafs.vu import VirtualUnit
+from dsafs.engine.vu import VirtualUnit
 
 SIZE = 4 * MiB
 RAW = min_member_bytes(SIZE)

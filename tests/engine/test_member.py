@@ -14,9 +14,9 @@ import pytest
 import trio
 import trio.testing
 
-from dsafs import member as member_mod
+from dsafs.members import member as member_mod
 from dsafs.errors import InvalidArgument, MemberError, MemberInUse, MemberIOError
-from dsafs.member import FileMember, MemberStats, create_file
+from dsafs.members.member import FileMember, MemberStats, create_file
 
 MiB = 1 << 20
 

@@ -13,12 +13,12 @@ import subprocess
 import pytest
 import trio
 
-from dsafs.member import FileMember, create_file
-from dsafs.scb import SLOT_BYTES, min_member_bytes
-from dsafs.setmeta import init_set
-from dsafs.testing import assert_members_identical, running
+from dsafs.members.member import FileMember, create_file
+from dsafs.ondisk.scb import SLOT_BYTES, min_member_bytes
+from dsafs.engine.setmeta import init_set
+from dsafs.testing.fakes import assert_members_identical, running
 from dsafs.units import MiB
-from dsafs.vu import VirtualUnit
+from dsafs.engine.vu import VirtualUnit
 
 SIZE = 8 * MiB
 RAW = min_member_bytes(SIZE)
@@ -167,7 +167,7 @@ async def test_a_damaged_scb_slot_is_logged_evented_and_rewritten(tmp_path, capl
 
 
 async def FileMember_inspect(path):
-    from dsafs.scb import ScbStore
+    from dsafs.ondisk.scb import ScbStore
     m = FileMember.open(path)
     try:
         store = ScbStore(m)

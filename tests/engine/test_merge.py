@@ -5,14 +5,14 @@ import pytest
 import trio
 import trio.testing
 
-from dsafs import merge as mergemod
+from dsafs.engine import merge as mergemod
 from dsafs.errors import MembershipRefused
-from dsafs.scb import MemberState, choose_slot, min_member_bytes
-from dsafs.testing import MemMember, assert_members_identical, running
-from dsafs.throttle import Settings
+from dsafs.ondisk.scb import MemberState, choose_slot, min_member_bytes
+from dsafs.testing.fakes import MemMember, assert_members_identical, running
+from dsafs.engine.throttle import Settings
 from dsafs.units import CHUNK_BYTES, KiB, MiB
-from dsafs.setmeta import init_set
-from dsafs.vu import VirtualUnit
+from dsafs.engine.setmeta import init_set
+from dsafs.engine.vu import VirtualUnit
 
 SIZE = 4 * MiB
 RAW = min_member_bytes(SIZE)

@@ -3,11 +3,11 @@
 import pytest
 
 from dsafs.errors import MetadataError, MountRefused
-from dsafs.scb import ScbStore, min_member_bytes
-from dsafs.testing import MemMember
+from dsafs.ondisk.scb import ScbStore, min_member_bytes
+from dsafs.testing.fakes import MemMember
 from dsafs.units import MiB
-from dsafs.setmeta import init_set
-from dsafs.vu import VirtualUnit
+from dsafs.engine.setmeta import init_set
+from dsafs.engine.vu import VirtualUnit
 
 SIZE = MiB
 RAW = min_member_bytes(SIZE)

@@ -1,4 +1,4 @@
-"""io_uring for member writes and flushes (dsafs/uring.py): data lands, errors name the member,
+"""io_uring for member writes and flushes (dsafs/members/uring.py): data lands, errors name the member,
 a request the kernel cannot finish never holds up the loop, is cancellable, and is accounted
 when it finishes late or when its ring closes at the end of the trio run."""
 
@@ -8,10 +8,10 @@ import threading
 import pytest
 import trio
 
-from dsafs import uring
+from dsafs.members import uring
 from dsafs.errors import MemberIOError
-from dsafs.member import WRITE_PIECE, FileMember, create_file, write_pieces
-from dsafs.testing import hung_pipe_member
+from dsafs.members.member import WRITE_PIECE, FileMember, create_file, write_pieces
+from dsafs.testing.fakes import hung_pipe_member
 
 MiB = 1 << 20
 

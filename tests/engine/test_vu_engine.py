@@ -7,14 +7,14 @@ import pytest
 import trio
 import trio.testing
 
-from dsafs import copy as copymod
-from dsafs import decide
+from dsafs.engine import copy as copymod
+from dsafs.engine import decide
 from dsafs.errors import MembershipRefused, MemberError, MountRefused, VolumeInvalid
-from dsafs.scb import MemberState, choose_slot, min_member_bytes
-from dsafs.testing import MemMember, assert_members_identical, running
+from dsafs.ondisk.scb import MemberState, choose_slot, min_member_bytes
+from dsafs.testing.fakes import MemMember, assert_members_identical, running
 from dsafs.units import KiB, MiB
-from dsafs.setmeta import init_set
-from dsafs.vu import VirtualUnit
+from dsafs.engine.setmeta import init_set
+from dsafs.engine.vu import VirtualUnit
 
 SIZE = 4 * MiB
 RAW = min_member_bytes(SIZE)

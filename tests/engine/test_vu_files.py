@@ -7,13 +7,13 @@ import time
 
 import trio
 
-from dsafs import copy as copymod
-from dsafs.member import FileMember, create_file
-from dsafs.scb import MemberState, min_member_bytes
-from dsafs.testing import assert_members_identical, running
+from dsafs.engine import copy as copymod
+from dsafs.members.member import FileMember, create_file
+from dsafs.ondisk.scb import MemberState, min_member_bytes
+from dsafs.testing.fakes import assert_members_identical, running
 from dsafs.units import MiB
-from dsafs.setmeta import init_set
-from dsafs.vu import VirtualUnit
+from dsafs.engine.setmeta import init_set
+from dsafs.engine.vu import VirtualUnit
 
 SIZE = 32 * MiB
 

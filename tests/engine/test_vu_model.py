@@ -23,14 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import event as _event
 from hypothesis.errors import InvalidArgument
 
-from dsafs import copy as copymod
-from dsafs.decide import Options
+from dsafs.engine import copy as copymod
+from dsafs.engine.decide import Options
 from dsafs.errors import MembershipRefused, MountRefused
-from dsafs.scb import MemberState, min_member_bytes
-from dsafs.testing import MemMember, assert_members_identical
+from dsafs.ondisk.scb import MemberState, min_member_bytes
+from dsafs.testing.fakes import MemMember, assert_members_identical
 from dsafs.units import KiB
-from dsafs.setmeta import init_set
-from dsafs.vu import VirtualUnit
+from dsafs.engine.setmeta import init_set
+from dsafs.engine.vu import VirtualUnit
 
 SIZE = 512 * KiB
 RAW = min_member_bytes(SIZE)

@@ -10,11 +10,11 @@ import pytest
 import trio
 import trio.testing
 
-from dsafs import timeouts
+from dsafs.members import timeouts
 from dsafs.errors import MemberIOError, MemberTimeout
-from dsafs.member import FileMember, create_file
-from dsafs.pending import Ready
-from dsafs.testing import hung_pipe_member
+from dsafs.members.member import FileMember, create_file
+from dsafs.members.pending import Ready
+from dsafs.testing.fakes import hung_pipe_member
 
 MiB = 1 << 20
 

@@ -27,10 +27,10 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from dsafs import requests
-from dsafs.control import Client
+from dsafs.service import requests
+from dsafs.service.control import Client
 from dsafs.errors import DsafsError
-from dsafs.testing import mounted
+from dsafs.testing.fakes import mounted
 from dsafs.units import MiB
 from tests.cli import control_support
 from tests.mount.support import digest, needs_fuse

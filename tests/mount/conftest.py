@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from dsafs.testing import mounted
+from dsafs.testing.fakes import mounted
 
 SHUTDOWN_MARK = "dismounting every VU"      # the daemon's log line on SIGTERM
 

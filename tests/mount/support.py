@@ -11,8 +11,8 @@ import time
 import pytest
 import xxhash
 
-from dsafs.control import Client
-from dsafs.scb import choose_slot, min_member_bytes
+from dsafs.service.control import Client
+from dsafs.ondisk.scb import choose_slot, min_member_bytes
 from dsafs.units import MiB
 
 HAVE_FUSE = (os.path.exists("/dev/fuse") and os.geteuid() == 0

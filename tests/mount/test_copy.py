@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dsafs.control import Client
+from dsafs.service.control import Client
 from dsafs.units import MiB
 
 from .support import (assert_members_identical, blank_member, direct_read, direct_write,

@@ -40,7 +40,7 @@ def test_fio_randwrite_verify(served, tmp_path, direct):
     r = served.check("verify", "DSA1")
     assert "identical" in r.stdout
     assert_members_identical([tmp_path / "a.img", tmp_path / "b.img"], VU)
-    # The fast FUSE intake (dsafs/intake.py) carried these requests.
+    # The fast FUSE intake (dsafs/service/intake.py) carried these requests.
     assert served.stop() == 0
     found = re.search(r"FUSE intake: (\d+) requests taken at once, (\d+) after a wait",
                       served.log(tail=400))

@@ -1,4 +1,4 @@
-"""The daemon raises its FUSE connection's background limit through fusectl (dsafs/fusectl.py),
+"""The daemon raises its FUSE connection's background limit through fusectl (dsafs/service/fusectl.py),
 and leaves nothing mounted for it."""
 
 import re
@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from dsafs import fusectl
-from dsafs.testing import mounted
+from dsafs.service import fusectl
+from dsafs.testing.fakes import mounted
 
 from .support import needs_fuse
 

@@ -11,7 +11,7 @@ import pytest
 import trio
 import trio.testing
 
-from dsafs import control
+from dsafs.service import control
 from dsafs.errors import InvalidArgument
 
 

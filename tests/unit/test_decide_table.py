@@ -4,10 +4,10 @@ import uuid
 
 import pytest
 
-from dsafs import decide
-from dsafs.decide import Candidate, Mounted, Options
+from dsafs.engine import decide
+from dsafs.engine.decide import Candidate, Mounted, Options
 from dsafs.errors import MountRefused
-from dsafs.scb import MemberEntry, MemberState, Scb, min_member_bytes
+from dsafs.ondisk.scb import MemberEntry, MemberState, Scb, min_member_bytes
 from dsafs.units import MiB
 
 SIZE = 64 * MiB

@@ -9,8 +9,8 @@ import stat
 import pyfuse3
 import pytest
 
-from dsafs.daemon import Daemon
-from dsafs.fusefs import DIRECT_FH, DsafsOps, inode_of, vu_name_of
+from dsafs.service.daemon import Daemon
+from dsafs.service.fusefs import DIRECT_FH, DsafsOps, inode_of, vu_name_of
 
 
 class BuggyVU:

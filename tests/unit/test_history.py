@@ -2,8 +2,8 @@
 
 import pytest
 
-from dsafs.history import History
-from dsafs.scb import BranchReason, Lineage
+from dsafs.engine.history import History
+from dsafs.ondisk.scb import BranchReason, Lineage
 
 # events: "start" a write, "end" it, "leave" (a member leaves current), then the commit
 ROWS = [

@@ -1,4 +1,4 @@
-"""The fast FUSE reader wait (dsafs/intake.py), on a pipe standing in for /dev/fuse: it returns
+"""The fast FUSE reader wait (dsafs/service/intake.py), on a pipe standing in for /dev/fuse: it returns
 at once, without a schedule point, when a request is queued; otherwise it waits, and never
 returns while nothing is queued, even when woken by readiness another reader already used."""
 
@@ -8,7 +8,7 @@ import pyfuse3
 import pytest
 import trio
 
-from dsafs import intake
+from dsafs.service import intake
 
 
 @pytest.fixture

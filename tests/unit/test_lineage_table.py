@@ -5,11 +5,12 @@ import uuid
 
 import pytest
 
-from dsafs import decide, lineage
-from dsafs.decide import Candidate, Mounted, Options
+from dsafs.engine import decide
+from dsafs.engine import lineage
+from dsafs.engine.decide import Candidate, Mounted, Options
 from dsafs.errors import MountRefused
-from dsafs.lineage import Relation
-from dsafs.scb import BranchReason, Lineage, MemberEntry, MemberState, Scb, min_member_bytes
+from dsafs.engine.lineage import Relation
+from dsafs.ondisk.scb import BranchReason, Lineage, MemberEntry, MemberState, Scb, min_member_bytes
 from dsafs.units import MiB
 
 SIZE = 64 * MiB

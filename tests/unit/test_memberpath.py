@@ -7,7 +7,7 @@ import os
 import pytest
 
 from dsafs.errors import MemberError
-from dsafs.memberpath import MAX_SYMLINKS, mountinfo, own_roots, resolve
+from dsafs.members.memberpath import MAX_SYMLINKS, mountinfo, own_roots, resolve
 
 MOUNTINFO = r"""22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 61 22 0:53 / /mnt/dsafs rw,nosuid,nodev,relatime shared:30 - fuse.dsafs dsafs rw,user_id=0

@@ -1,8 +1,8 @@
-"""write_pieces: a member write cut at every multiple of the piece size (dsafs/member.py)."""
+"""write_pieces: a member write cut at every multiple of the piece size (dsafs/members/member.py)."""
 
 import pytest
 
-from dsafs.member import write_pieces
+from dsafs.members.member import write_pieces
 
 K = 1024
 

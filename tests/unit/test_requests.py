@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from dsafs import cli, requests
+from dsafs import cli
+from dsafs.service import requests
 from dsafs.errors import DsafsError, InvalidArgument
 
 

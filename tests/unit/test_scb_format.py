@@ -6,8 +6,8 @@ import uuid
 import pytest
 import xxhash
 
-from dsafs import scb as S
-from dsafs.scb import BranchReason, Lineage, MemberEntry, MemberState, Scb
+from dsafs.ondisk import scb as S
+from dsafs.ondisk.scb import BranchReason, Lineage, MemberEntry, MemberState, Scb
 from dsafs.units import GiB, MiB
 
 SET = uuid.UUID("11111111-2222-3333-4444-555555555555")

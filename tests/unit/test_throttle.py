@@ -6,8 +6,9 @@ import trio
 import trio.testing
 
 from dsafs.errors import InvalidArgument
-from dsafs.throttle import (REREAD_EVERY, Settings, Throttle, floor_cap_us, merge_delay_us,
-                            next_delay)
+from dsafs.engine.throttle import (
+    REREAD_EVERY, Settings, Throttle, floor_cap_us, merge_delay_us, next_delay,
+)
 from dsafs.units import KiB, MiB
 
 FORMULA = [

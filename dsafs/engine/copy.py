@@ -1,0 +1,169 @@
+"""Full copy: bring copy targets up to date from the sources, behind a fence, while the VU is live.
+
+Algorithm (spec §13, DESIGN §6). The copy walks the VU in steps of `STEP_BYTES`. For each step
+it closes the write gate over the step (no application write to it is in flight), reads the
+step once from a source (sources alternate, like VMS without /COPY_SOURCE), reads the same range
+from every target, and writes the source data only to the targets whose data differs
+(compare-before-write: an identical target gets no writes). Then the fence moves past the step.
+Several targets share one read pass. A copy is not throttled: a target gives no redundancy
+until it ends.
+
+The VU's write path uses the fence: a write wholly behind it goes to every member at once; a
+write that reaches ahead of it goes to the sources first and then to the targets.
+
+Checkpoints: every `CHECKPOINT_BYTES` or `CHECKPOINT_SECONDS`, and when the copy is cancelled,
+the targets are flushed and then their SCBs record the fence, so a restart resumes there
+(`decide` rule `resume-copy`). Invariant: a target's recorded fence never passes data that is
+not durable on it, and a target never becomes a source before the whole range is copied and
+flushed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Optional
+
+import trio
+
+from dsafs.errors import MemberIOError
+from dsafs.engine.fanout import flush_all
+from dsafs.ondisk.scb import MemberState
+from dsafs.members.timeouts import rule_for, wait, wait_each
+from dsafs.units import BLOCK_BYTES, MiB
+from dsafs.rules import Rule
+
+log = logging.getLogger("dsafs.copy")
+
+STEP_BYTES = 1 * MiB
+CHECKPOINT_BYTES = 256 * MiB
+CHECKPOINT_SECONDS = 10.0
+SHIELDED_CHECKPOINT_SECONDS = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CopyStats:
+    percent: float
+    fence_lbn: int
+    targets: tuple[str, ...]
+    bytes_read: int
+    bytes_compared: int
+    bytes_written: int
+
+
+class Copy:
+    """One copy operation onto one or more targets of a VU."""
+
+    def __init__(self, vu, targets: list, start_bytes: int):
+        self.vu = vu
+        self.targets = list(targets)
+        self.fence_bytes = start_bytes
+        self.bytes_read = 0
+        self.bytes_compared = 0
+        self.bytes_written = 0
+        self._next_source = 0
+        self._checkpointed = start_bytes
+
+    def __repr__(self) -> str:
+        return f"<Copy {self.vu.name} {self.percent:.0f}% onto {len(self.live_targets)} targets>"
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.fence_bytes / self.vu.size_bytes
+
+    @property
+    def live_targets(self) -> list:
+        return [t for t in self.targets if t.state is MemberState.COPY_TARGET]
+
+    def statistics(self) -> CopyStats:
+        return CopyStats(round(self.percent, 1), self.fence_bytes // BLOCK_BYTES,
+                         tuple(t.member.path for t in self.targets), self.bytes_read,
+                         self.bytes_compared, self.bytes_written)
+
+    async def run(self) -> bool:
+        """Copy to the end. True when it completed; the caller then promotes the targets."""
+        vu = self.vu
+        size = vu.size_bytes
+        next_checkpoint = trio.current_time() + CHECKPOINT_SECONDS
+        try:
+            while self.fence_bytes < size and self.live_targets:
+                end = min(self.fence_bytes + STEP_BYTES, size)
+                async with vu.gate.closed(self.fence_bytes, end):
+                    if not await self._copy_step(self.fence_bytes, end - self.fence_bytes):
+                        return False
+                    self.fence_bytes = end
+                if (self.fence_bytes - self._checkpointed >= CHECKPOINT_BYTES
+                        or trio.current_time() >= next_checkpoint):
+                    await self.checkpoint()
+                    next_checkpoint = trio.current_time() + CHECKPOINT_SECONDS
+            if not self.live_targets:
+                return False
+            failures = await flush_all(self.live_targets)
+            for slot, exc in failures:
+                await vu.expel(slot, f"flush failed at the end of the copy: {exc}")
+            return bool(self.live_targets)
+        finally:
+            if self.fence_bytes < size and self.live_targets:
+                with trio.move_on_after(SHIELDED_CHECKPOINT_SECONDS) as scope:
+                    scope.shield = True
+                    await self.checkpoint()
+
+    async def _copy_step(self, pos: int, nbytes: int) -> bool:
+        data = await self._read_source(pos, nbytes)
+        if data is None:
+            return False
+        targets = [t for t in self.live_targets if t.fence_lbn * BLOCK_BYTES <= pos]
+        start = trio.current_time()
+        reads = [(t, t.member.start_bulk_read(pos, nbytes)) for t in targets]
+        writes = []
+        for t, current in await wait_each(reads, "read", start):
+            if isinstance(current, MemberIOError) and rule_for(current) != Rule.MEMBER_ERROR:
+                await self.vu.expel(t, f"read failed during the copy: {current}",
+                                    rule=rule_for(current))
+                continue                # a hung or vanished target: waiting again is no use
+            if isinstance(current, MemberIOError):
+                current = None          # unreadable target data: just overwrite it
+            self.bytes_compared += nbytes
+            if current != data:
+                writes.append((t, t.member.start_write(pos, data)))
+        for t, result in await wait_each(writes, "write", trio.current_time()):
+            if isinstance(result, MemberIOError):
+                await self.vu.expel(t, f"write failed during the copy: {result}",
+                                    rule=rule_for(result))
+            else:
+                self.bytes_written += nbytes
+        return True
+
+    async def _read_source(self, pos: int, nbytes: int) -> Optional[bytes]:
+        """Read from the sources in turn, starting with the next one in rotation."""
+        sources = self.vu.sources
+        chosen = [s for s in sources if s.member.path == self.vu.copy_source]
+        if chosen:                      # /COPY_SOURCE: every copy read from that member first
+            sources = chosen + [s for s in sources if s is not chosen[0]]
+            self._next_source = 0
+        for i in range(len(sources)):
+            slot = sources[(self._next_source + i) % len(sources)]
+            try:
+                data = await wait(slot, slot.member.start_bulk_read(pos, nbytes), "read")
+            except MemberIOError as exc:
+                slot.read_errors += 1
+                log.warning("%s: copy read failed on source %s at LBN %d: %s",
+                            self.vu.name, slot.name, pos // BLOCK_BYTES, exc)
+                continue
+            self._next_source = (self._next_source + i + 1) % len(sources)
+            self.bytes_read += nbytes
+            return data
+        log.error("%s: no source could be read at LBN %d; the copy stops (targets stay targets)",
+                  self.vu.name, pos // BLOCK_BYTES)
+        return None
+
+    async def checkpoint(self) -> None:
+        """Flush the targets, then record the fence in their SCBs."""
+        live = self.live_targets
+        for slot, exc in await flush_all(live):
+            await self.vu.expel(slot, f"flush failed during the copy: {exc}", rule=rule_for(exc))
+        fence_lbn = self.fence_bytes // BLOCK_BYTES
+        for t in self.live_targets:
+            t.fence_lbn = max(t.fence_lbn, fence_lbn)
+        await self.vu.write_scbs(self.live_targets)
+        self._checkpointed = self.fence_bytes
