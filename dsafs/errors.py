@@ -2,8 +2,8 @@
 
 Invariant: an error raised by dsafs code is a DsafsError whose message is one line that names the
 object (a VU, a member path) and says what to do; `exit_code` is what the CLI returns for it.
-Engine I/O failures carry an errno so that `fusefs` (which holds the only errno table) can map
-them. Anything that is not a DsafsError is a bug: the CLI prints it as one line and exits 1, the
+Each class carries its errno as a class attribute (MemberIOError: the member's own), so the
+engine raises classes and never sets an errno number; `fusefs` alone turns them into FUSE replies. Anything that is not a DsafsError is a bug: the CLI prints it as one line and exits 1, the
 FUSE layer logs it and returns EIO.
 """
 
@@ -79,6 +79,16 @@ class VuError(DsafsError):
     errno = _errno.ENOENT
 
 
+class ReadOnlyVu(VuError):
+    """A write to a VU mounted read-only (--nowrite)."""
+    errno = _errno.EROFS
+
+
+class VuClosing(VuError):
+    """An I/O that met a VU being dismounted: it was not done."""
+    errno = _errno.EIO
+
+
 class IoRangeError(DsafsError):
     """An I/O request lies outside the VU (writes past the end)."""
 
@@ -114,6 +124,13 @@ class MemberTimeout(MemberIOError):
         super().__init__(member, op, _errno.ETIMEDOUT,
                          f"no answer within its member timeout of {timeout_s:g} s")
         self.timeout_s = timeout_s
+
+
+class MemberFailed(MemberIOError):
+    """A member taken out of use for a failure already reported (`detail` says which)."""
+
+    def __init__(self, member: str, op: str, detail: str):
+        super().__init__(member, op, _errno.EIO, detail)
 
 
 class MemberShrunk(MemberIOError):

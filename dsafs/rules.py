@@ -87,6 +87,8 @@ class Rule(enum.StrEnum):
     SCB_DAMAGED = "scb-damaged"
     NO_MEMBER_ANSWERS = "no-member-answers"  # mount verification begins
     MEMBER_RETURNED = "member-returned"      # ... and ends: a member answers again
+    VU_TIMEOUT = "vu-timeout"                # ... or times out: I/O fails (VOLINV)
+    ABORT_VU = "abort-vu"                    # ... or the operator ends it (set --abort-vu)
     STALL_ENDED = "stall-ended"
 
 

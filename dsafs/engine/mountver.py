@@ -1,4 +1,4 @@
-"""Mount verification, forced removal and write stalls: what a VU does when no member answers.
+"""Member timeouts, mount verification and forced removal: what a VU does when no member answers.
 
 Rules (spec §18, §19, §31 items 32-33; VMS MVTIMEOUT, /FORCE_REMOVAL, /ABORT_VIRTUAL_UNIT,
 /STALL=WRITES):
@@ -18,9 +18,8 @@ Rules (spec §18, §19, §31 items 32-33; VMS MVTIMEOUT, /FORCE_REMOVAL, /ABORT_
   4. `--force-removal M` expels M at once during verification, else flags M so that it is
      expelled as soon as verification starts. Never the last source. The generation rise on the
      survivors is owed until a survivor answers; the next retry writes it before any data.
-  5. `--stall-writes[=S]` holds new writes (reads go on) for S seconds (default: the member
-     timeout); `--nostall-writes[=S]` lets them through after S seconds (default 0: now):
-     stall 60 then nostall 30 releases the writes 30 s after the nostall.
+  5. Verification timing out, or the VU being dismounted, also ends a write stall (stall.py):
+     the writes it held fail.
 
 Invariant: a held I/O ends exactly one way: success after a member answered, or EIO at
 `vu_timeout` / abort / dismount; the VU never drops its last source because no member answered.
@@ -30,15 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional
+from typing import Optional, Protocol, Sequence
 
 import trio
 
+from dsafs.engine.stall import WriteStall
+from dsafs.errors import AllMembersFailed, MemberIOError, MembershipRefused, VolumeInvalid
 from dsafs.members import timeouts
-from dsafs.errors import (
-    AllMembersFailed, InvalidArgument, MembershipRefused, MemberIOError, Unsupported,
-    VolumeInvalid,
-)
 from dsafs.ondisk.scb import MemberState
 from dsafs.rules import Rule
 
@@ -61,28 +58,54 @@ class MvStats:
     commit_owed: bool
 
 
+class VerifiedVu(Protocol):
+    """What mount verification needs of its VU."""
+    name: str
+
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def slots(self) -> list: ...
+
+    @property
+    def current(self) -> list: ...
+
+    @property
+    def sources(self) -> list: ...
+
+    @property
+    def commit_owed(self) -> bool: ...
+
+    async def commit(self) -> None: ...
+
+    def force_out(self, slot, why: str, rule: str) -> None: ...
+
+    def resume_operations(self) -> None:
+        """Resume a copy or merge that the outage stopped."""
+
+    def event(self, kind: str, member: Optional[str] = None, rule: str = "",
+              message: Optional[str] = None, **fields) -> object: ...
+
+    def start_soon(self, fn, *args) -> bool: ...
+
+
 class MountVerification:
     """The failure state of one VU (`vu.mv`). See the module docstring."""
 
-    def __init__(self, vu):
+    def __init__(self, vu: VerifiedVu, stall: WriteStall):
         self.vu = vu
+        self.stall = stall
         self.member_timeout: float = timeouts.DEFAULT_MEMBER_TIMEOUT_S
         self.vu_timeout: float = timeouts.DEFAULT_VU_TIMEOUT_S
         self.state: Optional[str] = None
         self.started_at: Optional[float] = None
         self.deadline: Optional[float] = None
-        self.commit_owed = False
         self.dead = False                 # mv-timeout or closed: every I/O fails
-        self.hold_writes = False          # dead, or writes stalled (a cheap check per write)
         self.flagged: set = set()         # slots to expel when verification starts
-        self.stall_until: Optional[float] = None
         self.held = 0
         self._scopes: set = set()
         self._resumed = trio.Event()
-        self._stall_changed = trio.Event()
-        self._unstalled = trio.Event()
-        self._unstalled.set()
-        self._stall_timer = False
         self._episode = 0
 
     # ------------------------------------------------------------------ settings
@@ -95,7 +118,17 @@ class MountVerification:
             self.vu_timeout = timeouts.check_timeout(vu_timeout, f"{self.vu.name}: VU timeout")
         self.adopt(self.vu.slots)
 
-    def adopt(self, slots) -> None:
+    def set_vu_timeout(self, seconds: float) -> None:
+        """A new VU timeout; a verification in progress ends at its start plus the new one."""
+        self.vu_timeout = seconds
+        if self.state == MOUNT_VERIFY:
+            self.deadline = self.started_at + seconds
+            for scope in self._scopes:
+                scope.deadline = self.deadline
+            self._resumed.set()            # the verification task re-reads its deadline
+            self._resumed = trio.Event()
+
+    def adopt(self, slots: Sequence) -> None:
         """Give every slot its effective member timeout (its override, else the VU's)."""
         for s in slots:
             s.member_timeout = s.timeout_override or self.member_timeout
@@ -113,15 +146,10 @@ class MountVerification:
         return VolumeInvalid(f"{self.vu.name}: volume is not software enabled (VOLINV): it {why}; "
                              f"dismount it with --abort, then mount it again")
 
-    async def admit(self, op: str) -> None:
-        """Before an I/O when `dead` or (for a write) `hold_writes`: fail, or wait out a stall."""
+    def admit(self) -> None:
+        """Before an I/O when `dead`: fail it (VOLINV)."""
         if self.dead:
             raise self._volinv()
-        if op == "write":
-            while self.stall_until is not None:
-                await self._unstalled.wait()
-                if self.dead:
-                    raise self._volinv()
 
     async def hold(self, exc: AllMembersFailed, op, *args):
         """`op(*args)` failed on every member: hold it in verification until it succeeds."""
@@ -138,7 +166,7 @@ class MountVerification:
                         scope.deadline = min(op_deadline, self.deadline)
                     await self._pause()
                     try:
-                        if self.commit_owed:
+                        if self.vu.commit_owed:
                             await self.vu.commit()
                         result = await op(*args)
                     except AllMembersFailed as again:
@@ -149,7 +177,7 @@ class MountVerification:
         finally:
             self.held -= 1
             self._scopes.discard(scope)
-        self._time_out("vu-timeout")              # our deadline (or an abort) ended the hold
+        self._time_out(Rule.VU_TIMEOUT)              # our deadline (or an abort) ended the hold
         raise self._volinv()
 
     async def _pause(self) -> None:
@@ -181,17 +209,15 @@ class MountVerification:
         self._resumed.set()
         log.info("%s: has completed mount verification", self.vu.name)
         self.vu.event("mv-end", rule=rule)
-        if self.vu.targets and self.vu.copy is None:
-            self.vu.resume_copies()      # a copy stopped by the outage resumes
-        self.vu.resume_stopped_merge()                # and so does a merge
+        self.vu.resume_operations()     # a copy or merge stopped by the outage goes on
 
     def _time_out(self, rule: str) -> None:
         if self.dead:
             return
-        self.state, self.dead, self.hold_writes = MV_TIMEOUT, True, True
+        self.state, self.dead = MV_TIMEOUT, True
         for scope in list(self._scopes):
             scope.cancel()
-        self._unstalled.set()
+        self.stall.close()
         self._resumed.set()
         log.warning("%s: has aborted mount verification by rule=%s; I/O now fails (VOLINV)",
                     self.vu.name, rule)
@@ -199,11 +225,10 @@ class MountVerification:
 
     def close(self) -> None:
         """The VU is being dismounted: held I/O fails at once."""
-        self.dead = self.hold_writes = True
+        self.dead = True
         for scope in list(self._scopes):
             scope.cancel()
-        self._unstalled.set()
-        self._stall_changed.set()
+        self.stall.close()
 
     async def _verify(self, episode: int) -> None:
         """One verification episode: forced removals, probes while nothing is held, timeout."""
@@ -215,7 +240,7 @@ class MountVerification:
         self.flagged.clear()
         while self.state == MOUNT_VERIFY and self._episode == episode:
             if trio.current_time() >= self.deadline:
-                self._time_out("vu-timeout")
+                self._time_out(Rule.VU_TIMEOUT)
                 return
             with trio.move_on_at(min(self.deadline, trio.current_time() + RETRY_S)):
                 await self._resumed.wait()
@@ -226,7 +251,7 @@ class MountVerification:
         for s in list(self.vu.sources):
             try:
                 await timeouts.wait(s, s.member.start_read(0, 512), "read")
-                if self.commit_owed:
+                if self.vu.commit_owed:
                     await self.vu.commit()
             except (MemberIOError, AllMembersFailed):
                 continue
@@ -242,52 +267,11 @@ class MountVerification:
                 f"{vu.name}: {slot.name} is the only source member; --force-removal would leave "
                 f"{vu.name} without its data; remove another member, or dismount {vu.name} "
                 f"with --abort")
-        vu.force_out(slot, "forced removal", Rule.FORCE_REMOVAL)
-        self.commit_owed = True
+        vu.force_out(slot, "forced removal", Rule.FORCE_REMOVAL)   # the commit is owed
 
-    def stall_writes(self, seconds: float) -> None:
-        self.stall_until = trio.current_time() + seconds
-        self._stall_update()
-        self.vu.event("stall-writes", rule=Rule.OPERATOR, seconds=seconds)
-
-    def nostall_writes(self, seconds: float) -> None:
-        if self.stall_until is None:
-            return
-        self.stall_until = min(self.stall_until, trio.current_time() + seconds)
-        self.vu.event("nostall-writes", rule=Rule.OPERATOR, seconds=seconds)
-        if seconds <= 0:
-            self._release_stall()
-        else:
-            self._stall_update()
-
-    def _stall_update(self) -> None:
-        self.hold_writes = True
-        if self._unstalled.is_set():
-            self._unstalled = trio.Event()
-        self._stall_changed.set()
-        self._stall_changed = trio.Event()
-        if not self._stall_timer:
-            self._stall_timer = self.vu.start_soon(self._run_stall_timer)
-
-    def _release_stall(self) -> None:
-        if self.stall_until is None:
-            return
-        self.stall_until = None
-        self.hold_writes = self.dead
-        self._unstalled.set()
-        self._stall_changed.set()
-        self.vu.event("writes-resumed", rule=Rule.STALL_ENDED)
-
-    async def _run_stall_timer(self) -> None:
-        try:
-            while self.stall_until is not None and not self.dead:
-                changed = self._stall_changed
-                with trio.move_on_at(self.stall_until):
-                    await changed.wait()
-                if self.stall_until is not None and trio.current_time() >= self.stall_until:
-                    self._release_stall()
-        finally:
-            self._stall_timer = False
+    def abort(self) -> None:
+        """`dsafs set --abort-vu`: end the verification in progress now; I/O fails."""
+        self._time_out(Rule.ABORT_VU)
 
     # ------------------------------------------------------------------ observation
     def statistics(self) -> MvStats:
@@ -296,101 +280,8 @@ class MountVerification:
         return MvStats(self.state, self.member_timeout, self.vu_timeout,
                        round(now - self.started_at, 3) if in_mv else None,
                        round(max(0.0, self.deadline - now), 3) if in_mv else None,
-                       self.held,
-                       round(max(0.0, self.stall_until - now), 3)
-                       if self.stall_until is not None else None,
-                       self.commit_owed)
+                       self.held, self.stall.remaining(), self.vu.commit_owed)
 
     def __repr__(self) -> str:
         return (f"<MountVerification {self.vu.name} {self.state or 'online'}, "
                 f"{self.held} held>")
-
-
-# ---------------------------------------------------------------------- `dsafs set`
-class SetPlan:
-    """The failure settings of one `dsafs set` command, all checked before any is applied."""
-
-    def __init__(self, vu, args: dict):
-        self.vu, mv = vu, vu.mv
-        self.member_timeouts = {}     # slot or None (the VU default) -> seconds
-        for ref, value in (args.get("member_timeout") or {}).items():
-            slot = None if ref in ("", "*") else vu.find(ref)
-            what = f"{vu.name}: member timeout" + (f" of {slot.name}" if slot else "")
-            self.member_timeouts[slot] = timeouts.check_timeout(value, what)
-        self.vu_timeout = args.get("vu_timeout")
-        if self.vu_timeout is not None:
-            timeouts.check_timeout(self.vu_timeout, f"{vu.name}: VU timeout")
-        self.force = [vu.find(r) for r in args.get("force_removal") or []]
-        self.noforce = [vu.find(r) for r in args.get("noforce_removal") or []]
-        leaving = {id(s) for s in self.force}
-        for s in self.force:
-            if s.state is MemberState.SOURCE and all(id(o) in leaving for o in vu.sources):
-                raise MembershipRefused(
-                    f"{vu.name}: {s.name} is the only source member left; --force-removal would "
-                    f"leave {vu.name} without its data; remove another member, or dismount "
-                    f"{vu.name} with --abort")
-        self.abort_vu = bool(args.get("abort_vu"))
-        if self.abort_vu and mv.state != MOUNT_VERIFY:
-            raise Unsupported(f"{vu.name}: --abort-vu refused: {vu.name} is not in mount "
-                              f"verification (state {vu.state}) (%SYSTEM-E-UNSUPPORTED); it "
-                              f"only ends a verification in progress")
-        self.stall = args.get("stall_writes")
-        if self.stall == "default":
-            self.stall = mv.member_timeout
-        if self.stall is not None:
-            timeouts.check_timeout(self.stall, f"{vu.name}: --stall-writes")
-        self.nostall = args.get("nostall_writes")
-        if self.nostall is not None and not (isinstance(self.nostall, (int, float))
-                                             and 0 <= self.nostall <= timeouts.MAX_TIMEOUT_S):
-            raise InvalidArgument(f"{vu.name}: --nostall-writes {self.nostall!r} s is out of "
-                                  f"range; give 0 to {timeouts.MAX_TIMEOUT_S} seconds")
-
-    def apply(self) -> tuple[list, list]:
-        """Apply everything; returns (changes, warnings) as lines for the user."""
-        vu, mv = self.vu, self.vu.mv
-        changes = []
-        for slot, value in self.member_timeouts.items():
-            if slot is None:
-                mv.member_timeout = value
-                changes.append(f"member timeout {value:g} s")
-            else:
-                slot.timeout_override = value
-                changes.append(f"{slot.name} member timeout {value:g} s")
-        if self.vu_timeout is not None:
-            mv.vu_timeout = self.vu_timeout
-            if mv.state == MOUNT_VERIFY:
-                mv.deadline = mv.started_at + mv.vu_timeout
-                for scope in mv._scopes:
-                    scope.deadline = mv.deadline
-                mv._resumed.set()            # the verification task re-reads its deadline
-                mv._resumed = trio.Event()
-            changes.append(f"VU timeout {self.vu_timeout:g} s")
-        mv.adopt(vu.slots)
-        for c in changes:
-            vu.event("setting", rule=Rule.OPERATOR, what=c)
-        for slot in self.noforce:
-            mv.flagged.discard(slot)
-            vu.event("noforce-removal", member=slot.member.path, rule=Rule.OPERATOR)
-            changes.append(f"{slot.name} removal flag cleared")
-        for slot in self.force:
-            if mv.state == MOUNT_VERIFY:
-                mv.force_remove(slot)
-                changes.append(f"{slot.name} expelled (forced removal in mount verification)")
-            else:
-                mv.flagged.add(slot)
-                vu.event("force-removal", member=slot.member.path, rule=Rule.OPERATOR)
-                changes.append(f"{slot.name} flagged: expelled when mount verification starts")
-        if self.abort_vu:
-            mv._time_out("abort-vu")
-            changes.append("mount verification aborted: I/O fails (VOLINV)")
-        if self.stall is not None:
-            mv.stall_writes(self.stall)
-            changes.append(f"writes stalled for {self.stall:g} s")
-        if self.nostall is not None:
-            if mv.stall_until is None:
-                changes.append("writes are not stalled")
-            else:
-                mv.nostall_writes(self.nostall)
-                changes.append(f"writes released in {self.nostall:g} s")
-        touched = self.member_timeouts or self.vu_timeout is not None
-        return changes, (mv.warnings() if touched else [])

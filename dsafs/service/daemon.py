@@ -39,8 +39,9 @@ from dsafs.events import EventLog
 from dsafs.service.fusefs import DsafsOps, inode_of
 from dsafs.members.inject import MAX_DELAY_S, FaultyMember, parse_flakey, parse_lbn_range
 from dsafs.engine.throttle import Settings as MergeSettings
-from dsafs.engine.mountver import MOUNT_VERIFY, SetPlan
-from dsafs.engine.scheduler import check_priority
+from dsafs.engine.mountver import MOUNT_VERIFY
+from dsafs.engine.settings import SetPlan
+from dsafs.engine.operations import check_priority
 from dsafs.units import BLOCK_BYTES, vu_name
 from dsafs.engine.verify import verify
 

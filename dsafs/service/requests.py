@@ -33,7 +33,7 @@ from dsafs.engine import throttle
 from dsafs.members import timeouts
 from dsafs.errors import InvalidArgument, UsageError
 from dsafs.members.inject import MAX_DELAY_S, parse_flakey
-from dsafs.engine.scheduler import check_priority
+from dsafs.engine.operations import check_priority
 from dsafs.units import vu_name
 
 MAX_DEPTH = 8                 # a real request nests 3 deep: envelope, args, read_cost

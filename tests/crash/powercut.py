@@ -297,7 +297,7 @@ class Run:
             if slot is None or not slot.state.current:
                 return            # expelled or removed meanwhile: stays forbidden
             if slot.state is MemberState.SOURCE:
-                async with vu._membership_lock:   # _promote commits the SCBs under it
+                async with vu.membership.lock:    # promotion commits the SCBs under it
                     pass
                 o.note_membership("add-done", rec.path)
                 return

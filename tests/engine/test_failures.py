@@ -16,7 +16,7 @@ from dsafs.errors import (
 )
 from dsafs.events import EventLog
 from dsafs.members.member import FileMember, create_file
-from dsafs.engine.mountver import SetPlan
+from dsafs.engine.settings import SetPlan
 from dsafs.ondisk.scb import MemberState, choose_slot, min_member_bytes
 from dsafs.testing.fakes import MemMember, assert_members_identical, running
 from dsafs.units import MiB

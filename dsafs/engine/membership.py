@@ -1,0 +1,459 @@
+"""Membership of one VU: its members, their roles, the generation, and every SCB write.
+
+A `Slot` is one member of the VU: the opened Member, its SCB store, its role (source, copy
+target, expelled, removed), its read cost, in-flight count and counters. `Membership` keeps the
+slots and changes them: add (always copy targets, spec §5 rule 8), remove, expel, forced
+removal, promotion after a copy; and it writes every SCB the VU writes (`scb_for` says what each
+member's SCB holds).
+
+Generations (DESIGN §3): a membership change raises the generation (max(time_ns, previous + 1))
+on the members that remain. The survivors' SCBs are written first (old sources, then newly
+promoted sources, then copy targets), then the one that leaves is marked. A copy target keeps
+its old generation until its copy completes.
+
+Lineage (DESIGN §3-4; history.py keeps it, lineage.py decides by it): the current sources share
+one history; at every generation change the old generation enters it with its written flag. The
+first write after a mount or a generation change makes WRITTEN durable on every member, with the
+dirty flag, before it is issued (`mark_written`). A member that leaves takes the history as of
+the generation it leaves at; a write it may lack counts at the survivors' next generation.
+
+The leaving barrier: a member that left `current` (remove, expel) was not flushed, yet until the
+survivors' higher generation is durable a crash would leave it their equal, and possibly the
+merge master; `wait_left()` returns once no such commit is outstanding (the VU's flush waits).
+
+Lock order, outermost first: `lock` (add, remove, promote, dissolve, merge end) -> the write
+gate (fence.py) -> the SCB lock. `expel` takes only the SCB lock, so a copy may expel a target
+while it holds a gate window.
+
+Invariant: a member's SCB never claims more than its data holds: a target is never a source
+early, a clean flag is written only after a flush (the caller's), and no write is issued before
+the dirty and WRITTEN marks it needs are durable on every current member.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import uuid as uuidlib
+from typing import Awaitable, Callable, Optional, Protocol, Sequence
+
+import trio
+
+from dsafs.engine import decide
+from dsafs.engine.fence import RangeGate
+from dsafs.engine.history import History
+from dsafs.engine.setmeta import load_candidate
+from dsafs.errors import (
+    AllMembersFailed, MemberFailed, MemberIOError, MembershipRefused, MountRefused,
+)
+from dsafs.members import timeouts
+from dsafs.ondisk.scb import (
+    FEATURE_EXTMEMB, BranchReason, Lineage, MemberEntry, MemberState, Scb, ScbStore,
+    next_generation,
+)
+from dsafs.rules import Rule
+from dsafs.units import BLOCK_BYTES
+
+log = logging.getLogger("dsafs.vu")
+
+DEFAULT_READ_COST = 2
+
+Confirm = Callable[[decide.Plan], Awaitable[bool]]
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotStats:
+    path: str
+    state: str
+    read_cost: int
+    reads: int
+    writes: int
+    read_bytes: int
+    written_bytes: int
+    read_errors: int
+    repairs: int
+
+
+class Slot:
+    """One member in a VU: its role, read cost, in-flight count and application counters."""
+
+    def __init__(self, member, store: ScbStore, member_uuid: uuidlib.UUID, state: MemberState,
+                 generation: int, fence_lbn: int = 0, lineage: Optional[Lineage] = None):
+        self.member = member
+        # Its own lineage while it is not a source (a copy target's old one; a leaver's snapshot
+        # as of the generation it left at). Sources use the VU's.
+        self.lineage = lineage or Lineage()
+        self.store = store
+        self.uuid = member_uuid
+        self.state = state
+        self.generation = generation      # last generation written to (or found in) its SCB
+        self.fence_lbn = fence_lbn        # copy targets: checkpointed copy fence
+        self.read_cost = DEFAULT_READ_COST
+        self.in_flight = 0
+        self.reads = self.writes = self.read_bytes = self.written_bytes = 0
+        self.read_errors = self.repairs = 0
+        self._idle: Optional[trio.Event] = None
+        self.member_timeout = timeouts.DEFAULT_MEMBER_TIMEOUT_S   # effective (mountver.adopt)
+        self.timeout_override: Optional[float] = None   # dsafs set --member-timeout M=S
+
+    @property
+    def name(self) -> str:
+        return self.member.path.rsplit("/", 1)[-1]
+
+    def release(self) -> None:
+        """One request of this slot's finished (pairs with `in_flight += 1`)."""
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        while self.in_flight:
+            self._idle = trio.Event()
+            await self._idle.wait()
+        self._idle = None
+
+    def statistics(self) -> SlotStats:
+        return SlotStats(self.member.path, self.state.label, self.read_cost, self.reads,
+                         self.writes, self.read_bytes, self.written_bytes, self.read_errors,
+                         self.repairs)
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.name} {self.state.label} cost {self.read_cost}, {self.in_flight} in flight>"
+
+
+class MembershipHost(Protocol):
+    """What membership needs of its VU."""
+    name: str
+    set_uuid: uuidlib.UUID
+    label: str
+    size_bytes: int
+    readonly: bool
+
+    def event(self, kind: str, member: Optional[str] = None, rule: str = "",
+              message: Optional[str] = None, **fields) -> object: ...
+
+    def start_soon(self, fn, *args) -> bool: ...
+
+    def merge_record(self) -> tuple[bool, Optional[int]]:
+        """(merge required, the merge fence an SCB may record in bytes, or None)."""
+
+    def members_changed(self, slots: Sequence[Slot]) -> None:
+        """The slots or their roles changed (mount verification re-reads member timeouts)."""
+
+
+async def decide_or_close(members: Sequence, fn):
+    """Read each member's SCB and decide; on any failure close every member (ownership)."""
+    try:
+        cands = [await load_candidate(m) for m in members]
+        return cands, fn(cands)
+    except BaseException:
+        for m in members:
+            m.close()
+        raise
+
+
+async def confirmed(plan: decide.Plan, confirm: Optional[Confirm]) -> bool:
+    return not plan.confirm_required or (confirm is not None and await confirm(plan))
+
+
+def first_history(plan: decide.Plan) -> History:
+    """The sources' lineage at assembly, with the branch this mount records (if it commits)."""
+    history = History(plan.sources[0].candidate.scb.lineage)
+    if plan.branch is not BranchReason.NONE:
+        history.branched(plan.source_generation, plan.branch)
+    return history
+
+
+class Membership:
+    """The members of one VU and every SCB write. See the module docstring."""
+
+    def __init__(self, host: MembershipHost, plan: decide.Plan, members: Sequence,
+                 gate: RangeGate):
+        self.host = host
+        self.gate = gate
+        by_path = {m.path: m for m in members}
+        first = plan.sources[0].candidate.scb
+        self.generation = plan.source_generation
+        self.revision = first.revision
+        self.created_ns = first.created_ns
+        self.feature_flags = first.feature_flags
+        self.history = first_history(plan)     # the sources' lineage (history.py)
+        self.dirty = False
+        self.dirty_durable = False      # the dirty mark is on every member's SCB (flushed)
+        self.commit_owed = False        # a generation rise no member took yet (mountver.py)
+        self.slots: list[Slot] = []
+        for mp in plan.members:
+            scb = mp.candidate.scb
+            slot = Slot(by_path[mp.path], ScbStore(by_path[mp.path]), scb.member_uuid, mp.role,
+                        scb.generation, mp.resume_fence_lbn, scb.lineage)
+            slot.store.current = scb
+            self.slots.append(slot)
+        self.current: list[Slot] = []
+        self.sources: list[Slot] = []
+        self.targets: list[Slot] = []
+        self.lock = trio.Lock()         # add, remove, promote, dissolve, merge end
+        self._scb_lock = trio.Lock()
+        self._dirty_lock = trio.Lock()
+        self._leaving = 0               # members out of `current` whose commit is not durable
+        self._left = trio.Event()       # set when _leaving drops to 0
+        self._left.set()
+
+    def refresh(self) -> None:
+        """Recompute the role lists after a role change."""
+        self.current = [s for s in self.slots if s.state.current]
+        self.sources = [s for s in self.slots if s.state is MemberState.SOURCE]
+        self.targets = [s for s in self.slots if s.state is MemberState.COPY_TARGET]
+        if len(self.current) > 3:
+            self.feature_flags |= FEATURE_EXTMEMB
+        self.host.members_changed(self.slots)
+
+    def find(self, ref: str) -> Slot:
+        """A current member by absolute path or by a basename unique in the VU."""
+        hits = [s for s in self.current if s.member.path == ref]
+        if not hits:
+            hits = [s for s in self.current if s.name == ref.rsplit("/", 1)[-1]]
+        if len(hits) != 1:
+            names = ", ".join(s.member.path for s in self.current)
+            why = "is ambiguous" if hits else "is not a member"
+            raise MembershipRefused(f"{self.host.name}: {ref} {why}; members are {names}")
+        return hits[0]
+
+    # ----------------------------------------------------------------- SCBs
+    def scb_for(self, slot: Slot) -> Scb:
+        host = self.host
+        target = slot.state is MemberState.COPY_TARGET
+        own_lineage = target or not slot.state.current
+        entries = tuple(MemberEntry(s.uuid, s.state, s.member.path) for s in self.current)
+        if not slot.state.current:
+            entries += (MemberEntry(slot.uuid, slot.state, slot.member.path),)
+        merge_required, merge_fence = host.merge_record()
+        return Scb(
+            set_uuid=host.set_uuid, member_uuid=slot.uuid, label=host.label, vu_name=host.name,
+            generation=slot.generation if own_lineage else self.generation,
+            vu_size_bytes=host.size_bytes, members=entries, revision=self.revision,
+            dirty=self.dirty and slot.state.current, merge_required=merge_required,
+            writers=1 if self.dirty and slot.state.current else 0,
+            merge_fence_lbn=(merge_fence // BLOCK_BYTES
+                             if merge_fence is not None and slot.state.current else None),
+            copy_fence_lbn=slot.fence_lbn if target else None,
+            copy_fence_generation=self.generation if target else 0,
+            feature_flags=self.feature_flags, created_ns=self.created_ns,
+            lineage=slot.lineage if own_lineage else self.history.lineage)
+
+    async def write_scbs(self, slots: Sequence[Slot]) -> None:
+        """Write the SCB of each slot (in this order), durably. A member that fails is expelled."""
+        async with self._scb_lock:
+            failed = await self._write_scbs_locked(slots)
+        failed_ids = {id(s) for s, _ in failed}
+        if failed and all(id(s) in failed_ids for s in self.sources):
+            raise AllMembersFailed(self.host.name, "SCB write", [e for _, e in failed])
+        for slot, exc in failed:
+            await self.expel(slot, f"SCB write failed: {exc}", rule=timeouts.rule_for(exc))
+
+    async def _write_scbs_locked(self, slots) -> list:
+        failed = []
+        for slot in slots:
+            try:
+                scb = await timeouts.call(slot, "SCB write", slot.store.write, self.scb_for(slot))
+            except MemberIOError as exc:
+                failed.append((slot, exc))
+            else:
+                if slot.state is MemberState.SOURCE:
+                    slot.generation = scb.generation
+        return failed
+
+    async def commit(self, promoted: Sequence[Slot] = ()) -> None:
+        """Raise the generation and write every current member's SCB: sources first."""
+        while True:
+            async with self._scb_lock:
+                old = self.generation
+                self.generation = next_generation(old)
+                advanced = self.history.advance(old)
+                # a promoted member that failed an earlier round is expelled: not written again
+                order = ([s for s in self.sources if s not in promoted]
+                         + [s for s in promoted if s.state.current] + self.targets)
+                failed = await self._write_scbs_locked(order)
+            if not failed:
+                self.commit_owed = False
+                self.history.committed(*advanced)
+                return
+            failed_ids = {id(s) for s, _ in failed}
+            if all(id(s) in failed_ids for s in self.sources):   # no member answers: change
+                self.commit_owed = True                          # nothing; owed (mountver.py)
+                raise AllMembersFailed(self.host.name, "membership change",
+                                       [e for _, e in failed])
+            for slot, exc in failed:
+                self.drop(slot, MemberState.EXPELLED, f"SCB write failed: {exc}",
+                          rule=timeouts.rule_for(exc))
+
+    @property
+    def needs_mark(self) -> bool:
+        """A write must first make the dirty flag or WRITTEN durable (`mark_written`)."""
+        return not self.dirty_durable or self.history.needs_mark
+
+    async def mark_written(self) -> None:
+        """Make the dirty flag and WRITTEN durable on every current member (before a write)."""
+        # `dirty` is what scb_for() writes, so it is set first; writers wait for
+        # `dirty_durable`, or a second writer would issue its data while the first one's
+        # dirty mark is still on its way (a crash then leaves clean SCBs over differing data:
+        # found by tests/crash/powercut.py).
+        async with self._dirty_lock:
+            if self.needs_mark:
+                was_dirty, was = self.dirty, self.history.marked()
+                self.dirty = True
+                try:
+                    await self.write_scbs(self.current)
+                except AllMembersFailed:      # not durable anywhere: the next write retries
+                    self.dirty = was_dirty
+                    self.history.mark_failed(was)
+                    raise
+                self.dirty_durable = True
+                self.history.mark_durable()
+
+    async def mark_clean(self, flushed: Sequence[Slot]) -> None:
+        """Dismount: the `flushed` members (just flushed by the caller) are marked clean."""
+        self.dirty = self.dirty_durable = False
+        if not self.host.readonly:    # a read-only mount never wrote: nothing to mark
+            await self.write_scbs(flushed)
+
+    # ----------------------------------------------------------------- leaving
+    @contextlib.asynccontextmanager
+    async def _member_leaving(self):
+        """Around a member's departure and the survivors' commit (see wait_left())."""
+        if self._leaving == 0:
+            self._left = trio.Event()
+        self._leaving += 1
+        try:
+            yield
+        finally:
+            self._leaving -= 1
+            if self._leaving == 0:
+                self._left.set()
+
+    async def wait_left(self) -> None:
+        """Return when no departed member's survivors' commit is outstanding."""
+        while self._leaving:
+            await self._left.wait()
+
+    def drop(self, slot: Slot, state: MemberState, why: str, rule: Optional[str] = None) -> None:
+        """Take `slot` out of `current` now, without an SCB write."""
+        if slot.state is MemberState.SOURCE:
+            slot.lineage = self.history.member_leaves(slot.generation, BranchReason.REMOVED)
+        slot.state = state
+        self.refresh()
+        rule = rule or (Rule.MEMBER_ERROR if state is MemberState.EXPELLED else Rule.OPERATOR)
+        name = self.host.name
+        log.warning("%s: %s %s by rule=%s; shadow set has been reduced (%d current members)",
+                    name, slot.name, state.label, rule, len(self.current))
+        log.info("%s: %s: %s", name, slot.name, why)
+        self.host.event("expelled" if state is MemberState.EXPELLED else "removed",
+                        member=slot.member.path, rule=rule)
+
+    async def expel(self, slot: Slot, why: str, rule: Optional[str] = None) -> None:
+        """Take a failing member out of the set at once; generation up on the survivors."""
+        if not slot.state.current:
+            return
+        if slot.state is MemberState.SOURCE and len(self.sources) == 1:
+            raise AllMembersFailed(self.host.name, "I/O", [MemberFailed(slot.member.path, "I/O", why)])
+        if self.host.readonly:    # --nowrite writes nothing: out of use here, no SCB is changed
+            self.drop(slot, MemberState.EXPELLED, why, rule)
+            return
+        async with self._member_leaving():
+            self.drop(slot, MemberState.EXPELLED, why, rule)
+            self.host.start_soon(self.close_when_idle, slot)
+            await self.commit()
+
+    def force_out(self, slot: Slot, why: str, rule: str) -> None:
+        """Expel `slot` at once without an SCB write (no member answers), release it when idle;
+        the survivors' generation rise is owed (mount verification's forced removal)."""
+        self.drop(slot, MemberState.EXPELLED, why, rule=rule)
+        self.host.start_soon(self.close_when_idle, slot)
+        self.commit_owed = True
+
+    async def close_when_idle(self, slot: Slot) -> None:
+        """Release an expelled member's file (and lock) once its last request has ended."""
+        await slot.wait_idle()
+        slot.member.close()
+
+    async def remove(self, ref: str) -> None:
+        """Dismount one member: drain its I/O, generation up on the rest, mark it removed."""
+        name = self.host.name
+        async with self.lock:
+            slot = self.find(ref)
+            if slot.state is MemberState.SOURCE and len(self.sources) == 1:
+                raise MembershipRefused(
+                    f"{name}: {slot.name} is the only source member and cannot be removed; "
+                    f"dismount {name} instead")
+            async with self._member_leaving():
+                async with self.gate.closed(0, self.host.size_bytes):
+                    if slot.state is MemberState.SOURCE:
+                        slot.lineage = self.history.member_leaves(slot.generation,
+                                                                  BranchReason.REMOVED)
+                    slot.state = MemberState.REMOVED
+                    self.refresh()
+                await slot.wait_idle()
+                log.info("%s: %s removed by rule=%s", name, slot.name, Rule.OPERATOR)
+                self.host.event("removed", member=slot.member.path, rule=Rule.OPERATOR)
+                await self.commit()
+            try:
+                await timeouts.call(slot, "flush", slot.member.flush)
+                await timeouts.call(slot, "SCB write", slot.store.write, self.scb_for(slot))
+            except MemberIOError as exc:
+                log.warning("%s: %s left the set but its SCB could not be marked: %s",
+                            name, slot.name, exc)
+            slot.member.close()
+            self.slots.remove(slot)
+
+    async def add(self, members: Sequence, options: decide.Options,
+                  confirm: Optional[Confirm]) -> tuple[decide.Plan, list[Slot]]:
+        """Add members as copy targets (spec §5 rule 8); returns the plan and the new slots.
+        Takes ownership of `members`; on a refusal they are closed and nothing was written."""
+        host = self.host
+        async with self.lock:
+            mounted = decide.Mounted(host.name, host.set_uuid, host.label, host.size_bytes,
+                                     tuple(s.uuid for s in self.current),
+                                     tuple(s.member.path for s in self.current),
+                                     self.scb_for(self.sources[0]))
+            _, plan = await decide_or_close(
+                members, lambda c: decide.plan(host.name, c, options, mounted))
+            if not await confirmed(plan, confirm):
+                for m in members:
+                    m.close()
+                raise MountRefused(f"{host.name}: add canceled; no copy was allowed")
+            by_path = {m.path: m for m in members}
+            self.slots = [s for s in self.slots if s.state.current or s.member.path not in by_path]
+            new = []
+            async with self.gate.closed(0, host.size_bytes):
+                for mp in plan.members:
+                    member = by_path[mp.path]
+                    log.info("%s: %s %s by rule=%s", host.name, mp.candidate.name,
+                             mp.role.label if mp.role else "unchanged", mp.rule)
+                    if mp.role is None:
+                        member.close()
+                        continue
+                    new.append((self._new_target(member, mp.candidate.scb), mp.rule))
+                self.refresh()
+                if new:
+                    await self.commit()
+                for slot, rule in new:
+                    host.event("member-copy-target", member=slot.member.path, rule=rule)
+            return plan, [slot for slot, _ in new]
+
+    def _new_target(self, member, scb: Optional[Scb]) -> Slot:
+        same_set = scb is not None and scb.set_uuid == self.host.set_uuid
+        keep_uuid = same_set and all(s.uuid != scb.member_uuid for s in self.current)
+        slot = Slot(member, ScbStore(member), scb.member_uuid if keep_uuid else uuidlib.uuid4(),
+                    MemberState.COPY_TARGET, scb.generation if same_set else 0,
+                    lineage=scb.lineage if same_set else None)
+        slot.store.current = scb
+        self.slots.append(slot)
+        return slot
+
+    async def promote(self, promoted: Sequence[Slot]) -> None:
+        """Copy targets whose copy completed become sources (the caller holds `lock`)."""
+        for t in promoted:
+            t.state = MemberState.SOURCE
+            t.fence_lbn = 0
+        self.refresh()
+        await self.commit(promoted)

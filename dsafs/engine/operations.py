@@ -1,0 +1,318 @@
+"""A VU's background operations: full copies and the merge, one at a time (DESIGN §6).
+
+`Operations` runs queued copies first (targets queued together share one pass, copy.py), then
+the merge owed (merge.py), until neither is owed. A member added during a merge cancels the
+merge's scope: the merge is suspended with its fence kept, the copy runs, and the merge resumes
+at the fence (it forgets the chunks reads had reconciled, since the new member holds whatever
+source the copy read). `priority` (0-10000, default 5000; VMS SET SHADOW/PRIORITY): 0 starts no
+copy or merge (one already running goes on); raising it starts what is owed. `demand_merge` is
+VMS SET SHADOW/DEMAND_MERGE. It also keeps the merge state the SCBs record (`merge_record`) and
+the merge throttle, whose learned ideal latency outlives each merge. (The limit across VUs,
+max_copy, will be the service's scheduler.)
+
+Invariant: at most one copy or merge of a VU runs at a time, and merge-required is cleared only
+after a complete merge has been flushed (`Merge.run` returns True).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable, Optional, Protocol, Sequence
+
+import trio
+
+from dsafs.engine import copy as copy_module
+from dsafs.engine.copy import Copy
+from dsafs.engine.fence import RangeGate
+from dsafs.engine.membership import Membership, Slot
+from dsafs.engine.merge import Merge
+from dsafs.engine.throttle import Settings as MergeSettings, Throttle
+from dsafs.errors import DsafsError, InvalidArgument, MembershipRefused
+from dsafs.ondisk.scb import MemberState
+from dsafs.rules import Rule
+from dsafs.units import BLOCK_BYTES, CHUNK_BYTES
+
+log = logging.getLogger("dsafs.vu")
+
+DEFAULT_PRIORITY = 5000
+MAX_PRIORITY = 10000
+
+
+def check_priority(name: str, priority) -> None:
+    if not isinstance(priority, int) or isinstance(priority, bool) or not 0 <= priority <= MAX_PRIORITY:
+        raise InvalidArgument(f"{name}: priority {priority!r} is out of range; give 0 (never "
+                              f"start a copy or merge) to {MAX_PRIORITY}")
+
+
+class OperationsHost(Protocol):
+    """What the operations (and the copies and merges they run) need of their VU."""
+    name: str
+    size_bytes: int
+    readonly: bool
+    gate: RangeGate
+
+    @property
+    def closing(self) -> bool: ...
+
+    @property
+    def sources(self) -> list: ...
+
+    @property
+    def current(self) -> list: ...
+
+    @property
+    def copy_source(self) -> Optional[str]: ...
+
+    def merge_master(self) -> Optional[Slot]: ...
+
+    def event(self, kind: str, member: Optional[str] = None, rule: str = "",
+              message: Optional[str] = None, **fields) -> object: ...
+
+    def start_soon(self, fn, *args) -> bool: ...
+
+    async def expel(self, slot: Slot, why: str, rule: Optional[str] = None) -> None: ...
+
+    async def write_scbs(self, slots: Sequence[Slot]) -> None: ...
+
+
+class Operations:
+    """One VU's copies and merge. See the module docstring."""
+
+    def __init__(self, host: OperationsHost, membership: Membership, plan):
+        self.host = host
+        self.membership = membership
+        self.merge_required = plan.merge_required
+        self.merge_rule = plan.merge_rule or Rule.MERGE_OWED   # why the merge owed now is owed
+        self.merge_overrides: dict = {}            # per-VU merge throttle settings (dsafs set)
+        self.default_merge_settings: Callable[[], MergeSettings] = MergeSettings
+        # One throttle per VU: the ideal latency it learns outlives each merge (a merge
+        # demanded while the set is busy must not take busy latencies as ideal).
+        self.merge_throttle = Throttle(self.merge_settings)
+        self.merge: Optional[Merge] = None
+        self.last_merge: Optional[Merge] = None
+        if plan.merge_required:
+            start = plan.merge_fence_lbn * BLOCK_BYTES // CHUNK_BYTES * CHUNK_BYTES
+            self.merge = Merge(host, min(start, plan.vu_size_bytes), self.merge_throttle)
+        self.copy: Optional[Copy] = None
+        self.last_copy: Optional[Copy] = None
+        self.copy_source: Optional[str] = None     # a member path, or None: alternate sources
+        self.priority = DEFAULT_PRIORITY
+        self._merge_stopped = ""                   # why the merge stopped, until demanded again
+        self._copy_queue: list[Slot] = []
+        self._running = False
+        self._done = trio.Event()
+        self._done.set()
+        self._scope: Optional[trio.CancelScope] = None
+        self._merge_scope: Optional[trio.CancelScope] = None
+
+    # ----------------------------------------------------------------- views
+    @property
+    def merge_running(self) -> bool:
+        return self._merge_scope is not None
+
+    @property
+    def copying(self) -> bool:
+        """A copy runs or is queued."""
+        return self.copy is not None or bool(self._copy_queue)
+
+    @property
+    def busy(self) -> bool:
+        """A copy or merge runs, or a copy is queued."""
+        return self._running or bool(self._copy_queue)
+
+    async def wait_done(self) -> None:
+        """Return when no copy or merge is queued or running."""
+        while self.busy:
+            await self._done.wait()
+
+    def merge_settings(self) -> MergeSettings:
+        """The merge throttle settings in force: the daemon's, with this VU's overrides."""
+        return dataclasses.replace(self.default_merge_settings(), **self.merge_overrides)
+
+    def merge_master(self) -> Optional[Slot]:
+        """The merge master: the copy source if one is set, else the first source in the set's
+        order (deterministic: the order the members were named at mount)."""
+        sources = self.membership.sources
+        for s in sources:
+            if s.member.path == self.copy_source:
+                return s
+        return sources[0] if sources else None
+
+    def merge_record(self) -> tuple[bool, Optional[int]]:
+        """What the SCBs record of the merge: required, and the durable fence (bytes) or None."""
+        merge = self.merge
+        return self.merge_required, merge.durable_fence_bytes if merge is not None else None
+
+    # ----------------------------------------------------------------- copy and merge
+    def queue_copy(self, slots: Sequence[Slot]) -> None:
+        """Copy onto `slots` (copy targets) as soon as may be; a running merge is suspended."""
+        self._copy_queue += [s for s in slots if s not in self._copy_queue]
+        if self._copy_queue and self._merge_scope is not None:
+            self._merge_scope.cancel()       # suspend the merge: copy first, then resume it
+        self.kick()
+
+    def kick(self) -> None:
+        """Start the operations task if a copy is queued or a merge may run."""
+        if self._running or self.host.closing or not self.priority:
+            return
+        if self._copy_queue or self._merge_may_run():
+            self._done = trio.Event()
+            self._running = self.host.start_soon(self._operations)
+            if not self._running:
+                self._done.set()
+
+    def _merge_may_run(self) -> bool:
+        return self.merge is not None and not self.host.readonly and not self._merge_stopped
+
+    async def _operations(self) -> None:
+        """One background operation at a time: queued copies (targets queued together share
+        one pass), then the merge, until neither is owed."""
+        try:
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                while True:
+                    if self._copy_queue:
+                        await self._run_copies()
+                    elif self._merge_may_run():
+                        await self._run_merge()
+                    else:
+                        break
+        finally:
+            self._scope = None
+            self._running = False
+            self._done.set()
+
+    async def _run_copies(self) -> None:
+        host = self.host
+        targets = [t for t in self._copy_queue if t.state is MemberState.COPY_TARGET]
+        self._copy_queue = []
+        if not targets:
+            return
+        start = min(t.fence_lbn for t in targets) * BLOCK_BYTES
+        self.copy = Copy(host, targets, start)
+        log.info("%s: copy onto %s starts at LBN %d", host.name,
+                 ", ".join(t.name for t in targets), start // BLOCK_BYTES)
+        host.event("copy-start", rule=Rule.COPY_TARGET, lbn=start // BLOCK_BYTES,
+                   blocks=copy_module.STEP_BYTES // BLOCK_BYTES)
+        done = False
+        try:
+            done = await self.copy.run()
+        except DsafsError as exc:
+            log.error("%s: copy stopped: %s", host.name, exc)
+            done = False
+        finally:
+            copy = self.last_copy = self.copy
+            self.copy = None
+            host.event("copy-end" if done else "copy-stop",
+                       rule=Rule.COPIED if done else Rule.INTERRUPTED,
+                       lbn=copy.fence_bytes // BLOCK_BYTES)
+        if done:
+            try:
+                await self._promote(copy)
+            except DsafsError as exc:
+                log.error("%s: copy could not complete: %s", host.name, exc)
+
+    async def _promote(self, copy: Copy) -> None:
+        host = self.host
+        async with self.membership.lock:
+            promoted = copy.live_targets
+            if self.merge is not None:
+                self.merge.forget_reads()
+            await self.membership.promote(promoted)
+            for t in promoted:
+                host.event("copy-completed", member=t.member.path, rule=Rule.COPY_COMPLETE)
+            stats = copy.statistics()
+            log.info("%s: copy completed; %s now source members (%d bytes compared, %d written)",
+                     host.name, ", ".join(t.name for t in promoted), stats.bytes_compared,
+                     stats.bytes_written)
+
+    async def _run_merge(self) -> None:
+        host, merge = self.host, self.merge
+        master = self.merge_master()
+        log.info("%s: merge %s at LBN %d; master member %s", host.name,
+                 "resumes" if merge.fence_bytes else "starts", merge.fence_bytes // BLOCK_BYTES,
+                 master.name if master else "none")
+        host.event("merge-start", member=master.member.path if master else None,
+                   rule=self.merge_rule, lbn=merge.fence_bytes // BLOCK_BYTES)
+        with trio.CancelScope() as scope:
+            self._merge_scope = scope
+            try:
+                done = await merge.run()
+            except DsafsError as exc:
+                self._merge_stopped = str(exc)
+                host.event("merge-stop", rule=Rule.MERGE_ERROR, lbn=merge.fence_bytes // BLOCK_BYTES)
+                log.error("%s: merge stopped at LBN %d: %s; it stays owed (demand it again with "
+                          "'dsafs set %s --demand-merge')", host.name,
+                          merge.fence_bytes // BLOCK_BYTES, exc, host.name)
+                return
+            finally:
+                self._merge_scope = None
+        if scope.cancelled_caught:
+            log.info("%s: merge suspended at LBN %d for a copy", host.name,
+                     merge.fence_bytes // BLOCK_BYTES)
+            host.event("merge-suspend", rule=Rule.COPY_FIRST, lbn=merge.fence_bytes // BLOCK_BYTES)
+            return
+        if done:
+            await self._finish_merge(merge)
+
+    async def _finish_merge(self, merge: Merge) -> None:
+        host = self.host
+        async with self.membership.lock:
+            self.merge_required = False
+            self.merge = None
+            self.last_merge = merge
+            await self.membership.write_scbs(self.membership.current)
+        st = merge.statistics()
+        host.event("merge-end", rule=Rule.MERGED, merge_repairs=st.merge_repairs,
+                   app_repairs=st.app_repairs)
+        log.info("%s: merge completed in %.1f s; %d chunks compared, %d repaired by the merge, "
+                 "%d by application reads", host.name, st.seconds, st.chunks_compared,
+                 st.merge_repairs, st.app_repairs)
+
+    def resume_stopped_merge(self) -> None:
+        """A merge stopped by an outage (no member answered) goes on once members are back."""
+        if self.merge is not None and self._merge_stopped:
+            log.info("%s: merge resumes at LBN %d after the outage", self.host.name,
+                     self.merge.fence_bytes // BLOCK_BYTES)
+            self._merge_stopped = ""
+            self.kick()
+
+    def set_priority(self, priority: int) -> None:
+        check_priority(self.host.name, priority)
+        self.priority = priority
+        self.kick()
+
+    async def demand_merge(self) -> None:
+        """`dsafs set DSAn --demand-merge` (VMS SET SHADOW/DEMAND_MERGE): merge from LBN 0."""
+        host, membership = self.host, self.membership
+        sources = membership.sources
+        why = ""
+        if host.readonly:
+            why = "it is mounted read-only (--nowrite); mount it writable"
+        elif len(sources) < 2:
+            why = (f"it has {len(sources)} source member; a merge needs two; add a member "
+                   f"with 'dsafs mount {host.name} --add'")
+        elif self.copying:
+            names = ", ".join(t.name for t in membership.targets) or "a new member"
+            why = f"a copy onto {names} is running; demand the merge after it completes"
+        elif self.merge is not None and not self._merge_stopped:
+            why = f"a merge is already running ({self.merge.percent:.1f}% done)"
+        if why:
+            raise MembershipRefused(f"{host.name}: cannot start a merge: {why}")
+        async with membership.lock:
+            self.merge_required = True
+            self._merge_stopped = ""
+            self.merge = Merge(host, 0, self.merge_throttle)
+            self.merge_rule = Rule.DEMAND_MERGE
+            log.info("%s: merge required by rule=%s", host.name, Rule.DEMAND_MERGE)
+            host.event("merge-required", rule=Rule.DEMAND_MERGE)
+            await membership.write_scbs(membership.current)
+        self.kick()
+
+    async def stop(self) -> None:
+        """Dismount: drop queued copies, cancel the running operation, wait for its end."""
+        self._copy_queue = []
+        if self._scope is not None:
+            self._scope.cancel()
+        await self._done.wait()
