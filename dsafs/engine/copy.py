@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional
+from typing import Optional, Protocol, Sequence
 
 import trio
 
 from dsafs.errors import MemberIOError
 from dsafs.engine.fanout import flush_all
+from dsafs.engine.fence import RangeGate
 from dsafs.ondisk.scb import MemberState
 from dsafs.members.timeouts import rule_for, wait, wait_each
 from dsafs.units import BLOCK_BYTES, MiB
@@ -51,10 +52,27 @@ class CopyStats:
     bytes_written: int
 
 
+class CopyHost(Protocol):
+    """What a copy needs of its VU."""
+    name: str
+    size_bytes: int
+    gate: RangeGate
+
+    @property
+    def sources(self) -> list: ...
+
+    @property
+    def copy_source(self) -> Optional[str]: ...
+
+    async def expel(self, slot, why: str, rule: Optional[str] = None) -> None: ...
+
+    async def write_scbs(self, slots: Sequence) -> None: ...
+
+
 class Copy:
     """One copy operation onto one or more targets of a VU."""
 
-    def __init__(self, vu, targets: list, start_bytes: int):
+    def __init__(self, vu: CopyHost, targets: list, start_bytes: int):
         self.vu = vu
         self.targets = list(targets)
         self.fence_bytes = start_bytes

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Optional
+from typing import Optional, Protocol, Sequence
 
 import trio
 import xxhash
@@ -51,6 +51,7 @@ import xxhash
 from dsafs.members import timeouts
 from dsafs.errors import AllMembersFailed, MemberIOError
 from dsafs.engine.fanout import flush_all
+from dsafs.engine.fence import RangeGate
 from dsafs.engine.throttle import Throttle
 from dsafs.units import BLOCK_BYTES, CHUNK_BYTES, KiB, MiB
 from dsafs.rules import Rule
@@ -78,10 +79,29 @@ class MergeStats:
     seconds: float
 
 
+class MergeHost(Protocol):
+    """What a merge needs of its VU."""
+    name: str
+    size_bytes: int
+    gate: RangeGate
+
+    @property
+    def sources(self) -> list: ...
+
+    @property
+    def current(self) -> list: ...
+
+    def merge_master(self): ...
+
+    async def expel(self, slot, why: str, rule: Optional[str] = None) -> None: ...
+
+    async def write_scbs(self, slots: Sequence) -> None: ...
+
+
 class Merge:
     """The merge owed by one VU: its fence, its throttle, its counters."""
 
-    def __init__(self, vu, start_bytes: int, throttle: Optional[Throttle] = None):
+    def __init__(self, vu: MergeHost, start_bytes: int, throttle: Optional[Throttle] = None):
         self.vu = vu
         self.fence_bytes = start_bytes
         self.throttle = throttle or Throttle()   # the VU's: its ideal outlives one merge

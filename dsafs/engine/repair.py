@@ -16,9 +16,11 @@ member is never left serving data that differs from the source it was repaired f
 from __future__ import annotations
 
 import logging
+from typing import Optional, Protocol
 
 import trio
 
+from dsafs.engine.fence import RangeGate
 from dsafs.members import timeouts
 from dsafs.errors import AllMembersFailed, MemberIOError
 from dsafs.rules import Rule
@@ -26,7 +28,23 @@ from dsafs.rules import Rule
 log = logging.getLogger("dsafs.repair")
 
 
-async def read_and_repair(vu, bad, pos: int, nbytes: int, first_error: MemberIOError) -> bytes:
+class RepairingVu(Protocol):
+    """What a repair needs of its VU."""
+    name: str
+    readonly: bool
+    gate: RangeGate
+
+    def choose_reader(self, exclude=()): ...
+
+    async def read_from(self, slot, pos: int, nbytes: int) -> bytes: ...
+
+    async def expel(self, slot, why: str, rule: Optional[str] = None) -> None: ...
+
+    def event(self, kind: str, member: Optional[str] = None, rule: str = "",
+              message: Optional[str] = None, **fields) -> object: ...
+
+
+async def read_and_repair(vu: RepairingVu, bad, pos: int, nbytes: int, first_error: MemberIOError) -> bytes:
     """Return the range's data from another source and repair `bad` with it (or expel it)."""
     failures = [first_error]
     tried = {id(bad)}

@@ -12,7 +12,9 @@ Invariant: verify only reads; it never repairs and never changes membership.
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
+from dsafs.engine.fence import RangeGate
 from dsafs.members import timeouts
 from dsafs.errors import MemberIOError, VuError
 from dsafs.units import BLOCK_BYTES, CHUNK_BYTES, MiB
@@ -57,7 +59,17 @@ async def _read_all(slots, pos, nbytes, report):
     return datas
 
 
-async def verify(vu) -> VerifyReport:
+class VerifiedSet(Protocol):
+    """What a verification needs of its VU."""
+    name: str
+    size_bytes: int
+    gate: RangeGate
+
+    @property
+    def sources(self) -> list: ...
+
+
+async def verify(vu: VerifiedSet) -> VerifyReport:
     slots = list(vu.sources)
     if not slots:
         raise VuError(f"{vu.name} has no source member to verify")

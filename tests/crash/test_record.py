@@ -22,11 +22,6 @@ SIZE = 1 * MiB
 RAW = min_member_bytes(SIZE)
 
 
-@pytest.fixture
-def autojump_clock():
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 def recorder(latency=0.001, path="/m/a.img"):
     journal = Journal()
     return journal, RecordingMember(MemMember(RAW, path, latency=latency), journal)

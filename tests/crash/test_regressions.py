@@ -15,11 +15,6 @@ SIZE = 1 * MiB
 RAW = min_member_bytes(SIZE)
 
 
-@pytest.fixture
-def autojump_clock():
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 async def test_no_data_write_before_the_dirty_mark_is_durable_everywhere(autojump_clock):
     """Seed 6 cut 13: the first writer set `dirty` and went to write the SCBs; a second writer
     saw `dirty` set and issued its data at once. A cut then left clean SCBs on both members

@@ -29,11 +29,6 @@ pytestmark = pytest.mark.allow_warnings       # expulsions and verification log 
 
 
 @pytest.fixture
-def autojump_clock():
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
-@pytest.fixture
 def patient_clock():
     """Autojump only after 0.5 s of real idleness: real member I/O in worker threads (which
     autojump does not see) completes first, while a hung one still times out in virtual time."""

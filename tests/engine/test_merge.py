@@ -20,11 +20,6 @@ STEP = 256 * KiB
 pytestmark = pytest.mark.allow_warnings
 
 
-@pytest.fixture
-def autojump_clock():
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 @pytest.fixture(autouse=True)
 def small_steps(monkeypatch):
     monkeypatch.setattr(mergemod, "STEP_BYTES", STEP)

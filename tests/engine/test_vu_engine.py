@@ -20,11 +20,6 @@ SIZE = 4 * MiB
 RAW = min_member_bytes(SIZE)
 
 
-@pytest.fixture
-def autojump_clock():
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 @pytest.fixture(autouse=True)
 def small_copy_steps(monkeypatch):
     monkeypatch.setattr(copymod, "STEP_BYTES", 256 * KiB)
