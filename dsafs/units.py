@@ -25,6 +25,16 @@ def align_up(nbytes: int, alignment: int) -> int:
     return -(-nbytes // alignment) * alignment
 
 
+def us_of(seconds: float) -> float:
+    """Seconds as microseconds (latencies and throttle delays are kept in µs)."""
+    return seconds * 1e6
+
+
+def seconds_of(us: float) -> float:
+    """Microseconds as seconds (what trio sleeps take)."""
+    return us / 1e6
+
+
 def nchunks_of(nbytes: int) -> int:
     return -(-nbytes // CHUNK_BYTES)
 

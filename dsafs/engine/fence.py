@@ -22,13 +22,24 @@ insert and delete. Writes to disjoint ranges never wait on each other.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Optional
 
 import trio
 
 
+@dataclasses.dataclass(frozen=True)
+class GateStats:
+    writes_in_flight: int
+    window: Optional[tuple[int, int]]    # the byte range held closed now, or None
+    windows: int                         # windows closed since creation
+    writes_waited: int                   # writes that had to wait (a window or an overlap)
+
+
 class RangeGate:
     def __init__(self):
+        self.windows = 0
+        self.writes_waited = 0
         self._writes: dict[int, tuple[int, int]] = {}
         self._next_token = 0
         self._window: Optional[tuple[int, int]] = None
@@ -41,6 +52,9 @@ class RangeGate:
     def __repr__(self) -> str:
         window = f"window {self._window[0]}-{self._window[1]}" if self._window else "open"
         return f"<RangeGate {window}, {len(self._writes)} writes in flight>"
+
+    def statistics(self) -> GateStats:
+        return GateStats(len(self._writes), self._window, self.windows, self.writes_waited)
 
     def _blocks(self, start: int, end: int) -> bool:
         w = self._window
@@ -61,6 +75,8 @@ class RangeGate:
 
     async def enter(self, start: int, end: int) -> int:
         token = self.enter_nowait(start, end)
+        if token is None:
+            self.writes_waited += 1
         while token is None:
             if self._blocks(start, end):
                 await self._reopened.wait()
@@ -86,6 +102,7 @@ class RangeGate:
     async def closed(self, start: int, end: int):
         """Hold [start, end) free of application writes for the body of the `async with`."""
         async with self._lock:
+            self.windows += 1
             self._window = (start, end)
             self._reopened = trio.Event()
             try:

@@ -122,6 +122,19 @@ class Slot:
         return f"<Slot {self.name} {self.state.label} cost {self.read_cost}, {self.in_flight} in flight>"
 
 
+@dataclasses.dataclass(frozen=True)
+class MembershipStats:
+    generation: int
+    sources: int
+    targets: int
+    departed: int                     # expelled or removed members still listed
+    dirty: bool
+    dirty_durable: bool
+    commit_owed: bool
+    leaving: int                      # departures whose survivors' commit is not durable yet
+    commits: int                      # generation rises since mount
+
+
 class MembershipHost(Protocol):
     """What membership needs of its VU."""
     name: str
@@ -182,6 +195,7 @@ class Membership:
         self.dirty = False
         self.dirty_durable = False      # the dirty mark is on every member's SCB (flushed)
         self.commit_owed = False        # a generation rise no member took yet (mountver.py)
+        self.commits = 0
         self.slots: list[Slot] = []
         for mp in plan.members:
             scb = mp.candidate.scb
@@ -207,6 +221,11 @@ class Membership:
         if len(self.current) > 3:
             self.feature_flags |= FEATURE_EXTMEMB
         self.host.members_changed(self.slots)
+
+    def statistics(self) -> MembershipStats:
+        return MembershipStats(self.generation, len(self.sources), len(self.targets),
+                               len(self.slots) - len(self.current), self.dirty,
+                               self.dirty_durable, self.commit_owed, self._leaving, self.commits)
 
     def find(self, ref: str) -> Slot:
         """A current member by absolute path or by a basename unique in the VU."""
@@ -275,6 +294,7 @@ class Membership:
                          + [s for s in promoted if s.state.current] + self.targets)
                 failed = await self._write_scbs_locked(order)
             if not failed:
+                self.commits += 1
                 self.commit_owed = False
                 self.history.committed(*advanced)
                 return

@@ -53,7 +53,7 @@ from dsafs.errors import AllMembersFailed, MemberIOError
 from dsafs.engine.fanout import flush_all
 from dsafs.engine.fence import RangeGate
 from dsafs.engine.throttle import Throttle
-from dsafs.units import BLOCK_BYTES, CHUNK_BYTES, KiB, MiB
+from dsafs.units import BLOCK_BYTES, CHUNK_BYTES, KiB, MiB, us_of
 from dsafs.rules import Rule
 
 log = logging.getLogger("dsafs.merge")
@@ -168,7 +168,7 @@ class Merge:
                     await self.checkpoint()
                     next_checkpoint = trio.current_time() + CHECKPOINT_SECONDS
                 if ios:
-                    await self.throttle.pause(end - pos, (trio.current_time() - t0) * 1e6, ios)
+                    await self.throttle.pause(end - pos, us_of(trio.current_time() - t0), ios)
             for slot, exc in await flush_all(vu.sources):
                 await vu.expel(slot, f"flush failed at the end of the merge: {exc}")
             self.fence_bytes = size

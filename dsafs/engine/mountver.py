@@ -38,6 +38,7 @@ from dsafs.errors import AllMembersFailed, MemberIOError, MembershipRefused, Vol
 from dsafs.members import timeouts
 from dsafs.ondisk.scb import MemberState
 from dsafs.rules import Rule
+from dsafs.units import BLOCK_BYTES
 
 log = logging.getLogger("dsafs.mountver")
 
@@ -250,7 +251,7 @@ class MountVerification:
     async def _probe(self) -> None:
         for s in list(self.vu.sources):
             try:
-                await timeouts.wait(s, s.member.start_read(0, 512), "read")
+                await timeouts.wait(s, s.member.start_read(0, BLOCK_BYTES), "read")
                 if self.vu.commit_owed:
                     await self.vu.commit()
             except (MemberIOError, AllMembersFailed):

@@ -45,6 +45,17 @@ def check_priority(name: str, priority) -> None:
                               f"start a copy or merge) to {MAX_PRIORITY}")
 
 
+@dataclasses.dataclass(frozen=True)
+class OperationsStats:
+    priority: int
+    running: bool                     # a copy or merge task runs
+    copies_queued: int                # targets waiting for the next copy pass
+    merge_running: bool
+    merge_stopped: str                # why a merge stopped (until demanded again), or ""
+    copies: int                       # copy passes completed since mount
+    merges: int                       # merges completed since mount
+
+
 class OperationsHost(Protocol):
     """What the operations (and the copies and merges they run) need of their VU."""
     name: str
@@ -99,6 +110,7 @@ class Operations:
         self.copy_source: Optional[str] = None     # a member path, or None: alternate sources
         self.priority = DEFAULT_PRIORITY
         self._merge_stopped = ""                   # why the merge stopped, until demanded again
+        self.copies = self.merges = 0
         self._copy_queue: list[Slot] = []
         self._running = False
         self._done = trio.Event()
@@ -125,6 +137,10 @@ class Operations:
         """Return when no copy or merge is queued or running."""
         while self.busy:
             await self._done.wait()
+
+    def statistics(self) -> OperationsStats:
+        return OperationsStats(self.priority, self._running, len(self._copy_queue),
+                               self.merge_running, self._merge_stopped, self.copies, self.merges)
 
     def merge_settings(self) -> MergeSettings:
         """The merge throttle settings in force: the daemon's, with this VU's overrides."""
@@ -204,6 +220,7 @@ class Operations:
         finally:
             copy = self.last_copy = self.copy
             self.copy = None
+            self.copies += done
             host.event("copy-end" if done else "copy-stop",
                        rule=Rule.COPIED if done else Rule.INTERRUPTED,
                        lbn=copy.fence_bytes // BLOCK_BYTES)
@@ -262,6 +279,7 @@ class Operations:
             self.merge_required = False
             self.merge = None
             self.last_merge = merge
+            self.merges += 1
             await self.membership.write_scbs(self.membership.current)
         st = merge.statistics()
         host.event("merge-end", rule=Rule.MERGED, merge_repairs=st.merge_repairs,

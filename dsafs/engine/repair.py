@@ -24,6 +24,7 @@ from dsafs.engine.fence import RangeGate
 from dsafs.members import timeouts
 from dsafs.errors import AllMembersFailed, MemberIOError
 from dsafs.rules import Rule
+from dsafs.units import BLOCK_BYTES
 
 log = logging.getLogger("dsafs.repair")
 
@@ -80,12 +81,12 @@ async def _rewrite(vu, bad, pos: int, data: bytes) -> None:
     except MemberIOError as exc:
         bad.release()
         log.warning("%s: %s could not be repaired at LBN %d (%s); expelling it",
-                    vu.name, bad.name, pos // 512, exc)
+                    vu.name, bad.name, pos // BLOCK_BYTES, exc)
         await vu.expel(bad, f"repair failed: {exc}", rule=Rule.REPAIR_FAILED)
         return
     bad.release()
     bad.repairs += 1
     log.info("%s: %s repaired at LBN %d (%d blocks) from another source",
-             vu.name, bad.name, pos // 512, len(data) // 512)
-    vu.event("repaired", member=bad.member.path, rule=Rule.READ_ERROR, lbn=pos // 512,
-             blocks=len(data) // 512)
+             vu.name, bad.name, pos // BLOCK_BYTES, len(data) // BLOCK_BYTES)
+    vu.event("repaired", member=bad.member.path, rule=Rule.READ_ERROR, lbn=pos // BLOCK_BYTES,
+             blocks=len(data) // BLOCK_BYTES)

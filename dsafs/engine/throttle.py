@@ -36,7 +36,7 @@ from typing import Callable, Optional
 import trio
 
 from dsafs.errors import InvalidArgument
-from dsafs.units import MiB
+from dsafs.units import MiB, seconds_of, us_of
 
 THRESHOLD_RANGE = (0, 20000)
 FACTOR_RANGE = (2, 100000)
@@ -78,7 +78,7 @@ def next_delay(current_us: float, ideal_us: float, threshold: int, factor: int) 
 
 def floor_cap_us(chunk_bytes: int, io_us: float, min_rate: int) -> float:
     """The longest delay that still moves `chunk_bytes` per (io + delay) at `min_rate`. Pure."""
-    return max(0.0, chunk_bytes / min_rate * 1e6 - io_us)
+    return max(0.0, us_of(chunk_bytes / min_rate) - io_us)
 
 
 def merge_delay_us(current_us: Optional[float], ideal_us: Optional[float], idle: bool,
@@ -140,7 +140,7 @@ class Throttle:
         delay = merge_delay_us(self.current_us / per_mib, self.ideal_us / per_mib, idle,
                                chunk_bytes, io_us, self._settings)
         self.last_delay_us = delay
-        return delay / 1e6
+        return seconds_of(delay)
 
     async def pause(self, chunk_bytes: int, io_us: float, ios: int = 1) -> None:
         await trio.sleep(self.delay_s(chunk_bytes, io_us, ios))

@@ -29,6 +29,7 @@ a damaged slot is never left unreported, and never rewritten on a read-only VU.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from typing import Optional, Protocol, Sequence
@@ -59,6 +60,13 @@ class WatchedVu(Protocol):
               message: Optional[str] = None, **fields): ...
 
 
+@dataclasses.dataclass(frozen=True)
+class WatchStats:
+    interval_s: float
+    passes: int                       # passes over the members since mount
+    shrinks_reported: int             # shrunk members reported but not expelled (read-only VU)
+
+
 class MemberWatch:
     """One VU's watch. `run()` for the VU's lifetime (its nursery cancels it)."""
 
@@ -67,6 +75,9 @@ class MemberWatch:
         self.interval_s = interval_s
         self.passes = 0
         self._reported: set = set()      # ids of slots whose unexpellable shrink was reported
+
+    def statistics(self) -> WatchStats:
+        return WatchStats(self.interval_s, self.passes, len(self._reported))
 
     async def run(self) -> None:
         while True:
