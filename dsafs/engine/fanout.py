@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import trio
 
+from dsafs.engine.leg import Busy
 from dsafs.errors import MemberIOError
 from dsafs.members.timeouts import wait_each
 
@@ -19,22 +20,16 @@ async def write_all(slots, pos: int, data) -> list:
     """Write `data` at byte `pos` on every slot's member. Returns [(slot, MemberIOError), ...];
     a member that does not answer within its member timeout fails with MemberTimeout."""
     start = trio.current_time()
-    pending = []
-    for slot in slots:
-        slot.in_flight += 1
-        pending.append((slot, slot.member.start_write(pos, data)))
     failures = []
     nbytes = len(data)
-    try:
+    with Busy(slots):
+        pending = [(slot, slot.member.start_write(pos, data)) for slot in slots]
         for slot, value in await wait_each(pending, "write", start):
             if isinstance(value, MemberIOError):
                 failures.append((slot, value))
             else:
                 slot.writes += 1
                 slot.written_bytes += nbytes
-    finally:
-        for slot, _ in pending:
-            slot.release()
     return failures
 
 

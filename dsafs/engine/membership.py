@@ -43,6 +43,7 @@ import trio
 from dsafs.engine import decide
 from dsafs.engine.fence import RangeGate
 from dsafs.engine.history import History
+from dsafs.engine.leg import Slot
 from dsafs.engine.setmeta import load_candidate
 from dsafs.errors import (
     AllMembersFailed, MemberFailed, MemberIOError, MembershipRefused, MountRefused,
@@ -57,69 +58,7 @@ from dsafs.units import BLOCK_BYTES
 
 log = logging.getLogger("dsafs.vu")
 
-DEFAULT_READ_COST = 2
-
 Confirm = Callable[[decide.Plan], Awaitable[bool]]
-
-
-@dataclasses.dataclass(frozen=True)
-class SlotStats:
-    path: str
-    state: str
-    read_cost: int
-    reads: int
-    writes: int
-    read_bytes: int
-    written_bytes: int
-    read_errors: int
-    repairs: int
-
-
-class Slot:
-    """One member in a VU: its role, read cost, in-flight count and application counters."""
-
-    def __init__(self, member, store: ScbStore, member_uuid: uuidlib.UUID, state: MemberState,
-                 generation: int, fence_lbn: int = 0, lineage: Optional[Lineage] = None):
-        self.member = member
-        # Its own lineage while it is not a source (a copy target's old one; a leaver's snapshot
-        # as of the generation it left at). Sources use the VU's.
-        self.lineage = lineage or Lineage()
-        self.store = store
-        self.uuid = member_uuid
-        self.state = state
-        self.generation = generation      # last generation written to (or found in) its SCB
-        self.fence_lbn = fence_lbn        # copy targets: checkpointed copy fence
-        self.read_cost = DEFAULT_READ_COST
-        self.in_flight = 0
-        self.reads = self.writes = self.read_bytes = self.written_bytes = 0
-        self.read_errors = self.repairs = 0
-        self._idle: Optional[trio.Event] = None
-        self.member_timeout = timeouts.DEFAULT_MEMBER_TIMEOUT_S   # effective (mountver.adopt)
-        self.timeout_override: Optional[float] = None   # dsafs set --member-timeout M=S
-
-    @property
-    def name(self) -> str:
-        return self.member.path.rsplit("/", 1)[-1]
-
-    def release(self) -> None:
-        """One request of this slot's finished (pairs with `in_flight += 1`)."""
-        self.in_flight -= 1
-        if self.in_flight == 0 and self._idle is not None:
-            self._idle.set()
-
-    async def wait_idle(self) -> None:
-        while self.in_flight:
-            self._idle = trio.Event()
-            await self._idle.wait()
-        self._idle = None
-
-    def statistics(self) -> SlotStats:
-        return SlotStats(self.member.path, self.state.label, self.read_cost, self.reads,
-                         self.writes, self.read_bytes, self.written_bytes, self.read_errors,
-                         self.repairs)
-
-    def __repr__(self) -> str:
-        return f"<Slot {self.name} {self.state.label} cost {self.read_cost}, {self.in_flight} in flight>"
 
 
 @dataclasses.dataclass(frozen=True)

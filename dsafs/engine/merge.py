@@ -52,6 +52,7 @@ from dsafs.members import timeouts
 from dsafs.errors import AllMembersFailed, MemberIOError
 from dsafs.engine.fanout import flush_all
 from dsafs.engine.fence import RangeGate
+from dsafs.engine.leg import Busy
 from dsafs.engine.throttle import Throttle
 from dsafs.units import BLOCK_BYTES, CHUNK_BYTES, KiB, MiB, us_of
 from dsafs.rules import Rule
@@ -229,16 +230,11 @@ class Merge:
         nbytes = end - pos
         master = vu.merge_master()
         order = [master] + [s for s in vu.sources if s is not master]
-        for s in order:
-            s.in_flight += 1
         start = trio.current_time()
-        try:
+        with Busy(order):
             read = "start_bulk_read" if nbytes > BULK_BYTES else "start_read"
             pending = [(s, getattr(s.member, read)(pos, nbytes)) for s in order]
             results = await timeouts.wait_each(pending, "merge read", start)
-        finally:
-            for s in order:
-                s.release()
         errors = [v for _, v in results if isinstance(v, MemberIOError)]
         if len(errors) == len(results):      # no member answered: mount verification decides,
             raise AllMembersFailed(vu.name, "merge read", errors)   # nobody is expelled here
@@ -286,16 +282,10 @@ class Merge:
     async def _repair(self, pos: int, model: bytes, fixes: list) -> None:
         vu = self.vu
         view = memoryview(model)
-        pending = []
         start = trio.current_time()
-        for s, o, n in fixes:
-            s.in_flight += 1
-            pending.append((s, s.member.start_write(pos + o, view[o:o + n])))
-        try:
+        with Busy([s for s, _, _ in fixes]):
+            pending = [(s, s.member.start_write(pos + o, view[o:o + n])) for s, o, n in fixes]
             results = await timeouts.wait_each(pending, "merge repair", start)
-        finally:
-            for s, _ in pending:
-                s.release()
         failed = {}
         for (s, value), (_, o, n) in zip(results, fixes):
             if isinstance(value, MemberIOError):

@@ -25,7 +25,8 @@ import trio
 from dsafs.engine import copy as copy_module
 from dsafs.engine.copy import Copy
 from dsafs.engine.fence import RangeGate
-from dsafs.engine.membership import Membership, Slot
+from dsafs.engine.leg import Slot
+from dsafs.engine.membership import Membership
 from dsafs.engine.merge import Merge
 from dsafs.engine.throttle import Settings as MergeSettings, Throttle
 from dsafs.errors import DsafsError, InvalidArgument, MembershipRefused

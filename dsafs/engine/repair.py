@@ -21,8 +21,9 @@ from typing import Optional, Protocol
 import trio
 
 from dsafs.engine.fence import RangeGate
+from dsafs.engine.leg import Busy
 from dsafs.members import timeouts
-from dsafs.errors import AllMembersFailed, MemberIOError
+from dsafs.errors import AllMembersFailed, MemberFailed, MemberIOError
 from dsafs.rules import Rule
 from dsafs.units import BLOCK_BYTES
 
@@ -71,20 +72,18 @@ async def read_and_repair(vu: RepairingVu, bad, pos: int, nbytes: int, first_err
 
 
 async def _rewrite(vu, bad, pos: int, data: bytes) -> None:
-    bad.in_flight += 1
     try:
-        start = trio.current_time()
-        await timeouts.wait(bad, bad.member.start_write(pos, data), "write", start)
-        again = await timeouts.wait(bad, bad.member.start_read(pos, len(data)), "read", start)
-        if again != data:
-            raise MemberIOError(bad.member.path, "read", 5, "data differs after the repair")
+        with Busy((bad,)):
+            start = trio.current_time()
+            await timeouts.wait(bad, bad.member.start_write(pos, data), "write", start)
+            again = await timeouts.wait(bad, bad.member.start_read(pos, len(data)), "read", start)
+            if again != data:
+                raise MemberFailed(bad.member.path, "read", "data differs after the repair")
     except MemberIOError as exc:
-        bad.release()
         log.warning("%s: %s could not be repaired at LBN %d (%s); expelling it",
                     vu.name, bad.name, pos // BLOCK_BYTES, exc)
         await vu.expel(bad, f"repair failed: {exc}", rule=Rule.REPAIR_FAILED)
         return
-    bad.release()
     bad.repairs += 1
     log.info("%s: %s repaired at LBN %d (%d blocks) from another source",
              vu.name, bad.name, pos // BLOCK_BYTES, len(data) // BLOCK_BYTES)

@@ -38,9 +38,8 @@ from dsafs.engine.copy import Copy, CopyStats
 from dsafs.engine.fanout import flush_all, write_all
 from dsafs.engine.fence import RangeGate
 from dsafs.engine.history import History
-from dsafs.engine.membership import (
-    Confirm, Membership, Slot, SlotStats, confirmed, decide_or_close, first_history,
-)
+from dsafs.engine.leg import Busy, Slot, SlotStats
+from dsafs.engine.membership import Confirm, Membership, confirmed, decide_or_close, first_history
 from dsafs.engine.merge import Merge, MergeStats
 from dsafs.engine.mountver import MountVerification
 from dsafs.engine.operations import Operations
@@ -427,14 +426,12 @@ class VirtualUnit:
         return slots[i]
 
     async def read_from(self, slot: Slot, pos: int, nbytes: int) -> bytes:
-        slot.in_flight += 1
         try:
-            data = await timeouts.wait(slot, slot.member.start_read(pos, nbytes), "read")
+            with Busy((slot,)):
+                data = await timeouts.wait(slot, slot.member.start_read(pos, nbytes), "read")
         except MemberIOError:
             slot.read_errors += 1
             raise
-        finally:
-            slot.release()
         slot.reads += 1
         slot.read_bytes += nbytes
         return data
