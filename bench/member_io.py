@@ -24,10 +24,11 @@ import time
 import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dsafs.members import member as member_mod  # noqa: E402
-from dsafs.members.member import FileMember  # noqa: E402
+from dsafs.members import filemember  # noqa: E402
+from dsafs.members.filemember import FileMember  # noqa: E402
+from dsafs.units import MiB  # noqa: E402
 
-FILE_BYTES = 256 << 20
+FILE_BYTES = 256 * MiB
 IO_BYTES = 4096
 
 
@@ -62,7 +63,7 @@ async def main(seconds):
     with tempfile.TemporaryDirectory(prefix="dsafs-bench-") as tmp:
         path = os.path.join(tmp, "m.img")
         with open(path, "wb") as f:                      # real data, so the cache is warm
-            block = os.urandom(1 << 20)
+            block = os.urandom(MiB)
             for _ in range(FILE_BYTES >> 20):
                 f.write(block)
         fd = os.open(path, os.O_RDWR)
@@ -96,8 +97,8 @@ async def main(seconds):
               f"{'cpu us/req':>12}")
         for key, name, make_op, mode in variants:
             for ntasks in (1, 16):
-                m._nowait = mode != "workers"
-                member_mod.INLINE_YIELD_EVERY = 1 if mode == "yield1" else 16
+                m.nowait_reads = mode != "workers"
+                filemember.INLINE_YIELD_EVERY = 1 if mode == "yield1" else 16
                 if mode == "cold":
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 before = m.statistics()
@@ -111,8 +112,8 @@ async def main(seconds):
                 print(f"{key:3}{name:36}{ntasks:6}{ops / wall:10,.0f}"
                       f"{loop_cpu / ops * 1e6:13.1f}{cpu / ops * 1e6:12.1f}{note}")
         await m.flush()
-        member_mod.INLINE_YIELD_EVERY = 16
-        m._nowait = True
+        filemember.INLINE_YIELD_EVERY = 16
+        m.nowait_reads = True
         m.close()
         os.close(fd)
 

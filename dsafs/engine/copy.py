@@ -29,7 +29,8 @@ import trio
 from dsafs.errors import MemberIOError
 from dsafs.engine.fanout import flush_all
 from dsafs.ondisk.scb import MemberState
-from dsafs.members.timeouts import rule_for, wait, wait_each
+from dsafs.members.timeouts import rule_for
+from dsafs.members.waits import wait, wait_each
 from dsafs.units import BLOCK_BYTES, MiB
 from dsafs.rules import Rule
 

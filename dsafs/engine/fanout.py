@@ -12,7 +12,7 @@ from __future__ import annotations
 import trio
 
 from dsafs.errors import MemberIOError
-from dsafs.members.timeouts import wait_each
+from dsafs.members.waits import wait_each
 
 
 async def write_all(slots, pos: int, data) -> list:

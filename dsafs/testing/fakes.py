@@ -1,4 +1,4 @@
-"""Test support that ships with the package: a trio-native in-memory member and identity checks.
+"""Engine test support that ships with the package: trio-native fake members and identity checks.
 
 `MemMember` keeps its bytes in a bytearray and completes each request after `latency` seconds of
 trio time, so engine tests run under trio's MockClock (autojump) with exact virtual times. A
@@ -7,24 +7,32 @@ acknowledged after the latency. Faults are a scenario on the object: reads of an
 `bad_read_lbns` fail with EIO until that block is rewritten (dm-dust), writes touching an LBN in
 `bad_write_lbns` fail with EIO, `hang()` holds every request until `unhang()`.
 
-Invariant: MemMember honours the same contract as FileMember (see member.py): `start_*()` submits
-without blocking, `Pending.wait()` delivers the result or a MemberIOError naming the member.
+`hung_pipe_member` is a real FileMember whose writes the kernel cannot finish (a full pipe);
+`member_data` and `assert_members_identical` compare what members hold; `running` runs a VU in a
+nursery for a test. The real-mount harness (a live `dsafs serve`) is harness.py.
+
+Invariant: MemMember honours the Member contract (member.py) as FileMember does: `start_*()`
+submits without blocking, its Pending's `wait()` delivers the result or a MemberIOError naming
+the member.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from typing import Optional
 
 import trio
 
 from dsafs.errors import MemberIOError
+from dsafs.members.filemember import FileMember
 from dsafs.members.member import Member, MemberStats
-from dsafs.units import BLOCK_BYTES
+from dsafs.members.pending import Pending
+from dsafs.units import BLOCK_BYTES, KiB
 
 
-class _MemPending:
+class _MemPending(Pending):
     __slots__ = ("member", "deadline", "result", "error")
 
     def __init__(self, member, deadline, result=None, error=None):
@@ -116,6 +124,10 @@ class MemMember(Member):
     def close(self) -> None:
         self.closed = True
 
+    def reopen(self) -> None:
+        """Usable again after close() (a member removed and later added back)."""
+        self.closed = False
+
     def statistics(self) -> MemberStats:
         return MemberStats(in_flight=self._in_flight, inline_reads=0, worker_ops=0, **self._c)
 
@@ -147,13 +159,11 @@ def hung_pipe_member(path: str, size_bytes: int):
     """(read fd, FileMember) over the write end of a full pipe: the kernel cannot finish a write
     to it until someone reads the read end (a regular file cannot be made to hang on demand).
     `path` is only its name. The caller closes both."""
-    import os
-    from dsafs.members.member import FileMember
     r, w = os.pipe()
     os.set_blocking(w, False)
     try:
         while True:
-            os.write(w, b"\0" * 65536)
+            os.write(w, b"\0" * (64 * KiB))
     except BlockingIOError:
         pass
     os.set_blocking(w, True)
