@@ -10,7 +10,7 @@ concurrent tasks. For each variant it prints requests per second, loop-thread CP
   b1 FileMember.read, cached, a schedule point on every read (INLINE_YIELD_EVERY = 1)
   c  FileMember.read through workers  (inline path disabled)
   c2 FileMember.read, cold            (page cache dropped first: EAGAIN inline, then workers)
-  d  FileMember.write                 (workers)
+  d  FileMember.write                 (io_uring; the workers where there is no ring)
   e  trio.to_thread.run_sync(os.pread)
 """
 
@@ -88,7 +88,7 @@ async def main(seconds):
             ("b1", "  same, schedule point every read", lambda: member_read, "yield1"),
             ("c", "FileMember read via workers", lambda: member_read, "workers"),
             ("c2", "FileMember read, cold (EAGAIN)", lambda: member_read, "cold"),
-            ("d", "FileMember write (workers)", lambda: member_write, None),
+            ("d", "FileMember write (io_uring)", lambda: member_write, None),
             ("e", "trio.to_thread.run_sync(os.pread)", lambda: to_thread_pread, None),
         ]
         print(f"4 KiB random I/O, 256 MiB warm file, {seconds:g} s per cell, "
