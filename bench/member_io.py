@@ -10,7 +10,7 @@ concurrent tasks. For each variant it prints requests per second, loop-thread CP
   b1 FileMember.read, cached, a schedule point on every read (INLINE_YIELD_EVERY = 1)
   c  FileMember.read through workers  (inline path disabled)
   c2 FileMember.read, cold            (page cache dropped first: EAGAIN inline, then workers)
-  d  FileMember.write                 (workers)
+  d  FileMember.write                 (io_uring; the workers where there is no ring)
   e  trio.to_thread.run_sync(os.pread)
 """
 
@@ -24,10 +24,11 @@ import time
 import trio
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from dsafs.members import member as member_mod  # noqa: E402
-from dsafs.members.member import FileMember  # noqa: E402
+from dsafs.members import filemember  # noqa: E402
+from dsafs.members.filemember import FileMember  # noqa: E402
+from dsafs.units import MiB  # noqa: E402
 
-FILE_BYTES = 256 << 20
+FILE_BYTES = 256 * MiB
 IO_BYTES = 4096
 
 
@@ -62,7 +63,7 @@ async def main(seconds):
     with tempfile.TemporaryDirectory(prefix="dsafs-bench-") as tmp:
         path = os.path.join(tmp, "m.img")
         with open(path, "wb") as f:                      # real data, so the cache is warm
-            block = os.urandom(1 << 20)
+            block = os.urandom(MiB)
             for _ in range(FILE_BYTES >> 20):
                 f.write(block)
         fd = os.open(path, os.O_RDWR)
@@ -87,7 +88,7 @@ async def main(seconds):
             ("b1", "  same, schedule point every read", lambda: member_read, "yield1"),
             ("c", "FileMember read via workers", lambda: member_read, "workers"),
             ("c2", "FileMember read, cold (EAGAIN)", lambda: member_read, "cold"),
-            ("d", "FileMember write (workers)", lambda: member_write, None),
+            ("d", "FileMember write (io_uring)", lambda: member_write, None),
             ("e", "trio.to_thread.run_sync(os.pread)", lambda: to_thread_pread, None),
         ]
         print(f"4 KiB random I/O, 256 MiB warm file, {seconds:g} s per cell, "
@@ -96,8 +97,8 @@ async def main(seconds):
               f"{'cpu us/req':>12}")
         for key, name, make_op, mode in variants:
             for ntasks in (1, 16):
-                m._nowait = mode != "workers"
-                member_mod.INLINE_YIELD_EVERY = 1 if mode == "yield1" else 16
+                m.nowait_reads = mode != "workers"
+                filemember.INLINE_YIELD_EVERY = 1 if mode == "yield1" else 16
                 if mode == "cold":
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 before = m.statistics()
@@ -111,8 +112,8 @@ async def main(seconds):
                 print(f"{key:3}{name:36}{ntasks:6}{ops / wall:10,.0f}"
                       f"{loop_cpu / ops * 1e6:13.1f}{cpu / ops * 1e6:12.1f}{note}")
         await m.flush()
-        member_mod.INLINE_YIELD_EVERY = 16
-        m._nowait = True
+        filemember.INLINE_YIELD_EVERY = 16
+        m.nowait_reads = True
         m.close()
         os.close(fd)
 

@@ -23,7 +23,8 @@ import trio
 from dsafs import __version__
 from dsafs.service.control import Client, default_socket
 from dsafs.errors import DsafsError, InvalidArgument, MemberError, MountRefused, UsageError
-from dsafs.members.member import FileMember, create_file
+from dsafs.members.filemember import FileMember
+from dsafs.members.fileopen import create_file
 from dsafs.members.probe import file_holds_data
 from dsafs.ondisk.scb import MAGIC, SCB_AREA_BYTES, SLOT_BYTES, check_label, min_member_bytes
 from dsafs.units import MAX_MEMBERS, check_vu_size, format_size, parse_size, vu_name

@@ -13,7 +13,7 @@ import trio
 
 from dsafs.engine.leg import Busy
 from dsafs.errors import MemberIOError
-from dsafs.members.timeouts import wait_each
+from dsafs.members.waits import wait_each
 
 
 async def write_all(slots, pos: int, data) -> list:

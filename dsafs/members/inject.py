@@ -26,8 +26,8 @@ from typing import Optional
 import trio
 
 from dsafs.errors import InvalidArgument, MemberIOError
-from dsafs.members.member import Member, MemberStats
-from dsafs.members.pending import Ready
+from dsafs.members.member import Member, MemberWrapper
+from dsafs.members.pending import Pending, Ready
 from dsafs.units import BLOCK_BYTES
 
 MAX_DELAY_S = 600.0
@@ -103,7 +103,7 @@ def parse_flakey(text: str) -> tuple:
     return pair
 
 
-class _Held:
+class _Held(Pending):
     """A request issued to the wrapped member only after its delay and while not hung."""
 
     __slots__ = ("fm", "op", "issue", "not_before")
@@ -122,11 +122,11 @@ class _Held:
         return await self.issue().wait()
 
 
-class FaultyMember(Member):
+class FaultyMember(MemberWrapper):
+    """`inner` with the faults of `faults` (see the module docstring)."""
+
     def __init__(self, inner: Member, faults: Optional[Faults] = None):
-        self.inner = inner
-        self.path = inner.path
-        self.size_bytes = inner.size_bytes
+        super().__init__(inner)
         self.faults = faults or Faults()
         self._unhung = trio.Event()
         self._flakey_t0 = 0.0
@@ -191,19 +191,11 @@ class FaultyMember(Member):
             return self.inner.start_flush()
         return self._start("flush", flush)
 
-    def start_size_check(self):
-        return self.inner.start_size_check()    # a fault never hides a shrunk member
-
-    @property
-    def abandoned_running(self) -> int:
-        return getattr(self.inner, "abandoned_running", 0)
+    # start_size_check passes through: a fault never hides a shrunk member
 
     def close(self) -> None:
         self.set_hang(False)
         self.inner.close()
-
-    def statistics(self) -> MemberStats:
-        return self.inner.statistics()
 
     def __repr__(self) -> str:
         return f"<FaultyMember {self.path}: {', '.join(self.faults.describe()) or 'no faults'}>"

@@ -43,7 +43,7 @@ from typing import Iterable, Optional
 import trio
 
 from dsafs.errors import InvalidArgument, MemberError
-from dsafs.members.member import FileMember
+from dsafs.members.filemember import FileMember
 
 MAX_SYMLINKS = 40            # the kernel's limit (MAXSYMLINKS) before ELOOP
 _OCTAL = re.compile(r"\\([0-7]{3})")
@@ -191,8 +191,7 @@ OPEN_TIMEOUT_S = 20          # a member path that takes longer to check and open
 
 def identity(member) -> Optional[tuple]:
     """(st_dev, st_ino) of a FileMember, also under a fault-injection wrapper."""
-    return getattr(member, "identity", None) or getattr(getattr(member, "inner", None),
-                                                        "identity", None)
+    return member.identity          # a wrapper (FaultyMember) gives its inner member's
 
 
 async def open_checked(name: str, path: str, roots, devices, in_use: dict, readonly: bool,

@@ -2,10 +2,15 @@
 itself, and whether a sparse member's filesystem can hold the rest of it.
 
 `size_check_inline(fd)`: FileMember checks a member's size with lseek(fd, 0, SEEK_END) on the
-trio loop (member.py: once per io_uring batch before writes; watch.py: every pass) only where
+trio loop (filemember.py: once per io_uring batch before writes; watch.py: every pass) only where
 that call reads the in-memory size and never waits: a block device, or a file on a local
 filesystem (statfs f_type in _LOCAL_FS_MAGIC). On NFS, CIFS or FUSE it may revalidate with a
 round trip to a server, so there the member's worker thread asks instead.
+
+`size_error(path, fd, size_bytes, op)`: the check itself, one lseek(SEEK_END): MemberShrunk if
+the member is now smaller than it was opened, MemberIOError if its size cannot be had (the
+device went away), else None. Called on the loop where size_check_inline allows it, else by a
+worker thread (workers.py).
 
 `space_warning(...)`: pure; the one-line warning of `init` and `mount` for a sparse member
 whose filesystem has less free space than the member has yet to allocate (its writes would
@@ -21,6 +26,7 @@ import os
 import stat
 from typing import Optional
 
+from dsafs.errors import MemberIOError, MemberShrunk
 from dsafs.units import format_size
 from dsafs.rules import Rule
 
@@ -55,6 +61,18 @@ def size_check_inline(fd: int) -> bool:
     if _libc.fstatfs(fd, buf) != 0:
         return False
     return ctypes.c_long.from_buffer(buf).value in _LOCAL_FS_MAGIC
+
+
+def size_error(path: str, fd: int, size_bytes: int, op: str) -> Optional[MemberIOError]:
+    """MemberShrunk if the member at `fd` is now smaller than `size_bytes`, MemberIOError if its
+    size cannot be had (the device went away), else None. One lseek(SEEK_END)."""
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+    except OSError as exc:
+        return MemberIOError(path, op, exc.errno, f"{exc.strerror} (size check)")
+    if size < size_bytes:
+        return MemberShrunk(path, op, size, size_bytes)
+    return None
 
 
 def space_warning(path: str, size_bytes: int, allocated_bytes: int,

@@ -1,10 +1,25 @@
 """The contract of a submitted member request, shared by every kind of member.
 
-Invariant: `await p.wait()` returns the request's result or raises its MemberIOError, and is a
-cancel point; `p.finished()` gives the outcome without waiting only when the request is known
-to be done (None otherwise), for a caller that has already been through a schedule point
-(timeouts.wait_each). `Ready` is a request answered at submission: an inline read, or an error
-found up front.
+A member's `start_read/start_write/start_flush/start_size_check` returns a Pending at once; the
+caller waits on it later, usually through waits.py (which gives every wait a member timeout).
+What a Pending offers, with the defaults a subclass inherits:
+
+  `await wait()`                   the result, or raises the request's MemberIOError; a cancel
+                                   point (cancelling a write or flush leaves it UNKNOWN:
+                                   member.py). No default: every kind of request says how.
+  `await wait_until(deadline, a)`  wait(), but MemberTimeout(*a) once trio time reaches
+                                   `deadline`. Default: wait() in a CancelScope with that
+                                   deadline. A file request overrides it with the run's watchdog
+                                   (waits.Watchdog: no scope per request); `Ready` needs no timer.
+  `finished()`                     the outcome (an `outcome.Outcome` to unwrap once) when the
+                                   request is known to be done without waiting, else None, for a
+                                   caller that has already been through a schedule point
+                                   (waits.wait_each). Default: None (always wait).
+
+Invariant: `await p.wait()` (and `wait_until`) returns the request's result or raises its
+MemberIOError (MemberTimeout for a deadline passed) and is a cancel point; `finished()` never
+reports a request that is not done. `Ready` is a request answered at submission: an inline
+read, or an error found up front.
 """
 
 from __future__ import annotations
@@ -13,12 +28,22 @@ from typing import Optional
 
 import trio
 
+from dsafs.errors import MemberTimeout
+
 
 class Pending:
-    """A submitted request. `await wait()` returns its result or raises its MemberIOError."""
+    """A submitted request (see the module docstring for the contract and its defaults)."""
+
+    __slots__ = ()
 
     async def wait(self):
         raise NotImplementedError
+
+    async def wait_until(self, deadline: float, timeout_args: tuple):
+        """The result of wait(), or MemberTimeout(*timeout_args) once `deadline` passes."""
+        with trio.CancelScope(deadline=deadline):
+            return await self.wait()
+        raise MemberTimeout(*timeout_args)
 
     def finished(self):
         """The outcome (to unwrap once, instead of waiting) if known without a wait, else None."""
@@ -43,4 +68,4 @@ class Ready(Pending):
         return self.value
 
     async def wait_until(self, deadline: float, timeout_args: tuple):
-        return await self.wait()      # answered already: no timer (timeouts.py)
+        return await self.wait()      # answered already: no timer

@@ -19,14 +19,18 @@ One ring per trio run (`ring_for_run`), shared by every FileMember of the run, c
 use. Submissions are queued and entered once per scheduler pass, by a trio Instrument just
 before the run waits for I/O (16 tasks writing to two files: 11 operations per io_uring_enter,
 +17 % writes/s; under FUSE about one request arrives per pass, so there it is neutral).
-DSAFS_URING_BATCH=0 enters at each wait() instead. A hung member's write occupies one io-wq worker (the kernel serialises buffered writes to one
-file and runs other files' on other workers), never the loop. A member file can be closed while
+DSAFS_URING_BATCH=0 enters at each wait() instead. A hung member's write occupies one io-wq
+worker (the kernel serialises buffered writes to one file and runs other files' on other
+workers), never the loop. A member file can be closed while
 its requests are in flight: each request holds its own reference to the file from submission.
 
 Used only on x86-64 (its memory model makes plain loads and stores of the ring indices enough; on
-other CPUs they would need barriers that Python cannot issue) and when io_uring_setup works
-(kernel.io_uring_disabled, seccomp and old kernels refuse it); otherwise members keep their
-worker threads. DSAFS_URING=0 in the environment turns it off (for comparisons and tests).
+other CPUs they would need barriers that Python cannot issue), under an interpreter whose bytes
+objects have CPython's layout (`address`, checked at import), and when io_uring_setup works
+(kernel.io_uring_disabled, seccomp and old kernels refuse it); otherwise `unavailable()` says
+why and members keep their worker threads: importing this module never fails for it.
+DSAFS_URING=0 in the environment turns it off (for comparisons and tests). `statistics()` of a
+Ring counts its operations; `orphans()` lists the requests whose buffers a closed ring keeps.
 
 The ABI used (include/uapi/linux/io_uring.h, all little-endian):
   io_uring_params (120 bytes): sq_entries u32, cq_entries u32, flags u32, sq_thread_cpu u32,
@@ -43,6 +47,7 @@ The ABI used (include/uapi/linux/io_uring.h, all little-endian):
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import logging
 import mmap
@@ -114,13 +119,29 @@ def address(data: bytes) -> int:
     return id(data) + _BYTES_DATA
 
 
-def _check_address() -> None:
+def _layout_problem() -> str | None:
+    """Why `address` cannot be trusted in this interpreter (None if it can): checked once, at
+    import, against ctypes. A wrong address would hand the kernel the wrong memory, so io_uring
+    is then unavailable (`unavailable()`) and members use their worker threads."""
     probe = b"dsafs-probe"
     if address(probe) != ctypes.cast(ctypes.c_char_p(probe), ctypes.c_void_p).value:
-        raise ImportError("dsafs.uring: unexpected bytes layout (not CPython?)")
+        return "unexpected bytes layout (not CPython?)"
+    return None
 
 
-_check_address()
+_LAYOUT_PROBLEM = _layout_problem()
+
+
+@dataclasses.dataclass(frozen=True)
+class RingStats:
+    """A Ring's counters since it was set up."""
+
+    submitted: int        # operations queued (one per write piece, flush, resubmitted rest)
+    completed: int        # completions delivered to their requests
+    enters: int           # flushes that entered the kernel (io_uring_enter with submissions)
+    queued: int           # operations queued and not yet entered
+    in_flight: int        # operations entered or queued whose completion has not come
+    closed: bool          # the ring is closed (its run ended)
 
 
 class Ring:
@@ -186,6 +207,22 @@ class Ring:
         self._unsubmitted = 0
         self._reaping = False             # reap() is running: a submit from a completion
         self.closed = False               # must not reap again (reap keeps the head locally)
+
+    # ---- observation ------------------------------------------------------------------
+
+    @property
+    def queued(self) -> int:
+        """Operations queued and not yet entered into the kernel (flush() enters them)."""
+        return self._unsubmitted
+
+    def statistics(self) -> RingStats:
+        return RingStats(self.submitted, self.completed, self.enters, self._unsubmitted,
+                         len(self._requests), self.closed)
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd {self.fd}"
+        return (f"<Ring {state}: {self.submitted} submitted, {self.completed} completed, "
+                f"{len(self._requests)} in flight>")
 
     # ---- submission (loop thread) ------------------------------------------------------
 
@@ -349,7 +386,7 @@ class _FlushBeforeIoWait(trio.abc.Instrument):
 
     def before_io_wait(self, timeout: float) -> None:
         ring = self.ring
-        if ring._unsubmitted and not ring.closed:
+        if ring.queued and not ring.closed:
             try:
                 ring.flush()
             except OSError as exc:    # the requests stay queued; the next flush retries them
@@ -369,7 +406,15 @@ def unavailable() -> str | None:
         return "Python without os.eventfd (older than 3.10)"
     if platform.machine() not in ("x86_64", "AMD64"):
         return f"not on x86-64 ({platform.machine()})"
+    if _LAYOUT_PROBLEM is not None:
+        return _LAYOUT_PROBLEM
     return _disabled_reason
+
+
+def orphans() -> tuple:
+    """The requests (or write pieces) still in flight when their ring closed, whose buffers
+    are kept for ever because the kernel may still read them."""
+    return tuple(_orphans)
 
 
 def ring_for_run() -> Ring | None:

@@ -37,7 +37,9 @@ from typing import Optional
 import xxhash
 
 from dsafs.errors import MemberIOError
-from dsafs.members.member import Member, MemberStats
+from dsafs.members.member import Member, MemberWrapper
+from dsafs.members.pending import Pending
+from dsafs.testing.fakes import MemMember
 from dsafs.units import BLOCK_BYTES
 
 
@@ -84,7 +86,7 @@ class FlushRecord:
     failed: bool = False
 
 
-class _RecordedPending:
+class _RecordedPending(Pending):
     __slots__ = ("inner", "record", "journal")
 
     def __init__(self, inner, record, journal):
@@ -101,7 +103,7 @@ class _RecordedPending:
         return result
 
 
-class RecordingMember(Member):
+class RecordingMember(MemberWrapper):
     """A member that logs every write and flush into `journal` (see the module docstring).
 
     `base` is a copy of the member's bytes when recording began (taken from a MemMember's
@@ -109,21 +111,15 @@ class RecordingMember(Member):
     removed and later added back."""
 
     def __init__(self, inner: Member, journal: Journal, base: Optional[bytes] = None):
-        self.inner = inner
+        super().__init__(inner)
         self.journal = journal
-        self.path = inner.path
-        self.size_bytes = inner.size_bytes
         if base is None:
-            data = getattr(inner, "data", None)
-            if data is None:
+            if not isinstance(inner, MemMember):
                 raise ValueError(f"{inner.path}: give the base image of a non-memory member")
-            base = bytes(data)
+            base = bytes(inner.data)
         self.base = base
         self.writes: list[WriteRecord] = []
         self.flushes: list[FlushRecord] = []
-
-    def start_read(self, pos: int, nbytes: int):
-        return self.inner.start_read(pos, nbytes)
 
     def start_write(self, pos: int, data):
         data = bytes(data)
@@ -136,16 +132,10 @@ class RecordingMember(Member):
         self.flushes.append(record)
         return _RecordedPending(self.inner.start_flush(), record, self.journal)
 
-    def close(self) -> None:
-        self.inner.close()
-
     def reopen(self) -> "RecordingMember":
-        if hasattr(self.inner, "closed"):
-            self.inner.closed = False
+        if isinstance(self.inner, MemMember):
+            self.inner.reopen()
         return self
-
-    def statistics(self) -> MemberStats:
-        return self.inner.statistics()
 
     def __repr__(self) -> str:
         return f"<RecordingMember {self.path}: {len(self.writes)} writes, {len(self.flushes)} flushes>"

@@ -15,7 +15,7 @@ import pytest
 
 from dsafs.service import control
 from dsafs.service.control import Client
-from dsafs.testing.fakes import mounted
+from dsafs.testing.harness import mounted
 from dsafs.units import MiB
 from tests.cli import control_support
 from tests.mount.support import digest, needs_fuse

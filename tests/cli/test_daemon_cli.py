@@ -17,7 +17,7 @@ import xxhash
 
 from dsafs.service.control import Client
 from dsafs.ondisk.scb import SLOT_BYTES, choose_slot, encode, min_member_bytes
-from dsafs.testing.fakes import dsafs_executable, mounted
+from dsafs.testing.harness import dsafs_executable, mounted
 from dsafs.units import MiB
 from tests.mount.support import one_line_error
 

@@ -45,7 +45,7 @@ from typing import Optional
 from dsafs.service.control import Client
 from dsafs.errors import DsafsError
 from dsafs.testing.record import Journal
-from dsafs.testing.fakes import dsafs_executable, is_mounted, start_serve
+from dsafs.testing.harness import dsafs_executable, is_mounted, start_serve
 from dsafs.units import MiB
 from tests.crash.oracle import AppFlush, Oracle, block_id, pattern as _pattern
 

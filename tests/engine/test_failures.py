@@ -15,7 +15,8 @@ from dsafs.errors import (
     InvalidArgument, MembershipRefused, MemberTimeout, Unsupported, VolumeInvalid,
 )
 from dsafs.events import EventLog
-from dsafs.members.member import FileMember, create_file
+from dsafs.members.filemember import FileMember
+from dsafs.members.fileopen import create_file
 from dsafs.engine.settings import SetPlan
 from dsafs.ondisk.scb import MemberState, choose_slot, min_member_bytes
 from dsafs.testing.fakes import MemMember, assert_members_identical, running

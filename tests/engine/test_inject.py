@@ -10,7 +10,7 @@ from dsafs.errors import InvalidArgument, MemberIOError
 from dsafs.members.inject import FaultyMember, parse_flakey, parse_lbn_range
 from dsafs.ondisk.scb import MemberState, min_member_bytes
 from dsafs.testing.fakes import MemMember, running
-from dsafs.units import MiB
+from dsafs.units import BLOCK_BYTES, MiB
 from dsafs.engine.setmeta import init_set
 from dsafs.engine.vu import VirtualUnit
 
@@ -32,19 +32,19 @@ async def test_bad_read_blocks_fail_until_rewritten(autojump_clock):
     inner, fm = faulty()
     fm.faults.bad_read.update(range(10, 20))
     with pytest.raises(MemberIOError, match=r"^member /m/a.img: read failed \(injected: bad block"):
-        await fm.read(19 * 512, 512)
-    assert await fm.read(20 * 512, 512) == bytes(512)          # outside the range: fine
+        await fm.read(19 * BLOCK_BYTES, 512)
+    assert await fm.read(20 * BLOCK_BYTES, 512) == bytes(512)          # outside the range: fine
     assert inner.statistics().reads == 1                         # the failed read never got through
-    await fm.write(12 * 512, b"x" * 1024)                        # rewrites LBN 12-13
+    await fm.write(12 * BLOCK_BYTES, b"x" * 1024)                        # rewrites LBN 12-13
     assert fm.faults.bad_read == set(range(10, 12)) | set(range(14, 20))
-    assert await fm.read(12 * 512, 1024) == b"x" * 1024
+    assert await fm.read(12 * BLOCK_BYTES, 1024) == b"x" * 1024
 
 
 async def test_bad_write_blocks_fail_and_change_nothing(autojump_clock):
     inner, fm = faulty()
     fm.faults.bad_write.add(3)
     with pytest.raises(MemberIOError) as info:
-        await fm.write(2 * 512, b"y" * 1024)
+        await fm.write(2 * BLOCK_BYTES, b"y" * 1024)
     assert info.value.errno == errno.EIO and bytes(inner.data[1024:2048]) == bytes(1024)
 
 
@@ -92,8 +92,8 @@ async def test_vanish_and_flakey(autojump_clock):
 ])
 def test_range_parsing_refuses_bad_input(text, msg):
     with pytest.raises(InvalidArgument, match=msg):
-        parse_lbn_range(text, SIZE // 512, "--eio-read")
-    assert parse_lbn_range("0-2047", SIZE // 512, "x") == range(0, 2048)
+        parse_lbn_range(text, SIZE // BLOCK_BYTES, "--eio-read")
+    assert parse_lbn_range("0-2047", SIZE // BLOCK_BYTES, "x") == range(0, 2048)
 
 
 @pytest.mark.parametrize("text", ["5", "0,1", "x,y", "-1,2"])
@@ -116,6 +116,6 @@ async def test_vu_repairs_an_injected_read_error_and_expels_on_injected_write_er
         assert await vu.read(0, 4096) == b"z" * 4096      # repaired from b, rewritten on a
         assert (slot.repairs, slot.member.faults.bad_read) == (1, set())
         slot.member.faults.bad_write.add(50)
-        await vu.write(50 * 512, b"w" * 512)
+        await vu.write(50 * BLOCK_BYTES, b"w" * 512)
         assert slot.state is MemberState.EXPELLED
-        assert await vu.read(50 * 512, 512) == b"w" * 512
+        assert await vu.read(50 * BLOCK_BYTES, 512) == b"w" * 512

@@ -14,11 +14,11 @@ import pytest
 import trio
 import trio.testing
 
-from dsafs.members import member as member_mod
 from dsafs.errors import InvalidArgument, MemberError, MemberInUse, MemberIOError
-from dsafs.members.member import FileMember, MemberStats, create_file
-
-MiB = 1 << 20
+from dsafs.members.filemember import FileMember
+from dsafs.members.fileopen import create_file
+from dsafs.members.member import MemberStats
+from dsafs.units import BLOCK_BYTES, KiB, MiB
 
 
 @pytest.fixture
@@ -145,7 +145,7 @@ async def test_cached_reads_go_inline_and_evicted_ones_to_workers(opened):
     await m.flush()                                  # clean pages can be dropped
     # A miss may still be served inline if the readahead it starts completes within the call,
     # so allow a few rounds; each round drops the whole file from the cache again.
-    positions = list(range(0, MiB, 64 * 1024))       # 16 pages, far apart
+    positions = list(range(0, MiB, 64 * KiB))       # 16 pages, far apart
     for _ in range(5):
         fd = os.open(m.path, os.O_RDONLY)
         try:
@@ -165,7 +165,7 @@ async def test_cached_reads_go_inline_and_evicted_ones_to_workers(opened):
 
 async def test_reads_forced_through_workers(opened):
     m, shadow = opened
-    m._nowait = False
+    m.nowait_reads = False
     assert await m.read(100, 10000) == bytes(shadow[100:10100])
     st = m.statistics()
     assert (st.inline_reads, st.worker_ops) == (0, 1)
@@ -177,11 +177,11 @@ async def test_eopnotsupp_turns_inline_reads_off(opened, monkeypatch):
     def no_nowait(*args):
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
-    monkeypatch.setattr(member_mod.os, "preadv", no_nowait)
+    monkeypatch.setattr(os, "preadv", no_nowait)
     assert await m.read(0, 4096) == bytes(shadow[:4096])
     assert await m.read(4096, 4096) == bytes(shadow[4096:8192])
     st = m.statistics()
-    assert (m._nowait, st.inline_reads, st.worker_ops, st.errors) == (False, 0, 2, 0)
+    assert (m.nowait_reads, st.inline_reads, st.worker_ops, st.errors) == (False, 0, 2, 0)
 
 
 async def test_misses_back_off_inline_attempts_and_a_hit_resets(opened, monkeypatch):
@@ -193,11 +193,11 @@ async def test_misses_back_off_inline_attempts_and_a_hit_resets(opened, monkeypa
         attempts.append(pos // 4096)
         raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
 
-    monkeypatch.setattr(member_mod.os, "preadv", miss)
+    monkeypatch.setattr(os, "preadv", miss)
     for i in range(20):
         assert await m.read(i * 4096, 4096) == bytes(shadow[i * 4096:(i + 1) * 4096])
     assert attempts == [0, 2, 5, 10, 19]             # then skip 1, 2, 4, 8, 16 reads
-    monkeypatch.setattr(member_mod.os, "preadv", real_preadv)
+    monkeypatch.setattr(os, "preadv", real_preadv)
     for i in range(20, 36):                          # the 16 skipped reads
         await m.read(i * 4096, 4096)
     assert m.statistics().inline_reads == 0
@@ -218,7 +218,7 @@ async def test_write_cancelled_before_a_worker_takes_it_never_runs(tmp_path):
             entered.set()
             release.wait()
 
-    m._pre_op = hold_first
+    m.pre_op = hold_first
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(m.write, 0, b"first")
@@ -349,7 +349,7 @@ async def test_hung_request_is_cancellable_and_wedges_nothing(tmp_path):
         entered.set()
         release.wait()
 
-    hung._pre_op = hang
+    hung.pre_op = hang
     try:
         t0 = trio.current_time()
         with trio.move_on_after(0.2) as scope:
@@ -375,7 +375,7 @@ async def test_hung_request_is_cancellable_and_wedges_nothing(tmp_path):
         assert time.monotonic() - t0 < 0.5          # close() does not wait for the hung thread
         again = FileMember.open(paths[0])            # and the flock is already released
         again.close()
-        assert hung._fd >= 0                         # the fd stays open for the busy thread
+        assert hung.fd_open                            # the fd stays open for the busy thread
     finally:
         busy = worker_threads(hung)
         release.set()
@@ -384,7 +384,7 @@ async def test_hung_request_is_cancellable_and_wedges_nothing(tmp_path):
     for t in busy:
         t.join(timeout=10)
         assert not t.is_alive()
-    assert hung._fd == -1                            # the last busy worker closed it
+    assert not hung.fd_open                           # the last busy worker closed it
 
 
 # ---- create_file -------------------------------------------------------------------------
@@ -394,7 +394,7 @@ def test_create_file_is_sparse_and_exact(tmp_path):
     create_file(path, 64 * MiB)
     st = os.stat(path)
     assert st.st_size == 64 * MiB
-    assert st.st_blocks * 512 < MiB
+    assert st.st_blocks * BLOCK_BYTES < MiB
     with pytest.raises(MemberError, match=rf"^member {re.escape(path)} already exists; "):
         create_file(path, MiB)
     with pytest.raises(InvalidArgument):
@@ -412,3 +412,45 @@ async def test_bulk_reads_always_go_to_a_worker(opened):
     after = m.statistics()
     assert after.inline_reads == before.inline_reads
     assert after.worker_ops == before.worker_ops + 1 and after.reads == before.reads + 1
+
+
+# ---- the contract every kind of member keeps ---------------------------------------------
+
+async def test_every_member_kind_is_a_member_and_every_request_a_pending(opened):
+    """FileMember, the fakes and the wrappers subclass Member and Pending, so the engine can
+    use every declared name with its default (no getattr)."""
+    from dsafs.members.inject import FaultyMember
+    from dsafs.members.member import Member
+    from dsafs.members.pending import Pending
+    from dsafs.testing.fakes import MemMember
+    from dsafs.testing.record import Journal, RecordingMember
+
+    file_member, _ = opened
+    mem = MemMember(MiB, "mem:a")
+    kinds = [file_member, mem, FaultyMember(mem), RecordingMember(MemMember(MiB, "mem:b"),
+                                                                  Journal())]
+    for m in kinds:
+        assert isinstance(m, Member), m
+        requests = [m.start_read(0, 512), m.start_write(0, b"c" * 512), m.start_flush(),
+                    m.start_size_check(), m.start_bulk_read(0, 512)]
+        assert all(isinstance(p, Pending) for p in requests), (m, requests)
+        for p in requests:
+            await p.wait_until(trio.current_time() + 5, (m.path, "x", 5))
+        assert m.abandoned_running == 0 and m.space_warning() is None
+    assert mem.identity is None and file_member.identity == (
+        os.stat(file_member.path).st_dev, os.stat(file_member.path).st_ino)
+    assert FaultyMember(file_member).identity == file_member.identity   # a wrapper forwards
+
+
+async def test_a_wrapper_reports_its_inner_members_abandoned_requests(tmp_path):
+    from dsafs.members.inject import FaultyMember
+    from dsafs.testing.fakes import hung_pipe_member
+    r, hung = hung_pipe_member(str(tmp_path / "pipe"), MiB)
+    wrapped = FaultyMember(hung)
+    try:
+        with trio.move_on_after(0.2):
+            await wrapped.write(0, b"x" * 4096)
+        assert hung.abandoned_running == wrapped.abandoned_running == 1
+    finally:
+        hung.close()
+        os.close(r)

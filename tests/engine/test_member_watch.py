@@ -13,7 +13,8 @@ import subprocess
 import pytest
 import trio
 
-from dsafs.members.member import FileMember, create_file
+from dsafs.members.filemember import FileMember
+from dsafs.members.fileopen import create_file
 from dsafs.ondisk.scb import SLOT_BYTES, min_member_bytes
 from dsafs.engine.setmeta import init_set
 from dsafs.testing.fakes import assert_members_identical, running

@@ -8,7 +8,8 @@ import time
 import trio
 
 from dsafs.engine import copy as copymod
-from dsafs.members.member import FileMember, create_file
+from dsafs.members.filemember import FileMember
+from dsafs.members.fileopen import create_file
 from dsafs.ondisk.scb import MemberState, min_member_bytes
 from dsafs.testing.fakes import assert_members_identical, running
 from dsafs.units import MiB

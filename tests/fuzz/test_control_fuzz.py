@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 from dsafs.service import requests
 from dsafs.service.control import Client
 from dsafs.errors import DsafsError
-from dsafs.testing.fakes import mounted
+from dsafs.testing.harness import mounted
 from dsafs.units import MiB
 from tests.cli import control_support
 from tests.mount.support import digest, needs_fuse

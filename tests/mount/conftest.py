@@ -1,11 +1,11 @@
-"""Fixtures for the real-mount tier: a live `dsafs serve` per test (dsafs.testing.mounted)."""
+"""Fixtures for the real-mount tier: a live `dsafs serve` per test (dsafs.testing.harness.mounted)."""
 
 import glob
 import os
 
 import pytest
 
-from dsafs.testing.fakes import mounted
+from dsafs.testing.harness import mounted
 
 SHUTDOWN_MARK = "dismounting every VU"      # the daemon's log line on SIGTERM
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dsafs.testing.fakes import mounted
+from dsafs.testing.harness import mounted
 from dsafs.units import MiB
 
 from .support import (assert_members_identical, fio_args, needs, needs_fuse, run_fio, scb, show,

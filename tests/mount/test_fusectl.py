@@ -7,7 +7,7 @@ import time
 import pytest
 
 from dsafs.service import fusectl
-from dsafs.testing.fakes import mounted
+from dsafs.testing.harness import mounted
 
 from .support import needs_fuse
 

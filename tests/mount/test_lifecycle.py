@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dsafs.testing.fakes import is_mounted, mounted, start_serve
+from dsafs.testing.harness import is_mounted, mounted, start_serve
 from dsafs.units import MiB
 
 from .conftest import SHUTDOWN_MARK

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from dsafs.testing.fakes import mounted
+from dsafs.testing.harness import mounted
 from dsafs.units import MiB
 
 from .support import needs, needs_fuse, scb, wait_until

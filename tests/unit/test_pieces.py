@@ -1,10 +1,11 @@
-"""write_pieces: a member write cut at every multiple of the piece size (dsafs/members/member.py)."""
+"""write_pieces: a member write cut at every multiple of the piece size (dsafs/members/pieces.py)."""
 
 import pytest
 
-from dsafs.members.member import write_pieces
+from dsafs.members.pieces import write_pieces
+from dsafs.units import KiB
 
-K = 1024
+K = KiB
 
 
 @pytest.mark.parametrize("pos, nbytes, piece, expect", [
