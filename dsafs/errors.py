@@ -117,7 +117,7 @@ class AllMembersFailed(DsafsError):
 
 
 class MemberTimeout(MemberIOError):
-    """A member did not answer one request within its member timeout (timeouts.py). The request
+    """A member did not answer one request within its member timeout (waits.py). The request
     was abandoned: for a write or flush the member's contents are unknown, so it is expelled."""
 
     def __init__(self, member: str, op: str, timeout_s: float):

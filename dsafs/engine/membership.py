@@ -48,7 +48,7 @@ from dsafs.engine.setmeta import load_candidate
 from dsafs.errors import (
     AllMembersFailed, MemberFailed, MemberIOError, MembershipRefused, MountRefused,
 )
-from dsafs.members import timeouts
+from dsafs.members import timeouts, waits
 from dsafs.ondisk.scb import (
     FEATURE_EXTMEMB, BranchReason, Lineage, MemberEntry, MemberState, Scb, ScbStore,
     next_generation,
@@ -213,7 +213,7 @@ class Membership:
         failed = []
         for slot in slots:
             try:
-                scb = await timeouts.call(slot, "SCB write", slot.store.write, self.scb_for(slot))
+                scb = await waits.call(slot, "SCB write", slot.store.write, self.scb_for(slot))
             except MemberIOError as exc:
                 failed.append((slot, exc))
             else:
@@ -356,8 +356,8 @@ class Membership:
                 self.host.event("removed", member=slot.member.path, rule=Rule.OPERATOR)
                 await self.commit()
             try:
-                await timeouts.call(slot, "flush", slot.member.flush)
-                await timeouts.call(slot, "SCB write", slot.store.write, self.scb_for(slot))
+                await waits.call(slot, "flush", slot.member.flush)
+                await waits.call(slot, "SCB write", slot.store.write, self.scb_for(slot))
             except MemberIOError as exc:
                 log.warning("%s: %s left the set but its SCB could not be marked: %s",
                             name, slot.name, exc)

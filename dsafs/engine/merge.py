@@ -48,7 +48,7 @@ from typing import Optional, Protocol, Sequence
 import trio
 import xxhash
 
-from dsafs.members import timeouts
+from dsafs.members import timeouts, waits
 from dsafs.errors import AllMembersFailed, MemberIOError
 from dsafs.engine.fanout import flush_all
 from dsafs.engine.fence import RangeGate
@@ -232,9 +232,10 @@ class Merge:
         order = [master] + [s for s in vu.sources if s is not master]
         start = trio.current_time()
         with Busy(order):
-            read = "start_bulk_read" if nbytes > BULK_BYTES else "start_read"
-            pending = [(s, getattr(s.member, read)(pos, nbytes)) for s in order]
-            results = await timeouts.wait_each(pending, "merge read", start)
+            bulk = nbytes > BULK_BYTES
+            pending = [(s, s.member.start_bulk_read(pos, nbytes) if bulk
+                        else s.member.start_read(pos, nbytes)) for s in order]
+            results = await waits.wait_each(pending, "merge read", start)
         errors = [v for _, v in results if isinstance(v, MemberIOError)]
         if len(errors) == len(results):      # no member answered: mount verification decides,
             raise AllMembersFailed(vu.name, "merge read", errors)   # nobody is expelled here
@@ -285,7 +286,7 @@ class Merge:
         start = trio.current_time()
         with Busy([s for s, _, _ in fixes]):
             pending = [(s, s.member.start_write(pos + o, view[o:o + n])) for s, o, n in fixes]
-            results = await timeouts.wait_each(pending, "merge repair", start)
+            results = await waits.wait_each(pending, "merge repair", start)
         failed = {}
         for (s, value), (_, o, n) in zip(results, fixes):
             if isinstance(value, MemberIOError):

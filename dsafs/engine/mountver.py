@@ -3,7 +3,7 @@
 Rules (spec §18, §19, §31 items 32-33; VMS MVTIMEOUT, /FORCE_REMOVAL, /ABORT_VIRTUAL_UNIT,
 /STALL=WRITES):
   1. A member that does not answer within its member timeout is expelled while another source
-     answers (timeouts.py, VirtualUnit.expel). When *no* current source completes an I/O
+     answers (waits.py, VirtualUnit.expel). When *no* current source completes an I/O
      (AllMembersFailed: every member hung, vanished or failing), nothing is changed: the VU
      enters mount verification (state `mount-verify`, event mv-start) and the I/O is held.
   2. A held I/O is retried every RETRY_S seconds (at once when another one succeeded). Before a
@@ -35,7 +35,7 @@ import trio
 
 from dsafs.engine.stall import WriteStall
 from dsafs.errors import AllMembersFailed, MemberIOError, MembershipRefused, VolumeInvalid
-from dsafs.members import timeouts
+from dsafs.members import timeouts, waits
 from dsafs.ondisk.scb import MemberState
 from dsafs.rules import Rule
 from dsafs.units import BLOCK_BYTES
@@ -187,7 +187,7 @@ class MountVerification:
         if self.state == MOUNT_VERIFY:
             with trio.move_on_after(RETRY_S):
                 await self._resumed.wait()
-        while not any(getattr(s.member, "abandoned_running", 0) == 0 for s in self.vu.current):
+        while not any(s.member.abandoned_running == 0 for s in self.vu.current):
             await trio.sleep(RETRY_S)
 
     # ------------------------------------------------------------------ state changes
@@ -251,7 +251,7 @@ class MountVerification:
     async def _probe(self) -> None:
         for s in list(self.vu.sources):
             try:
-                await timeouts.wait(s, s.member.start_read(0, BLOCK_BYTES), "read")
+                await waits.wait(s, s.member.start_read(0, BLOCK_BYTES), "read")
                 if self.vu.commit_owed:
                     await self.vu.commit()
             except (MemberIOError, AllMembersFailed):

@@ -5,7 +5,7 @@ back by the write gate, read the range from another source; write it to the fail
 re-read it there and compare; count a repair on that member. If the rewrite or the re-read
 fails, or the data still differs, the member is expelled. The caller gets the good data.
 A member whose read timed out or that vanished (ENODEV) is not rewritten but expelled at once:
-waiting on it again would hold the caller past its member timeout (timeouts.py). On a read-only
+waiting on it again would hold the caller past its member timeout (waits.py). On a read-only
 VU (--nowrite) nothing is rewritten: the failing member is only taken out of use (vu.expel writes
 no SCB there).
 
@@ -22,7 +22,7 @@ import trio
 
 from dsafs.engine.fence import RangeGate
 from dsafs.engine.leg import Busy
-from dsafs.members import timeouts
+from dsafs.members import timeouts, waits
 from dsafs.errors import AllMembersFailed, MemberFailed, MemberIOError
 from dsafs.rules import Rule
 from dsafs.units import BLOCK_BYTES
@@ -75,8 +75,8 @@ async def _rewrite(vu, bad, pos: int, data: bytes) -> None:
     try:
         with Busy((bad,)):
             start = trio.current_time()
-            await timeouts.wait(bad, bad.member.start_write(pos, data), "write", start)
-            again = await timeouts.wait(bad, bad.member.start_read(pos, len(data)), "read", start)
+            await waits.wait(bad, bad.member.start_write(pos, data), "write", start)
+            again = await waits.wait(bad, bad.member.start_read(pos, len(data)), "read", start)
             if again != data:
                 raise MemberFailed(bad.member.path, "read", "data differs after the repair")
     except MemberIOError as exc:

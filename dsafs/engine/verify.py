@@ -15,7 +15,7 @@ import dataclasses
 from typing import Protocol
 
 from dsafs.engine.fence import RangeGate
-from dsafs.members import timeouts
+from dsafs.members import waits
 from dsafs.errors import MemberIOError, VuError
 from dsafs.units import BLOCK_BYTES, CHUNK_BYTES, MiB
 
@@ -52,7 +52,7 @@ async def _read_all(slots, pos, nbytes, report):
     datas = []
     for s in slots:
         try:
-            datas.append(await timeouts.wait(s, s.member.start_read(pos, nbytes), "read"))
+            datas.append(await waits.wait(s, s.member.start_read(pos, nbytes), "read"))
         except MemberIOError as exc:
             report.read_errors.append(str(exc))
             datas.append(None)

@@ -51,7 +51,7 @@ from dsafs.errors import (
     AllMembersFailed, IoRangeError, MemberIOError, MountRefused, ReadOnlyVu, VuClosing, VuError,
 )
 from dsafs.events import EventLog
-from dsafs.members import timeouts
+from dsafs.members import timeouts, waits
 from dsafs.ondisk.scb import BranchReason, MemberState, Scb, describe_generation
 from dsafs.rules import Rule
 
@@ -428,7 +428,7 @@ class VirtualUnit:
     async def read_from(self, slot: Slot, pos: int, nbytes: int) -> bytes:
         try:
             with Busy((slot,)):
-                data = await timeouts.wait(slot, slot.member.start_read(pos, nbytes), "read")
+                data = await waits.wait(slot, slot.member.start_read(pos, nbytes), "read")
         except MemberIOError:
             slot.read_errors += 1
             raise

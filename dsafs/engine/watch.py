@@ -4,7 +4,7 @@ no request of its own would tell it: a member that shrank and a damaged SCB slot
 Why both: a member truncated behind dsafs' back (or a block device that shrank or went away)
 reads as zeros past its new end once any write re-extends it, and a slot damaged while mounted
 was overwritten silently at the next SCB write. The I/O paths catch a shrink first where they
-can (member.py): a read that meets the end of file inside the member, and a size check before
+can (filemember.py): a read that meets the end of file inside the member, and a size check before
 the first write of each io_uring submission batch (one lseek per batch, not per request). This
 task covers an idle VU, a member whose size the loop cannot ask itself (a network or FUSE
 filesystem: its check runs on the member's worker), and the SCB slots, which only SCB writes
@@ -21,7 +21,7 @@ Per pass, for each current member, in order:
      write of the VU finds the damage first (`ScbStore.on_damage`, set here).
 The only source cannot be expelled (the VU would have none), and a read-only VU writes no
 SCB, so expels nothing: such a member is reported once, and its reads past its end fail rather
-than return zeros (member.py).
+than return zeros (filemember.py).
 
 Invariant: a member found smaller than it was opened is out of the set before the next pass;
 a damaged slot is never left unreported, and never rewritten on a read-only VU.
@@ -36,7 +36,7 @@ from typing import Optional, Protocol, Sequence
 
 import trio
 
-from dsafs.members import timeouts
+from dsafs.members import timeouts, waits
 from dsafs.errors import DsafsError, MemberIOError, MemberTimeout
 from dsafs.rules import Rule
 
@@ -99,7 +99,7 @@ class MemberWatch:
 
     async def _size_ok(self, slot) -> bool:
         try:
-            await timeouts.wait(slot, slot.member.start_size_check(), "size check")
+            await waits.wait(slot, slot.member.start_size_check(), "size check")
             return True
         except MemberTimeout:
             return False                    # hung: left to the I/O paths, no SCB read either
@@ -123,7 +123,7 @@ class MemberWatch:
 
     async def _scb_ok(self, slot) -> None:
         try:
-            damage = await timeouts.call(slot, "SCB check", slot.store.inspect)
+            damage = await waits.call(slot, "SCB check", slot.store.inspect)
         except MemberIOError:
             return                          # the I/O paths deal with a failing member
         if damage:

@@ -226,9 +226,6 @@ class FileMember(Member):
     def pre_op(self, hook) -> None:
         self._workers.pre_op = hook
 
-    # Transitional alias for engine tests that still set `member._pre_op` (use `pre_op`).
-    _pre_op = pre_op
-
     # ---- the request path (loop thread) ---------------------------------------------------
 
     def start_read(self, pos: int, nbytes: int) -> Pending:

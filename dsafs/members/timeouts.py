@@ -58,8 +58,3 @@ def rule_for(exc: BaseException) -> str:
     if code in (errno.ENOSPC, errno.EDQUOT):
         return Rule.MEMBER_NO_SPACE
     return Rule.MEMBER_ERROR
-
-
-# Transitional: the engine still calls timeouts.wait/call/wait_each; they live in waits.py.
-# Remove these names once every caller imports them from dsafs.members.waits.
-from dsafs.members.waits import call, wait, wait_each  # noqa: E402,F401

@@ -439,7 +439,7 @@ async def test_a_syscall_hung_in_a_worker_thread_is_abandoned_not_joined(tmp_pat
     try:
         async with running(vu):
             await vu.write(0, b"a" * 4096)
-            members[1]._pre_op = hang_writes
+            members[1].pre_op = hang_writes
             t0 = trio.current_time()
             await vu.write(4096, b"b" * 4096)
             assert trio.current_time() - t0 == 30 and stuck == [4096]

@@ -82,7 +82,7 @@ async def test_copy_resumes_from_its_checkpoint_after_a_restart(tmp_path, monkey
     async with running(await VirtualUnit.assemble("DSA1", open_all([a]))) as vu:
         await vu.write(0, pattern)
         (target,) = open_all([b])
-        target._pre_op = lambda op, pos: op == "write" and time.sleep(0.003)   # a slow target
+        target.pre_op = lambda op, pos: op == "write" and time.sleep(0.003)   # a slow target
         await vu.add([target])
         await until(lambda: vu.copy is not None and vu.copy.fence_bytes >= 8 * MiB)
         fence = vu.copy.fence_bytes
@@ -108,7 +108,7 @@ async def test_overlapping_writes_land_in_one_order_on_every_member(tmp_path):
             calls.append(pos)
             if len(calls) == 1:
                 held.wait(0.5)
-    members[1]._pre_op = hold_first_write_at_0
+    members[1].pre_op = hold_first_write_at_0
     async with running(await VirtualUnit.assemble("DSA1", members)) as vu:
         await vu.write(8192, b"warm")                  # the dirty-flag SCB write happens here
         async with trio.open_nursery() as n:

@@ -106,19 +106,24 @@ def test_no_engine_class_inherits_from_another_engine_class():
     assert not bad, bad
 
 
-def test_no_module_reaches_into_another_objects_private_names():
-    """`x._name` where x is not self/cls: another object's private state."""
-    pattern = re.compile(r"\b(?!self\b|cls\b)([a-z_][a-z0-9_]*)\._[a-z][a-z0-9_]*")
+def test_no_module_reaches_into_another_modules_private_names():
+    """`x._name` (x not self/cls) where `_name` is not defined in the same module: another
+    module's private state. (A request object and the member that owns it, in one module, may
+    share privates: that is one mechanism.)"""
+    pattern = re.compile(r"\b(?!self\b|cls\b)([a-z_][a-z0-9_]*)\.(_[a-z][a-z0-9_]*)")
+    defined = re.compile(r"(?:self\.|def |^\s*)(_[a-z][a-z0-9_]*)\s*[=:(]", re.M)
     allowed = {"_errno", "os", "sys", "trio"}     # module aliases and stdlib conventions
     # intake.py replaces pyfuse3's reader wait: the one place dsafs patches a library's private
     # (its docstring says why, and which pyfuse3 versions it supports)
     exempt = {("dsafs.service.intake", "pyfuse3._wait_fuse_readable")}
     bad = []
     for name, path in modules():
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        text = path.read_text()
+        own = set(defined.findall(text))
+        for n, line in enumerate(text.splitlines(), 1):
             code = line.split("#", 1)[0]
             for m in pattern.finditer(code):
-                if (m.group(1) not in allowed and "__" not in m.group(0)
+                if (m.group(1) not in allowed and m.group(2) not in own
                         and (name, m.group(0)) not in exempt):
                     bad.append(f"{name}:{n}: {line.strip()}")
     assert not bad, "\n".join(bad)
