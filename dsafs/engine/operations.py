@@ -212,24 +212,27 @@ class Operations:
                  ", ".join(t.name for t in targets), start // BLOCK_BYTES)
         host.event("copy-start", rule=Rule.COPY_TARGET, lbn=start // BLOCK_BYTES,
                    blocks=copy_module.STEP_BYTES // BLOCK_BYTES)
-        done = False
+        copy, done = self.copy, False
         try:
-            done = await self.copy.run()
+            done = await copy.run()
         except DsafsError as exc:
             log.error("%s: copy stopped: %s", host.name, exc)
             done = False
         finally:
-            copy = self.last_copy = self.copy
-            self.copy = None
+            self.last_copy = copy
             self.copies += done
+            if not done:
+                self.copy = None
             host.event("copy-end" if done else "copy-stop",
                        rule=Rule.COPIED if done else Rule.INTERRUPTED,
                        lbn=copy.fence_bytes // BLOCK_BYTES)
-        if done:
+        if done:     # the VU stays `copying` until the targets' promotion is committed
             try:
                 await self._promote(copy)
             except DsafsError as exc:
                 log.error("%s: copy could not complete: %s", host.name, exc)
+            finally:
+                self.copy = None
 
     async def _promote(self, copy: Copy) -> None:
         host = self.host

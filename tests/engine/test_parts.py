@@ -82,3 +82,19 @@ async def test_write_stall_and_watch_statistics(autojump_clock):
         passes = vu.watch.statistics().passes
         await trio.sleep(vu.watch.interval_s * 3 + 0.5)
         assert vu.watch.statistics().passes == passes + 3
+
+
+async def test_vu_stays_copying_until_the_promotion_is_committed(autojump_clock):
+    """Between the end of a copy and the commit that makes its targets sources, `show` must not
+    say steady while a member is still a copy target (a flake of the mount tests)."""
+    vu = await new_vu("a", "b")
+    async with running(vu):
+        await vu.add([MemMember(RAW, "/m/c.img")])
+        async with vu.membership.lock:          # the promotion waits for this lock
+            while vu.operations.statistics().copies == 0:
+                await trio.sleep(0.01)
+            assert vu.state == "copying"
+            assert [s.state.label for s in vu.slots] == ["source", "source", "copy-target"]
+        await vu.wait_steady()
+        assert vu.state == "steady"
+        assert [s.state.label for s in vu.slots] == ["source"] * 3
