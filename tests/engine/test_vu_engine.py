@@ -234,7 +234,7 @@ async def test_reads_during_copy_never_touch_the_target(autojump_clock):
         await vu.add([c])
         assert vu.state == "copying"
         n = 0
-        while vu.state == "copying":
+        while vu.find("c.img").state is MemberState.COPY_TARGET:
             await vu.read((n * 7919 * 512) % SIZE, 4096)
             n += 1
         assert n > 10 and vu.find("c.img").reads == 0
