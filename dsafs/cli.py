@@ -22,6 +22,7 @@ import trio
 
 from dsafs import __version__
 from dsafs.service.control import Client, default_socket
+from dsafs.service.view import format_show
 from dsafs.errors import DsafsError, InvalidArgument, MemberError, MountRefused, UsageError
 from dsafs.members.member import FileMember, create_file
 from dsafs.members.probe import file_holds_data
@@ -449,63 +450,6 @@ def cmd_dismount(args) -> int:
         print(f"{name}: dissolved" + (" (aborted: the next mount merges)" if args.abort else
                                       "; the members are marked clean"))
     return 0
-
-
-def _fmt_bytes(n: int) -> str:
-    return format_size(n) if n else "0"
-
-
-def format_show(info: dict) -> str:
-    state = {"steady": "Steady State", "copying": "Copy Active", "merging": "Merge Active",
-             "mount-verify": "Mount Verification in progress",
-             "mv-timeout": "MntVerifyTimeout (I/O fails; dismount --abort)"}.get(
-        info["state"], info["state"])
-    if info.get("copy"):
-        state += f" ({info['copy']['percent']:.0f}%, fence LBN {info['copy']['fence_lbn']})"
-    lines = [
-        f"_{info['name']}:  Volume Label: {info['label']}",
-        f"  Virtual Unit State:   {state}" + ("  (read-only)" if info.get("readonly") else ""),
-        f"  Size: {format_size(info['size_bytes'])} ({info['size_bytes'] // 512} blocks)   "
-        f"Generation Number: {info['generation_hex']}",
-        f"  Master Member: {info['master'] or '-'}   Merge required: "
-        f"{'yes' if info['merge_required'] else 'no'}   Priority: {info.get('priority', '-')}",
-        f"  VU Timeout Value: {info.get('vu_timeout', '-')} s   Member Timeout: "
-        f"{info.get('member_timeout', '-')} s"
-        + (f"   Writes stalled: {info['stall_writes_remaining_s']:g} s left"
-           if info.get("stall_writes_remaining_s") is not None else "")
-        + (f"   Verification: {info['mount_verification']['remaining_s']:g} s left"
-           if info.get("mount_verification") else ""),
-    ]
-    merge, ms = info.get("merge"), info.get("merge_settings")
-    if merge:
-        delay = f"{merge['delay_us'] / 1000:.1f} ms"
-        lines.append(f"  Merge: {merge['percent']:.1f}% (fence LBN {merge['fence_lbn']})"
-                     + ("" if merge["running"] else " waiting")
-                     + f"   Merge Repair Cnt {merge['merge_repairs']}   APP Merge Repair Cnt "
-                     f"{merge['app_repairs']}   Delay {delay}")
-    if ms:
-        lines.append(f"  Merge Delay Factor {ms['merge_delay_factor']} / Delay Threshold "
-                     f"{ms['merge_delay_threshold']} / Min Rate {format_size(ms['merge_min_rate'])}/s")
-    lines += [
-        "",
-        f"  {'Member':<28} {'State':<16} {'Cost':>5} {'Reads':>9} {'Writes':>9} "
-        f"{'Read':>10} {'Written':>10} {'Errors':>6} {'Repairs':>7}",
-    ]
-    for m in info["members"]:
-        name = m["path"] if len(m["path"]) <= 28 else "..." + m["path"][-25:]
-        lines.append(f"  {name:<28} {m['state']:<16} {m['read_cost']:>5} {m['reads']:>9} "
-                     f"{m['writes']:>9} {_fmt_bytes(m['read_bytes']):>10} "
-                     f"{_fmt_bytes(m['written_bytes']):>10} {m['read_errors']:>6} {m['repairs']:>7}")
-        if m.get("faults"):
-            lines.append(f"  {'':<28} injected: {', '.join(m['faults'])}")
-        extra = []
-        if m.get("member_timeout") not in (None, info.get("member_timeout")):
-            extra.append(f"member timeout {m['member_timeout']:g} s")
-        if m.get("force_removal"):
-            extra.append("flagged for forced removal")
-        if extra:
-            lines.append(f"  {'':<28} {', '.join(extra)}")
-    return "\n".join(lines)
 
 
 def cmd_show(args) -> int:

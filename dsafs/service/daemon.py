@@ -32,6 +32,7 @@ from dsafs.service import fusectl
 from dsafs.service import intake
 from dsafs.members import memberpath
 from dsafs.service import requests
+from dsafs.service import view
 from dsafs.members import timeouts
 from dsafs.service.allocator import tune_allocator
 from dsafs.errors import DsafsError, InvalidArgument, MountRefused, UsageError, VuError
@@ -39,7 +40,7 @@ from dsafs.events import EventLog
 from dsafs.service.fusefs import DsafsOps, inode_of
 from dsafs.members.inject import MAX_DELAY_S, FaultyMember, parse_flakey, parse_lbn_range
 from dsafs.engine.throttle import Settings as MergeSettings
-from dsafs.engine.mountver import MOUNT_VERIFY, SetPlan
+from dsafs.engine.mountver import SetPlan
 from dsafs.engine.scheduler import check_priority
 from dsafs.units import BLOCK_BYTES, vu_name
 from dsafs.engine.verify import verify
@@ -56,62 +57,6 @@ def _is_mountpoint_in_use(path: str) -> bool:
             return any(line.split()[1] == real for line in f if len(line.split()) > 1)
     except OSError:
         return False
-
-
-def vu_json(vu) -> dict:
-    st = vu.statistics()
-    copy = None
-    if st.copy is not None:
-        copy = {"percent": st.copy.percent, "fence_lbn": st.copy.fence_lbn,
-                "targets": list(st.copy.targets), "bytes_compared": st.copy.bytes_compared,
-                "bytes_written": st.copy.bytes_written}
-    elif vu.state == "copying":
-        copy = {"percent": 0.0, "fence_lbn": 0, "targets": [t.member.path for t in vu.targets],
-                "bytes_compared": 0, "bytes_written": 0}
-    merge = None
-    if st.merge is not None:
-        m = st.merge
-        merge = {"percent": m.percent, "fence_lbn": m.fence_lbn, "master": m.master,
-                 **_merge_counts(m), "delay_us": round(m.delay_us, 1),
-                 "current_us": _round(m.current_us), "ideal_us": _round(m.ideal_us),
-                 "running": vu.merge_running}
-    settings = vu.merge_settings()
-    return {
-        "name": st.name, "state": st.state, "size_bytes": st.size_bytes,
-        "generation": st.generation, "generation_hex": st.generation_hex, "master": st.master,
-        "copy": copy, "merge": merge, "label": vu.label, "set_uuid": str(vu.set_uuid),
-        "dirty": st.dirty, "merge_required": st.merge_required, "readonly": vu.readonly,
-        "copy_source": vu.copy_source, "priority": vu.priority,
-        "merge_settings": {"merge_delay_threshold": settings.threshold,
-                           "merge_delay_factor": settings.factor,
-                           "merge_min_rate": settings.min_rate,
-                           "overridden": sorted(_SETTING_NAMES[k] for k in vu.merge_overrides)},
-        "last_merge": _last_merge_json(vu.last_merge),
-        "members": [dict(path=m.path, state=m.state, read_cost=m.read_cost, reads=m.reads,
-                         writes=m.writes, read_bytes=m.read_bytes, written_bytes=m.written_bytes,
-                         read_errors=m.read_errors, repairs=m.repairs,
-                         faults=s.member.faults.describe() if isinstance(s.member, FaultyMember)
-                         else [])
-                    for m, s in zip(st.members, vu.slots)],
-    }
-
-
-_SETTING_NAMES = {"threshold": "merge_delay_threshold", "factor": "merge_delay_factor",
-                  "min_rate": "merge_min_rate"}
-
-
-def _round(x: Optional[float]) -> Optional[float]:
-    return None if x is None else round(x, 1)
-
-
-def _merge_counts(m) -> dict:
-    return {"merge_repairs": m.merge_repairs, "app_repairs": m.app_repairs,
-            "chunks_compared": m.chunks_compared, "bytes_written": m.bytes_written,
-            "seconds": m.seconds}
-
-
-def _last_merge_json(merge) -> Optional[dict]:
-    return None if merge is None else _merge_counts(merge.statistics())
 
 
 class Daemon:
@@ -399,9 +344,9 @@ class Daemon:
                     plan = await vu.add(members, options, confirm) if members else None
                 except MountRefused:
                     if asked and not confirmed:
-                        return _confirmation(name, asked[0])
+                        return view.confirmation_json(name, asked[0])
                     raise
-                return {"vu": name, "plan": _plan_json(plan) if plan else [], "state": vu.state,
+                return {"vu": name, "plan": view.plan_json(plan) if plan else [], "state": vu.state,
                         "warnings": warnings}
             if vu is not None:
                 raise VuError(f"{name} is already mounted; add members with "
@@ -417,7 +362,7 @@ class Daemon:
                 vu = await type(self)._assemble(name, members, options, bool(args.get("nowrite")), confirm)
             except MountRefused:
                 if asked and not confirmed:
-                    return _confirmation(name, asked[0])
+                    return view.confirmation_json(name, asked[0])
                 raise
             vu.default_merge_settings = lambda: self.merge_settings
             if args.get("priority") is not None:
@@ -427,7 +372,7 @@ class Daemon:
             vu.mv.configure(self.member_timeout, self.vu_timeout)
             await self._nursery.start(self._run_vu, vu)
             self._publish(vu)
-            return {"vu": name, "plan": _plan_json(vu.plan), "state": vu.state,
+            return {"vu": name, "plan": view.plan_json(vu.plan), "state": vu.state,
                     "path": os.path.join(self.mountpoint, name),
                     "merge_rule": vu.plan.merge_rule or None, "notes": list(vu.plan.notes),
                     "readonly": vu.readonly, "warnings": warnings}
@@ -499,8 +444,8 @@ class Daemon:
 
     async def cmd_show(self, args) -> object:
         if args.get("vu"):
-            return _with_failure_fields(self._get(args["vu"]))
-        return [_with_failure_fields(self.vus[n]) for n in sorted(self.vus, key=lambda n: int(n[3:]))]
+            return view.vu_show(self._get(args["vu"]))
+        return [view.vu_show(self.vus[n]) for n in sorted(self.vus, key=lambda n: int(n[3:]))]
 
     async def cmd_set(self, args) -> dict:
         vu = self._get(args.get("vu", ""))
@@ -521,7 +466,7 @@ class Daemon:
                                       f"a copy source must hold the data")
             source = src.member.path
         overrides = {}
-        for key, name in _SETTING_NAMES.items():
+        for key, name in view.SETTING_NAMES.items():
             if name in args and args[name] is not None:
                 overrides[key] = args[name]
         if overrides:
@@ -543,7 +488,7 @@ class Daemon:
             changes.append(f"priority {priority}" + (" (no copy or merge will start)"
                                                      if priority == 0 else ""))
         for key, value in overrides.items():
-            changes.append(f"{_SETTING_NAMES[key]} {value}"
+            changes.append(f"{view.SETTING_NAMES[key]} {value}"
                            + (" (takes effect within 1000 merge I/Os)" if vu.merge else ""))
         for slot, cost in costs.items():           # everything checked: now apply
             slot.read_cost = cost
@@ -625,27 +570,3 @@ class Daemon:
 
 def _handles(n: int) -> str:
     return f"{n} open file handle{'s' if n != 1 else ''}: a loop device or a mounted filesystem?"
-
-
-def _with_failure_fields(vu) -> dict:
-    """`vu_json` plus the failure settings and state of mountver.py (show --json)."""
-    d = vu_json(vu)
-    st = vu.mv.statistics()
-    d.update(member_timeout=st.member_timeout, vu_timeout=st.vu_timeout,
-             mount_verification=({"seconds": st.mv_seconds, "remaining_s": st.mv_remaining,
-                                  "held": st.held} if st.state == MOUNT_VERIFY else None),
-             stall_writes_remaining_s=st.stall_writes_remaining,
-             warnings=vu.mv.warnings())
-    for m, slot in zip(d["members"], vu.slots):
-        m.update(member_timeout=slot.member_timeout, force_removal=slot in vu.mv.flagged)
-    return d
-
-
-def _plan_json(plan) -> list:
-    return [{"path": mp.path, "role": mp.role.label if mp.role else None, "rule": mp.rule}
-            for mp in plan.members]
-
-
-def _confirmation(name: str, plan) -> dict:
-    return {"vu": name, "needs_confirmation": True,
-            "targets": [mp.path for mp in plan.targets], "label": plan.label}
