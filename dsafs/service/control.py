@@ -63,15 +63,17 @@ class Stream:
 
 @dataclasses.dataclass(frozen=True)
 class LimitStats:
-    connections: int
+    connections: int             # open now
     buffered_bytes: int
     refused_connections: int
     refused_lines: int
     refused_buffered: int
+    requests: int                # request lines answered (errors included), since the start
 
 
 class Limits:
-    """The daemon-wide bounds on control connections (see the module docstring)."""
+    """The daemon-wide bounds on control connections (see the module docstring), and the
+    counts they keep: connections open, bytes buffered, refusals, requests answered."""
 
     def __init__(self, max_connections: int = MAX_CONNECTIONS,
                  max_line_bytes: int = MAX_LINE_BYTES,
@@ -83,6 +85,7 @@ class Limits:
         self.buffered = 0              # bytes of unfinished requests held, all connections
         self.freed_since_release = 0
         self.refused = {"connections": 0, "lines": 0, "buffered": 0}
+        self.requests = 0              # request lines answered
 
     def release(self, nbytes: int) -> None:
         self.buffered -= nbytes
@@ -93,11 +96,11 @@ class Limits:
 
     def statistics(self) -> LimitStats:
         return LimitStats(self.connections, self.buffered, self.refused["connections"],
-                          self.refused["lines"], self.refused["buffered"])
+                          self.refused["lines"], self.refused["buffered"], self.requests)
 
     def __repr__(self) -> str:
         return (f"<Limits {self.connections}/{self.max_connections} connections, "
-                f"{self.buffered} bytes buffered>")
+                f"{self.buffered} bytes buffered, {self.requests} requests answered>")
 
 
 class _Refused(Exception):
@@ -155,6 +158,7 @@ async def _serve(stream, handlers, reader) -> None:
         reply = await dispatch(line, handlers)
         del line
         reader.release_line()
+        reader.limits.requests += 1
         if isinstance(reply.get("result"), Stream):
             await _send_stream(stream, reply["result"])
             return

@@ -21,6 +21,7 @@ with it; no cache invalidation is sent once the daemon is stopping (see `_invali
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -52,6 +53,21 @@ def _is_mountpoint_in_use(path: str) -> bool:
         return False
 
 
+@dataclasses.dataclass(frozen=True)
+class DaemonStats:
+    vus: int                     # VUs mounted (published)
+    failsafe_vus: int            # of which in failsafe (an unexpected error: writes fail)
+    open_handles: int            # VU file handles open (a loop device, a mounted filesystem)
+    getattrs: int                # FUSE GETATTR requests answered
+    intake_fast: int             # FUSE requests the fast intake took at once (intake.py)
+    intake_slow: int             # ... and after a wait through trio
+    clients: int                 # control connections open
+    requests: int                # control requests answered
+    refused: int                 # control connections refused at a limit (control.Limits)
+    allocator_tuned: Optional[bool]   # tune_allocator's result; None before the start
+    stopping: bool
+
+
 class Daemon:
     """The serving daemon: see the module docstring."""
 
@@ -65,6 +81,7 @@ class Daemon:
         self.fuse_max_tasks = fuse_max_tasks
         self.max_background = max_background    # 0: leave the kernel's limit (fusectl.py)
         self.intake = None                  # intake.install(): the fast FUSE reader wait
+        self.allocator_tuned: Optional[bool] = None   # tune_allocator() at the start
         self.allow_other = allow_other
         self.merge_settings = merge_settings       # the global defaults; VUs may override
         self.vus: dict = {}
@@ -84,6 +101,24 @@ class Daemon:
                                timeouts.check_timeout(member_timeout, "--member-timeout"))
         self.vu_timeout = (None if vu_timeout is None else
                            timeouts.check_timeout(vu_timeout, "--vu-timeout"))
+
+    def statistics(self) -> DaemonStats:
+        fuse = self.ops.statistics() if self.ops is not None else None
+        control_st = self.control_limits.statistics()
+        return DaemonStats(
+            vus=len(self.vus), failsafe_vus=len(self._failsafe),
+            open_handles=fuse.open_handles if fuse else 0, getattrs=fuse.getattrs if fuse else 0,
+            intake_fast=self.intake.fast if self.intake else 0,
+            intake_slow=self.intake.slow if self.intake else 0,
+            clients=control_st.connections, requests=control_st.requests,
+            refused=(control_st.refused_connections + control_st.refused_lines
+                     + control_st.refused_buffered),
+            allocator_tuned=self.allocator_tuned, stopping=self.stopping())
+
+    def __repr__(self) -> str:
+        st = self.statistics()
+        return (f"<Daemon {self.mountpoint} {st.vus} VUs, {st.open_handles} open handles, "
+                f"{st.clients} clients>")
 
     # ----------------------------------------------------------------- FUSE-facing
     def failsafe(self, vu, exc) -> None:
@@ -120,7 +155,12 @@ class Daemon:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         path = self._prepare()
-        tune_allocator()
+        self.allocator_tuned = tune_allocator()
+        if self.allocator_tuned:
+            log.info("memory allocator: large I/O buffers kept in the heap (mallopt)")
+        else:
+            log.info("memory allocator: no mallopt in this libc; each large copy or merge "
+                     "buffer is a fresh mmap (slower; nothing else changes)")
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         old_umask = os.umask(0o177)          # the socket is born 0600: root only (README)
         try:
@@ -150,10 +190,13 @@ class Daemon:
                 log.info("serving %s, control socket %s", self.mountpoint, path)
                 task_status.started(self)
         finally:
+            st = self.statistics()
             if self.intake is not None:
                 log.info("FUSE intake: %d requests taken at once, %d after a wait",
-                         self.intake.fast, self.intake.slow)
-            log.info("FUSE: %d GETATTR requests answered", self.ops.getattrs)
+                         st.intake_fast, st.intake_slow)
+            log.info("FUSE: %d GETATTR requests answered", st.getattrs)
+            log.info("control: %d requests answered, %d connections refused", st.requests,
+                     st.refused)
             pyfuse3.close(unmount=True)
             try:
                 os.unlink(path)

@@ -26,6 +26,7 @@ acknowledged (off the trio thread: the kernel waits on pages whose reads only it
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
@@ -43,6 +44,13 @@ log = logging.getLogger("dsafs.fusefs")
 INODE_BASE = 100
 ATTR_TIMEOUT_S = 3600.0
 DIRECT_FH = 1 << 32          # set in the fh of a handle opened O_DIRECT (inodes stay below it)
+
+
+@dataclasses.dataclass(frozen=True)
+class FuseStats:
+    open_handles: int            # VU file handles open now, O_DIRECT ones included
+    buffered_handles: int        # of which without O_DIRECT
+    getattrs: int                # GETATTR requests answered since the mount
 
 
 def errno_for(exc: BaseException) -> int:
@@ -110,6 +118,14 @@ class DsafsOps(pyfuse3.Operations):
         self.getattrs = 0                           # GETATTR requests answered (logged at stop)
         self._mount_ns = time.time_ns()
         self._owner = (os.getuid(), os.getgid())    # every VU file's owner: the daemon's
+
+    def statistics(self) -> FuseStats:
+        return FuseStats(sum(self.open_count.values()), sum(self.buffered_count.values()),
+                         self.getattrs)
+
+    def __repr__(self) -> str:
+        st = self.statistics()
+        return f"<DsafsOps {st.open_handles} open handles, {st.getattrs} GETATTRs>"
 
     def init(self):
         """Called by pyfuse3 while it answers the kernel's INIT (never raises into it)."""
