@@ -2,9 +2,10 @@
 
 Invariant: an error raised by dsafs code is a DsafsError whose message is one line that names the
 object (a VU, a member path) and says what to do; `exit_code` is what the CLI returns for it.
-Engine I/O failures carry an errno so that `fusefs` (which holds the only errno table) can map
-them. Anything that is not a DsafsError is a bug: the CLI prints it as one line and exits 1, the
-FUSE layer logs it and returns EIO.
+Each class carries its errno as a class attribute (EIO unless it says otherwise); `fusefs`, the
+only module that turns exceptions into FUSE replies, reads it there. Anything that is not a
+DsafsError is a bug: the CLI prints it as one line and exits 1, the FUSE layer logs it and
+returns EIO.
 """
 
 import errno as _errno
