@@ -40,16 +40,17 @@ import trio
 from dsafs.service import requests
 from dsafs.service.allocator import release_free_memory
 from dsafs.errors import DsafsError, NoDaemonError
+from dsafs.units import KiB, MiB
 
 log = logging.getLogger("dsafs.control")
 
 DEFAULT_SOCKET = "/mnt/dsafs.sock"
 MAX_CONNECTIONS = 128
-MAX_LINE_BYTES = 1 << 20
-MAX_BUFFERED_BYTES = 64 << 20
+MAX_LINE_BYTES = 1 * MiB
+MAX_BUFFERED_BYTES = 64 * MiB
 SEND_TIMEOUT_S = 30.0
-RECEIVE_BYTES = 65536
-RELEASE_AFTER_BYTES = 8 << 20     # hand memory back once this much was buffered and freed
+RECEIVE_BYTES = 64 * KiB
+RELEASE_AFTER_BYTES = 8 * MiB      # hand memory back once this much was buffered and freed
 
 Handler = Callable[[dict], Awaitable[Any]]
 
@@ -234,7 +235,7 @@ async def _send_stream(stream: trio.SocketStream, out: Stream) -> None:
 
     async def watch_hangup(cancel_scope):
         try:
-            while await stream.receive_some(4096):
+            while await stream.receive_some(4 * KiB):
                 pass                     # nothing more is expected from the client
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
