@@ -1,4 +1,6 @@
-"""The `dsafs` command line. Each subcommand parses, calls the engine or the daemon, and prints.
+"""The `dsafs` command line. Each subcommand parses its arguments, calls the daemon over the
+control socket (or, needing no daemon, service/prepare.py for `init` and service/examine.py for
+`examine`), and prints; the `show` text is view.py's.
 
 Invariant: a user never sees a traceback. A DsafsError prints as one line `dsafs: <message>` on
 stderr with its exit code (0 done, 1 refused, 2 usage, 3 no daemon); anything else prints as one
@@ -8,12 +10,9 @@ line too (with the traceback only when DSAFS_DEBUG=1) and exits 1.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import os
-import stat
-import struct
 import sys
 import time
 from typing import Optional, Sequence
@@ -22,15 +21,11 @@ import trio
 
 from dsafs import __version__
 from dsafs.service.control import Client, default_socket
-from dsafs.errors import DsafsError, InvalidArgument, MemberError, MountRefused, UsageError
-from dsafs.members.filemember import FileMember
-from dsafs.members.fileopen import create_file
-from dsafs.members.probe import file_holds_data
-from dsafs.ondisk.scb import MAGIC, SCB_AREA_BYTES, SLOT_BYTES, check_label, min_member_bytes
-from dsafs.units import MAX_MEMBERS, check_vu_size, format_size, parse_size, vu_name
+from dsafs.service.view import format_show
+from dsafs.errors import DsafsError, InvalidArgument, MountRefused, UsageError
+from dsafs.units import format_size, parse_size, vu_name
 
 log = logging.getLogger("dsafs.cli")
-BLKZEROOUT = 0x127F           # _IO(0x12, 127)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -214,106 +209,19 @@ def _merge_settings_of(args) -> dict:
             "merge_delay_factor": args.merge_delay_factor, "merge_min_rate": rate}
 
 
-# ----------------------------------------------------------------------------- init
-def _inspect_init_member(path: str, overwrite: bool) -> str:
-    """What init will do with `path` ('create', 'size', 'erase' or 'zero-device'), decided
-    before anything is changed. Raises a MemberError naming the path and the fix."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        parent = os.path.dirname(path)
-        if not os.path.isdir(parent):
-            raise MemberError(f"member {path} cannot be created: directory {parent} does not "
-                              f"exist; create it first", path) from None
-        if not os.access(parent, os.W_OK):
-            raise MemberError(f"member {path} cannot be created: directory {parent} is not "
-                              f"writable", path) from None
-        return "create"
-    if stat.S_ISDIR(st.st_mode):
-        raise MemberError(f"member {path} is a directory, not an image file or block device", path)
-    if not (stat.S_ISBLK(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        raise MemberError(f"member {path} is not a regular file or block device", path)
-    if st.st_size == 0 and stat.S_ISREG(st.st_mode):
-        return "size"
-    size = st.st_size if stat.S_ISREG(st.st_mode) else None
-    if not overwrite and not _has_dsafs_metadata(path, size):
-        found = file_holds_data(path)      # a file system, partition table, any non-zero byte
-        if found:
-            raise MemberError(f"member {path} holds data ({found}); give --overwrite to erase "
-                              f"it, or choose another path", path)
-    # with dsafs metadata and no --overwrite, init_set refuses it below
-    return "zero-device" if stat.S_ISBLK(st.st_mode) else "erase"
-
-
-def _has_dsafs_metadata(path: str, size: Optional[int]) -> bool:
-    with open(path, "rb") as f:
-        size = f.seek(0, os.SEEK_END) if size is None else size    # a block device: its size
-        if size < SCB_AREA_BYTES:
-            return False
-        f.seek(size - SCB_AREA_BYTES)
-        tail = f.read(SCB_AREA_BYTES)
-    return MAGIC in (tail[:8], tail[SLOT_BYTES:SLOT_BYTES + 8])
-
-
-async def _init(args) -> int:
-    from dsafs.engine.setmeta import init_set, refuse_members_of_sets
-    name = vu_name(args.vu)
-    label = check_label(args.label)
-    size = check_vu_size(parse_size(args.size, "--size"))
-    paths = [os.path.abspath(m) for m in args.members]
-    if len(paths) > MAX_MEMBERS:
-        raise InvalidArgument(f"{name}: a shadow set has at most {MAX_MEMBERS} members "
-                              f"({len(paths)} given); name fewer members")
-    for p in paths:
-        if paths.count(p) > 1:
-            raise InvalidArgument(f"{name}: member {p} is named twice; name each member once")
-    need = min_member_bytes(size)
-    actions = {p: _inspect_init_member(p, args.overwrite) for p in paths}
-    opened: dict = {}          # existing members, locked before anything changes
-    created: list = []
-    try:
-        for p in paths:
-            if actions[p] != "create":
-                opened[p] = FileMember.open(p)
-                if actions[p] == "zero-device" and opened[p].size_bytes < need:
-                    raise MemberError(f"{name}: member {p} is smaller than the set "
-                                      f"({format_size(opened[p].size_bytes)} < "
-                                      f"{format_size(need)}); use a larger device", p)
-        if not args.overwrite:
-            await refuse_members_of_sets(name, list(opened.values()))
-        # Nothing has changed yet. Now make every member `need` bytes of zeros (or more, for a
-        # block device), so the members are identical and the first mount needs no copy.
-        for p in paths:
-            if actions[p] == "create":
-                create_file(p, need)
-                created.append(p)
-            elif actions[p] == "zero-device":
-                _zero_block_device(p, size)
-                continue
-            else:
-                opened.pop(p).close()
-                with open(p, "r+b") as f:
-                    f.truncate(0)
-                    f.truncate(need)
-                    os.fsync(f.fileno())
-            opened[p] = FileMember.open(p)
-        await init_set(name, label, size, [opened[p] for p in paths], overwrite=True)
-        warnings = [w for w in (opened[p].space_warning() for p in paths) if w]
-    except BaseException:
-        for p in created:
-            os.unlink(p)
-        raise
-    finally:
-        for m in opened.values():
-            m.close()
-    verbs = {"create": "created", "size": "sized", "erase": "erased and initialized",
-             "zero-device": "zeroed and initialized"}
-    for p in paths:
-        print(f"{name}: {verbs[actions[p]]} member {p}")
-    for warning in warnings:
+# ----------------------------------------------------------------------------- init, examine
+def cmd_init(args) -> int:
+    from dsafs.service import prepare
+    done = trio.run(prepare.init_members, args.vu, args.label, args.size, args.members,
+                    args.overwrite)
+    name = done.name
+    for path, action in done.actions:
+        print(f"{name}: {prepare.DONE[action]} member {path}")
+    for warning in done.warnings:
         print(f"dsafs: warning: {name}: {warning}", file=sys.stderr)
-    print(f"{name}: shadow set {label}, {format_size(size)}, {len(paths)} member"
-          f"{'s' if len(paths) > 1 else ''}; mount with: dsafs mount {name} {' '.join(args.members)}")
+    print(f"{name}: shadow set {done.label}, {format_size(done.size_bytes)}, {len(done.actions)} "
+          f"member{'s' if len(done.actions) > 1 else ''}; mount with: dsafs mount {name} "
+          f"{' '.join(args.members)}")
     return 0
 
 
@@ -322,22 +230,6 @@ def cmd_examine(args) -> int:
     info = examine(args.member)
     print(json.dumps(info, indent=2) if args.json else format_examine(info))
     return 0
-
-
-def _zero_block_device(path: str, vu_size: int) -> None:
-    """Make a block device's data range read as zeros (BLKZEROOUT), so members start identical."""
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, BLKZEROOUT, struct.pack("QQ", 0, vu_size))
-    except OSError as exc:
-        raise MemberError(f"member {path}: cannot zero the block device ({exc.strerror})",
-                          path) from None
-    finally:
-        os.close(fd)
-
-
-def cmd_init(args) -> int:
-    return trio.run(_init, args)
 
 
 # ----------------------------------------------------------------------------- daemon commands
@@ -450,63 +342,6 @@ def cmd_dismount(args) -> int:
         print(f"{name}: dissolved" + (" (aborted: the next mount merges)" if args.abort else
                                       "; the members are marked clean"))
     return 0
-
-
-def _fmt_bytes(n: int) -> str:
-    return format_size(n) if n else "0"
-
-
-def format_show(info: dict) -> str:
-    state = {"steady": "Steady State", "copying": "Copy Active", "merging": "Merge Active",
-             "mount-verify": "Mount Verification in progress",
-             "mv-timeout": "MntVerifyTimeout (I/O fails; dismount --abort)"}.get(
-        info["state"], info["state"])
-    if info.get("copy"):
-        state += f" ({info['copy']['percent']:.0f}%, fence LBN {info['copy']['fence_lbn']})"
-    lines = [
-        f"_{info['name']}:  Volume Label: {info['label']}",
-        f"  Virtual Unit State:   {state}" + ("  (read-only)" if info.get("readonly") else ""),
-        f"  Size: {format_size(info['size_bytes'])} ({info['size_bytes'] // 512} blocks)   "
-        f"Generation Number: {info['generation_hex']}",
-        f"  Master Member: {info['master'] or '-'}   Merge required: "
-        f"{'yes' if info['merge_required'] else 'no'}   Priority: {info.get('priority', '-')}",
-        f"  VU Timeout Value: {info.get('vu_timeout', '-')} s   Member Timeout: "
-        f"{info.get('member_timeout', '-')} s"
-        + (f"   Writes stalled: {info['stall_writes_remaining_s']:g} s left"
-           if info.get("stall_writes_remaining_s") is not None else "")
-        + (f"   Verification: {info['mount_verification']['remaining_s']:g} s left"
-           if info.get("mount_verification") else ""),
-    ]
-    merge, ms = info.get("merge"), info.get("merge_settings")
-    if merge:
-        delay = f"{merge['delay_us'] / 1000:.1f} ms"
-        lines.append(f"  Merge: {merge['percent']:.1f}% (fence LBN {merge['fence_lbn']})"
-                     + ("" if merge["running"] else " waiting")
-                     + f"   Merge Repair Cnt {merge['merge_repairs']}   APP Merge Repair Cnt "
-                     f"{merge['app_repairs']}   Delay {delay}")
-    if ms:
-        lines.append(f"  Merge Delay Factor {ms['merge_delay_factor']} / Delay Threshold "
-                     f"{ms['merge_delay_threshold']} / Min Rate {format_size(ms['merge_min_rate'])}/s")
-    lines += [
-        "",
-        f"  {'Member':<28} {'State':<16} {'Cost':>5} {'Reads':>9} {'Writes':>9} "
-        f"{'Read':>10} {'Written':>10} {'Errors':>6} {'Repairs':>7}",
-    ]
-    for m in info["members"]:
-        name = m["path"] if len(m["path"]) <= 28 else "..." + m["path"][-25:]
-        lines.append(f"  {name:<28} {m['state']:<16} {m['read_cost']:>5} {m['reads']:>9} "
-                     f"{m['writes']:>9} {_fmt_bytes(m['read_bytes']):>10} "
-                     f"{_fmt_bytes(m['written_bytes']):>10} {m['read_errors']:>6} {m['repairs']:>7}")
-        if m.get("faults"):
-            lines.append(f"  {'':<28} injected: {', '.join(m['faults'])}")
-        extra = []
-        if m.get("member_timeout") not in (None, info.get("member_timeout")):
-            extra.append(f"member timeout {m['member_timeout']:g} s")
-        if m.get("force_removal"):
-            extra.append("flagged for forced removal")
-        if extra:
-            lines.append(f"  {'':<28} {', '.join(extra)}")
-    return "\n".join(lines)
 
 
 def cmd_show(args) -> int:

@@ -2,9 +2,11 @@
 
 Invariant: an error raised by dsafs code is a DsafsError whose message is one line that names the
 object (a VU, a member path) and says what to do; `exit_code` is what the CLI returns for it.
-Each class carries its errno as a class attribute (MemberIOError: the member's own), so the
-engine raises classes and never sets an errno number; `fusefs` alone turns them into FUSE replies. Anything that is not a DsafsError is a bug: the CLI prints it as one line and exits 1, the
-FUSE layer logs it and returns EIO.
+Each class carries its errno as a class attribute (EIO unless it says otherwise; a MemberIOError
+the member's own), so the engine raises classes and never sets an errno number; `fusefs`, the
+only module that turns exceptions into FUSE replies, reads it there. Anything that is not a
+DsafsError is a bug: the CLI prints it as one line and exits 1, the FUSE layer logs it and
+returns EIO.
 """
 
 import errno as _errno

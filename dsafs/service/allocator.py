@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ctypes
 
+from dsafs.units import MiB
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MALLOC_MMAP_THRESHOLD = 64 << 20
-MALLOC_TRIM_THRESHOLD = 128 << 20
+MALLOC_MMAP_THRESHOLD = 64 * MiB
+MALLOC_TRIM_THRESHOLD = 128 * MiB
 
 
 def tune_allocator() -> bool:

@@ -40,16 +40,17 @@ import trio
 from dsafs.service import requests
 from dsafs.service.allocator import release_free_memory
 from dsafs.errors import DsafsError, NoDaemonError
+from dsafs.units import KiB, MiB
 
 log = logging.getLogger("dsafs.control")
 
 DEFAULT_SOCKET = "/mnt/dsafs.sock"
 MAX_CONNECTIONS = 128
-MAX_LINE_BYTES = 1 << 20
-MAX_BUFFERED_BYTES = 64 << 20
+MAX_LINE_BYTES = 1 * MiB
+MAX_BUFFERED_BYTES = 64 * MiB
 SEND_TIMEOUT_S = 30.0
-RECEIVE_BYTES = 65536
-RELEASE_AFTER_BYTES = 8 << 20     # hand memory back once this much was buffered and freed
+RECEIVE_BYTES = 64 * KiB
+RELEASE_AFTER_BYTES = 8 * MiB      # hand memory back once this much was buffered and freed
 
 Handler = Callable[[dict], Awaitable[Any]]
 
@@ -63,15 +64,17 @@ class Stream:
 
 @dataclasses.dataclass(frozen=True)
 class LimitStats:
-    connections: int
+    connections: int             # open now
     buffered_bytes: int
     refused_connections: int
     refused_lines: int
     refused_buffered: int
+    requests: int                # request lines answered (errors included), since the start
 
 
 class Limits:
-    """The daemon-wide bounds on control connections (see the module docstring)."""
+    """The daemon-wide bounds on control connections (see the module docstring), and the
+    counts they keep: connections open, bytes buffered, refusals, requests answered."""
 
     def __init__(self, max_connections: int = MAX_CONNECTIONS,
                  max_line_bytes: int = MAX_LINE_BYTES,
@@ -83,6 +86,7 @@ class Limits:
         self.buffered = 0              # bytes of unfinished requests held, all connections
         self.freed_since_release = 0
         self.refused = {"connections": 0, "lines": 0, "buffered": 0}
+        self.requests = 0              # request lines answered
 
     def release(self, nbytes: int) -> None:
         self.buffered -= nbytes
@@ -93,11 +97,11 @@ class Limits:
 
     def statistics(self) -> LimitStats:
         return LimitStats(self.connections, self.buffered, self.refused["connections"],
-                          self.refused["lines"], self.refused["buffered"])
+                          self.refused["lines"], self.refused["buffered"], self.requests)
 
     def __repr__(self) -> str:
         return (f"<Limits {self.connections}/{self.max_connections} connections, "
-                f"{self.buffered} bytes buffered>")
+                f"{self.buffered} bytes buffered, {self.requests} requests answered>")
 
 
 class _Refused(Exception):
@@ -155,6 +159,7 @@ async def _serve(stream, handlers, reader) -> None:
         reply = await dispatch(line, handlers)
         del line
         reader.release_line()
+        reader.limits.requests += 1
         if isinstance(reply.get("result"), Stream):
             await _send_stream(stream, reply["result"])
             return
@@ -230,7 +235,7 @@ async def _send_stream(stream: trio.SocketStream, out: Stream) -> None:
 
     async def watch_hangup(cancel_scope):
         try:
-            while await stream.receive_some(4096):
+            while await stream.receive_some(4 * KiB):
                 pass                     # nothing more is expected from the client
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

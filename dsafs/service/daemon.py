@@ -1,16 +1,22 @@
-"""The daemon (`dsafs serve`): one FUSE mount holding every VU, and the control socket.
+"""The daemon's lifetime (`dsafs serve`): one FUSE mount holding every VU, and the control socket.
 
-Lifetime: `Daemon.run` owns one nursery holding the FUSE main loop, the control server, the
-signal watcher and every VU (each started with `nursery.start(vu.run)`). SIGTERM or SIGINT
-dissolves every VU cleanly (flush, members marked clean), then the nursery is cancelled, FUSE is
-unmounted and the socket removed; the process exits 0. While a VU file is open (a loop device,
-a filesystem mounted on it) a signal does not dissolve it under its user: the daemon logs a
+`Daemon.run` owns one nursery holding the FUSE main loop, the control server, the signal
+watcher and every VU (each started with `nursery.start(vu.run)`). SIGTERM or SIGINT dissolves
+every VU cleanly (flush, members marked clean), then the nursery is cancelled, FUSE is unmounted
+and the socket removed; the process exits 0. While a VU file is open (a loop device, a
+filesystem mounted on it) a signal does not dissolve it under its user: the daemon logs a
 WARNING naming the VUs, refuses new mounts, keeps serving, and stops once the last handle is
-released, or at a second signal (which dissolves them anyway). A stale socket (nothing answers) is
-removed at start; a live one, or a mountpoint that is already mounted, is refused.
+released, or at a second signal (which dissolves them anyway). A stale socket (nothing answers)
+is removed at start; a live one, or a mountpoint that is already mounted, is refused.
 
-Invariant: a command either completes or changes nothing; a failing VU task is logged and its VU
-withdrawn, never taking the daemon (or the other VUs) down with it.
+The control commands are commands.py's (the Daemon is their `Host`: VUs by name, the
+membership lock, start_vu/withdraw); what `show` prints is view.py's; fusefs.py answers the
+kernel and calls back `failsafe`, `vu_released` and `fuse_initialized`.
+
+Invariant: a VU is in `vus` exactly while its task runs and its file is published (start_vu
+adds it after its task started, withdraw removes it and invalidates the kernel's caches); a
+failing VU task is logged and its VU withdrawn, never taking the daemon (or the other VUs) down
+with it; no cache invalidation is sent once the daemon is stopping (see `_invalidate`).
 """
 
 from __future__ import annotations
@@ -26,28 +32,16 @@ from typing import Optional
 import pyfuse3
 import trio
 
-from dsafs.service import control
-from dsafs.engine import decide
-from dsafs.service import fusectl
-from dsafs.service import intake
-from dsafs.members import memberpath
-from dsafs.service import requests
-from dsafs.members import timeouts
-from dsafs.service.allocator import tune_allocator
-from dsafs.errors import DsafsError, InvalidArgument, MountRefused, UsageError, VuError
-from dsafs.events import EventLog
-from dsafs.service.fusefs import DsafsOps, inode_of
-from dsafs.members.inject import MAX_DELAY_S, FaultyMember, parse_flakey, parse_lbn_range
 from dsafs.engine.throttle import Settings as MergeSettings
-from dsafs.engine.mountver import MOUNT_VERIFY
-from dsafs.engine.settings import SetPlan
-from dsafs.engine.operations import check_priority
-from dsafs.units import BLOCK_BYTES, vu_name
-from dsafs.engine.verify import verify
+from dsafs.errors import DsafsError, UsageError
+from dsafs.events import EventLog
+from dsafs.members import timeouts
+from dsafs.service import control, fusectl, intake
+from dsafs.service.allocator import tune_allocator
+from dsafs.service.commands import Commands
+from dsafs.service.fusefs import DsafsOps, inode_of
 
 log = logging.getLogger("dsafs.daemon")
-
-MAX_READ_COST = requests.MAX_READ_COST
 
 
 def _is_mountpoint_in_use(path: str) -> bool:
@@ -59,63 +53,24 @@ def _is_mountpoint_in_use(path: str) -> bool:
         return False
 
 
-def vu_json(vu) -> dict:
-    st = vu.statistics()
-    copy = None
-    if st.copy is not None:
-        copy = {"percent": st.copy.percent, "fence_lbn": st.copy.fence_lbn,
-                "targets": list(st.copy.targets), "bytes_compared": st.copy.bytes_compared,
-                "bytes_written": st.copy.bytes_written}
-    elif vu.state == "copying":
-        copy = {"percent": 0.0, "fence_lbn": 0, "targets": [t.member.path for t in vu.targets],
-                "bytes_compared": 0, "bytes_written": 0}
-    merge = None
-    if st.merge is not None:
-        m = st.merge
-        merge = {"percent": m.percent, "fence_lbn": m.fence_lbn, "master": m.master,
-                 **_merge_counts(m), "delay_us": round(m.delay_us, 1),
-                 "current_us": _round(m.current_us), "ideal_us": _round(m.ideal_us),
-                 "running": vu.merge_running}
-    settings = vu.merge_settings()
-    return {
-        "name": st.name, "state": st.state, "size_bytes": st.size_bytes,
-        "generation": st.generation, "generation_hex": st.generation_hex, "master": st.master,
-        "copy": copy, "merge": merge, "label": vu.label, "set_uuid": str(vu.set_uuid),
-        "dirty": st.dirty, "merge_required": st.merge_required, "readonly": vu.readonly,
-        "copy_source": vu.copy_source, "priority": vu.priority,
-        "merge_settings": {"merge_delay_threshold": settings.threshold,
-                           "merge_delay_factor": settings.factor,
-                           "merge_min_rate": settings.min_rate,
-                           "overridden": sorted(_SETTING_NAMES[k] for k in vu.merge_overrides)},
-        "last_merge": _last_merge_json(vu.last_merge),
-        "members": [dict(path=m.path, state=m.state, read_cost=m.read_cost, reads=m.reads,
-                         writes=m.writes, read_bytes=m.read_bytes, written_bytes=m.written_bytes,
-                         read_errors=m.read_errors, repairs=m.repairs,
-                         faults=s.member.faults.describe() if isinstance(s.member, FaultyMember)
-                         else [])
-                    for m, s in zip(st.members, vu.slots)],
-    }
-
-
-_SETTING_NAMES = {"threshold": "merge_delay_threshold", "factor": "merge_delay_factor",
-                  "min_rate": "merge_min_rate"}
-
-
-def _round(x: Optional[float]) -> Optional[float]:
-    return None if x is None else round(x, 1)
-
-
-def _merge_counts(m) -> dict:
-    return {"merge_repairs": m.merge_repairs, "app_repairs": m.app_repairs,
-            "chunks_compared": m.chunks_compared, "bytes_written": m.bytes_written,
-            "seconds": m.seconds}
-
-
-def _last_merge_json(merge) -> Optional[dict]:
-    return None if merge is None else _merge_counts(merge.statistics())
+@dataclasses.dataclass(frozen=True)
+class DaemonStats:
+    vus: int                     # VUs mounted (published)
+    failsafe_vus: int            # of which in failsafe (an unexpected error: writes fail)
+    open_handles: int            # VU file handles open (a loop device, a mounted filesystem)
+    getattrs: int                # FUSE GETATTR requests answered
+    intake_fast: int             # FUSE requests the fast intake took at once (intake.py)
+    intake_slow: int             # ... and after a wait through trio
+    clients: int                 # control connections open
+    requests: int                # control requests answered
+    refused: int                 # control connections refused at a limit (control.Limits)
+    allocator_tuned: Optional[bool]   # tune_allocator's result; None before the start
+    stopping: bool
 
 
 class Daemon:
+    """The serving daemon: see the module docstring."""
+
     def __init__(self, mountpoint: str, socket_path: Optional[str] = None, *,
                  fuse_max_tasks: int = 16, allow_other: bool = False,
                  max_background: int = fusectl.DEFAULT_MAX_BACKGROUND,
@@ -126,24 +81,44 @@ class Daemon:
         self.fuse_max_tasks = fuse_max_tasks
         self.max_background = max_background    # 0: leave the kernel's limit (fusectl.py)
         self.intake = None                  # intake.install(): the fast FUSE reader wait
+        self.allocator_tuned: Optional[bool] = None   # tune_allocator() at the start
         self.allow_other = allow_other
         self.merge_settings = merge_settings       # the global defaults; VUs may override
-        self.priorities: dict = {}                 # VU name -> priority; survives dismount
         self.vus: dict = {}
         self._failsafe: set = set()
         self._nursery: Optional[trio.Nursery] = None
         self.ops: Optional[DsafsOps] = None
-        self._mount_real = os.path.realpath(self.mountpoint)   # re-taken by _prepare
-        self._busy = trio.Lock()           # one membership command at a time
+        self.mount_real = os.path.realpath(self.mountpoint)   # re-taken by _prepare
+        self.membership_lock = trio.Lock()   # one membership change at a time (commands.py)
         self._closing = False
         self._stop_requested = False       # a signal came while a VU was open (_watch_signals)
         self._all_closed = trio.Event()
         self.events = EventLog()           # every VU's state changes (dsafs events)
         self.control_limits = control.Limits()     # bounds on control connections
+        self.commands = Commands(self)
+        self.handlers = self.commands.handlers()
         self.member_timeout = (None if member_timeout is None else
                                timeouts.check_timeout(member_timeout, "--member-timeout"))
         self.vu_timeout = (None if vu_timeout is None else
                            timeouts.check_timeout(vu_timeout, "--vu-timeout"))
+
+    def statistics(self) -> DaemonStats:
+        fuse = self.ops.statistics() if self.ops is not None else None
+        control_st = self.control_limits.statistics()
+        return DaemonStats(
+            vus=len(self.vus), failsafe_vus=len(self._failsafe),
+            open_handles=fuse.open_handles if fuse else 0, getattrs=fuse.getattrs if fuse else 0,
+            intake_fast=self.intake.fast if self.intake else 0,
+            intake_slow=self.intake.slow if self.intake else 0,
+            clients=control_st.connections, requests=control_st.requests,
+            refused=(control_st.refused_connections + control_st.refused_lines
+                     + control_st.refused_buffered),
+            allocator_tuned=self.allocator_tuned, stopping=self.stopping())
+
+    def __repr__(self) -> str:
+        st = self.statistics()
+        return (f"<Daemon {self.mountpoint} {st.vus} VUs, {st.open_handles} open handles, "
+                f"{st.clients} clients>")
 
     # ----------------------------------------------------------------- FUSE-facing
     def failsafe(self, vu, exc) -> None:
@@ -158,7 +133,7 @@ class Daemon:
 
     # ----------------------------------------------------------------- lifetime
     def _prepare(self) -> trio.SocketListener:
-        self._mount_real = os.path.realpath(self.mountpoint)   # now: once mounted, it is ours
+        self.mount_real = os.path.realpath(self.mountpoint)   # now: once mounted, it is ours
         if not os.path.isdir(self.mountpoint):
             parent = os.path.dirname(self.mountpoint)
             if not os.path.isdir(parent):
@@ -180,7 +155,12 @@ class Daemon:
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         path = self._prepare()
-        tune_allocator()
+        self.allocator_tuned = tune_allocator()
+        if self.allocator_tuned:
+            log.info("memory allocator: large I/O buffers kept in the heap (mallopt)")
+        else:
+            log.info("memory allocator: no mallopt in this libc; each large copy or merge "
+                     "buffer is a fresh mmap (slower; nothing else changes)")
         sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
         old_umask = os.umask(0o177)          # the socket is born 0600: root only (README)
         try:
@@ -210,10 +190,13 @@ class Daemon:
                 log.info("serving %s, control socket %s", self.mountpoint, path)
                 task_status.started(self)
         finally:
+            st = self.statistics()
             if self.intake is not None:
                 log.info("FUSE intake: %d requests taken at once, %d after a wait",
-                         self.intake.fast, self.intake.slow)
-            log.info("FUSE: %d GETATTR requests answered", self.ops.getattrs)
+                         st.intake_fast, st.intake_slow)
+            log.info("FUSE: %d GETATTR requests answered", st.getattrs)
+            log.info("control: %d requests answered, %d connections refused", st.requests,
+                     st.refused)
             pyfuse3.close(unmount=True)
             try:
                 os.unlink(path)
@@ -272,28 +255,37 @@ class Daemon:
         if self._closing:
             return                # the other of the two signal paths is already at it
         self._closing = True      # no cache invalidations from here on: see _invalidate
-        async with self._busy:
+        async with self.membership_lock:
             for name in list(self.vus):
                 vu = self.vus[name]
                 try:
                     await vu.dissolve()
                 except DsafsError as exc:
                     log.error("%s: clean dismount failed (%s); a merge may be owed", name, exc)
-                self._withdraw(name)
+                self.withdraw(name)
         self._nursery.cancel_scope.cancel()
 
     async def _serve_client(self, stream) -> None:
-        await control.serve_connection(stream, {
-            "mount": self.cmd_mount, "dismount": self.cmd_dismount, "show": self.cmd_show,
-            "set": self.cmd_set, "verify": self.cmd_verify, "ping": self.cmd_ping,
-            "inject": self.cmd_inject, "events": self.cmd_events,
-        }, self.control_limits)
+        await control.serve_connection(stream, self.handlers, self.control_limits)
+
+    # ----------------------------------------------------------------- for commands.py (Host)
+    def stopping(self) -> bool:
+        return self._closing or self._stop_requested
+
+    def open_handles(self, name: str) -> int:
+        return self.ops.open_count.get(inode_of(name), 0) if self.ops is not None else 0
+
+    async def start_vu(self, vu) -> None:
+        """Run `vu` in the daemon's nursery (its failure withdraws it), then publish its file."""
+        await self._nursery.start(self._run_vu, vu)
+        self._publish(vu)
 
     def _publish(self, vu) -> None:
         self.vus[vu.name] = vu
         self._invalidate(vu.name)
 
-    def _withdraw(self, name: str) -> None:
+    def withdraw(self, name: str) -> None:
+        """Remove a VU's file (it was dissolved, or its task failed)."""
         if self.vus.pop(name, None) is not None:
             self._failsafe.discard(name)
             self._invalidate(name)
@@ -349,304 +341,8 @@ class Daemon:
             raise
         except Exception:
             log.exception("%s: failed; withdrawn from %s", vu.name, self.mountpoint)
-            self._withdraw(vu.name)
-
-    # ----------------------------------------------------------------- commands
-    def _get(self, name: str):
-        name = vu_name(name)
-        vu = self.vus.get(name)
-        if vu is None:
-            raise VuError(f"{name} is not mounted; mount it first (dsafs mount {name} MEMBER ...)")
-        return vu
-
-    async def cmd_ping(self, args) -> dict:
-        return {"mountpoint": self.mountpoint, "vus": sorted(self.vus), "pid": os.getpid()}
-
-    async def cmd_mount(self, args) -> dict:
-        name = vu_name(args.get("vu", ""))
-        paths = [os.path.abspath(p) for p in args.get("members") or []]
-        if not paths:
-            raise InvalidArgument(f"{name}: name at least one member file")
-        for p in paths:
-            if paths.count(p) > 1:
-                raise InvalidArgument(f"{name}: member {p} is named twice; name each member once")
-        if args.get("priority") is not None:
-            check_priority(name, args["priority"])
-        source = args.get("source") or ""
-        if "/" in source:
-            source = os.path.abspath(source)
-        options = decide.Options(nocopy=bool(args.get("nocopy")), confirm=bool(args.get("confirm")),
-                                 overwrite=bool(args.get("overwrite")),
-                                 verify_label=bool(args.get("verify_label")),
-                                 nowrite=bool(args.get("nowrite")),
-                                 override_membership=bool(args.get("override_membership")),
-                                 source=source,
-                                 in_use=tuple((v.set_uuid, v.name) for v in self.vus.values()))
-        confirmed = bool(args.get("confirmed"))
-        asked = []
-
-        async def confirm(plan):
-            asked.append(plan)
-            return confirmed
-
-        async with self._busy:
-            vu = self.vus.get(name)
-            if args.get("add"):
-                if vu is None:
-                    raise VuError(f"{name} is not mounted; mount it first, then add members "
-                                  f"with --add")
-                members, warnings = await self._open(name, paths, adding_to=name)
-                try:
-                    plan = await vu.add(members, options, confirm) if members else None
-                except MountRefused:
-                    if asked and not confirmed:
-                        return _confirmation(name, asked[0])
-                    raise
-                return {"vu": name, "plan": _plan_json(plan) if plan else [], "state": vu.state,
-                        "warnings": warnings}
-            if vu is not None:
-                raise VuError(f"{name} is already mounted; add members with "
-                              f"'dsafs mount {name} --add MEMBER'")
-            if self._stop_requested or self._closing:
-                raise MountRefused(f"{name}: the daemon is stopping (a signal came while VUs "
-                                   f"were open); mount {name} after it has stopped")
-            if len(self.vus) >= 10000:
-                raise MountRefused(f"{name}: too many virtual units mounted")
-            members, warnings = await self._open(name, paths,
-                                                 readonly=bool(args.get("nowrite")))
-            try:
-                vu = await type(self)._assemble(name, members, options, bool(args.get("nowrite")), confirm)
-            except MountRefused:
-                if asked and not confirmed:
-                    return _confirmation(name, asked[0])
-                raise
-            vu.default_merge_settings = lambda: self.merge_settings
-            if args.get("priority") is not None:
-                self.priorities[name] = args["priority"]
-            vu.priority = self.priorities.get(name, vu.priority)
-            vu.events = self.events
-            vu.mv.configure(self.member_timeout, self.vu_timeout)
-            await self._nursery.start(self._run_vu, vu)
-            self._publish(vu)
-            return {"vu": name, "plan": _plan_json(vu.plan), "state": vu.state,
-                    "path": os.path.join(self.mountpoint, name),
-                    "merge_rule": vu.plan.merge_rule or None, "notes": list(vu.plan.notes),
-                    "readonly": vu.readonly, "warnings": warnings}
-
-    @staticmethod
-    async def _assemble(name, members, options, readonly, confirm):
-        from dsafs.engine.vu import VirtualUnit
-        return await VirtualUnit.assemble(name, members, options, readonly=readonly, confirm=confirm)
-
-    async def _open(self, name: str, paths, readonly: bool = False,
-                    adding_to: Optional[str] = None) -> tuple[list, list]:
-        """Open (and lock) every member, or none: a failure closes those already opened.
-        Returns (members, warnings). With `adding_to` (a VU name), a path that is already a
-        current member of that VU is skipped. Each path is checked (memberpath.py: never a file
-        of this daemon's own mount, never a symlink loop) and opened on a worker thread with a
-        deadline, so the loop never waits on a filesystem that could be its own, or a hung one."""
-        roots, devices = memberpath.own_roots(self._mount_real)
-        in_use = {}
-        for vu in self.vus.values():
-            for s in vu.slots:
-                ident = memberpath.identity(s.member)
-                if s.state.current and ident is not None:
-                    in_use[ident] = vu.name
-        opened, warnings = [], []
-        try:
-            for p in paths:
-                m = await memberpath.open_checked(name, p, roots, devices, in_use, readonly,
-                                                  adding_to)
-                if m is None:
-                    continue
-                in_use[m.identity] = (p,)          # a tuple: named earlier in this command
-                opened.append(m)
-                warning = None if readonly else m.space_warning()
-                if warning:
-                    log.warning("%s: %s", name, warning)
-                    warnings.append(warning)
-        except BaseException:
-            for m in opened:
-                m.close()
-            raise
-        return opened, warnings
-
-    async def cmd_dismount(self, args) -> dict:
-        async with self._busy:
-            vu = self._get(args.get("vu", ""))
-            member = args.get("member")
-            if member:
-                if args.get("policy") not in (None, "", "nominicopy"):
-                    raise InvalidArgument(f"{vu.name}: --policy {args['policy']} is not supported "
-                                          f"yet; dismount without --policy (the member returns "
-                                          f"with a full copy)")
-                await vu.remove(member)
-                return {"vu": vu.name, "removed": member, "state": vu.state}
-            opens = self.ops.open_count.get(inode_of(vu.name), 0) if self.ops else 0
-            if vu.mv.state is not None and not args.get("abort"):
-                raise VuError(f"{vu.name} is in {vu.mv.state} (no member answers); its members "
-                              f"cannot be marked clean: dismount it with --abort (the next "
-                              f"mount merges)")
-            if args.get("abort"):
-                await vu.abort()
-            else:
-                if opens:
-                    raise VuError(f"{vu.name} is in use ({opens} open file handle"
-                                  f"{'s' if opens > 1 else ''}, e.g. a loop device or a mounted "
-                                  f"file system); unmount or close it first, or use --abort")
-                await vu.dissolve()
-            self._withdraw(vu.name)
-            return {"vu": vu.name, "dissolved": True, "clean": not args.get("abort")}
-
-    async def cmd_show(self, args) -> object:
-        if args.get("vu"):
-            return _with_failure_fields(self._get(args["vu"]))
-        return [_with_failure_fields(self.vus[n]) for n in sorted(self.vus, key=lambda n: int(n[3:]))]
-
-    async def cmd_set(self, args) -> dict:
-        vu = self._get(args.get("vu", ""))
-        failure_settings = SetPlan(vu, args)          # checked now, applied with the rest
-        changes = []
-        costs = {}
-        for ref, cost in (args.get("read_cost") or {}).items():
-            slot = vu.find(ref)
-            if not isinstance(cost, int) or not 1 <= cost <= MAX_READ_COST:
-                raise InvalidArgument(f"{vu.name}: read cost {cost!r} for {slot.name} is out of "
-                                      f"range; give 1 to {MAX_READ_COST}")
-            costs[slot] = cost
-        source = args.get("copy_source")
-        if source not in (None, "", "master"):
-            src = vu.find(source)
-            if src.state.label != "source":
-                raise InvalidArgument(f"{vu.name}: {src.name} is a copy target, not a source; "
-                                      f"a copy source must hold the data")
-            source = src.member.path
-        overrides = {}
-        for key, name in _SETTING_NAMES.items():
-            if name in args and args[name] is not None:
-                overrides[key] = args[name]
-        if overrides:
-            try:
-                dataclasses.replace(vu.merge_settings(), **overrides)    # checks the ranges
-            except InvalidArgument as exc:
-                raise InvalidArgument(f"{vu.name}: {exc}") from None
-        priority = args.get("priority")
-        if priority is not None:
-            check_priority(vu.name, priority)
-        if args.get("demand_merge"):
-            await vu.demand_merge()                # refuses before anything changes
-            changes.append("merge demanded: a full merge starts at LBN 0, master "
-                           f"{vu.merge_master().name}")
-        vu.merge_overrides.update(overrides)
-        if priority is not None:
-            self.priorities[vu.name] = priority
-            vu.set_priority(priority)
-            changes.append(f"priority {priority}" + (" (no copy or merge will start)"
-                                                     if priority == 0 else ""))
-        for key, value in overrides.items():
-            changes.append(f"{_SETTING_NAMES[key]} {value}"
-                           + (" (takes effect within 1000 merge I/Os)" if vu.merge else ""))
-        for slot, cost in costs.items():           # everything checked: now apply
-            slot.read_cost = cost
-            changes.append(f"{slot.name} read cost {cost}")
-        if "copy_source" in args:
-            vu.copy_source = None if source in (None, "", "master") else source
-            changes.append(f"copy source {vu.copy_source or 'master (alternating sources)'}")
-        more, warnings = failure_settings.apply()
-        changes += more
-        for c in changes:
-            log.info("%s: set %s", vu.name, c)
-        for w in warnings:
-            log.warning("%s", w)
-        return {"vu": vu.name, "changes": changes, "warnings": warnings}
-
-    async def cmd_events(self, args) -> object:
-        """`dsafs events`: the backlog (of one VU, or all); with `follow`, then every new event
-        as it happens, until the client hangs up or the daemon stops."""
-        name = vu_name(args["vu"]) if args.get("vu") else None
-        if not args.get("follow"):
-            return [e.as_dict() for e in self.events.backlog(name)]
-
-        async def items():
-            with self.events.subscribe() as receive:
-                last = 0
-                for e in self.events.backlog(name):
-                    last = e.seq
-                    yield e.as_dict()
-                async for e in receive:
-                    if e.seq > last and (name is None or e.vu == name):
-                        yield e.as_dict()
-        return control.Stream(items())
-
-    async def cmd_inject(self, args) -> dict:
-        """`dsafs debug inject`: check every option first, then wrap, change or unwrap."""
-        vu = self._get(args.get("vu", ""))
-        slot = vu.find(args.get("member") or "")
-        nblocks = vu.size_bytes // BLOCK_BYTES
-        bad_read = [parse_lbn_range(r, nblocks, "--eio-read") for r in args.get("eio_read") or []]
-        bad_write = [parse_lbn_range(r, nblocks, "--eio-write") for r in args.get("eio_write") or []]
-        marked = sum(map(len, bad_read + bad_write))        # each LBN is kept in a set
-        if marked > requests.MAX_FAULT_BLOCKS:
-            raise InvalidArgument(f"{vu.name}: --eio-read/--eio-write cover {marked} blocks; "
-                                  f"give at most {requests.MAX_FAULT_BLOCKS} per command")
-        delay_ms = args.get("delay_ms")
-        if delay_ms is not None and not (isinstance(delay_ms, (int, float))
-                                         and 0 <= delay_ms <= MAX_DELAY_S * 1000):
-            raise InvalidArgument(f"--delay {delay_ms!r} is out of range; give 0 to "
-                                  f"{int(MAX_DELAY_S * 1000)} milliseconds")
-        flakey = parse_flakey(args["flakey"]) if args.get("flakey") else None
-        member = slot.member
-        if args.get("clear"):
-            if isinstance(member, FaultyMember):
-                member.set_hang(False)
-                slot.member = slot.store.member = member.inner
-            log.warning("%s: %s: injected faults cleared", vu.name, slot.name)
-            return {"vu": vu.name, "member": slot.member.path, "faults": []}
-        fm = member if isinstance(member, FaultyMember) else FaultyMember(member)
-        for r in bad_read:
-            fm.faults.bad_read.update(r)
-        for r in bad_write:
-            fm.faults.bad_write.update(r)
-        if delay_ms is not None:
-            fm.faults.delay_s = delay_ms / 1000
-        if flakey:
-            fm.set_flakey(flakey)
-        if args.get("hang"):
-            fm.set_hang(True)
-        if args.get("vanish"):
-            fm.faults.vanish = True
-        slot.member = slot.store.member = fm
-        log.warning("%s: %s: injected %s", vu.name, slot.name, ", ".join(fm.faults.describe()))
-        return {"vu": vu.name, "member": fm.path, "faults": fm.faults.describe()}
-
-    async def cmd_verify(self, args) -> dict:
-        vu = self._get(args.get("vu", ""))
-        return (await verify(vu)).as_dict()
+            self.withdraw(vu.name)
 
 
 def _handles(n: int) -> str:
     return f"{n} open file handle{'s' if n != 1 else ''}: a loop device or a mounted filesystem?"
-
-
-def _with_failure_fields(vu) -> dict:
-    """`vu_json` plus the failure settings and state of mountver.py (show --json)."""
-    d = vu_json(vu)
-    st = vu.mv.statistics()
-    d.update(member_timeout=st.member_timeout, vu_timeout=st.vu_timeout,
-             mount_verification=({"seconds": st.mv_seconds, "remaining_s": st.mv_remaining,
-                                  "held": st.held} if st.state == MOUNT_VERIFY else None),
-             stall_writes_remaining_s=st.stall_writes_remaining,
-             warnings=vu.mv.warnings())
-    for m, slot in zip(d["members"], vu.slots):
-        m.update(member_timeout=slot.member_timeout, force_removal=slot in vu.mv.flagged)
-    return d
-
-
-def _plan_json(plan) -> list:
-    return [{"path": mp.path, "role": mp.role.label if mp.role else None, "rule": mp.rule}
-            for mp in plan.members]
-
-
-def _confirmation(name: str, plan) -> dict:
-    return {"vu": name, "needs_confirmation": True,
-            "targets": [mp.path for mp in plan.targets], "label": plan.label}

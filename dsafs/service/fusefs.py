@@ -1,9 +1,11 @@
 """The FUSE view: a flat directory holding one file `DSAn` per mounted virtual unit.
 
-Thin by rule (DESIGN §2): each handler translates one FUSE call into one engine call and maps
-errors to errno here and nowhere else. Invariant: no exception escapes a handler (pyfuse3 ends
-the mount on one). A DsafsError maps to its errno; any other exception is logged with its
-traceback, returns EIO, and puts that VU into failsafe (further writes return EIO), like S3QL.
+Thin by rule (DESIGN §2): each handler translates one FUSE call into one engine call. This module
+is the only one that turns exceptions into FUSE replies (`errno_for`, `_guard`); the errno numbers
+themselves are class attributes of the DsafsError classes in errors.py. Invariant: no exception
+escapes a handler (pyfuse3 ends the mount on one). A DsafsError replies with its class's errno;
+any other exception is logged with its traceback, returns EIO, and puts that VU into failsafe
+(further writes return EIO), like S3QL.
 
 Inode numbers are stable per name: DSAn is inode 100 + n, and a file handle is the inode, plus
 DIRECT_FH for an O_DIRECT open. This module alone knows that scheme (`inode_of`, `vu_name_of`):
@@ -26,6 +28,7 @@ acknowledged (off the trio thread: the kernel waits on pages whose reads only it
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
@@ -37,6 +40,7 @@ from typing import Optional
 import pyfuse3
 
 from dsafs.errors import DsafsError
+from dsafs.units import BLOCK_BYTES, PAGE_BYTES
 
 log = logging.getLogger("dsafs.fusefs")
 
@@ -45,8 +49,16 @@ ATTR_TIMEOUT_S = 3600.0
 DIRECT_FH = 1 << 32          # set in the fh of a handle opened O_DIRECT (inodes stay below it)
 
 
+@dataclasses.dataclass(frozen=True)
+class FuseStats:
+    open_handles: int            # VU file handles open now, O_DIRECT ones included
+    buffered_handles: int        # of which without O_DIRECT
+    getattrs: int                # GETATTR requests answered since the mount
+
+
 def errno_for(exc: BaseException) -> int:
-    """The errno for an engine exception; the only errno table of dsafs."""
+    """The errno a FUSE reply gives for `exc`: a DsafsError's class attribute (errors.py), an
+    OSError's own errno, else EIO."""
     if isinstance(exc, DsafsError):
         return getattr(exc, "errno", errno.EIO) or errno.EIO
     if isinstance(exc, OSError) and exc.errno:
@@ -111,6 +123,14 @@ class DsafsOps(pyfuse3.Operations):
         self._mount_ns = time.time_ns()
         self._owner = (os.getuid(), os.getgid())    # every VU file's owner: the daemon's
 
+    def statistics(self) -> FuseStats:
+        return FuseStats(sum(self.open_count.values()), sum(self.buffered_count.values()),
+                         self.getattrs)
+
+    def __repr__(self) -> str:
+        st = self.statistics()
+        return f"<DsafsOps {st.open_handles} open handles, {st.getattrs} GETATTRs>"
+
     def init(self):
         """Called by pyfuse3 while it answers the kernel's INIT (never raises into it)."""
         try:
@@ -134,8 +154,8 @@ class DsafsOps(pyfuse3.Operations):
         a.st_uid, a.st_gid = self._owner
         a.st_nlink = 1
         a.st_size = vu.size_bytes
-        a.st_blksize = 4096
-        a.st_blocks = vu.size_bytes // 512
+        a.st_blksize = PAGE_BYTES
+        a.st_blocks = vu.size_bytes // BLOCK_BYTES      # st_blocks counts 512-byte units
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = vu.created_ns or self._mount_ns
         a.attr_timeout = a.entry_timeout = ATTR_TIMEOUT_S
         return a
@@ -250,8 +270,8 @@ class DsafsOps(pyfuse3.Operations):
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
         total = sum(vu.size_bytes for vu in self.daemon.vus.values())
-        s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = total // 4096
+        s.f_bsize = s.f_frsize = PAGE_BYTES
+        s.f_blocks = total // PAGE_BYTES
         s.f_bfree = s.f_bavail = 0
         s.f_files = len(self.daemon.vus) + 1
         s.f_ffree = s.f_favail = 0

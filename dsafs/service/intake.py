@@ -14,7 +14,9 @@ under fio 4 KiB I/O. A zero-timeout poll() (one syscall) finds a waiting request
 
 How: pyfuse3's session loop looks `_wait_fuse_readable` up in its module globals on each call, so
 `install()` replaces it there. It does so only for the pyfuse3 versions it was checked against
-(PYFUSE3_VERSIONS); any other version keeps pyfuse3's own, and the daemon logs why.
+(PYFUSE3_VERSIONS), which are the versions setup.cfg requires (tests/unit/test_intake.py keeps
+the two equal); any other version (installed around setup.cfg) keeps pyfuse3's own intake, and
+the daemon logs why.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import trio
 
 log = logging.getLogger("dsafs.intake")
 
-PYFUSE3_VERSIONS = ("3.5.0",)   # read internal.pxi of each before adding one
+PYFUSE3_VERSIONS = ("3.5.0",)   # read internal.pxi of each before adding one (and setup.cfg)
 FAST_STREAK = 64                # then one request goes through trio: a schedule point, so a
                                 # flood of requests whose handlers never yield (getattr, cached
                                 # reads) cannot starve the other tasks (control socket, merge)

@@ -4,6 +4,7 @@ connections hold unfinished requests, and is handed back when they close; the so
 
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -233,3 +234,16 @@ def test_injected_bad_blocks_are_bounded(daemon):
         daemon.check("dismount", "DSA2")
         os.unlink(os.path.join(daemon.dir, "big.img"))
     alive(daemon)
+
+
+def test_start_and_stop_log_the_allocator_and_the_counts(tmp_path):
+    """The daemon logs tune_allocator's result at start and its statistics at stop."""
+    with mounted(tmp_path) as m:
+        with Client(m.sock, timeout=10) as c:
+            for _ in range(3):
+                c.call("ping")
+    log = m.log(tail=100000)
+    assert "memory allocator: large I/O buffers kept in the heap (mallopt)" in log, log
+    found = re.search(r"control: (\d+) requests answered, 0 connections refused", log)
+    assert found and int(found[1]) >= 3, log
+    assert re.search(r"FUSE: \d+ GETATTR requests answered", log), log

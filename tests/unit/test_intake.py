@@ -107,3 +107,22 @@ async def test_a_long_run_of_queued_requests_still_yields_to_other_tasks(pipe):
             assert await wait() is True
     assert ran == [intake.FAST_STREAK]        # it ran at the one slow-path wait
     assert (wait.fast, wait.slow) == (intake.FAST_STREAK, 1)
+
+
+def test_setup_cfg_requires_exactly_the_checked_pyfuse3_versions():
+    """setup.cfg's pyfuse3 range admits a release exactly when intake.py was checked against it
+    (a new pyfuse3 is added to both, after reading its internal.pxi)."""
+    import configparser
+    import pathlib
+
+    from packaging.requirements import Requirement
+
+    cfg = configparser.ConfigParser()
+    cfg.read(pathlib.Path(__file__).parents[2] / "setup.cfg")
+    reqs = [Requirement(line.split("#")[0]) for line in
+            cfg["options"]["install_requires"].splitlines() if line.strip()]
+    spec = next(r.specifier for r in reqs if r.name == "pyfuse3")
+    releases = ["3.2.0", "3.2.3", "3.3.0", "3.4.0", "3.4.2", *intake.PYFUSE3_VERSIONS,
+                "3.5.1", "3.6.0", "4.0.0"]
+    assert [v for v in releases if v in spec] == list(intake.PYFUSE3_VERSIONS)
+    assert pyfuse3.__version__ in spec            # the one installed is one of them
