@@ -65,9 +65,9 @@ class CopyHost(Protocol):
     @property
     def copy_source(self) -> Optional[str]: ...
 
-    async def expel(self, slot, why: str, rule: Optional[str] = None) -> None: ...
+    async def expel(self, leg, why: str, rule: Optional[str] = None) -> None: ...
 
-    async def write_scbs(self, slots: Sequence) -> None: ...
+    async def write_scbs(self, legs: Sequence) -> None: ...
 
 
 class Copy:
@@ -118,8 +118,8 @@ class Copy:
             if not self.live_targets:
                 return False
             failures = await flush_all(self.live_targets)
-            for slot, exc in failures:
-                await vu.expel(slot, f"flush failed at the end of the copy: {exc}")
+            for leg, exc in failures:
+                await vu.expel(leg, f"flush failed at the end of the copy: {exc}")
             return bool(self.live_targets)
         finally:
             if self.fence_bytes < size and self.live_targets:
@@ -161,13 +161,13 @@ class Copy:
             sources = chosen + [s for s in sources if s is not chosen[0]]
             self._next_source = 0
         for i in range(len(sources)):
-            slot = sources[(self._next_source + i) % len(sources)]
+            leg = sources[(self._next_source + i) % len(sources)]
             try:
-                data = await wait(slot, slot.member.start_bulk_read(pos, nbytes), "read")
+                data = await wait(leg, leg.member.start_bulk_read(pos, nbytes), "read")
             except MemberIOError as exc:
-                slot.read_errors += 1
+                leg.read_errors += 1
                 log.warning("%s: copy read failed on source %s at LBN %d: %s",
-                            self.vu.name, slot.name, pos // BLOCK_BYTES, exc)
+                            self.vu.name, leg.name, pos // BLOCK_BYTES, exc)
                 continue
             self._next_source = (self._next_source + i + 1) % len(sources)
             self.bytes_read += nbytes
@@ -179,8 +179,8 @@ class Copy:
     async def checkpoint(self) -> None:
         """Flush the targets, then record the fence in their SCBs."""
         live = self.live_targets
-        for slot, exc in await flush_all(live):
-            await self.vu.expel(slot, f"flush failed during the copy: {exc}", rule=rule_for(exc))
+        for leg, exc in await flush_all(live):
+            await self.vu.expel(leg, f"flush failed during the copy: {exc}", rule=rule_for(exc))
         fence_lbn = self.fence_bytes // BLOCK_BYTES
         for t in self.live_targets:
             t.fence_lbn = max(t.fence_lbn, fence_lbn)

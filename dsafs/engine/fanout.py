@@ -16,26 +16,26 @@ from dsafs.errors import MemberIOError
 from dsafs.members.waits import wait_each
 
 
-async def write_all(slots, pos: int, data) -> list:
-    """Write `data` at byte `pos` on every slot's member. Returns [(slot, MemberIOError), ...];
+async def write_all(legs, pos: int, data) -> list:
+    """Write `data` at byte `pos` on every leg's member. Returns [(leg, MemberIOError), ...];
     a member that does not answer within its member timeout fails with MemberTimeout."""
     start = trio.current_time()
     failures = []
     nbytes = len(data)
-    with Busy(slots):
-        pending = [(slot, slot.member.start_write(pos, data)) for slot in slots]
-        for slot, value in await wait_each(pending, "write", start):
+    with Busy(legs):
+        pending = [(leg, leg.member.start_write(pos, data)) for leg in legs]
+        for leg, value in await wait_each(pending, "write", start):
             if isinstance(value, MemberIOError):
-                failures.append((slot, value))
+                failures.append((leg, value))
             else:
-                slot.writes += 1
-                slot.written_bytes += nbytes
+                leg.writes += 1
+                leg.written_bytes += nbytes
     return failures
 
 
-async def flush_all(slots) -> list:
-    """fdatasync every slot's member; returns [(slot, MemberIOError), ...] (timeouts included)."""
+async def flush_all(legs) -> list:
+    """fdatasync every leg's member; returns [(leg, MemberIOError), ...] (timeouts included)."""
     start = trio.current_time()
-    pending = [(slot, slot.member.start_flush()) for slot in slots]
-    return [(slot, value) for slot, value in await wait_each(pending, "flush", start)
+    pending = [(leg, leg.member.start_flush()) for leg in legs]
+    return [(leg, value) for leg, value in await wait_each(pending, "flush", start)
             if isinstance(value, MemberIOError)]

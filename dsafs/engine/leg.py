@@ -25,7 +25,7 @@ DEFAULT_READ_COST = 2
 
 
 @dataclasses.dataclass(frozen=True)
-class SlotStats:
+class LegStats:
     path: str
     state: str
     read_cost: int
@@ -37,7 +37,7 @@ class SlotStats:
     repairs: int
 
 
-class Slot:
+class Leg:
     """One member in a VU: its role, read cost, in-flight count and application counters."""
 
     def __init__(self, member, store: ScbStore, member_uuid: uuidlib.UUID, state: MemberState,
@@ -64,7 +64,7 @@ class Slot:
         return self.member.path.rsplit("/", 1)[-1]
 
     def release(self) -> None:
-        """One request of this slot's finished (pairs with `in_flight += 1`)."""
+        """One request of this leg's finished (pairs with `in_flight += 1`)."""
         self.in_flight -= 1
         if self.in_flight == 0 and self._idle is not None:
             self._idle.set()
@@ -75,13 +75,18 @@ class Slot:
             await self._idle.wait()
         self._idle = None
 
-    def statistics(self) -> SlotStats:
-        return SlotStats(self.member.path, self.state.label, self.read_cost, self.reads,
+    def swap_member(self, member) -> None:
+        """Serve this leg through `member` from now on: the same file behind another Member
+        object (fault injection wraps and unwraps it); its SCB store follows."""
+        self.member = self.store.member = member
+
+    def statistics(self) -> LegStats:
+        return LegStats(self.member.path, self.state.label, self.read_cost, self.reads,
                          self.writes, self.read_bytes, self.written_bytes, self.read_errors,
                          self.repairs)
 
     def __repr__(self) -> str:
-        return f"<Slot {self.name} {self.state.label} cost {self.read_cost}, {self.in_flight} in flight>"
+        return f"<Leg {self.name} {self.state.label} cost {self.read_cost}, {self.in_flight} in flight>"
 
 
 class Busy:
@@ -90,7 +95,7 @@ class Busy:
 
     __slots__ = ("legs",)
 
-    def __init__(self, legs: Sequence[Slot]):
+    def __init__(self, legs: Sequence[Leg]):
         self.legs = legs
 
     def __enter__(self) -> "Busy":

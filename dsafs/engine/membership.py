@@ -1,8 +1,8 @@
 """Membership of one VU: its members, their roles, the generation, and every SCB write.
 
-A `Slot` is one member of the VU: the opened Member, its SCB store, its role (source, copy
-target, expelled, removed), its read cost, in-flight count and counters. `Membership` keeps the
-slots and changes them: add (always copy targets, spec §5 rule 8), remove, expel, forced
+A `Leg` (leg.py) is one member's place in the VU: the opened Member, its SCB store, its role
+(source, copy target, expelled, removed), its read cost, in-flight count and counters.
+`Membership` keeps the legs and changes them: add (always copy targets, spec §5 rule 8), remove, expel, forced
 removal, promotion after a copy; and it writes every SCB the VU writes (`scb_for` says what each
 member's SCB holds).
 
@@ -43,7 +43,7 @@ import trio
 from dsafs.engine import decide
 from dsafs.engine.fence import RangeGate
 from dsafs.engine.history import History
-from dsafs.engine.leg import Slot
+from dsafs.engine.leg import Leg
 from dsafs.engine.setmeta import load_candidate
 from dsafs.errors import (
     AllMembersFailed, MemberFailed, MemberIOError, MembershipRefused, MountRefused,
@@ -90,8 +90,8 @@ class MembershipHost(Protocol):
     def merge_record(self) -> tuple[bool, Optional[int]]:
         """(merge required, the merge fence an SCB may record in bytes, or None)."""
 
-    def members_changed(self, slots: Sequence[Slot]) -> None:
-        """The slots or their roles changed (mount verification re-reads member timeouts)."""
+    def members_changed(self, legs: Sequence[Leg]) -> None:
+        """The legs or their roles changed (mount verification re-reads member timeouts)."""
 
 
 async def decide_or_close(members: Sequence, fn):
@@ -135,16 +135,16 @@ class Membership:
         self.dirty_durable = False      # the dirty mark is on every member's SCB (flushed)
         self.commit_owed = False        # a generation rise no member took yet (mountver.py)
         self.commits = 0
-        self.slots: list[Slot] = []
+        self.legs: list[Leg] = []
         for mp in plan.members:
             scb = mp.candidate.scb
-            slot = Slot(by_path[mp.path], ScbStore(by_path[mp.path]), scb.member_uuid, mp.role,
+            leg = Leg(by_path[mp.path], ScbStore(by_path[mp.path]), scb.member_uuid, mp.role,
                         scb.generation, mp.resume_fence_lbn, scb.lineage)
-            slot.store.current = scb
-            self.slots.append(slot)
-        self.current: list[Slot] = []
-        self.sources: list[Slot] = []
-        self.targets: list[Slot] = []
+            leg.store.current = scb
+            self.legs.append(leg)
+        self.current: list[Leg] = []
+        self.sources: list[Leg] = []
+        self.targets: list[Leg] = []
         self.lock = trio.Lock()         # add, remove, promote, dissolve, merge end
         self._scb_lock = trio.Lock()
         self._dirty_lock = trio.Lock()
@@ -154,19 +154,19 @@ class Membership:
 
     def refresh(self) -> None:
         """Recompute the role lists after a role change."""
-        self.current = [s for s in self.slots if s.state.current]
-        self.sources = [s for s in self.slots if s.state is MemberState.SOURCE]
-        self.targets = [s for s in self.slots if s.state is MemberState.COPY_TARGET]
+        self.current = [s for s in self.legs if s.state.current]
+        self.sources = [s for s in self.legs if s.state is MemberState.SOURCE]
+        self.targets = [s for s in self.legs if s.state is MemberState.COPY_TARGET]
         if len(self.current) > 3:
             self.feature_flags |= FEATURE_EXTMEMB
-        self.host.members_changed(self.slots)
+        self.host.members_changed(self.legs)
 
     def statistics(self) -> MembershipStats:
         return MembershipStats(self.generation, len(self.sources), len(self.targets),
-                               len(self.slots) - len(self.current), self.dirty,
+                               len(self.legs) - len(self.current), self.dirty,
                                self.dirty_durable, self.commit_owed, self._leaving, self.commits)
 
-    def find(self, ref: str) -> Slot:
+    def find(self, ref: str) -> Leg:
         """A current member by absolute path or by a basename unique in the VU."""
         hits = [s for s in self.current if s.member.path == ref]
         if not hits:
@@ -178,50 +178,50 @@ class Membership:
         return hits[0]
 
     # ----------------------------------------------------------------- SCBs
-    def scb_for(self, slot: Slot) -> Scb:
+    def scb_for(self, leg: Leg) -> Scb:
         host = self.host
-        target = slot.state is MemberState.COPY_TARGET
-        own_lineage = target or not slot.state.current
+        target = leg.state is MemberState.COPY_TARGET
+        own_lineage = target or not leg.state.current
         entries = tuple(MemberEntry(s.uuid, s.state, s.member.path) for s in self.current)
-        if not slot.state.current:
-            entries += (MemberEntry(slot.uuid, slot.state, slot.member.path),)
+        if not leg.state.current:
+            entries += (MemberEntry(leg.uuid, leg.state, leg.member.path),)
         merge_required, merge_fence = host.merge_record()
         return Scb(
-            set_uuid=host.set_uuid, member_uuid=slot.uuid, label=host.label, vu_name=host.name,
-            generation=slot.generation if own_lineage else self.generation,
+            set_uuid=host.set_uuid, member_uuid=leg.uuid, label=host.label, vu_name=host.name,
+            generation=leg.generation if own_lineage else self.generation,
             vu_size_bytes=host.size_bytes, members=entries, revision=self.revision,
-            dirty=self.dirty and slot.state.current, merge_required=merge_required,
-            writers=1 if self.dirty and slot.state.current else 0,
+            dirty=self.dirty and leg.state.current, merge_required=merge_required,
+            writers=1 if self.dirty and leg.state.current else 0,
             merge_fence_lbn=(merge_fence // BLOCK_BYTES
-                             if merge_fence is not None and slot.state.current else None),
-            copy_fence_lbn=slot.fence_lbn if target else None,
+                             if merge_fence is not None and leg.state.current else None),
+            copy_fence_lbn=leg.fence_lbn if target else None,
             copy_fence_generation=self.generation if target else 0,
             feature_flags=self.feature_flags, created_ns=self.created_ns,
-            lineage=slot.lineage if own_lineage else self.history.lineage)
+            lineage=leg.lineage if own_lineage else self.history.lineage)
 
-    async def write_scbs(self, slots: Sequence[Slot]) -> None:
-        """Write the SCB of each slot (in this order), durably. A member that fails is expelled."""
+    async def write_scbs(self, legs: Sequence[Leg]) -> None:
+        """Write the SCB of each leg (in this order), durably. A member that fails is expelled."""
         async with self._scb_lock:
-            failed = await self._write_scbs_locked(slots)
+            failed = await self._write_scbs_locked(legs)
         failed_ids = {id(s) for s, _ in failed}
         if failed and all(id(s) in failed_ids for s in self.sources):
             raise AllMembersFailed(self.host.name, "SCB write", [e for _, e in failed])
-        for slot, exc in failed:
-            await self.expel(slot, f"SCB write failed: {exc}", rule=timeouts.rule_for(exc))
+        for leg, exc in failed:
+            await self.expel(leg, f"SCB write failed: {exc}", rule=timeouts.rule_for(exc))
 
-    async def _write_scbs_locked(self, slots) -> list:
+    async def _write_scbs_locked(self, legs) -> list:
         failed = []
-        for slot in slots:
+        for leg in legs:
             try:
-                scb = await waits.call(slot, "SCB write", slot.store.write, self.scb_for(slot))
+                scb = await waits.call(leg, "SCB write", leg.store.write, self.scb_for(leg))
             except MemberIOError as exc:
-                failed.append((slot, exc))
+                failed.append((leg, exc))
             else:
-                if slot.state is MemberState.SOURCE:
-                    slot.generation = scb.generation
+                if leg.state is MemberState.SOURCE:
+                    leg.generation = scb.generation
         return failed
 
-    async def commit(self, promoted: Sequence[Slot] = ()) -> None:
+    async def commit(self, promoted: Sequence[Leg] = ()) -> None:
         """Raise the generation and write every current member's SCB: sources first."""
         while True:
             async with self._scb_lock:
@@ -242,8 +242,8 @@ class Membership:
                 self.commit_owed = True                          # nothing; owed (mountver.py)
                 raise AllMembersFailed(self.host.name, "membership change",
                                        [e for _, e in failed])
-            for slot, exc in failed:
-                self.drop(slot, MemberState.EXPELLED, f"SCB write failed: {exc}",
+            for leg, exc in failed:
+                self.drop(leg, MemberState.EXPELLED, f"SCB write failed: {exc}",
                           rule=timeouts.rule_for(exc))
 
     @property
@@ -270,7 +270,7 @@ class Membership:
                 self.dirty_durable = True
                 self.history.mark_durable()
 
-    async def mark_clean(self, flushed: Sequence[Slot]) -> None:
+    async def mark_clean(self, flushed: Sequence[Leg]) -> None:
         """Dismount: the `flushed` members (just flushed by the caller) are marked clean."""
         self.dirty = self.dirty_durable = False
         if not self.host.readonly:    # a read-only mount never wrote: nothing to mark
@@ -295,78 +295,78 @@ class Membership:
         while self._leaving:
             await self._left.wait()
 
-    def drop(self, slot: Slot, state: MemberState, why: str, rule: Optional[str] = None) -> None:
-        """Take `slot` out of `current` now, without an SCB write."""
-        if slot.state is MemberState.SOURCE:
-            slot.lineage = self.history.member_leaves(slot.generation, BranchReason.REMOVED)
-        slot.state = state
+    def drop(self, leg: Leg, state: MemberState, why: str, rule: Optional[str] = None) -> None:
+        """Take `leg` out of `current` now, without an SCB write."""
+        if leg.state is MemberState.SOURCE:
+            leg.lineage = self.history.member_leaves(leg.generation, BranchReason.REMOVED)
+        leg.state = state
         self.refresh()
         rule = rule or (Rule.MEMBER_ERROR if state is MemberState.EXPELLED else Rule.OPERATOR)
         name = self.host.name
         log.warning("%s: %s %s by rule=%s; shadow set has been reduced (%d current members)",
-                    name, slot.name, state.label, rule, len(self.current))
-        log.info("%s: %s: %s", name, slot.name, why)
+                    name, leg.name, state.label, rule, len(self.current))
+        log.info("%s: %s: %s", name, leg.name, why)
         self.host.event("expelled" if state is MemberState.EXPELLED else "removed",
-                        member=slot.member.path, rule=rule)
+                        member=leg.member.path, rule=rule)
 
-    async def expel(self, slot: Slot, why: str, rule: Optional[str] = None) -> None:
+    async def expel(self, leg: Leg, why: str, rule: Optional[str] = None) -> None:
         """Take a failing member out of the set at once; generation up on the survivors."""
-        if not slot.state.current:
+        if not leg.state.current:
             return
-        if slot.state is MemberState.SOURCE and len(self.sources) == 1:
-            raise AllMembersFailed(self.host.name, "I/O", [MemberFailed(slot.member.path, "I/O", why)])
+        if leg.state is MemberState.SOURCE and len(self.sources) == 1:
+            raise AllMembersFailed(self.host.name, "I/O", [MemberFailed(leg.member.path, "I/O", why)])
         if self.host.readonly:    # --nowrite writes nothing: out of use here, no SCB is changed
-            self.drop(slot, MemberState.EXPELLED, why, rule)
+            self.drop(leg, MemberState.EXPELLED, why, rule)
             return
         async with self._member_leaving():
-            self.drop(slot, MemberState.EXPELLED, why, rule)
-            self.host.start_soon(self.close_when_idle, slot)
+            self.drop(leg, MemberState.EXPELLED, why, rule)
+            self.host.start_soon(self.close_when_idle, leg)
             await self.commit()
 
-    def force_out(self, slot: Slot, why: str, rule: str) -> None:
-        """Expel `slot` at once without an SCB write (no member answers), release it when idle;
+    def force_out(self, leg: Leg, why: str, rule: str) -> None:
+        """Expel `leg` at once without an SCB write (no member answers), release it when idle;
         the survivors' generation rise is owed (mount verification's forced removal)."""
-        self.drop(slot, MemberState.EXPELLED, why, rule=rule)
-        self.host.start_soon(self.close_when_idle, slot)
+        self.drop(leg, MemberState.EXPELLED, why, rule=rule)
+        self.host.start_soon(self.close_when_idle, leg)
         self.commit_owed = True
 
-    async def close_when_idle(self, slot: Slot) -> None:
+    async def close_when_idle(self, leg: Leg) -> None:
         """Release an expelled member's file (and lock) once its last request has ended."""
-        await slot.wait_idle()
-        slot.member.close()
+        await leg.wait_idle()
+        leg.member.close()
 
     async def remove(self, ref: str) -> None:
         """Dismount one member: drain its I/O, generation up on the rest, mark it removed."""
         name = self.host.name
         async with self.lock:
-            slot = self.find(ref)
-            if slot.state is MemberState.SOURCE and len(self.sources) == 1:
+            leg = self.find(ref)
+            if leg.state is MemberState.SOURCE and len(self.sources) == 1:
                 raise MembershipRefused(
-                    f"{name}: {slot.name} is the only source member and cannot be removed; "
+                    f"{name}: {leg.name} is the only source member and cannot be removed; "
                     f"dismount {name} instead")
             async with self._member_leaving():
                 async with self.gate.closed(0, self.host.size_bytes):
-                    if slot.state is MemberState.SOURCE:
-                        slot.lineage = self.history.member_leaves(slot.generation,
+                    if leg.state is MemberState.SOURCE:
+                        leg.lineage = self.history.member_leaves(leg.generation,
                                                                   BranchReason.REMOVED)
-                    slot.state = MemberState.REMOVED
+                    leg.state = MemberState.REMOVED
                     self.refresh()
-                await slot.wait_idle()
-                log.info("%s: %s removed by rule=%s", name, slot.name, Rule.OPERATOR)
-                self.host.event("removed", member=slot.member.path, rule=Rule.OPERATOR)
+                await leg.wait_idle()
+                log.info("%s: %s removed by rule=%s", name, leg.name, Rule.OPERATOR)
+                self.host.event("removed", member=leg.member.path, rule=Rule.OPERATOR)
                 await self.commit()
             try:
-                await waits.call(slot, "flush", slot.member.flush)
-                await waits.call(slot, "SCB write", slot.store.write, self.scb_for(slot))
+                await waits.call(leg, "flush", leg.member.flush)
+                await waits.call(leg, "SCB write", leg.store.write, self.scb_for(leg))
             except MemberIOError as exc:
                 log.warning("%s: %s left the set but its SCB could not be marked: %s",
-                            name, slot.name, exc)
-            slot.member.close()
-            self.slots.remove(slot)
+                            name, leg.name, exc)
+            leg.member.close()
+            self.legs.remove(leg)
 
     async def add(self, members: Sequence, options: decide.Options,
-                  confirm: Optional[Confirm]) -> tuple[decide.Plan, list[Slot]]:
-        """Add members as copy targets (spec §5 rule 8); returns the plan and the new slots.
+                  confirm: Optional[Confirm]) -> tuple[decide.Plan, list[Leg]]:
+        """Add members as copy targets (spec §5 rule 8); returns the plan and the new legs.
         Takes ownership of `members`; on a refusal they are closed and nothing was written."""
         host = self.host
         async with self.lock:
@@ -381,7 +381,7 @@ class Membership:
                     m.close()
                 raise MountRefused(f"{host.name}: add canceled; no copy was allowed")
             by_path = {m.path: m for m in members}
-            self.slots = [s for s in self.slots if s.state.current or s.member.path not in by_path]
+            self.legs = [s for s in self.legs if s.state.current or s.member.path not in by_path]
             new = []
             async with self.gate.closed(0, host.size_bytes):
                 for mp in plan.members:
@@ -395,21 +395,21 @@ class Membership:
                 self.refresh()
                 if new:
                     await self.commit()
-                for slot, rule in new:
-                    host.event("member-copy-target", member=slot.member.path, rule=rule)
-            return plan, [slot for slot, _ in new]
+                for leg, rule in new:
+                    host.event("member-copy-target", member=leg.member.path, rule=rule)
+            return plan, [leg for leg, _ in new]
 
-    def _new_target(self, member, scb: Optional[Scb]) -> Slot:
+    def _new_target(self, member, scb: Optional[Scb]) -> Leg:
         same_set = scb is not None and scb.set_uuid == self.host.set_uuid
         keep_uuid = same_set and all(s.uuid != scb.member_uuid for s in self.current)
-        slot = Slot(member, ScbStore(member), scb.member_uuid if keep_uuid else uuidlib.uuid4(),
+        leg = Leg(member, ScbStore(member), scb.member_uuid if keep_uuid else uuidlib.uuid4(),
                     MemberState.COPY_TARGET, scb.generation if same_set else 0,
                     lineage=scb.lineage if same_set else None)
-        slot.store.current = scb
-        self.slots.append(slot)
-        return slot
+        leg.store.current = scb
+        self.legs.append(leg)
+        return leg
 
-    async def promote(self, promoted: Sequence[Slot]) -> None:
+    async def promote(self, promoted: Sequence[Leg]) -> None:
         """Copy targets whose copy completed become sources (the caller holds `lock`)."""
         for t in promoted:
             t.state = MemberState.SOURCE

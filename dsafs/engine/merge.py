@@ -94,9 +94,9 @@ class MergeHost(Protocol):
 
     def merge_master(self): ...
 
-    async def expel(self, slot, why: str, rule: Optional[str] = None) -> None: ...
+    async def expel(self, leg, why: str, rule: Optional[str] = None) -> None: ...
 
-    async def write_scbs(self, slots: Sequence) -> None: ...
+    async def write_scbs(self, legs: Sequence) -> None: ...
 
 
 class Merge:
@@ -170,8 +170,8 @@ class Merge:
                     next_checkpoint = trio.current_time() + CHECKPOINT_SECONDS
                 if ios:
                     await self.throttle.pause(end - pos, us_of(trio.current_time() - t0), ios)
-            for slot, exc in await flush_all(vu.sources):
-                await vu.expel(slot, f"flush failed at the end of the merge: {exc}")
+            for leg, exc in await flush_all(vu.sources):
+                await vu.expel(leg, f"flush failed at the end of the merge: {exc}")
             self.fence_bytes = size
             return True
         finally:
@@ -195,8 +195,8 @@ class Merge:
         """Flush the sources (the repairs are durable), then record the fence in the SCBs."""
         vu = self.vu
         fence = self.fence_bytes
-        for slot, exc in await flush_all(vu.sources):
-            await vu.expel(slot, f"flush failed during the merge: {exc}")
+        for leg, exc in await flush_all(vu.sources):
+            await vu.expel(leg, f"flush failed during the merge: {exc}")
         self.durable_fence_bytes = fence
         await vu.write_scbs(vu.current)
         self._checkpointed = self.fence_bytes
@@ -261,7 +261,7 @@ class Merge:
         if all(d is not None and d == model for _, d in copies):   # the common case: agreed
             return model, 0, ios
         whole = xxhash.xxh3_128_digest(model)
-        fixes: list[tuple] = []         # (slot, offset, length)
+        fixes: list[tuple] = []         # (leg, offset, length)
         chunk_sums = None
         for s, d in copies:
             if s is good[0][0] or (d is not None and xxhash.xxh3_128_digest(d) == whole):

@@ -67,7 +67,7 @@ class VerifiedVu(Protocol):
     def closing(self) -> bool: ...
 
     @property
-    def slots(self) -> list: ...
+    def legs(self) -> list: ...
 
     @property
     def current(self) -> list: ...
@@ -80,7 +80,7 @@ class VerifiedVu(Protocol):
 
     async def commit(self) -> None: ...
 
-    def force_out(self, slot, why: str, rule: str) -> None: ...
+    def force_out(self, leg, why: str, rule: str) -> None: ...
 
     def resume_operations(self) -> None:
         """Resume a copy or merge that the outage stopped."""
@@ -103,7 +103,7 @@ class MountVerification:
         self.started_at: Optional[float] = None
         self.deadline: Optional[float] = None
         self.dead = False                 # mv-timeout or closed: every I/O fails
-        self.flagged: set = set()         # slots to expel when verification starts
+        self.flagged: set = set()         # legs to expel when verification starts
         self.held = 0
         self._scopes: set = set()
         self._resumed = trio.Event()
@@ -117,7 +117,7 @@ class MountVerification:
             self.member_timeout = timeouts.check_timeout(member_timeout, f"{self.vu.name}: member timeout")
         if vu_timeout is not None:
             self.vu_timeout = timeouts.check_timeout(vu_timeout, f"{self.vu.name}: VU timeout")
-        self.adopt(self.vu.slots)
+        self.adopt(self.vu.legs)
 
     def set_vu_timeout(self, seconds: float) -> None:
         """A new VU timeout; a verification in progress ends at its start plus the new one."""
@@ -129,9 +129,9 @@ class MountVerification:
             self._resumed.set()            # the verification task re-reads its deadline
             self._resumed = trio.Event()
 
-    def adopt(self, slots: Sequence) -> None:
-        """Give every slot its effective member timeout (its override, else the VU's)."""
-        for s in slots:
+    def adopt(self, legs: Sequence) -> None:
+        """Give every leg its effective member timeout (its override, else the VU's)."""
+        for s in legs:
             s.member_timeout = s.timeout_override or self.member_timeout
 
     def warnings(self) -> list:
@@ -233,11 +233,11 @@ class MountVerification:
 
     async def _verify(self, episode: int) -> None:
         """One verification episode: forced removals, probes while nothing is held, timeout."""
-        for slot in [s for s in self.flagged if s.state.current]:
+        for leg in [s for s in self.flagged if s.state.current]:
             try:
-                self.force_remove(slot)
+                self.force_remove(leg)
             except MembershipRefused as exc:
-                log.info("%s: flagged removal of %s not done: %s", self.vu.name, slot.name, exc)
+                log.info("%s: flagged removal of %s not done: %s", self.vu.name, leg.name, exc)
         self.flagged.clear()
         while self.state == MOUNT_VERIFY and self._episode == episode:
             if trio.current_time() >= self.deadline:
@@ -260,15 +260,15 @@ class MountVerification:
             return
 
     # ------------------------------------------------------------------ operator actions
-    def force_remove(self, slot) -> None:
-        """Expel `slot` now (in verification): the survivors' generation rise is owed."""
+    def force_remove(self, leg) -> None:
+        """Expel `leg` now (in verification): the survivors' generation rise is owed."""
         vu = self.vu
-        if slot.state is MemberState.SOURCE and len(vu.sources) == 1:
+        if leg.state is MemberState.SOURCE and len(vu.sources) == 1:
             raise MembershipRefused(
-                f"{vu.name}: {slot.name} is the only source member; --force-removal would leave "
+                f"{vu.name}: {leg.name} is the only source member; --force-removal would leave "
                 f"{vu.name} without its data; remove another member, or dismount {vu.name} "
                 f"with --abort")
-        vu.force_out(slot, "forced removal", Rule.FORCE_REMOVAL)   # the commit is owed
+        vu.force_out(leg, "forced removal", Rule.FORCE_REMOVAL)   # the commit is owed
 
     def abort(self) -> None:
         """`dsafs set --abort-vu`: end the verification in progress now; I/O fails."""

@@ -25,7 +25,7 @@ import trio
 from dsafs.engine import copy as copy_module
 from dsafs.engine.copy import Copy
 from dsafs.engine.fence import RangeGate
-from dsafs.engine.leg import Slot
+from dsafs.engine.leg import Leg
 from dsafs.engine.membership import Membership
 from dsafs.engine.merge import Merge
 from dsafs.engine.throttle import Settings as MergeSettings, Throttle
@@ -76,16 +76,16 @@ class OperationsHost(Protocol):
     @property
     def copy_source(self) -> Optional[str]: ...
 
-    def merge_master(self) -> Optional[Slot]: ...
+    def merge_master(self) -> Optional[Leg]: ...
 
     def event(self, kind: str, member: Optional[str] = None, rule: str = "",
               message: Optional[str] = None, **fields) -> object: ...
 
     def start_soon(self, fn, *args) -> bool: ...
 
-    async def expel(self, slot: Slot, why: str, rule: Optional[str] = None) -> None: ...
+    async def expel(self, leg: Leg, why: str, rule: Optional[str] = None) -> None: ...
 
-    async def write_scbs(self, slots: Sequence[Slot]) -> None: ...
+    async def write_scbs(self, legs: Sequence[Leg]) -> None: ...
 
 
 class Operations:
@@ -112,7 +112,7 @@ class Operations:
         self.priority = DEFAULT_PRIORITY
         self._merge_stopped = ""                   # why the merge stopped, until demanded again
         self.copies = self.merges = 0
-        self._copy_queue: list[Slot] = []
+        self._copy_queue: list[Leg] = []
         self._running = False
         self._done = trio.Event()
         self._done.set()
@@ -147,7 +147,7 @@ class Operations:
         """The merge throttle settings in force: the daemon's, with this VU's overrides."""
         return dataclasses.replace(self.default_merge_settings(), **self.merge_overrides)
 
-    def merge_master(self) -> Optional[Slot]:
+    def merge_master(self) -> Optional[Leg]:
         """The merge master: the copy source if one is set, else the first source in the set's
         order (deterministic: the order the members were named at mount)."""
         sources = self.membership.sources
@@ -162,9 +162,9 @@ class Operations:
         return self.merge_required, merge.durable_fence_bytes if merge is not None else None
 
     # ----------------------------------------------------------------- copy and merge
-    def queue_copy(self, slots: Sequence[Slot]) -> None:
-        """Copy onto `slots` (copy targets) as soon as may be; a running merge is suspended."""
-        self._copy_queue += [s for s in slots if s not in self._copy_queue]
+    def queue_copy(self, legs: Sequence[Leg]) -> None:
+        """Copy onto `legs` (copy targets) as soon as may be; a running merge is suspended."""
+        self._copy_queue += [s for s in legs if s not in self._copy_queue]
         if self._copy_queue and self._merge_scope is not None:
             self._merge_scope.cancel()       # suspend the merge: copy first, then resume it
         self.kick()

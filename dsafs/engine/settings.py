@@ -32,7 +32,7 @@ class SettableVu(Protocol):
     def state(self) -> str: ...
 
     @property
-    def slots(self) -> list: ...
+    def legs(self) -> list: ...
 
     @property
     def sources(self) -> list: ...
@@ -47,11 +47,11 @@ class SetPlan:
 
     def __init__(self, vu: SettableVu, args: dict):
         self.vu, mv = vu, vu.mv
-        self.member_timeouts = {}     # slot or None (the VU default) -> seconds
+        self.member_timeouts = {}     # leg or None (the VU default) -> seconds
         for ref, value in (args.get("member_timeout") or {}).items():
-            slot = None if ref in ("", "*") else vu.find(ref)
-            what = f"{vu.name}: member timeout" + (f" of {slot.name}" if slot else "")
-            self.member_timeouts[slot] = timeouts.check_timeout(value, what)
+            leg = None if ref in ("", "*") else vu.find(ref)
+            what = f"{vu.name}: member timeout" + (f" of {leg.name}" if leg else "")
+            self.member_timeouts[leg] = timeouts.check_timeout(value, what)
         self.vu_timeout = args.get("vu_timeout")
         if self.vu_timeout is not None:
             timeouts.check_timeout(self.vu_timeout, f"{vu.name}: VU timeout")
@@ -84,31 +84,31 @@ class SetPlan:
         """Apply everything; returns (changes, warnings) as lines for the user."""
         vu, mv, stall = self.vu, self.vu.mv, self.vu.stall
         changes = []
-        for slot, value in self.member_timeouts.items():
-            if slot is None:
+        for leg, value in self.member_timeouts.items():
+            if leg is None:
                 mv.member_timeout = value
                 changes.append(f"member timeout {value:g} s")
             else:
-                slot.timeout_override = value
-                changes.append(f"{slot.name} member timeout {value:g} s")
+                leg.timeout_override = value
+                changes.append(f"{leg.name} member timeout {value:g} s")
         if self.vu_timeout is not None:
             mv.set_vu_timeout(self.vu_timeout)
             changes.append(f"VU timeout {self.vu_timeout:g} s")
-        mv.adopt(vu.slots)
+        mv.adopt(vu.legs)
         for c in changes:
             vu.event("setting", rule=Rule.OPERATOR, what=c)
-        for slot in self.noforce:
-            mv.flagged.discard(slot)
-            vu.event("noforce-removal", member=slot.member.path, rule=Rule.OPERATOR)
-            changes.append(f"{slot.name} removal flag cleared")
-        for slot in self.force:
+        for leg in self.noforce:
+            mv.flagged.discard(leg)
+            vu.event("noforce-removal", member=leg.member.path, rule=Rule.OPERATOR)
+            changes.append(f"{leg.name} removal flag cleared")
+        for leg in self.force:
             if mv.state == MOUNT_VERIFY:
-                mv.force_remove(slot)
-                changes.append(f"{slot.name} expelled (forced removal in mount verification)")
+                mv.force_remove(leg)
+                changes.append(f"{leg.name} expelled (forced removal in mount verification)")
             else:
-                mv.flagged.add(slot)
-                vu.event("force-removal", member=slot.member.path, rule=Rule.OPERATOR)
-                changes.append(f"{slot.name} flagged: expelled when mount verification starts")
+                mv.flagged.add(leg)
+                vu.event("force-removal", member=leg.member.path, rule=Rule.OPERATOR)
+                changes.append(f"{leg.name} flagged: expelled when mount verification starts")
         if self.abort_vu:
             mv.abort()
             changes.append("mount verification aborted: I/O fails (VOLINV)")

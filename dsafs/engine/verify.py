@@ -48,9 +48,9 @@ def _add_range(ranges: list, first: int, last: int) -> None:
         ranges.append([first, last])
 
 
-async def _read_all(slots, pos, nbytes, report):
+async def _read_all(legs, pos, nbytes, report):
     datas = []
-    for s in slots:
+    for s in legs:
         try:
             datas.append(await waits.wait(s, s.member.start_read(pos, nbytes), "read"))
         except MemberIOError as exc:
@@ -70,16 +70,16 @@ class VerifiedSet(Protocol):
 
 
 async def verify(vu: VerifiedSet) -> VerifyReport:
-    slots = list(vu.sources)
-    if not slots:
+    legs = list(vu.sources)
+    if not legs:
         raise VuError(f"{vu.name} has no source member to verify")
-    report = VerifyReport(vu.name, [s.member.path for s in slots])
-    if len(slots) == 1:
+    report = VerifyReport(vu.name, [s.member.path for s in legs])
+    if len(legs) == 1:
         report.blocks_compared = vu.size_bytes // BLOCK_BYTES
         return report
     for pos in range(0, vu.size_bytes, WINDOW_BYTES):
         nbytes = min(WINDOW_BYTES, vu.size_bytes - pos)
-        datas = await _read_all(slots, pos, nbytes, report)
+        datas = await _read_all(legs, pos, nbytes, report)
         report.blocks_compared += nbytes // BLOCK_BYTES
         if all(d == datas[0] for d in datas[1:]):
             continue
@@ -90,7 +90,7 @@ async def verify(vu: VerifiedSet) -> VerifyReport:
                 continue
             first, last = (pos + off) // BLOCK_BYTES, (pos + off + n) // BLOCK_BYTES - 1
             async with vu.gate.closed(pos + off, pos + off + n):
-                again = await _read_all(slots, pos + off, n, report)
+                again = await _read_all(legs, pos + off, n, report)
             if None not in again and all(p == again[0] for p in again[1:]):
                 _add_range(report.transient, first, last)
             else:

@@ -38,7 +38,7 @@ from dsafs.engine.copy import Copy, CopyStats
 from dsafs.engine.fanout import flush_all, write_all
 from dsafs.engine.fence import RangeGate
 from dsafs.engine.history import History
-from dsafs.engine.leg import Busy, Slot, SlotStats
+from dsafs.engine.leg import Busy, Leg, LegStats
 from dsafs.engine.membership import Confirm, Membership, confirmed, decide_or_close, first_history
 from dsafs.engine.merge import Merge, MergeStats
 from dsafs.engine.mountver import MountVerification
@@ -57,7 +57,7 @@ from dsafs.rules import Rule
 
 log = logging.getLogger("dsafs.vu")
 
-__all__ = ["VirtualUnit", "VuStats", "Slot", "SlotStats", "first_history", "Membership"]
+__all__ = ["VirtualUnit", "VuStats", "Leg", "LegStats", "first_history", "Membership"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +72,7 @@ class VuStats:
     merge: Optional[MergeStats]
     merge_required: bool
     dirty: bool
-    members: tuple[SlotStats, ...]
+    members: tuple[LegStats, ...]
 
 
 class VirtualUnit:
@@ -125,7 +125,7 @@ class VirtualUnit:
                 nursery.cancel_scope.cancel()
         finally:
             if not self._finished.is_set():      # cancelled, not dissolved: the set stays dirty
-                for s in self.slots:
+                for s in self.legs:
                     s.member.close()
 
     async def _begin(self) -> None:
@@ -167,7 +167,7 @@ class VirtualUnit:
                 if self.merge is not None:
                     self.merge.flushed()       # the repairs behind the fence are durable now
                 await self.membership.mark_clean([s for s in current if id(s) not in failed])
-                for s in self.slots:
+                for s in self.legs:
                     s.member.close()      # before returning: the next mount can take the locks
                 log.info("%s: dissolved; %d members marked clean", self.name,
                          len(current) - len(failed))
@@ -187,7 +187,7 @@ class VirtualUnit:
         """Dismount at once without marking the members clean: the next mount merges."""
         async with self.membership.lock:
             await self._begin_closing()
-            for s in self.slots:
+            for s in self.legs:
                 s.member.close()
             self.event("dissolved", rule=Rule.ABORT, how="aborted, members left as they were")
             log.warning("%s: aborted; members left as they were (a merge is owed if written)",
@@ -213,8 +213,8 @@ class VirtualUnit:
         return self.events.emit(self.name, kind, member, rule, message, label=self.label,
                                 **fields)
 
-    def members_changed(self, slots: Sequence[Slot]) -> None:
-        self.mv.adopt(slots)
+    def members_changed(self, legs: Sequence[Leg]) -> None:
+        self.mv.adopt(legs)
 
     def merge_record(self) -> tuple[bool, Optional[int]]:
         return self.operations.merge_record()
@@ -227,19 +227,19 @@ class VirtualUnit:
 
     # ----------------------------------------------------------------- membership (membership.py)
     @property
-    def slots(self) -> list[Slot]:
-        return self.membership.slots
+    def legs(self) -> list[Leg]:
+        return self.membership.legs
 
     @property
-    def current(self) -> list[Slot]:
+    def current(self) -> list[Leg]:
         return self.membership.current
 
     @property
-    def sources(self) -> list[Slot]:
+    def sources(self) -> list[Leg]:
         return self.membership.sources
 
     @property
-    def targets(self) -> list[Slot]:
+    def targets(self) -> list[Leg]:
         return self.membership.targets
 
     @property
@@ -262,27 +262,27 @@ class VirtualUnit:
     def commit_owed(self) -> bool:
         return self.membership.commit_owed
 
-    def find(self, ref: str) -> Slot:
+    def find(self, ref: str) -> Leg:
         """A current member by absolute path or by a basename unique in the VU."""
         return self.membership.find(ref)
 
-    def scb_for(self, slot: Slot) -> Scb:
-        return self.membership.scb_for(slot)
+    def scb_for(self, leg: Leg) -> Scb:
+        return self.membership.scb_for(leg)
 
-    async def write_scbs(self, slots: Sequence[Slot]) -> None:
-        """Write the SCB of each slot (in this order), durably. A member that fails is expelled."""
-        await self.membership.write_scbs(slots)
+    async def write_scbs(self, legs: Sequence[Leg]) -> None:
+        """Write the SCB of each leg (in this order), durably. A member that fails is expelled."""
+        await self.membership.write_scbs(legs)
 
     async def commit(self) -> None:
         """Raise the generation and write every current member's SCB (a commit owed)."""
         await self.membership.commit()
 
-    async def expel(self, slot: Slot, why: str, rule: Optional[str] = None) -> None:
+    async def expel(self, leg: Leg, why: str, rule: Optional[str] = None) -> None:
         """Take a failing member out of the set at once; generation up on the survivors."""
-        await self.membership.expel(slot, why, rule)
+        await self.membership.expel(leg, why, rule)
 
-    def force_out(self, slot: Slot, why: str, rule: str) -> None:
-        self.membership.force_out(slot, why, rule)
+    def force_out(self, leg: Leg, why: str, rule: str) -> None:
+        self.membership.force_out(leg, why, rule)
 
     async def remove(self, ref: str) -> None:
         """Dismount one member: drain its I/O, generation up on the rest, mark it removed."""
@@ -373,7 +373,7 @@ class VirtualUnit:
     def set_priority(self, priority: int) -> None:
         self.operations.set_priority(priority)
 
-    def merge_master(self) -> Optional[Slot]:
+    def merge_master(self) -> Optional[Leg]:
         return self.operations.merge_master()
 
     async def demand_merge(self) -> None:
@@ -399,7 +399,7 @@ class VirtualUnit:
     def statistics(self) -> VuStats:
         master = self.merge_master()
         state = self.state
-        members = tuple(s.statistics() for s in self.slots)
+        members = tuple(s.statistics() for s in self.legs)
         if state == "merging":
             members = tuple(dataclasses.replace(m, state="merge-member") if m.state == "source"
                             else m for m in members)
@@ -414,26 +414,26 @@ class VirtualUnit:
                 f"{len(self.targets)} targets>")
 
     # ----------------------------------------------------------------- reads
-    def choose_reader(self, exclude=()) -> Optional[Slot]:
-        slots = self.slots
+    def choose_reader(self, exclude=()) -> Optional[Leg]:
+        legs = self.legs
         costs = [s.read_cost + s.in_flight
                  if s.state is MemberState.SOURCE and id(s) not in exclude else None
-                 for s in slots]
+                 for s in legs]
         i = balance.choose(costs, self._last_read)
         if i is None:
             return None
         self._last_read = i
-        return slots[i]
+        return legs[i]
 
-    async def read_from(self, slot: Slot, pos: int, nbytes: int) -> bytes:
+    async def read_from(self, leg: Leg, pos: int, nbytes: int) -> bytes:
         try:
-            with Busy((slot,)):
-                data = await waits.wait(slot, slot.member.start_read(pos, nbytes), "read")
+            with Busy((leg,)):
+                data = await waits.wait(leg, leg.member.start_read(pos, nbytes), "read")
         except MemberIOError:
-            slot.read_errors += 1
+            leg.read_errors += 1
             raise
-        slot.reads += 1
-        slot.read_bytes += nbytes
+        leg.reads += 1
+        leg.read_bytes += nbytes
         return data
 
     async def read(self, pos: int, nbytes: int) -> bytes:
@@ -464,13 +464,13 @@ class VirtualUnit:
         return await merge.read(pos, nbytes)
 
     async def _read_one(self, pos: int, nbytes: int) -> bytes:
-        slot = self.choose_reader()
-        if slot is None:
+        leg = self.choose_reader()
+        if leg is None:
             raise AllMembersFailed(self.name, "read", [])
         try:
-            return await self.read_from(slot, pos, nbytes)
+            return await self.read_from(leg, pos, nbytes)
         except MemberIOError as exc:
-            return await read_and_repair(self, slot, pos, nbytes, exc)
+            return await read_and_repair(self, leg, pos, nbytes, exc)
 
     # ----------------------------------------------------------------- writes
     async def write(self, pos: int, data) -> int:
@@ -537,8 +537,8 @@ class VirtualUnit:
         failed = {id(s) for s, _ in failures}
         if not any(id(s) not in failed for s in self.sources):
             raise AllMembersFailed(self.name, "write", [e for _, e in failures])
-        for slot, exc in failures:
-            await self.expel(slot, f"write failed: {exc}", rule=timeouts.rule_for(exc))
+        for leg, exc in failures:
+            await self.expel(leg, f"write failed: {exc}", rule=timeouts.rule_for(exc))
 
     async def flush(self) -> None:
         if self.mv.dead:

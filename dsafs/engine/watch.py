@@ -52,9 +52,9 @@ class WatchedVu(Protocol):
     readonly: bool
     current: Sequence
 
-    async def expel(self, slot, why: str, rule: Optional[str] = None) -> None: ...
+    async def expel(self, leg, why: str, rule: Optional[str] = None) -> None: ...
 
-    async def write_scbs(self, slots: Sequence) -> None: ...
+    async def write_scbs(self, legs: Sequence) -> None: ...
 
     def event(self, kind: str, member: Optional[str] = None, rule: str = "",
               message: Optional[str] = None, **fields): ...
@@ -74,7 +74,7 @@ class MemberWatch:
         self.vu = vu
         self.interval_s = interval_s
         self.passes = 0
-        self._reported: set = set()      # ids of slots whose unexpellable shrink was reported
+        self._reported: set = set()      # ids of legs whose unexpellable shrink was reported
 
     def statistics(self) -> WatchStats:
         return WatchStats(self.interval_s, self.passes, len(self._reported))
@@ -86,62 +86,62 @@ class MemberWatch:
             await self.check()
 
     def _hook(self) -> None:
-        for slot in self.vu.current:
-            slot.store.on_damage = functools.partial(self._damaged, slot)
+        for leg in self.vu.current:
+            leg.store.on_damage = functools.partial(self._damaged, leg)
 
     async def check(self) -> None:
         """One pass over the current members (see the module docstring)."""
         self.passes += 1
         self._hook()
-        for slot in list(self.vu.current):
-            if slot.state.current and await self._size_ok(slot):
-                await self._scb_ok(slot)
+        for leg in list(self.vu.current):
+            if leg.state.current and await self._size_ok(leg):
+                await self._scb_ok(leg)
 
-    async def _size_ok(self, slot) -> bool:
+    async def _size_ok(self, leg) -> bool:
         try:
-            await waits.wait(slot, slot.member.start_size_check(), "size check")
+            await waits.wait(leg, leg.member.start_size_check(), "size check")
             return True
         except MemberTimeout:
             return False                    # hung: left to the I/O paths, no SCB read either
         except MemberIOError as exc:
             rule = timeouts.rule_for(exc)
             if self.vu.readonly:                # --nowrite: no SCB is written, so no expulsion
-                self._report_once(slot, f"{exc}; on a read-only VU it is not expelled, its "
+                self._report_once(leg, f"{exc}; on a read-only VU it is not expelled, its "
                                         f"reads past the end fail")
                 return False
             try:
-                await self.vu.expel(slot, f"size check: {exc}", rule=rule)
+                await self.vu.expel(leg, f"size check: {exc}", rule=rule)
             except DsafsError as refused:      # e.g. the only source: its I/O fails instead
-                self._report_once(slot, f"{exc}; it cannot be expelled ({refused}), so its "
+                self._report_once(leg, f"{exc}; it cannot be expelled ({refused}), so its "
                                         f"I/O fails")
             return False
 
-    def _report_once(self, slot, text: str) -> None:
-        if id(slot) not in self._reported:
-            self._reported.add(id(slot))
-            log.warning("%s: %s: %s", self.vu.name, slot.name, text)
+    def _report_once(self, leg, text: str) -> None:
+        if id(leg) not in self._reported:
+            self._reported.add(id(leg))
+            log.warning("%s: %s: %s", self.vu.name, leg.name, text)
 
-    async def _scb_ok(self, slot) -> None:
+    async def _scb_ok(self, leg) -> None:
         try:
-            damage = await waits.call(slot, "SCB check", slot.store.inspect)
+            damage = await waits.call(leg, "SCB check", leg.store.inspect)
         except MemberIOError:
             return                          # the I/O paths deal with a failing member
         if damage:
-            self._damaged(slot, "; ".join(damage))
-            if not self.vu.readonly and slot.state.current:
-                slot.store.on_damage = _already_reported
+            self._damaged(leg, "; ".join(damage))
+            if not self.vu.readonly and leg.state.current:
+                leg.store.on_damage = _already_reported
                 try:
                     for _ in damage:        # both slots bad: the second write fills the other
-                        await self.vu.write_scbs([slot])
+                        await self.vu.write_scbs([leg])
                 finally:
-                    slot.store.on_damage = functools.partial(self._damaged, slot)
+                    leg.store.on_damage = functools.partial(self._damaged, leg)
 
-    def _damaged(self, slot, text: str) -> None:
+    def _damaged(self, leg, text: str) -> None:
         what = ("reported only: the VU is read-only (--nowrite)" if self.vu.readonly
                 else "rewriting it")
-        log.warning("%s: %s: damaged SCB %s; %s by rule=%s", self.vu.name, slot.name,
+        log.warning("%s: %s: damaged SCB %s; %s by rule=%s", self.vu.name, leg.name,
                     text, what, Rule.SCB_DAMAGED)
-        self.vu.event("scb-damaged", member=slot.member.path, rule=Rule.SCB_DAMAGED, what=text)
+        self.vu.event("scb-damaged", member=leg.member.path, rule=Rule.SCB_DAMAGED, what=text)
 
 
 def _already_reported(text: str) -> None:

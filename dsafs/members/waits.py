@@ -45,40 +45,40 @@ log = logging.getLogger("dsafs.timeouts")
 INF = float("inf")
 
 
-async def wait(slot, pending: Pending, op: str, start: Optional[float] = None):
-    """`await pending.wait()`, at most `slot.member_timeout` after `start` (default: now)."""
-    deadline = (trio.current_time() if start is None else start) + slot.member_timeout
-    return await pending.wait_until(deadline, (slot.member.path, op, slot.member_timeout))
+async def wait(leg, pending: Pending, op: str, start: Optional[float] = None):
+    """`await pending.wait()`, at most `leg.member_timeout` after `start` (default: now)."""
+    deadline = (trio.current_time() if start is None else start) + leg.member_timeout
+    return await pending.wait_until(deadline, (leg.member.path, op, leg.member_timeout))
 
 
-async def call(slot, op: str, fn, *args):
-    """`await fn(*args)` (several requests to `slot`'s member, e.g. an SCB write and its flush),
-    at most `slot.member_timeout` in all."""
-    with trio.CancelScope(deadline=trio.current_time() + slot.member_timeout):
+async def call(leg, op: str, fn, *args):
+    """`await fn(*args)` (several requests to `leg`'s member, e.g. an SCB write and its flush),
+    at most `leg.member_timeout` in all."""
+    with trio.CancelScope(deadline=trio.current_time() + leg.member_timeout):
         return await fn(*args)
-    raise MemberTimeout(slot.member.path, op, slot.member_timeout)
+    raise MemberTimeout(leg.member.path, op, leg.member_timeout)
 
 
 async def wait_each(pending: list, op: str, start: float) -> list:
-    """Wait for [(slot, Pending), ...] submitted at `start`; each at most its slot's timeout
-    after `start`. Returns [(slot, value or MemberIOError), ...] in the same order.
+    """Wait for [(leg, Pending), ...] submitted at `start`; each at most its leg's timeout
+    after `start`. Returns [(leg, value or MemberIOError), ...] in the same order.
 
     After the first wait (a schedule point), a request that has finished meanwhile is taken
     without another one (`Pending.finished`)."""
     results = []
     waited = False
-    for slot, p in pending:
+    for leg, p in pending:
         out = p.finished() if waited else None
         try:
             if out is not None:
                 value = out.unwrap()
             else:
                 waited = True
-                value = await p.wait_until(start + slot.member_timeout,
-                                           (slot.member.path, op, slot.member_timeout))
+                value = await p.wait_until(start + leg.member_timeout,
+                                           (leg.member.path, op, leg.member_timeout))
         except MemberIOError as exc:
             value = exc
-        results.append((slot, value))
+        results.append((leg, value))
     return results
 
 

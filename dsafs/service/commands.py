@@ -171,7 +171,7 @@ class Commands:
         roots, devices = memberpath.own_roots(self.host.mount_real)
         in_use = {}
         for vu in self.host.vus.values():
-            for s in vu.slots:
+            for s in vu.legs:
                 ident = memberpath.identity(s.member)
                 if s.state.current and ident is not None:
                     in_use[ident] = vu.name
@@ -232,11 +232,11 @@ class Commands:
         changes = []
         costs = {}
         for ref, cost in (args.get("read_cost") or {}).items():
-            slot = vu.find(ref)
+            leg = vu.find(ref)
             if not isinstance(cost, int) or not 1 <= cost <= MAX_READ_COST:
-                raise InvalidArgument(f"{vu.name}: read cost {cost!r} for {slot.name} is out of "
+                raise InvalidArgument(f"{vu.name}: read cost {cost!r} for {leg.name} is out of "
                                       f"range; give 1 to {MAX_READ_COST}")
-            costs[slot] = cost
+            costs[leg] = cost
         source = args.get("copy_source")
         if source not in (None, "", "master"):
             src = vu.find(source)
@@ -269,9 +269,9 @@ class Commands:
         for key, value in overrides.items():
             changes.append(f"{view.SETTING_NAMES[key]} {value}"
                            + (" (takes effect within 1000 merge I/Os)" if vu.merge else ""))
-        for slot, cost in costs.items():           # everything checked: now apply
-            slot.read_cost = cost
-            changes.append(f"{slot.name} read cost {cost}")
+        for leg, cost in costs.items():           # everything checked: now apply
+            leg.read_cost = cost
+            changes.append(f"{leg.name} read cost {cost}")
         if "copy_source" in args:
             vu.copy_source = None if source in (None, "", "master") else source
             changes.append(f"copy source {vu.copy_source or 'master (alternating sources)'}")
@@ -304,7 +304,7 @@ class Commands:
     async def inject(self, args) -> dict:
         """`dsafs debug inject`: check every option first, then wrap, change or unwrap."""
         vu = self._get(args.get("vu", ""))
-        slot = vu.find(args.get("member") or "")
+        leg = vu.find(args.get("member") or "")
         nblocks = vu.size_bytes // BLOCK_BYTES
         bad_read = [parse_lbn_range(r, nblocks, "--eio-read") for r in args.get("eio_read") or []]
         bad_write = [parse_lbn_range(r, nblocks, "--eio-write") for r in args.get("eio_write") or []]
@@ -318,13 +318,13 @@ class Commands:
             raise InvalidArgument(f"--delay {delay_ms!r} is out of range; give 0 to "
                                   f"{int(MAX_DELAY_S * 1000)} milliseconds")
         flakey = parse_flakey(args["flakey"]) if args.get("flakey") else None
-        member = slot.member
+        member = leg.member
         if args.get("clear"):
             if isinstance(member, FaultyMember):
                 member.set_hang(False)
-                slot.member = slot.store.member = member.inner
-            log.warning("%s: %s: injected faults cleared", vu.name, slot.name)
-            return {"vu": vu.name, "member": slot.member.path, "faults": []}
+                leg.swap_member(member.inner)
+            log.warning("%s: %s: injected faults cleared", vu.name, leg.name)
+            return {"vu": vu.name, "member": leg.member.path, "faults": []}
         fm = member if isinstance(member, FaultyMember) else FaultyMember(member)
         for r in bad_read:
             fm.faults.bad_read.update(r)
@@ -338,8 +338,8 @@ class Commands:
             fm.set_hang(True)
         if args.get("vanish"):
             fm.faults.vanish = True
-        slot.member = slot.store.member = fm
-        log.warning("%s: %s: injected %s", vu.name, slot.name, ", ".join(fm.faults.describe()))
+        leg.swap_member(fm)
+        log.warning("%s: %s: injected %s", vu.name, leg.name, ", ".join(fm.faults.describe()))
         return {"vu": vu.name, "member": fm.path, "faults": fm.faults.describe()}
 
     async def verify(self, args) -> dict:

@@ -1,7 +1,7 @@
 """The view: statistics records -> the plain dicts of `dsafs show --json` (and of the mount
 reply's plan), and the human text of `dsafs show`, which formats those dicts.
 
-What goes in is records only: the engine's `VuStats` (with its `SlotStats`, `CopyStats`,
+What goes in is records only: the engine's `VuStats` (with its `LegStats`, `CopyStats`,
 `MergeStats`), mountver's `MvStats`, and `VuFacts`, the few things a VU shows that its records do
 not hold yet (label, settings, the last merge, injected faults, ...). `facts_of(vu)` is the one
 place that reads them off a VU, through the `ShownVu` interface; everything else here is a pure
@@ -28,7 +28,7 @@ SETTING_NAMES = {"threshold": "merge_delay_threshold", "factor": "merge_delay_fa
 
 @dataclasses.dataclass(frozen=True)
 class MemberFacts:
-    """What `show` says of one member beyond its SlotStats (same order as VuStats.members)."""
+    """What `show` says of one member beyond its LegStats (same order as VuStats.members)."""
     faults: tuple[str, ...] = ()     # injected faults (dsafs debug inject), described
     member_timeout: Optional[float] = None
     force_removal: bool = False
@@ -67,7 +67,7 @@ class ShownVu(Protocol):
     merge_overrides: dict
     last_merge: Any              # a Merge (.statistics() -> MergeStats) or None
     targets: Sequence[ShownSlot]
-    slots: Sequence[ShownSlot]
+    legs: Sequence[ShownSlot]
     mv: Any                      # .statistics() -> MvStats, .warnings(), .flagged
 
     def statistics(self) -> Any: ...
@@ -89,7 +89,7 @@ def facts_of(vu: ShownVu) -> VuFacts:
         members=tuple(MemberFacts(
             faults=tuple(s.member.faults.describe()) if isinstance(s.member, FaultyMember)
             else (), member_timeout=s.member_timeout, force_removal=s in flagged)
-            for s in vu.slots))
+            for s in vu.legs))
 
 
 def vu_show(vu: ShownVu) -> dict:
@@ -138,7 +138,7 @@ def show_json(st, mv, facts: VuFacts) -> dict:
 
 
 def member_json(m, facts: MemberFacts) -> dict:
-    """One member of `show --json` from its SlotStats `m`."""
+    """One member of `show --json` from its LegStats `m`."""
     return {"path": m.path, "state": m.state, "read_cost": m.read_cost, "reads": m.reads,
             "writes": m.writes, "read_bytes": m.read_bytes, "written_bytes": m.written_bytes,
             "read_errors": m.read_errors, "repairs": m.repairs, "faults": list(facts.faults),

@@ -172,13 +172,13 @@ def hung_pipe_member(path: str, size_bytes: int):
 
 def assert_members_identical(vu) -> None:
     """Every current member of `vu` holds the same VU data (STYLE: engine tests end with this)."""
-    slots = [s for s in vu.slots if s.state.current]
-    assert slots, f"{vu.name}: no current members"
-    first = member_data(slots[0].member, vu.size_bytes)
-    for s in slots[1:]:
+    legs = [s for s in vu.legs if s.state.current]
+    assert legs, f"{vu.name}: no current members"
+    first = member_data(legs[0].member, vu.size_bytes)
+    for s in legs[1:]:
         other = member_data(s.member, vu.size_bytes)
         if other != first:
             diff = next(i for i in range(len(first)) if first[i] != other[i])
             raise AssertionError(
-                f"{vu.name}: {s.member.path} differs from {slots[0].member.path} "
+                f"{vu.name}: {s.member.path} differs from {legs[0].member.path} "
                 f"first at byte {diff} (LBN {diff // BLOCK_BYTES})")

@@ -251,8 +251,8 @@ class Run:
                                if s.state is not MemberState.SOURCE or len(vu.sources) > 1]
                     if len(vu.current) < 2 or not choices:
                         continue
-                    slot = rng.choice(choices)
-                    removed = slot.member.path
+                    leg = rng.choice(choices)
+                    removed = leg.member.path
                     o.note_membership("remove-start", removed)
                     await vu.remove(removed)
                     o.note_membership("remove-done", removed)
@@ -268,22 +268,22 @@ class Run:
         --eio-write`) until it is expelled; returns its path once expelled, None if no write
         hit the range in time. The fault is cleared either way."""
         rng, vu = self.rng, self.vu
-        slot = rng.choice(vu.sources)
-        rec = slot.member
+        leg = rng.choice(vu.sources)
+        rec = leg.member
         inner = rec.inner
         lbn = rng.randrange(0, NBLOCKS - 256)
         inner.bad_write_lbns = set(range(lbn, lbn + 256))
         self.oracle.journal.note("fault", rec.path)
         try:
             with trio.move_on_after(0.2):
-                while slot.state.current:
+                while leg.state.current:
                     await trio.sleep(0.002)
         finally:
             inner.bad_write_lbns = set()
-        if slot.state.current:
+        if leg.state.current:
             return None
         self.result.expels += 1
-        while slot in vu.slots and not rec.inner.closed:     # released when idle
+        while leg in vu.legs and not rec.inner.closed:     # released when idle
             await trio.sleep(0.002)
         return rec.path
 
@@ -293,10 +293,10 @@ class Run:
         await vu.add([rec])
         self.result.adds += 1
         while True:               # promoted when its state is source and the commit is done
-            slot = next((s for s in vu.slots if s.member is rec), None)
-            if slot is None or not slot.state.current:
+            leg = next((s for s in vu.legs if s.member is rec), None)
+            if leg is None or not leg.state.current:
                 return            # expelled or removed meanwhile: stays forbidden
-            if slot.state is MemberState.SOURCE:
+            if leg.state is MemberState.SOURCE:
                 async with vu.membership.lock:    # promotion commits the SCBs under it
                     pass
                 o.note_membership("add-done", rec.path)
@@ -427,7 +427,7 @@ async def settle_and_check(result: Result, label: str, vu: VirtualUnit, allowed:
         result.violation(label, "not-steady",
                          f"after {SETTLE_S:g} s: state {vu.state}, merge_required "
                          f"{vu.merge_required}")
-    current = [s for s in vu.slots if s.state.current]
+    current = [s for s in vu.legs if s.state.current]
     datas = [bytes(s.member.data[:VU_BYTES]) for s in current]
     ok = True
     for s, d in zip(current[1:], datas[1:]):
@@ -567,7 +567,7 @@ async def check_cut(result: Result, label: str, rng: random.Random, recs: list, 
     async with trio.open_nursery() as nursery:
         await nursery.start(vu.run)
         await settle_and_check(result, label, vu, allowed)
-        current = [s.member for s in vu.slots if s.state.current]
+        current = [s.member for s in vu.legs if s.state.current]
         await vu.dissolve()
     await check_clean(result, label, current)
 
@@ -620,7 +620,7 @@ async def check_fork(result: Result, label: str, rng: random.Random, images: dic
         with trio.move_on_after(SETTLE_S):
             await vu.wait_steady()
         data = await vu.read(0, VU_BYTES)
-        current = [s.member for s in vu.slots if s.state.current]
+        current = [s.member for s in vu.legs if s.state.current]
         await vu.dissolve()
     fork_won = any(mp.path == fork_path and mp.role is MemberState.SOURCE
                    for mp in vu.plan.members)

@@ -108,8 +108,8 @@ async def test_hung_member_is_expelled_at_its_timeout_and_io_resumes(autojump_cl
         else:
             await vu.flush()
         assert trio.current_time() - t0 == 30
-        slot = vu.slots[1]
-        assert slot.state is MemberState.EXPELLED and vu.generation > gen
+        leg = vu.legs[1]
+        assert leg.state is MemberState.EXPELLED and vu.generation > gen
         assert generation_on(a) == vu.generation > generation_on(b)
         t1 = trio.current_time()
         await vu.write(8192, b"z" * 512)             # no longer waits for b
@@ -126,12 +126,12 @@ async def test_per_member_timeout_overrides_the_vu_default(autojump_clock):
         await vu.write(0, b"x")
         changes, warnings = SetPlan(vu, {"member_timeout": {"b.img": 5}}).apply()
         assert changes == ["b.img member timeout 5 s"] and warnings == []
-        assert [s.member_timeout for s in vu.slots] == [120, 5]
+        assert [s.member_timeout for s in vu.legs] == [120, 5]
         b.hang()
         t0 = trio.current_time()
         await vu.write(0, b"y")
         assert trio.current_time() - t0 == 5
-        assert vu.slots[1].state is MemberState.EXPELLED
+        assert vu.legs[1].state is MemberState.EXPELLED
         b.unhang()
 
 
@@ -141,7 +141,7 @@ async def test_a_member_timeout_not_below_the_vu_timeout_warns():
     assert len(warnings) == 1 and "b.img is not below the VU timeout 300 s" in warnings[0]
     _, warnings = SetPlan(vu, {"vu_timeout": 1200}).apply()
     assert warnings == []
-    for m in vu.slots:
+    for m in vu.legs:
         m.member.close()
 
 
@@ -155,7 +155,7 @@ async def test_copy_onto_a_hung_target_expels_it_and_the_copy_ends(autojump_cloc
         t0 = trio.current_time()
         await vu.wait_steady()
         assert trio.current_time() - t0 == 30
-        assert [s.state for s in vu.slots] == [MemberState.SOURCE, MemberState.SOURCE,
+        assert [s.state for s in vu.legs] == [MemberState.SOURCE, MemberState.SOURCE,
                                                MemberState.EXPELLED]
         assert ("expelled", "c.img", "member-timeout") in [k[:3] for k in kinds(vu)]
         c.unhang()
@@ -194,7 +194,7 @@ async def test_all_members_hung_holds_io_until_one_returns_nothing_lost(autojump
         assert ("mv-start", None, "no-member-answers", 30) in kinds(vu)
         assert ("mv-end", None, "member-returned") in [k[:3] for k in kinds(vu)]
         assert ("expelled", "a.img", "member-timeout") in [k[:3] for k in kinds(vu)]
-        assert [s.state for s in vu.slots] == [MemberState.EXPELLED, MemberState.SOURCE]
+        assert [s.state for s in vu.legs] == [MemberState.EXPELLED, MemberState.SOURCE]
         assert bytes(b.data[:4096]) == b"n" * 4096
         assert generation_on(b) == vu.generation > generation_on(a)
         a.unhang()
@@ -210,7 +210,7 @@ async def test_vu_timeout_fails_held_and_later_io_with_eio(autojump_clock):
             await vu.write(0, b"n")
         assert info.value.errno == errno.EIO
         assert trio.current_time() == 330 and vu.state == "mv-timeout"
-        assert [s.state for s in vu.slots] == [MemberState.SOURCE] * 2
+        assert [s.state for s in vu.legs] == [MemberState.SOURCE] * 2
         a.unhang()
         b.unhang()
         with pytest.raises(VolumeInvalid):           # the volume stays invalid
@@ -261,7 +261,7 @@ async def test_force_removal_in_verification_expels_at_once(autojump_clock):
             await trio.sleep(40)
             changes, _ = SetPlan(vu, {"force_removal": ["a.img"]}).apply()
             assert changes == ["a.img expelled (forced removal in mount verification)"]
-            assert vu.slots[0].state is MemberState.EXPELLED and vu.state == "mount-verify"
+            assert vu.legs[0].state is MemberState.EXPELLED and vu.state == "mount-verify"
             with pytest.raises(MembershipRefused, match=r"^DSA1: b\.img is the only source"):
                 SetPlan(vu, {"force_removal": ["b.img"]})
             await trio.sleep(20)
@@ -279,13 +279,13 @@ async def test_flagged_member_is_expelled_when_verification_starts(autojump_cloc
         await vu.write(0, b"o")
         changes, _ = SetPlan(vu, {"force_removal": ["a.img"]}).apply()
         assert changes == ["a.img flagged: expelled when mount verification starts"]
-        assert vu.slots[0].state is MemberState.SOURCE
+        assert vu.legs[0].state is MemberState.SOURCE
         a.hang()
         b.hang()
         async with trio.open_nursery() as n:
             n.start_soon(vu.write, 0, b"n")
             await trio.sleep(31)
-            assert vu.slots[0].state is MemberState.EXPELLED
+            assert vu.legs[0].state is MemberState.EXPELLED
             b.unhang()
         assert ("expelled", "a.img", "force-removal", 30) in kinds(vu)
         assert vu.state == "steady"
@@ -309,7 +309,7 @@ async def test_force_removal_of_the_only_source_is_refused():
         SetPlan(vu2, {"force_removal": ["a.img", "b.img"]})
     assert vu2.mv.flagged == set()
     for v in (vu, vu2):
-        for s in v.slots:
+        for s in v.legs:
             s.member.close()
 
 
@@ -373,8 +373,8 @@ async def test_bad_settings_are_refused_and_change_nothing(args, error, pattern)
     vu, _ = await mounted("a", "b")
     with pytest.raises(error, match=pattern):
         SetPlan(vu, args)
-    assert [s.member_timeout for s in vu.slots] == [30, 30] and vu.mv.vu_timeout == 300
-    for s in vu.slots:
+    assert [s.member_timeout for s in vu.legs] == [30, 30] and vu.mv.vu_timeout == 300
+    for s in vu.legs:
         s.member.close()
 
 
@@ -443,7 +443,7 @@ async def test_a_syscall_hung_in_a_worker_thread_is_abandoned_not_joined(tmp_pat
             t0 = trio.current_time()
             await vu.write(4096, b"b" * 4096)
             assert trio.current_time() - t0 == 30 and stuck == [4096]
-            assert vu.slots[1].state is MemberState.EXPELLED
+            assert vu.legs[1].state is MemberState.EXPELLED
             assert members[1].abandoned_running == 1
             assert await vu.read(4096, 4096) == b"b" * 4096
     finally:

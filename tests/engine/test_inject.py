@@ -109,13 +109,13 @@ async def test_vu_repairs_an_injected_read_error_and_expels_on_injected_write_er
     vu = await VirtualUnit.assemble("DSA1", [a, b])
     async with running(vu):
         await vu.write(0, b"z" * 4096)
-        slot = vu.find("a.img")
-        slot.member = FaultyMember(slot.member)
-        slot.member.faults.bad_read.update(range(0, 8))
+        leg = vu.find("a.img")
+        leg.member = FaultyMember(leg.member)
+        leg.member.faults.bad_read.update(range(0, 8))
         vu.find("b.img").read_cost = 100                  # a serves reads
         assert await vu.read(0, 4096) == b"z" * 4096      # repaired from b, rewritten on a
-        assert (slot.repairs, slot.member.faults.bad_read) == (1, set())
-        slot.member.faults.bad_write.add(50)
+        assert (leg.repairs, leg.member.faults.bad_read) == (1, set())
+        leg.member.faults.bad_write.add(50)
         await vu.write(50 * BLOCK_BYTES, b"w" * 512)
-        assert slot.state is MemberState.EXPELLED
+        assert leg.state is MemberState.EXPELLED
         assert await vu.read(50 * BLOCK_BYTES, 512) == b"w" * 512

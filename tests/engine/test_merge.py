@@ -128,9 +128,9 @@ async def test_read_behind_the_fence_reads_one_member(autojump_clock):
     async with running(vu):
         while vu.merge.fence_bytes < 2 * STEP:
             await trio.sleep(0.001)
-        before = sum(s.reads for s in vu.slots)         # application reads served by a member
+        before = sum(s.reads for s in vu.legs)         # application reads served by a member
         await vu.read(0, 4096)
-        assert sum(s.reads for s in vu.slots) == before + 1 and vu.merge.app_repairs == 0
+        assert sum(s.reads for s in vu.legs) == before + 1 and vu.merge.app_repairs == 0
         await vu.wait_steady()
 
 
@@ -310,7 +310,7 @@ async def test_an_outage_during_the_merge_expels_nobody_and_the_merge_resumes(au
     b.hang()
     async with running(vu):
         await trio.sleep(40)             # the merge's reads time out on both: it stops
-        assert [s.state for s in vu.slots] == [MemberState.SOURCE] * 2
+        assert [s.state for s in vu.legs] == [MemberState.SOURCE] * 2
         assert vu.merge is not None and vu.merge_required and not vu.merge_running
         got = {}
 
@@ -325,6 +325,6 @@ async def test_an_outage_during_the_merge_expels_nobody_and_the_merge_resumes(au
         assert got["data"] == bytes(a.data[:512])
         await vu.wait_steady()
         assert vu.merge is None and not vu.merge_required
-        assert [s.state for s in vu.slots] == [MemberState.SOURCE] * 2
+        assert [s.state for s in vu.legs] == [MemberState.SOURCE] * 2
         assert vu.last_merge.merge_repairs == 1
         assert_members_identical(vu)

@@ -94,7 +94,7 @@ async def test_vu_stays_copying_until_the_promotion_is_committed(autojump_clock)
             while vu.operations.statistics().copies == 0:
                 await trio.sleep(0.01)
             assert vu.state == "copying"
-            assert [s.state.label for s in vu.slots] == ["source", "source", "copy-target"]
+            assert [s.state.label for s in vu.legs] == ["source", "source", "copy-target"]
         await vu.wait_steady()
         assert vu.state == "steady"
-        assert [s.state.label for s in vu.slots] == ["source"] * 3
+        assert [s.state.label for s in vu.legs] == ["source"] * 3

@@ -54,7 +54,7 @@ async def test_mirrored_write_lands_on_every_member_and_reads_alternate(autojump
         assert a.data[4096:12288] == b"x" * 8192 == b.data[4096:12288]
         for _ in range(10):
             assert await vu.read(4096, 8192) == b"x" * 8192
-        assert [s.reads for s in vu.slots] == [5, 5]
+        assert [s.reads for s in vu.legs] == [5, 5]
         assert_members_identical(vu)
 
 
@@ -65,7 +65,7 @@ async def test_read_cost_steers_reads(autojump_clock):
         vu.find("a.img").read_cost = 5
         for _ in range(8):
             await vu.read(0, 512)
-        assert [s.reads for s in vu.slots] == [0, 8]
+        assert [s.reads for s in vu.legs] == [0, 8]
 
 
 async def test_reads_spread_by_queue_depth(autojump_clock):
@@ -76,7 +76,7 @@ async def test_reads_spread_by_queue_depth(autojump_clock):
         async with trio.open_nursery() as n:     # 16 reads at once: queue depth evens it out
             for _ in range(16):
                 n.start_soon(vu.read, 0, 512)
-        assert sorted(s.reads for s in vu.slots) == [7, 9]
+        assert sorted(s.reads for s in vu.legs) == [7, 9]
 
 
 async def test_write_completes_when_the_slowest_member_finishes(autojump_clock):
@@ -124,13 +124,13 @@ async def test_expelled_on_write_error_generation_up_on_survivor(autojump_clock,
         with caplog.at_level(logging.INFO, "dsafs"):
             await vu.write(16 * 512, b"q" * 512)     # succeeds: a succeeded
         assert a.data[8192:8704] == b"q" * 512
-        assert [s.state for s in vu.slots] == [MemberState.SOURCE, MemberState.EXPELLED]
+        assert [s.state for s in vu.legs] == [MemberState.SOURCE, MemberState.EXPELLED]
         sa, sb = await scb(a), await scb(b)
         assert sa.generation > old and sb.generation == old
         assert [e.member_uuid for e in sa.members] == [sa.member_uuid]
         assert "b.img expelled by rule=member-error; shadow set has been reduced" in caplog.text
         assert await vu.read(16 * 512, 512) == b"q" * 512
-        assert vu.slots[1].reads == 0
+        assert vu.legs[1].reads == 0
 
 
 @pytest.mark.allow_warnings
@@ -146,7 +146,7 @@ async def test_write_failing_everywhere_is_held_then_fails_and_expels_nobody(aut
         with pytest.raises(VolumeInvalid, match=r"^DSA1: volume is not software enabled"):
             await vu.write(3 * 512, b"x")
         assert trio.current_time() - t0 == 3600
-        assert [s.state for s in vu.slots] == [MemberState.SOURCE] * 2
+        assert [s.state for s in vu.legs] == [MemberState.SOURCE] * 2
         assert [e.kind for e in vu.events.find(vu="DSA1")][-2:] == ["mv-start", "mv-timeout"]
 
 
@@ -173,7 +173,7 @@ async def test_failed_repair_expels_the_member(autojump_clock):
         a.bad_read_lbns, a.bad_write_lbns = {1}, {1}
         vu.find("b.img").read_cost = 100
         assert await vu.read(512, 512) == (b"good" * 256)[512:1024]
-        assert vu.slots[0].state is MemberState.EXPELLED
+        assert vu.legs[0].state is MemberState.EXPELLED
 
 
 async def add_and_copy(vu, *members, **opts):
@@ -192,7 +192,7 @@ async def test_full_copy_onto_blank_member(autojump_clock):
         (c,) = mems("c")
         plan = await add_and_copy(vu, c)
         assert plan.members[0].rule == "blank-member"
-        assert [s.state for s in vu.slots] == [MemberState.SOURCE] * 2
+        assert [s.state for s in vu.legs] == [MemberState.SOURCE] * 2
         assert bytes(c.data[:SIZE]) == pattern
         assert vu.generation > gen
         sc = await scb(c)
@@ -333,7 +333,7 @@ async def test_remove_member_generation_up_on_the_rest_removed_keeps_old(autojum
     async with running(await VirtualUnit.assemble("DSA1", [a, b, c])) as vu:
         old = vu.generation
         await vu.remove("b.img")
-        assert [s.name for s in vu.slots] == ["a.img", "c.img"] and b.closed
+        assert [s.name for s in vu.legs] == ["a.img", "c.img"] and b.closed
         sa, sb = await scb(a), await scb(b)
         assert sa.generation > old and sb.generation == old
         assert sb.own_state is MemberState.REMOVED and not sb.dirty
@@ -367,7 +367,7 @@ async def test_add_refuses_another_sets_member_without_overwrite(autojump_clock)
     async with running(await VirtualUnit.assemble("DSA1", [a])) as vu:
         with pytest.raises(MountRefused, match=r"x.img belongs to shadow set OTHER \(DSA2\); adding it would erase it"):
             await vu.add([x])
-        assert bytes(x.data) == before and len(vu.slots) == 1
+        assert bytes(x.data) == before and len(vu.legs) == 1
         reopen(x)
         await add_and_copy(vu, x, overwrite=True)
         assert_members_identical(vu)

@@ -66,7 +66,7 @@ async def test_copy_under_concurrent_writes_is_byte_identical_on_disk(tmp_path):
             for k in range(4):
                 n.start_soon(writer, k)
         await vu.flush()
-        assert [s.state for s in vu.slots] == [MemberState.SOURCE] * 3
+        assert [s.state for s in vu.legs] == [MemberState.SOURCE] * 3
         assert_members_identical(vu)
         assert await vu.read(0, SIZE) == bytes(model)
     for p in (a, b, c):

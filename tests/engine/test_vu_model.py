@@ -83,7 +83,7 @@ class Harness:
         self.next_write = 0
 
     def current(self):
-        return [s.name[0] for s in self.vu.slots if s.state.current]
+        return [s.name[0] for s in self.vu.legs if s.state.current]
 
     async def start(self, names):
         for n in names:
@@ -154,28 +154,28 @@ class Harness:
                     event("add refused: add-diverged")
                     assert extra and exc.rule == "add-diverged", str(exc)
         elif kind == "remove":
-            cur = [s for s in vu.slots if s.state.current]
-            slot = cur[o[1] % len(cur)]
+            cur = [s for s in vu.legs if s.state.current]
+            leg = cur[o[1] % len(cur)]
             # A copy may complete (and promote this member) while remove() waits for its
             # locks, so what it was is read afterwards: a source that leaves gets a new lineage.
-            lineage_before = slot.lineage
+            lineage_before = leg.lineage
             try:
-                await vu.remove(slot.member.path)
+                await vu.remove(leg.member.path)
                 assert vu.sources, "the only source was removed"
-                if slot.lineage is not lineage_before:
-                    self.set_aside(slot.name[0])
+                if leg.lineage is not lineage_before:
+                    self.set_aside(leg.name[0])
             except MembershipRefused:
-                assert slot.state is MemberState.SOURCE and len(vu.sources) == 1
+                assert leg.state is MemberState.SOURCE and len(vu.sources) == 1
         elif kind == "fail_write":
-            cur = [s for s in vu.slots if s.state.current]
-            slot = cur[o[1] % len(cur)]
-            if not (slot.state is MemberState.SOURCE and len(vu.sources) == 1):
-                if slot.state is MemberState.SOURCE:
-                    self.set_aside(slot.name[0])     # it holds what the set held until now
-                slot.member.bad_write_lbns = set(range(SIZE // 512))
+            cur = [s for s in vu.legs if s.state.current]
+            leg = cur[o[1] % len(cur)]
+            if not (leg.state is MemberState.SOURCE and len(vu.sources) == 1):
+                if leg.state is MemberState.SOURCE:
+                    self.set_aside(leg.name[0])     # it holds what the set held until now
+                leg.member.bad_write_lbns = set(range(SIZE // 512))
                 await self.write(0, 1, 12345)
-                assert slot.state is MemberState.EXPELLED
-                slot.member.bad_write_lbns.clear()
+                assert leg.state is MemberState.EXPELLED
+                leg.member.bad_write_lbns.clear()
         elif kind == "settle":
             await vu.wait_steady()
             assert_members_identical(vu)
@@ -261,7 +261,7 @@ def _run_program(ops, latencies, start):
                 await h.check_read((i * 37) % (SIZE // 512), 8)
             with trio.fail_after(STEP_LIMIT_S):
                 await h.vu.wait_steady()
-            assert all(s.state is MemberState.SOURCE for s in h.vu.slots if s.state.current)
+            assert all(s.state is MemberState.SOURCE for s in h.vu.legs if s.state.current)
             assert_members_identical(h.vu)
             for lbn in range(0, SIZE // 512, 64):
                 await h.check_read(lbn, 64)

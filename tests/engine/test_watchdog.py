@@ -44,14 +44,14 @@ def healthy(tmp_path):
     m.close()
 
 
-def slot(member, timeout_s):
+def leg(member, timeout_s):
     return types.SimpleNamespace(member=member, member_timeout=timeout_s)
 
 
 async def test_a_hung_write_times_out_exactly_at_its_deadline(clock, hung):
     start = trio.current_time()
     with pytest.raises(MemberTimeout, match=r"no answer within its member timeout of 30 s"):
-        await waits.wait(slot(hung, 30), hung.start_write(0, b"x" * 4096), "write")
+        await waits.wait(leg(hung, 30), hung.start_write(0, b"x" * 4096), "write")
     assert trio.current_time() - start == pytest.approx(30)
     assert hung.abandoned_running == 1 and hung.statistics().in_flight == 1
     assert waits.watchdog().statistics().watched == 0
@@ -59,8 +59,8 @@ async def test_a_hung_write_times_out_exactly_at_its_deadline(clock, hung):
 
 async def test_beside_a_healthy_member_only_the_hung_one_fails(clock, hung, healthy):
     start = trio.current_time()
-    pending = [(slot(healthy, 5), healthy.start_write(0, b"y" * 4096)),
-               (slot(hung, 5), hung.start_write(0, b"y" * 4096))]
+    pending = [(leg(healthy, 5), healthy.start_write(0, b"y" * 4096)),
+               (leg(hung, 5), hung.start_write(0, b"y" * 4096))]
     (s1, v1), (s2, v2) = await waits.wait_each(pending, "write", start)
     assert v1 is None and isinstance(v2, MemberTimeout) and s2.member is hung
     assert trio.current_time() - start == pytest.approx(5)
@@ -71,7 +71,7 @@ async def test_an_earlier_deadline_watched_later_fires_first(clock, hung):
 
     async def waiter(name, timeout_s):
         try:
-            await waits.wait(slot(hung, timeout_s), hung.start_write(0, b"z"), "write")
+            await waits.wait(leg(hung, timeout_s), hung.start_write(0, b"z"), "write")
         except MemberTimeout:
             results[name] = trio.current_time()
 
@@ -85,7 +85,7 @@ async def test_an_earlier_deadline_watched_later_fires_first(clock, hung):
 
 
 async def test_a_request_delivered_in_time_is_not_failed_later(clock, healthy):
-    await waits.wait(slot(healthy, 2), healthy.start_write(0, b"w" * 4096), "write")
+    await waits.wait(leg(healthy, 2), healthy.start_write(0, b"w" * 4096), "write")
     await trio.sleep(10)                      # past the deadline: nothing fires
     assert healthy.statistics().errors == 0 and healthy.abandoned_running == 0
     assert waits.watchdog().statistics().watched == 0
@@ -93,7 +93,7 @@ async def test_a_request_delivered_in_time_is_not_failed_later(clock, healthy):
 
 async def test_a_waiter_cancelled_first_is_left_alone_by_the_watchdog(clock, hung):
     with trio.move_on_after(1):
-        await waits.wait(slot(hung, 5), hung.start_write(0, b"c"), "write")
+        await waits.wait(leg(hung, 5), hung.start_write(0, b"c"), "write")
     await trio.sleep(10)                      # its deadline passes with nobody waiting
     assert hung.abandoned_running == 1 and waits.watchdog().statistics().watched == 0
 
@@ -105,7 +105,7 @@ async def test_statistics_count_what_the_watchdog_watched_and_failed(clock, hung
 
     async def waiter(name, timeout_s):
         with pytest.raises(MemberTimeout):
-            await waits.wait(slot(hung, timeout_s), hung.start_write(0, b"s"), "write")
+            await waits.wait(leg(hung, timeout_s), hung.start_write(0, b"s"), "write")
         seen[name] = dog.statistics()
 
     async with trio.open_nursery() as nursery:
@@ -135,12 +135,12 @@ class _Finished(Pending):
 async def test_wait_each_takes_finished_requests_after_the_first_wait():
     """After one wait (the schedule point), requests that finished meanwhile are taken as they
     are, errors included; the first request is always waited on."""
-    slot = types.SimpleNamespace(member_timeout=5.0, member=types.SimpleNamespace(path="m"))
+    leg = types.SimpleNamespace(member_timeout=5.0, member=types.SimpleNamespace(path="m"))
     err = MemberIOError("m", "write", 5)
-    got = await waits.wait_each([(slot, Ready(value="a")), (slot, _Finished(outcome.Value("b"))),
-                                    (slot, _Finished(outcome.Error(err)))],
+    got = await waits.wait_each([(leg, Ready(value="a")), (leg, _Finished(outcome.Value("b"))),
+                                    (leg, _Finished(outcome.Error(err)))],
                                    "write", trio.current_time())
     assert [v for _, v in got] == ["a", "b", err]
     with pytest.raises(AssertionError, match="waited on a request that had finished"):
-        await waits.wait_each([(slot, _Finished(outcome.Value("c")))], "write",
+        await waits.wait_each([(leg, _Finished(outcome.Value("c")))], "write",
                                  trio.current_time())

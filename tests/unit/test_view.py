@@ -10,12 +10,12 @@ from dsafs.engine.copy import CopyStats
 from dsafs.engine.merge import MergeStats
 from dsafs.engine.mountver import MvStats
 from dsafs.engine.throttle import Settings
-from dsafs.engine.vu import SlotStats, VuStats
+from dsafs.engine.vu import LegStats, VuStats
 from dsafs.service import view
 from dsafs.service.view import MemberFacts, VuFacts
 
-A = SlotStats("/m/a.img", "source", 2, 10, 20, 40960, 81920, 1, 2)
-B = SlotStats("/m/b.img", "copy-target", 5, 0, 20, 0, 81920, 0, 0)
+A = LegStats("/m/a.img", "source", 2, 10, 20, 40960, 81920, 1, 2)
+B = LegStats("/m/b.img", "copy-target", 5, 0, 20, 0, 81920, 0, 0)
 MERGE = MergeStats(percent=37.5, fence_lbn=3072, master="/m/a.img", merge_repairs=4,
                    app_repairs=1, chunks_compared=24, bytes_written=262144, delay_us=1234.56,
                    current_us=None, ideal_us=812.345, seconds=2.5)
