@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import enum
 import logging
 import time
 from typing import Optional
@@ -35,48 +36,80 @@ log = logging.getLogger("dsafs.events")
 BACKLOG = 1000
 SUBSCRIBER_BUFFER = 1000
 
+class Kind(enum.StrEnum):
+    """Every event kind: one registry, like rules.py for rule names. A kind names what changed;
+    those about one member start with `member-`."""
+    MOUNTED = "mounted"
+    MEMBER_SOURCE = "member-source"
+    MEMBER_COPY_TARGET = "member-copy-target"
+    MEMBER_DROPPED = "member-dropped"
+    MEMBER_EXPELLED = "member-expelled"
+    MEMBER_REMOVED = "member-removed"
+    COPY_START = "copy-start"
+    COPY_END = "copy-end"
+    MEMBER_COPIED = "member-copied"
+    COPY_STOP = "copy-stop"
+    MERGE_REQUIRED = "merge-required"
+    MERGE_START = "merge-start"
+    MERGE_SUSPEND = "merge-suspend"
+    MERGE_STOP = "merge-stop"
+    MERGE_END = "merge-end"
+    MV_START = "mv-start"
+    MV_END = "mv-end"
+    MV_TIMEOUT = "mv-timeout"
+    MEMBER_FORCE_REMOVAL = "member-force-removal"
+    MEMBER_NOFORCE_REMOVAL = "member-noforce-removal"
+    STALL_WRITES = "stall-writes"
+    NOSTALL_WRITES = "nostall-writes"
+    WRITES_RESUMED = "writes-resumed"
+    SETTING = "setting"
+    MEMBER_REPAIRED = "member-repaired"
+    DISMOUNTED = "dismounted"
+    MEMBER_SCB_DAMAGED = "member-scb-damaged"
+
+
 # kind -> (code, message template). Fields: vu, member (basename), label, and any given.
 KINDS = {
-    "mounted": ("MOUNT-I-MOUNTED", "{label} mounted on _{vu}:"),
-    "member-source": ("MOUNT-I-SHDWMEMSUCC",
+    Kind.MOUNTED: ("MOUNT-I-MOUNTED", "{label} mounted on _{vu}:"),
+    Kind.MEMBER_SOURCE: ("MOUNT-I-SHDWMEMSUCC",
                       "_{member}: ({label}) is now a valid member of the shadow set"),
-    "member-copy-target": ("MOUNT-I-SHDWMEMCOPY",
+    Kind.MEMBER_COPY_TARGET: ("MOUNT-I-SHDWMEMCOPY",
                            "_{member}: ({label}) added to the shadow set with a copy operation"),
-    "member-dropped": ("SHADOW-I-VOLPROC", "_{member}: ({label}) has left the shadow set"),
-    "expelled": ("SHADOW-I-VOLPROC", "_{vu}: {member}: shadow set has been reduced."),
-    "removed": ("SHADOW-I-VOLPROC", "_{member}: ({label}) has been removed from shadow set."),
-    "copy-start": ("SHADOW_SERVER-I-SSRVINICPY",
+    Kind.MEMBER_DROPPED: ("SHADOW-I-VOLPROC", "_{member}: ({label}) has left the shadow set"),
+    Kind.MEMBER_EXPELLED: ("SHADOW-I-VOLPROC", "_{vu}: {member}: shadow set has been reduced."),
+    Kind.MEMBER_REMOVED: ("SHADOW-I-VOLPROC", "_{member}: ({label}) has been removed from shadow set."),
+    Kind.COPY_START: ("SHADOW_SERVER-I-SSRVINICPY",
                    "initiating copy operation on device _{vu}: at LBN: {lbn}, "
                    "I/O Size: {blocks} blocks"),
-    "copy-end": ("SHADOW_SERVER-I-SSRVCMPFCPY",
+    Kind.COPY_END: ("SHADOW_SERVER-I-SSRVCMPFCPY",
                  "completing copy operation on device _{vu}: at LBN: {lbn}"),
-    "copy-completed": ("SHADOW-I-VOLPROC", "_{member}: shadow copy has been completed."),
-    "copy-stop": ("SHADOW_SERVER-I-SSRVTERMCPY",
+    Kind.MEMBER_COPIED: ("SHADOW-I-VOLPROC", "_{member}: shadow copy has been completed."),
+    Kind.COPY_STOP: ("SHADOW_SERVER-I-SSRVTERMCPY",
                   "terminating operation on device _{vu}: at LBN: {lbn}"),
-    "merge-required": ("SHADOW-I-VOLPROC", "_{vu}: shadow set merge required"),
-    "merge-start": ("SHADOW_SERVER-I-SSRVINIMRG",
+    Kind.MERGE_REQUIRED: ("SHADOW-I-VOLPROC", "_{vu}: shadow set merge required"),
+    Kind.MERGE_START: ("SHADOW_SERVER-I-SSRVINIMRG",
                     "initiating merge operation on device _{vu}: at LBN: {lbn}"),
-    "merge-suspend": ("SHADOW_SERVER-I-SSRVSPNDCPY",
+    Kind.MERGE_SUSPEND: ("SHADOW_SERVER-I-SSRVSPNDCPY",
                       "suspending merge operation on device _{vu}: at LBN: {lbn} for a copy"),
-    "merge-stop": ("SHADOW_SERVER-I-SSRVTERMMRG",
+    Kind.MERGE_STOP: ("SHADOW_SERVER-I-SSRVTERMMRG",
                    "terminating merge operation on device _{vu}: at LBN: {lbn}"),
-    "merge-end": ("SHADOW_SERVER-I-SSRVCMPFMRG",
+    Kind.MERGE_END: ("SHADOW_SERVER-I-SSRVCMPFMRG",
                   "completing merge operation on device _{vu}: {merge_repairs} merge repairs, "
                   "{app_repairs} application merge repairs"),
-    "mv-start": ("SYSTEM-I-MOUNTVER", "_{vu}: is offline. Mount verification in progress."),
-    "mv-end": ("SYSTEM-I-MOUNTVER", "_{vu}: has completed mount verification."),
-    "mv-timeout": ("SYSTEM-I-MOUNTVER", "_{vu}: has aborted mount verification."),
-    "force-removal": ("DSAFS-I-FORCEREM",
+    Kind.MV_START: ("SYSTEM-I-MOUNTVER", "_{vu}: is offline. Mount verification in progress."),
+    Kind.MV_END: ("SYSTEM-I-MOUNTVER", "_{vu}: has completed mount verification."),
+    Kind.MV_TIMEOUT: ("SYSTEM-I-MOUNTVER", "_{vu}: has aborted mount verification."),
+    Kind.MEMBER_FORCE_REMOVAL: ("DSAFS-I-FORCEREM",
                       "_{vu}: {member}: flagged for removal when mount verification starts"),
-    "noforce-removal": ("DSAFS-I-NOFORCEREM", "_{vu}: {member}: removal flag cleared"),
-    "stall-writes": ("DSAFS-I-STALLWRT", "_{vu}: writes stalled for {seconds:g} s"),
-    "nostall-writes": ("DSAFS-I-NOSTALLWRT", "_{vu}: writes released in {seconds:g} s"),
-    "writes-resumed": ("DSAFS-I-WRTRESUMED", "_{vu}: writes resumed"),
-    "setting": ("DSAFS-I-SET", "_{vu}: {what}"),
-    "repaired": ("DSAFS-I-REPAIRED",
+    Kind.MEMBER_NOFORCE_REMOVAL: ("DSAFS-I-NOFORCEREM", "_{vu}: {member}: removal flag cleared"),
+    Kind.STALL_WRITES: ("DSAFS-I-STALLWRT", "_{vu}: writes stalled for {seconds:g} s"),
+    Kind.NOSTALL_WRITES: ("DSAFS-I-NOSTALLWRT", "_{vu}: writes released in {seconds:g} s"),
+    Kind.WRITES_RESUMED: ("DSAFS-I-WRTRESUMED", "_{vu}: writes resumed"),
+    Kind.SETTING: ("DSAFS-I-SET", "_{vu}: {what}"),
+    Kind.MEMBER_REPAIRED: ("DSAFS-I-REPAIRED",
                  "_{vu}: {member}: repaired at LBN {lbn} ({blocks} blocks) from another source"),
-    "dissolved": ("MOUNT-I-DISMOUNTED", "_{vu}: dismounted; {how}"),
-    "scb-damaged": ("DSAFS-W-SCBDAMAGED", "_{vu}: {member}: damaged SCB {what}"),
+    Kind.DISMOUNTED: ("MOUNT-I-DISMOUNTED", "_{vu}: dismounted; {how}"),
+    Kind.MEMBER_SCB_DAMAGED: ("DSAFS-W-SCBDAMAGED", "_{vu}: {member}: damaged SCB {what}"),
 }
 
 

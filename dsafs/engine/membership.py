@@ -53,6 +53,7 @@ from dsafs.ondisk.scb import (
     FEATURE_EXTMEMB, BranchReason, Lineage, MemberEntry, MemberState, Scb, ScbStore,
     next_generation,
 )
+from dsafs.events import Kind
 from dsafs.rules import Rule
 from dsafs.units import BLOCK_BYTES
 
@@ -306,7 +307,7 @@ class Membership:
         log.warning("%s: %s %s by rule=%s; shadow set has been reduced (%d current members)",
                     name, leg.name, state.label, rule, len(self.current))
         log.info("%s: %s: %s", name, leg.name, why)
-        self.host.event("expelled" if state is MemberState.EXPELLED else "removed",
+        self.host.event(Kind.MEMBER_EXPELLED if state is MemberState.EXPELLED else "removed",
                         member=leg.member.path, rule=rule)
 
     async def expel(self, leg: Leg, why: str, rule: Optional[str] = None) -> None:
@@ -353,7 +354,7 @@ class Membership:
                     self.refresh()
                 await leg.wait_idle()
                 log.info("%s: %s removed by rule=%s", name, leg.name, Rule.OPERATOR)
-                self.host.event("removed", member=leg.member.path, rule=Rule.OPERATOR)
+                self.host.event(Kind.MEMBER_REMOVED, member=leg.member.path, rule=Rule.OPERATOR)
                 await self.commit()
             try:
                 await waits.call(leg, "flush", leg.member.flush)
@@ -396,7 +397,7 @@ class Membership:
                 if new:
                     await self.commit()
                 for leg, rule in new:
-                    host.event("member-copy-target", member=leg.member.path, rule=rule)
+                    host.event(Kind.MEMBER_COPY_TARGET, member=leg.member.path, rule=rule)
             return plan, [leg for leg, _ in new]
 
     def _new_target(self, member, scb: Optional[Scb]) -> Leg:

@@ -37,6 +37,7 @@ from dsafs.engine.stall import WriteStall
 from dsafs.errors import AllMembersFailed, MemberIOError, MembershipRefused, VolumeInvalid
 from dsafs.members import timeouts, waits
 from dsafs.ondisk.scb import MemberState
+from dsafs.events import Kind
 from dsafs.rules import Rule
 from dsafs.units import BLOCK_BYTES
 
@@ -200,7 +201,7 @@ class MountVerification:
         self._resumed = trio.Event()
         log.warning("%s: is offline (%s); mount verification in progress for up to %g s",
                     self.vu.name, exc, self.vu_timeout)
-        self.vu.event("mv-start", rule=Rule.NO_MEMBER_ANSWERS)
+        self.vu.event(Kind.MV_START, rule=Rule.NO_MEMBER_ANSWERS)
         self.vu.start_soon(self._verify, self._episode)
 
     def _leave(self, rule: str) -> None:
@@ -209,7 +210,7 @@ class MountVerification:
         self.state = self.started_at = self.deadline = None
         self._resumed.set()
         log.info("%s: has completed mount verification", self.vu.name)
-        self.vu.event("mv-end", rule=rule)
+        self.vu.event(Kind.MV_END, rule=rule)
         self.vu.resume_operations()     # a copy or merge stopped by the outage goes on
 
     def _time_out(self, rule: str) -> None:
@@ -222,7 +223,7 @@ class MountVerification:
         self._resumed.set()
         log.warning("%s: has aborted mount verification by rule=%s; I/O now fails (VOLINV)",
                     self.vu.name, rule)
-        self.vu.event("mv-timeout", rule=rule)
+        self.vu.event(Kind.MV_TIMEOUT, rule=rule)
 
     def close(self) -> None:
         """The VU is being dismounted: held I/O fails at once."""

@@ -31,6 +31,7 @@ from dsafs.engine.merge import Merge
 from dsafs.engine.throttle import Settings as MergeSettings, Throttle
 from dsafs.errors import DsafsError, InvalidArgument, MembershipRefused
 from dsafs.ondisk.scb import MemberState
+from dsafs.events import Kind
 from dsafs.rules import Rule
 from dsafs.units import BLOCK_BYTES, CHUNK_BYTES
 
@@ -126,8 +127,9 @@ class Operations:
 
     @property
     def copying(self) -> bool:
-        """A copy runs or is queued."""
-        return self.copy is not None or bool(self._copy_queue)
+        """A copy is queued, or runs (until its targets are promoted: the VU never reads as
+        steady while a member is still a copy target)."""
+        return bool(self._copy_queue) or (self.copy is not None and bool(self.membership.targets))
 
     @property
     def busy(self) -> bool:
@@ -210,7 +212,7 @@ class Operations:
         self.copy = Copy(host, targets, start)
         log.info("%s: copy onto %s starts at LBN %d", host.name,
                  ", ".join(t.name for t in targets), start // BLOCK_BYTES)
-        host.event("copy-start", rule=Rule.COPY_TARGET, lbn=start // BLOCK_BYTES,
+        host.event(Kind.COPY_START, rule=Rule.COPY_TARGET, lbn=start // BLOCK_BYTES,
                    blocks=copy_module.STEP_BYTES // BLOCK_BYTES)
         copy, done = self.copy, False
         try:
@@ -223,7 +225,7 @@ class Operations:
             self.copies += done
             if not done:
                 self.copy = None
-            host.event("copy-end" if done else "copy-stop",
+            host.event(Kind.COPY_END if done else "copy-stop",
                        rule=Rule.COPIED if done else Rule.INTERRUPTED,
                        lbn=copy.fence_bytes // BLOCK_BYTES)
         if done:     # the VU stays `copying` until the targets' promotion is committed
@@ -242,7 +244,7 @@ class Operations:
                 self.merge.forget_reads()
             await self.membership.promote(promoted)
             for t in promoted:
-                host.event("copy-completed", member=t.member.path, rule=Rule.COPY_COMPLETE)
+                host.event(Kind.MEMBER_COPIED, member=t.member.path, rule=Rule.COPY_COMPLETE)
             stats = copy.statistics()
             log.info("%s: copy completed; %s now source members (%d bytes compared, %d written)",
                      host.name, ", ".join(t.name for t in promoted), stats.bytes_compared,
@@ -254,7 +256,7 @@ class Operations:
         log.info("%s: merge %s at LBN %d; master member %s", host.name,
                  "resumes" if merge.fence_bytes else "starts", merge.fence_bytes // BLOCK_BYTES,
                  master.name if master else "none")
-        host.event("merge-start", member=master.member.path if master else None,
+        host.event(Kind.MERGE_START, member=master.member.path if master else None,
                    rule=self.merge_rule, lbn=merge.fence_bytes // BLOCK_BYTES)
         with trio.CancelScope() as scope:
             self._merge_scope = scope
@@ -262,7 +264,7 @@ class Operations:
                 done = await merge.run()
             except DsafsError as exc:
                 self._merge_stopped = str(exc)
-                host.event("merge-stop", rule=Rule.MERGE_ERROR, lbn=merge.fence_bytes // BLOCK_BYTES)
+                host.event(Kind.MERGE_STOP, rule=Rule.MERGE_ERROR, lbn=merge.fence_bytes // BLOCK_BYTES)
                 log.error("%s: merge stopped at LBN %d: %s; it stays owed (demand it again with "
                           "'dsafs set %s --demand-merge')", host.name,
                           merge.fence_bytes // BLOCK_BYTES, exc, host.name)
@@ -272,7 +274,7 @@ class Operations:
         if scope.cancelled_caught:
             log.info("%s: merge suspended at LBN %d for a copy", host.name,
                      merge.fence_bytes // BLOCK_BYTES)
-            host.event("merge-suspend", rule=Rule.COPY_FIRST, lbn=merge.fence_bytes // BLOCK_BYTES)
+            host.event(Kind.MERGE_SUSPEND, rule=Rule.COPY_FIRST, lbn=merge.fence_bytes // BLOCK_BYTES)
             return
         if done:
             await self._finish_merge(merge)
@@ -286,7 +288,7 @@ class Operations:
             self.merges += 1
             await self.membership.write_scbs(self.membership.current)
         st = merge.statistics()
-        host.event("merge-end", rule=Rule.MERGED, merge_repairs=st.merge_repairs,
+        host.event(Kind.MERGE_END, rule=Rule.MERGED, merge_repairs=st.merge_repairs,
                    app_repairs=st.app_repairs)
         log.info("%s: merge completed in %.1f s; %d chunks compared, %d repaired by the merge, "
                  "%d by application reads", host.name, st.seconds, st.chunks_compared,
@@ -328,7 +330,7 @@ class Operations:
             self.merge = Merge(host, 0, self.merge_throttle)
             self.merge_rule = Rule.DEMAND_MERGE
             log.info("%s: merge required by rule=%s", host.name, Rule.DEMAND_MERGE)
-            host.event("merge-required", rule=Rule.DEMAND_MERGE)
+            host.event(Kind.MERGE_REQUIRED, rule=Rule.DEMAND_MERGE)
             await membership.write_scbs(membership.current)
         self.kick()
 

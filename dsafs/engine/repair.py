@@ -24,6 +24,7 @@ from dsafs.engine.fence import RangeGate
 from dsafs.engine.leg import Busy
 from dsafs.members import timeouts, waits
 from dsafs.errors import AllMembersFailed, MemberFailed, MemberIOError
+from dsafs.events import Kind
 from dsafs.rules import Rule
 from dsafs.units import BLOCK_BYTES
 
@@ -87,5 +88,5 @@ async def _rewrite(vu, bad, pos: int, data: bytes) -> None:
     bad.repairs += 1
     log.info("%s: %s repaired at LBN %d (%d blocks) from another source",
              vu.name, bad.name, pos // BLOCK_BYTES, len(data) // BLOCK_BYTES)
-    vu.event("repaired", member=bad.member.path, rule=Rule.READ_ERROR, lbn=pos // BLOCK_BYTES,
+    vu.event(Kind.MEMBER_REPAIRED, member=bad.member.path, rule=Rule.READ_ERROR, lbn=pos // BLOCK_BYTES,
              blocks=len(data) // BLOCK_BYTES)

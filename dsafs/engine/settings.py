@@ -19,6 +19,7 @@ from dsafs.engine.stall import WriteStall
 from dsafs.errors import InvalidArgument, MembershipRefused, Unsupported
 from dsafs.members import timeouts
 from dsafs.ondisk.scb import MemberState
+from dsafs.events import Kind
 from dsafs.rules import Rule
 
 
@@ -96,10 +97,10 @@ class SetPlan:
             changes.append(f"VU timeout {self.vu_timeout:g} s")
         mv.adopt(vu.legs)
         for c in changes:
-            vu.event("setting", rule=Rule.OPERATOR, what=c)
+            vu.event(Kind.SETTING, rule=Rule.OPERATOR, what=c)
         for leg in self.noforce:
             mv.flagged.discard(leg)
-            vu.event("noforce-removal", member=leg.member.path, rule=Rule.OPERATOR)
+            vu.event(Kind.MEMBER_NOFORCE_REMOVAL, member=leg.member.path, rule=Rule.OPERATOR)
             changes.append(f"{leg.name} removal flag cleared")
         for leg in self.force:
             if mv.state == MOUNT_VERIFY:
@@ -107,7 +108,7 @@ class SetPlan:
                 changes.append(f"{leg.name} expelled (forced removal in mount verification)")
             else:
                 mv.flagged.add(leg)
-                vu.event("force-removal", member=leg.member.path, rule=Rule.OPERATOR)
+                vu.event(Kind.MEMBER_FORCE_REMOVAL, member=leg.member.path, rule=Rule.OPERATOR)
                 changes.append(f"{leg.name} flagged: expelled when mount verification starts")
         if self.abort_vu:
             mv.abort()

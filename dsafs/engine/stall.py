@@ -17,6 +17,7 @@ from typing import Optional, Protocol
 
 import trio
 
+from dsafs.events import Kind
 from dsafs.rules import Rule
 
 
@@ -62,14 +63,14 @@ class WriteStall:
         self.until = trio.current_time() + seconds
         self.stalls += 1
         self._update()
-        self.host.event("stall-writes", rule=Rule.OPERATOR, seconds=seconds)
+        self.host.event(Kind.STALL_WRITES, rule=Rule.OPERATOR, seconds=seconds)
 
     def nostall(self, seconds: float) -> None:
         """Release the stalled writes `seconds` from now (at once for 0); no stall: nothing."""
         if self.until is None:
             return
         self.until = min(self.until, trio.current_time() + seconds)
-        self.host.event("nostall-writes", rule=Rule.OPERATOR, seconds=seconds)
+        self.host.event(Kind.NOSTALL_WRITES, rule=Rule.OPERATOR, seconds=seconds)
         if seconds <= 0:
             self._release()
         else:
@@ -105,7 +106,7 @@ class WriteStall:
         self.holding = self._closed
         self._released.set()
         self._changed.set()
-        self.host.event("writes-resumed", rule=Rule.STALL_ENDED)
+        self.host.event(Kind.WRITES_RESUMED, rule=Rule.STALL_ENDED)
 
     async def _run_timer(self) -> None:
         try:

@@ -50,7 +50,7 @@ from dsafs.engine.watch import MemberWatch
 from dsafs.errors import (
     AllMembersFailed, IoRangeError, MemberIOError, MountRefused, ReadOnlyVu, VuClosing, VuError,
 )
-from dsafs.events import EventLog
+from dsafs.events import EventLog, Kind
 from dsafs.members import timeouts, waits
 from dsafs.ondisk.scb import BranchReason, MemberState, Scb, describe_generation
 from dsafs.rules import Rule
@@ -136,13 +136,13 @@ class VirtualUnit:
             entry = plan.sources[0].candidate.scb.entry_for(uid)
             log.info("%s: %s leaves the set by rule=%s", self.name,
                      entry.path.rsplit("/", 1)[-1] if entry else uid, Rule.ABSENT_MEMBER)
-            self.event("member-dropped", member=entry.path if entry else str(uid),
+            self.event(Kind.MEMBER_DROPPED, member=entry.path if entry else str(uid),
                        rule=Rule.ABSENT_MEMBER)
         for note in plan.notes:
             log.info("%s: %s", self.name, note)
         if plan.merge_required:
             log.info("%s: merge required by rule=%s", self.name, plan.merge_rule)
-            self.event("merge-required", rule=plan.merge_rule)
+            self.event(Kind.MERGE_REQUIRED, rule=plan.merge_rule)
         if plan.branch is not BranchReason.NONE:
             log.info("%s: history branches at generation %s by rule=%s", self.name,
                      describe_generation(plan.source_generation),
@@ -151,8 +151,8 @@ class VirtualUnit:
         if plan.membership_changes and not self.readonly:    # read-only: nothing is written
             await self.membership.commit()
         for mp in plan.members:
-            self.event(f"member-{mp.role.label}", member=mp.path, rule=mp.rule)
-        self.event("mounted", rule=Rule.OPERATOR)
+            self.event(Kind(f"member-{mp.role.label}"), member=mp.path, rule=mp.rule)
+        self.event(Kind.MOUNTED, rule=Rule.OPERATOR)
 
     async def dissolve(self) -> None:
         """Dismount the VU cleanly: stop the copy (its fence is kept), let the writes in flight
@@ -171,7 +171,7 @@ class VirtualUnit:
                     s.member.close()      # before returning: the next mount can take the locks
                 log.info("%s: dissolved; %d members marked clean", self.name,
                          len(current) - len(failed))
-                self.event("dissolved", rule=Rule.OPERATOR,
+                self.event(Kind.DISMOUNTED, rule=Rule.OPERATOR,
                            how=f"{len(current) - len(failed)} members marked clean")
                 self._finished.set()
 
@@ -189,7 +189,7 @@ class VirtualUnit:
             await self._begin_closing()
             for s in self.legs:
                 s.member.close()
-            self.event("dissolved", rule=Rule.ABORT, how="aborted, members left as they were")
+            self.event(Kind.DISMOUNTED, rule=Rule.ABORT, how="aborted, members left as they were")
             log.warning("%s: aborted; members left as they were (a merge is owed if written)",
                         self.name)
             self._finished.set()

@@ -38,6 +38,7 @@ import trio
 
 from dsafs.members import timeouts, waits
 from dsafs.errors import DsafsError, MemberIOError, MemberTimeout
+from dsafs.events import Kind
 from dsafs.rules import Rule
 
 log = logging.getLogger("dsafs.watch")
@@ -141,7 +142,7 @@ class MemberWatch:
                 else "rewriting it")
         log.warning("%s: %s: damaged SCB %s; %s by rule=%s", self.vu.name, leg.name,
                     text, what, Rule.SCB_DAMAGED)
-        self.vu.event("scb-damaged", member=leg.member.path, rule=Rule.SCB_DAMAGED, what=text)
+        self.vu.event(Kind.MEMBER_SCB_DAMAGED, member=leg.member.path, rule=Rule.SCB_DAMAGED, what=text)
 
 
 def _already_reported(text: str) -> None:

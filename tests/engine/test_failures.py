@@ -115,7 +115,7 @@ async def test_hung_member_is_expelled_at_its_timeout_and_io_resumes(autojump_cl
         await vu.write(8192, b"z" * 512)             # no longer waits for b
         assert await vu.read(8192, 512) == b"z" * 512
         assert trio.current_time() == t1
-        assert ("expelled", "b.img", "member-timeout", t0 + 30) in kinds(vu)
+        assert ("member-expelled", "b.img", "member-timeout", t0 + 30) in kinds(vu)
         assert vu.state == "steady"
         b.unhang()
 
@@ -157,7 +157,7 @@ async def test_copy_onto_a_hung_target_expels_it_and_the_copy_ends(autojump_cloc
         assert trio.current_time() - t0 == 30
         assert [s.state for s in vu.legs] == [MemberState.SOURCE, MemberState.SOURCE,
                                                MemberState.EXPELLED]
-        assert ("expelled", "c.img", "member-timeout") in [k[:3] for k in kinds(vu)]
+        assert ("member-expelled", "c.img", "member-timeout") in [k[:3] for k in kinds(vu)]
         c.unhang()
         assert_members_identical(vu)
 
@@ -193,7 +193,7 @@ async def test_all_members_hung_holds_io_until_one_returns_nothing_lost(autojump
         assert vu.state == "steady"
         assert ("mv-start", None, "no-member-answers", 30) in kinds(vu)
         assert ("mv-end", None, "member-returned") in [k[:3] for k in kinds(vu)]
-        assert ("expelled", "a.img", "member-timeout") in [k[:3] for k in kinds(vu)]
+        assert ("member-expelled", "a.img", "member-timeout") in [k[:3] for k in kinds(vu)]
         assert [s.state for s in vu.legs] == [MemberState.EXPELLED, MemberState.SOURCE]
         assert bytes(b.data[:4096]) == b"n" * 4096
         assert generation_on(b) == vu.generation > generation_on(a)
@@ -266,7 +266,7 @@ async def test_force_removal_in_verification_expels_at_once(autojump_clock):
                 SetPlan(vu, {"force_removal": ["b.img"]})
             await trio.sleep(20)
             b.unhang()
-        assert ("expelled", "a.img", "force-removal", 40) in kinds(vu)
+        assert ("member-expelled", "a.img", "force-removal", 40) in kinds(vu)
         # the generation rise owed to the survivor was written before the held write
         assert generation_on(b) == vu.generation > generation_on(a)
         assert vu.state == "steady" and bytes(b.data[:1]) == b"n"
@@ -287,7 +287,7 @@ async def test_flagged_member_is_expelled_when_verification_starts(autojump_cloc
             await trio.sleep(31)
             assert vu.legs[0].state is MemberState.EXPELLED
             b.unhang()
-        assert ("expelled", "a.img", "force-removal", 30) in kinds(vu)
+        assert ("member-expelled", "a.img", "force-removal", 30) in kinds(vu)
         assert vu.state == "steady"
         a.unhang()
 
@@ -412,9 +412,10 @@ async def test_mount_and_copy_emit_vms_style_events(autojump_clock):
     assert ("member-source", "_a.img: (DATA) is now a valid member of the shadow set") in msgs
     assert ("mounted", "DATA mounted on _DSA1:") in msgs
     assert ("member-copy-target", "_c.img: (DATA) added to the shadow set with a copy operation") in msgs
-    assert [k for k, _ in msgs if k.startswith("copy")] == ["copy-start", "copy-end", "copy-completed"]
-    assert ("copy-completed", "_c.img: shadow copy has been completed.") in msgs
-    assert msgs[-1][0] == "dissolved"
+    assert [k for k, _ in msgs if k.startswith("copy-") or k == "member-copied"] == [
+        "copy-start", "copy-end", "member-copied"]
+    assert ("member-copied", "_c.img: shadow copy has been completed.") in msgs
+    assert msgs[-1][0] == "dismounted"
 
 
 # ----------------------------------------------------------------------------- real worker threads

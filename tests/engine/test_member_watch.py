@@ -49,7 +49,7 @@ async def mount(paths, readonly=False):
 
 
 def expulsion_rule(vu, path):
-    rules = [e.rule for e in vu.events.find("expelled", member=path)]
+    rules = [e.rule for e in vu.events.find("member-expelled", member=path)]
     return rules[0] if rules else None
 
 
@@ -82,7 +82,7 @@ async def test_truncated_member_is_expelled_at_a_read_past_its_end_not_repaired(
         for pos in range(SIZE // 2, SIZE, MiB):        # reads alternate between a and b
             assert await vu.read(pos, 4096) == data[pos:pos + 4096]
         assert expulsion_rule(vu, b) == "member-shrunk", vu.events.backlog()
-        assert not vu.events.find("repaired"), "a shrunk member was 'repaired' (re-extended)"
+        assert not vu.events.find("member-repaired"), "a shrunk member was 'repaired' (re-extended)"
         assert os.path.getsize(b) == SIZE // 2
         assert await vu.read(0, SIZE) == data
 
@@ -160,7 +160,7 @@ async def test_a_damaged_scb_slot_is_logged_evented_and_rewritten(tmp_path, capl
         name = "AB"[slot]
         assert (f"DSA1: b.img: damaged SCB slot {name}: checksum mismatch (torn or corrupt); "
                 f"rewriting it by rule=scb-damaged") in caplog.text
-        (event,) = vu.events.find("scb-damaged")
+        (event,) = vu.events.find("member-scb-damaged")
         assert event.member == b and event.rule == "scb-damaged"
         assert await store.inspect() == [], "the damaged slot was not rewritten"
         assert len(vu.current) == 2
@@ -185,7 +185,7 @@ async def test_damage_found_by_an_scb_write_is_reported(tmp_path, caplog):
         corrupt(a, 0)
         corrupt(a, 1)                      # both: the next SCB write finds it, before the watch
         await vu.dissolve()                # writes the clean SCBs
-    (event,) = vu.events.find("scb-damaged")
+    (event,) = vu.events.find("member-scb-damaged")
     assert event.member == a and "slot A" in event.message and "slot B" in event.message
 
 
@@ -198,7 +198,7 @@ async def test_a_damaged_slot_on_a_read_only_vu_is_reported_not_written(tmp_path
         before = f.read()
     async with running(await mount([a, b], readonly=True)) as vu:
         await vu.watch.check()
-        assert vu.events.find("scb-damaged")
+        assert vu.events.find("member-scb-damaged")
         assert "reported only: the VU is read-only" in caplog.text
     with open(b, "rb") as f:
         assert f.read() == before
@@ -239,5 +239,5 @@ async def test_a_shrunk_member_of_a_read_only_vu_is_reported_not_expelled(tmp_pa
         await vu.watch.check()
         await vu.watch.check()
         assert caplog.text.count("on a read-only VU it is not expelled") == 1
-        assert len(vu.current) == 2 and not vu.events.find("expelled")
+        assert len(vu.current) == 2 and not vu.events.find("member-expelled")
     assert os.path.getsize(b) == RAW // 2 and os.path.getsize(a) == RAW

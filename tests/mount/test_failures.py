@@ -55,7 +55,7 @@ def test_fio_verify_runs_through_a_failing_member_and_it_returns(served, tmp_pat
     assert member(info, "b.img")["state"] == "expelled" and info["state"] == "steady", info
     rules = {"--hang": {"member-timeout"}, "--vanish": {"member-vanished"},
              "--flakey": {"member-error", "repair-failed"}}[fault[0]]   # a write or a repair
-    expelled = [e for e in events(served) if e["kind"] == "expelled"]
+    expelled = [e for e in events(served) if e["kind"] == "member-expelled"]
     assert len(expelled) == 1 and expelled[0]["member"].endswith("/b.img"), expelled
     assert expelled[0]["rule"] in rules, expelled
     assert expelled[0]["message"] == "_DSA1: b.img: shadow set has been reduced."
@@ -66,7 +66,7 @@ def test_fio_verify_runs_through_a_failing_member_and_it_returns(served, tmp_pat
     assert [m["state"] for m in info["members"]] == ["source", "source"], info
     served.check("verify", "DSA1")
     kinds = [e["kind"] for e in events(served)]
-    assert kinds[-3:] == ["copy-start", "copy-end", "copy-completed"], kinds
+    assert kinds[-3:] == ["copy-start", "copy-end", "member-copied"], kinds
     served.check("dismount", "DSA1")
     assert_members_identical([tmp_path / "a.img", tmp_path / "b.img"], VU)
 

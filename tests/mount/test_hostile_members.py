@@ -157,4 +157,4 @@ def test_a_member_truncated_while_mounted_is_expelled_not_read_as_zeros(served, 
     assert states == {"a.img": "source", "b.img": "expelled"}, states
     events = [json.loads(x) for x in served.check("events", "DSA1", "--json").stdout.splitlines()]
     assert [(e["kind"], e["rule"]) for e in events if e["member"] == str(tmp_path / "b.img")
-            and e["kind"] == "expelled"] == [("expelled", "member-shrunk")], events
+            and e["kind"] == "member-expelled"] == [("member-expelled", "member-shrunk")], events

@@ -41,3 +41,16 @@ def test_rules_are_strings_with_their_names():
     assert "%s" % Rule.LOWER_GENERATION == "lower-generation"
     assert joined(Rule.LOWER_GENERATION, Rule.RESUME_COPY) == "lower-generation,resume-copy"
     assert len({r.value for r in Rule}) == len(Rule)
+
+
+def test_event_kinds_come_from_the_registry():
+    """Every event the code emits names a `Kind` (events.py), never a string literal, and every
+    kind has its VMS-style code and message."""
+    from dsafs.events import KINDS, Kind
+    literal = re.compile(r"\.(event|emit)\(\s*f?[\"']")
+    found = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}"
+             for p in SOURCES for n, line in enumerate(p.read_text().splitlines(), 1)
+             if literal.search(line)]
+    assert not found, "\n".join(found)
+    assert set(KINDS) == set(Kind)
+    assert all(k.startswith("member-") for k in Kind if "MEMBER" in k.name)
