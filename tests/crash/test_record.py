@@ -5,7 +5,6 @@ import random
 
 import pytest
 import trio
-import trio.testing
 
 from dsafs.engine import decide
 from dsafs.errors import MountRefused

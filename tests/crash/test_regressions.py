@@ -2,7 +2,6 @@
 
 import pytest
 import trio
-import trio.testing
 
 from dsafs.testing.record import Journal, RecordingMember
 from dsafs.ondisk.scb import min_member_bytes

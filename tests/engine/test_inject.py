@@ -4,7 +4,6 @@ import errno
 
 import pytest
 import trio
-import trio.testing
 
 from dsafs.errors import InvalidArgument, MemberIOError
 from dsafs.members.inject import FaultyMember, parse_flakey, parse_lbn_range
@@ -16,11 +15,6 @@ from dsafs.engine.vu import VirtualUnit
 
 SIZE = MiB
 RAW = min_member_bytes(SIZE)
-
-
-@pytest.fixture
-def autojump_clock():
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 def faulty(path="/m/a.img"):

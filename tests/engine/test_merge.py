@@ -3,7 +3,6 @@ reads during a merge, copies during a merge, demand merge, and the throttle's fl
 
 import pytest
 import trio
-import trio.testing
 
 from dsafs.engine import merge as mergemod
 from dsafs.errors import MembershipRefused

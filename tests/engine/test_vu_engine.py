@@ -5,7 +5,6 @@ import os
 
 import pytest
 import trio
-import trio.testing
 
 from dsafs.engine import copy as copymod
 from dsafs.engine import decide

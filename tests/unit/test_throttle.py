@@ -3,7 +3,6 @@ settings every 1000 merge I/Os, and a merge loop on MockClock that keeps its flo
 
 import pytest
 import trio
-import trio.testing
 
 from dsafs.errors import InvalidArgument
 from dsafs.engine.throttle import (
@@ -49,11 +48,6 @@ def test_floor_caps_the_delay():
 def test_out_of_range_settings_refused(kw, msg):
     with pytest.raises(InvalidArgument, match=msg):
         Settings(**kw)
-
-
-@pytest.fixture
-def autojump_clock():
-    return trio.testing.MockClock(autojump_threshold=0)
 
 
 async def test_settings_are_reread_every_1000_merge_ios(autojump_clock):
