@@ -29,7 +29,9 @@ from dsafs.errors import MemberIOError
 from dsafs.members.filemember import FileMember
 from dsafs.members.member import Member, MemberStats
 from dsafs.members.pending import Pending
-from dsafs.units import BLOCK_BYTES, KiB
+from dsafs.engine.setmeta import init_set
+from dsafs.ondisk.scb import SCB_AREA_BYTES, SLOT_BYTES, Scb, choose_slot, min_member_bytes
+from dsafs.units import BLOCK_BYTES, KiB, MiB
 
 
 class _MemPending(Pending):
@@ -145,6 +147,31 @@ async def running(vu):
         finally:
             if vu.mounted:
                 await vu.dissolve()
+
+
+def mem_members(*names: str, size_bytes: int = 4 * MiB, **kw) -> list[MemMember]:
+    """Blank in-memory members /m/<name>.img big enough for a VU of `size_bytes` (engine tests)."""
+    return [MemMember(min_member_bytes(size_bytes), f"/m/{n}.img", **kw) for n in names]
+
+
+async def mem_set(*names: str, size_bytes: int = 4 * MiB, vu: str = "DSA1", label: str = "DATA",
+                  **kw) -> list[MemMember]:
+    """A new shadow set (`init_set`) on in-memory members /m/<name>.img."""
+    members = mem_members(*names, size_bytes=size_bytes, **kw)
+    await init_set(vu, label, size_bytes, members)
+    return members
+
+
+def reopen(*members: MemMember) -> None:
+    """Make closed in-memory members usable again (removed, and now to be mounted again)."""
+    for m in members:
+        m.reopen()
+
+
+def newest_scb(member: MemMember) -> Optional[Scb]:
+    """The member's newest valid SCB, read from its bytes (also after the VU closed it)."""
+    tail = bytes(member.data[-SCB_AREA_BYTES:])
+    return choose_slot(tail[:SLOT_BYTES], tail[SLOT_BYTES:]).scb
 
 
 def member_data(member: Member, nbytes: int) -> bytes:

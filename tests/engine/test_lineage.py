@@ -7,9 +7,10 @@ import trio
 
 from dsafs.engine.decide import Options
 from dsafs.errors import MountRefused
-from dsafs.ondisk.scb import BranchReason, MemberState, choose_slot, min_member_bytes
-from dsafs.engine.setmeta import init_set
-from dsafs.testing.fakes import MemMember, assert_members_identical, running
+from dsafs.ondisk.scb import BranchReason, MemberState, min_member_bytes
+from dsafs.testing.fakes import (
+    MemMember, assert_members_identical, running, mem_set as new_set, newest_scb as scb, reopen,
+)
 from dsafs.units import MiB
 from dsafs.engine.vu import VirtualUnit
 
@@ -19,22 +20,6 @@ OLD, NEW, FORK = b"OLD" * 100, b"NEW" * 100, b"FRK" * 100
 
 
 pytestmark = pytest.mark.usefixtures("small_copy_steps")     # tests/engine/conftest.py
-
-
-async def new_set(*names, **kw):
-    members = [MemMember(RAW, f"/m/{n}.img", **kw) for n in names]
-    await init_set("DSA1", "DATA", SIZE, members)
-    return members
-
-
-def reopen(*members):
-    for m in members:
-        m.closed = False
-
-
-def scb(member):
-    tail = bytes(member.data[-8192:])
-    return choose_slot(tail[:4096], tail[4096:]).scb
 
 
 def snapshot(*members):

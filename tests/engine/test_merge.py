@@ -6,8 +6,10 @@ import trio
 
 from dsafs.engine import merge as mergemod
 from dsafs.errors import MembershipRefused
-from dsafs.ondisk.scb import MemberState, choose_slot, min_member_bytes
-from dsafs.testing.fakes import MemMember, assert_members_identical, running
+from dsafs.ondisk.scb import MemberState, min_member_bytes
+from dsafs.testing.fakes import (
+    assert_members_identical, running, mem_members as mems, newest_scb as scb, reopen,
+)
 from dsafs.engine.throttle import Settings
 from dsafs.units import CHUNK_BYTES, KiB, MiB
 from dsafs.engine.setmeta import init_set
@@ -24,24 +26,10 @@ def small_steps(monkeypatch):
     monkeypatch.setattr(mergemod, "STEP_BYTES", STEP)
 
 
-def mems(*names, **kw):
-    return [MemMember(RAW, f"/m/{n}.img", **kw) for n in names]
-
-
-def scb(member):
-    tail = bytes(member.data[-8192:])
-    return choose_slot(tail[:4096], tail[4096:]).scb
-
-
 async def merged_past(vu, nbytes):
     """Until the running merge's fence has passed `nbytes`."""
     while vu.merge.fence_bytes < nbytes:
         await trio.sleep(0.0005)
-
-
-def reopen(*members):
-    for m in members:
-        m.closed = False
 
 
 async def crashed_set(*names, diff_chunks=(), **kw):

@@ -9,8 +9,11 @@ import trio
 from dsafs.engine import copy as copymod
 from dsafs.engine import decide
 from dsafs.errors import MembershipRefused, MemberError, MountRefused, VolumeInvalid
-from dsafs.ondisk.scb import MemberState, choose_slot, min_member_bytes
-from dsafs.testing.fakes import MemMember, assert_members_identical, running
+from dsafs.ondisk.scb import MemberState, min_member_bytes
+from dsafs.testing.fakes import (
+    MemMember, assert_members_identical, running, mem_members as mems, mem_set as new_set,
+    newest_scb as scb, reopen,
+)
 from dsafs.units import KiB, MiB
 from dsafs.engine.setmeta import init_set
 from dsafs.engine.vu import VirtualUnit
@@ -22,27 +25,6 @@ RAW = min_member_bytes(SIZE)
 @pytest.fixture(autouse=True)
 def small_copy_steps(monkeypatch):
     monkeypatch.setattr(copymod, "STEP_BYTES", 256 * KiB)
-
-
-def mems(*names, **kw):
-    return [MemMember(RAW, f"/m/{n}.img", **kw) for n in names]
-
-
-async def new_set(*names, **kw):
-    members = mems(*names, **kw)
-    await init_set("DSA1", "DATA", SIZE, members)
-    return members
-
-
-def reopen(*members):
-    for m in members:
-        m.closed = False
-
-
-async def scb(member):
-    """The member's newest SCB, read from its bytes (works after the VU closed it)."""
-    tail = bytes(member.data[-8192:])
-    return choose_slot(tail[:4096], tail[4096:]).scb
 
 
 async def test_mirrored_write_lands_on_every_member_and_reads_alternate(autojump_clock):
@@ -93,12 +75,12 @@ async def test_dirty_flag_durable_before_first_write_and_cleared_on_dissolve(aut
     a, b = await new_set("a", "b")
     vu = await VirtualUnit.assemble("DSA1", [a, b])
     async with running(vu):
-        assert not (await scb(a)).dirty
+        assert not (scb(a)).dirty
         await vu.read(0, 512)
-        assert not (await scb(a)).dirty          # reads never dirty the set
+        assert not (scb(a)).dirty          # reads never dirty the set
         await vu.write(0, b"z")
-        assert (await scb(a)).dirty and (await scb(b)).writers == 1
-    assert not (await scb(a)).dirty and (await scb(b)).writers == 0
+        assert (scb(a)).dirty and (scb(b)).writers == 1
+    assert not (scb(a)).dirty and (scb(b)).writers == 0
 
 
 async def test_clean_dissolve_remounts_with_no_copy_and_no_merge(autojump_clock, caplog):
@@ -116,7 +98,7 @@ async def test_clean_dissolve_remounts_with_no_copy_and_no_merge(autojump_clock,
 @pytest.mark.allow_warnings
 async def test_expelled_on_write_error_generation_up_on_survivor(autojump_clock, caplog):
     a, b = await new_set("a", "b")
-    old = (await scb(b)).generation
+    old = (scb(b)).generation
     vu = await VirtualUnit.assemble("DSA1", [a, b])
     async with running(vu):
         b.bad_write_lbns = {16}
@@ -124,7 +106,7 @@ async def test_expelled_on_write_error_generation_up_on_survivor(autojump_clock,
             await vu.write(16 * 512, b"q" * 512)     # succeeds: a succeeded
         assert a.data[8192:8704] == b"q" * 512
         assert [s.state for s in vu.legs] == [MemberState.SOURCE, MemberState.EXPELLED]
-        sa, sb = await scb(a), await scb(b)
+        sa, sb = scb(a), scb(b)
         assert sa.generation > old and sb.generation == old
         assert [e.member_uuid for e in sa.members] == [sa.member_uuid]
         assert "b.img expelled by rule=member-error; shadow set has been reduced" in caplog.text
@@ -194,7 +176,7 @@ async def test_full_copy_onto_blank_member(autojump_clock):
         assert [s.state for s in vu.legs] == [MemberState.SOURCE] * 2
         assert bytes(c.data[:SIZE]) == pattern
         assert vu.generation > gen
-        sc = await scb(c)
+        sc = scb(c)
         assert sc.generation == vu.generation and sc.own_state is MemberState.SOURCE
         assert sc.set_uuid == vu.set_uuid and sc.copy_fence_lbn is None
         assert_members_identical(vu)
@@ -203,7 +185,7 @@ async def test_full_copy_onto_blank_member(autojump_clock):
 async def test_copy_onto_identical_target_writes_nothing(autojump_clock):
     a, b = await new_set("a", "b")
     async with running(await VirtualUnit.assemble("DSA1", [a])) as vu:
-        assert vu.generation > (await scb(b)).generation     # b left the set by being absent
+        assert vu.generation > (scb(b)).generation     # b left the set by being absent
     # b was never written: identical to a (both zero). Return it to a mounted VU.
     reopen(a, b)
     async with running(await VirtualUnit.assemble("DSA1", [a])) as vu:
@@ -299,7 +281,7 @@ async def test_copy_resumes_at_checkpointed_fence_after_cancellation(autojump_cl
         await trio.sleep(0.05)                    # part-way through the copy
         fence = vu.copy.fence_bytes
         assert 0 < fence < SIZE
-    sc = await scb(c)                             # dissolved during the copy
+    sc = scb(c)                             # dissolved during the copy
     assert sc.own_state is MemberState.COPY_TARGET and sc.copy_fence_lbn * 512 == fence
     reopen(a, c)
     caplog.set_level(logging.INFO, "dsafs")
@@ -315,16 +297,16 @@ async def test_copy_target_keeps_old_generation_until_the_copy_completes(autojum
     a, b = await new_set("a", "b")
     async with running(await VirtualUnit.assemble("DSA1", [a])) as vu:
         await vu.write(0, b"new data")
-    old_b = (await scb(b)).generation
+    old_b = (scb(b)).generation
     reopen(a, b)
     b.latency = 0.01
     async with running(await VirtualUnit.assemble("DSA1", [a, b])) as vu:
         assert vu.find("b.img").state is MemberState.COPY_TARGET
         await trio.sleep(0.02)
-        sb = await scb(b)
+        sb = scb(b)
         assert sb.generation == old_b and sb.own_state is MemberState.COPY_TARGET
         await vu.wait_steady()
-        assert (await scb(b)).generation == vu.generation > old_b
+        assert (scb(b)).generation == vu.generation > old_b
 
 
 async def test_remove_member_generation_up_on_the_rest_removed_keeps_old(autojump_clock):
@@ -333,7 +315,7 @@ async def test_remove_member_generation_up_on_the_rest_removed_keeps_old(autojum
         old = vu.generation
         await vu.remove("b.img")
         assert [s.name for s in vu.legs] == ["a.img", "c.img"] and b.closed
-        sa, sb = await scb(a), await scb(b)
+        sa, sb = scb(a), scb(b)
         assert sa.generation > old and sb.generation == old
         assert sb.own_state is MemberState.REMOVED and not sb.dirty
         with pytest.raises(MembershipRefused, match=r"^DSA1: nope.img is not a member; members are /m/a.img, /m/c.img$"):
@@ -414,7 +396,7 @@ async def test_readonly_mount_never_writes_and_refuses_membership_changes(autoju
     reopen(a, b)
     # A listed member absent: read-only it mounts (to look at a backup), and records nothing.
     async with running(await VirtualUnit.assemble("DSA1", [a], readonly=True)) as vu:
-        assert vu.generation == (await scb(a)).generation and await vu.read(0, 512) == bytes(512)
+        assert vu.generation == (scb(a)).generation and await vu.read(0, 512) == bytes(512)
     assert (bytes(a.data), bytes(b.data)) == before
     reopen(a, b)
     async with running(await VirtualUnit.assemble("DSA1", [a])) as vu:     # writable: a branch
@@ -450,7 +432,7 @@ async def test_dissolve_with_writes_in_flight_never_marks_different_members_clea
                 await trio.sleep(0.0005)
     assert done and failed and sorted(done + failed) == list(range(1, 40))
     assert bytes(a.data[:SIZE]) == bytes(b.data[:SIZE])       # identical, and marked clean
-    assert not (await scb(a)).dirty and not (await scb(b)).dirty
+    assert not (scb(a)).dirty and not (scb(b)).dirty
     for k in done:
         assert a.data[k * 4096] == k + 1
     for k in failed:
