@@ -7,6 +7,9 @@ reads (sources only: copy targets never serve reads), take the one with the lowe
   2. one lowest score              -> that member
   3. several tie                   -> round-robin: the first tied member after `last_index`
                                       (VMS "Last Read Index"), so equal members share the load
+
+Invariant: the index returned is always one whose cost is not None and is the lowest; None only
+when every cost is None.
 """
 
 from __future__ import annotations

@@ -63,6 +63,10 @@ Rules, checked in this order (spec §5, DESIGN §4):
 15. `nocopy`             --nocopy and a copy or merge would be needed: refused.
 16. `verify-label`       --verify-label (VMS /POLICY=VERIFY_LABEL) and a copy target that does not
     carry the label SCRATCH_DISK: refused, so a mistyped path never erases a disk.
+
+Invariant: no member whose data may be older than, or forked from, the data a source holds is
+ever made a source (it becomes a copy target, or the mount is refused), and every member of a
+Plan carries the rule that placed it.
 """
 
 from __future__ import annotations

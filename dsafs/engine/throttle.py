@@ -26,6 +26,9 @@ starved by it, is what users of md, DRBD and ZFS complain about most:
 
 `next_delay` is pure and tested by a table; `Throttle` holds the measurements (on trio's clock, so
 tests run on MockClock) and re-reads its settings every `REREAD_EVERY` merge I/Os.
+
+Invariant: the delay is never negative, is 0 on an idle set, and never holds the merge below
+`min_rate`.
 """
 
 from __future__ import annotations

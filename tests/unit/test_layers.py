@@ -133,3 +133,9 @@ def test_every_module_is_under_600_lines():
     long = [f"{name}: {len(path.read_text().splitlines())}" for name, path in modules()
             if len(path.read_text().splitlines()) > MAX_LINES]
     assert not long, long
+
+
+def test_every_module_states_its_invariant():
+    missing = [name for name, path in modules() if path.name != "__init__.py"
+               and "Invariant" not in (ast.get_docstring(ast.parse(path.read_text())) or "")]
+    assert not missing, missing
