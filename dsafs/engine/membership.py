@@ -2,9 +2,9 @@
 
 A `Leg` (leg.py) is one member's place in the VU: the opened Member, its SCB store, its role
 (source, copy target, expelled, removed), its read cost, in-flight count and counters.
-`Membership` keeps the legs and changes them: add (always copy targets, spec §5 rule 8), remove, expel, forced
-removal, promotion after a copy; and it writes every SCB the VU writes (`scb_for` says what each
-member's SCB holds).
+`Membership` keeps the legs and changes them: add (always copy targets, spec §5 rule 8),
+remove, expel, forced removal, promotion after a copy; and it writes every SCB the VU writes
+(`scb_for` says what each member's SCB holds).
 
 Generations (DESIGN §3): a membership change raises the generation (max(time_ns, previous + 1))
 on the members that remain. The survivors' SCBs are written first (old sources, then newly

@@ -194,6 +194,20 @@ class VirtualUnit:
                         self.name)
             self._finished.set()
 
+    def configure(self, *, events: Optional[EventLog] = None,
+                  merge_settings: Optional[Callable[[], MergeSettings]] = None,
+                  priority: Optional[int] = None, member_timeout: Optional[float] = None,
+                  vu_timeout: Optional[float] = None) -> None:
+        """The daemon's wiring before run(): its event log, its merge throttle defaults, the
+        priority and the member and VU timeouts (each checked; None keeps the default)."""
+        if events is not None:
+            self.events = events
+        if merge_settings is not None:
+            self.operations.default_merge_settings = merge_settings
+        if priority is not None:
+            self.operations.set_priority(priority)
+        self.mv.configure(member_timeout, vu_timeout)
+
     # ----------------------------------------------------------------- for the parts
     @property
     def closing(self) -> bool:

@@ -149,12 +149,11 @@ class Commands:
                 if asked and not confirmed:
                     return view.confirmation_json(name, asked[0])
                 raise
-            vu.default_merge_settings = lambda: self.host.merge_settings
             if args.get("priority") is not None:
                 self.priorities[name] = args["priority"]
-            vu.priority = self.priorities.get(name, vu.priority)
-            vu.events = self.host.events
-            vu.mv.configure(self.host.member_timeout, self.host.vu_timeout)
+            vu.configure(events=self.host.events, merge_settings=lambda: self.host.merge_settings,
+                         priority=self.priorities.get(name), member_timeout=self.host.member_timeout,
+                         vu_timeout=self.host.vu_timeout)
             await self.host.start_vu(vu)
             return {"vu": name, "plan": view.plan_json(vu.plan), "state": vu.state,
                     "path": os.path.join(self.host.mountpoint, name),
