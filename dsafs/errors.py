@@ -63,6 +63,12 @@ class MetadataError(MemberError):
     """A member's SCB is missing, torn in both slots, or of an unknown format version."""
 
 
+class NoBitmapSlot(MemberError):
+    """Every bitmap slot of a member holds a valid bitmap: a new one has nowhere to go."""
+
+    errno = _errno.ENOSPC
+
+
 class MountRefused(DsafsError):
     """The mount plan refuses the proposed members (mismatch, too many, copy needed with --nocopy)."""
 

@@ -1,0 +1,561 @@
+"""Bitmap slots: persistent write bitmaps (minicopy, write-intent), one bit per 64 KiB chunk.
+
+A member holds 12 bitmap slots after its data (scb.py's layout: slot i at `bitmap_offset + i *
+slot_bytes`, `bitmap_offset = align_up(vu_size, 1 MiB)`, `slot_bytes = align_up(4096 +
+ceil(chunks / 8), 4096)`). A slot is a 4 KiB header followed by the bit area, both 4 KiB
+aligned. Bitmap slot format version 1, little-endian::
+
+    off   len  field
+    0     8    magic              b"DSAFSBM\\0"; a slot without it is empty (free)
+    8     2    format_version     1; any other version is refused (a newer dsafs made it)
+    10    2    header_bytes       4096
+    12    4    feature_flags      0; unknown bits refuse
+    16    8    sequence           creation order on this member: 1 + the highest sequence of any
+                                  valid slot on it when this bitmap was made
+    24    16   set_uuid           the set whose writes it records
+    40    8    bitmap_id          ASCII, 8 uppercase hex digits, not 00000000 (as VMS shows ids)
+    48    1    type               1 minicopy, 2 write-intent (HBMM; shown "minimerge")
+    49    1    bound_count        entries used in the bound list, 0-5 (minicopy: at least 1,
+                                  write-intent: 0)
+    50    2    reserved           0
+    52    4    chunk_bytes        65536 (units.CHUNK_BYTES): one bit per chunk
+    56    8    vu_size_bytes      the VU size when the bitmap was made; must be the VU's size now
+    64    8    chunks             ceil(vu_size / chunk_bytes): the bits in use
+    72    8    created_ns         when the bitmap was made (time_ns)
+    80    176  reserved           0
+    256   160  bound list: 5 entries of 32 bytes (unused entries all zero); the members whose
+               return this bitmap serves (those named in one dismount share it)
+                 +0   16  member_uuid      not nil, no two alike
+                 +16  8   base_generation  the set's generation that member left at (> 0): with
+                                           the member's lineage, when the bitmap is valid for it
+                 +24  8   reserved 0
+    416   3672 reserved           0
+    4088  8    checksum           xxh3_64 of header bytes [0, 4088)
+    4096  ...  bit area: chunk c (VU bytes [c * 64 KiB, (c + 1) * 64 KiB)) is bit c % 8 (LSB
+               first) of byte c // 8. Bits from `chunks` on, and the bytes after the bit area
+               up to the end of the slot, are 0. Page p of the bit area (slot bytes
+               [4096 * (p + 1), 4096 * (p + 2))) holds chunks [32768 * p, 32768 * (p + 1)):
+               2 GiB of VU per page.
+
+Crash safety (issue 16: a torn write never loses a set bit). The header is written only when a
+bitmap is created (after its zeroed bit area is durable) and when it is deleted; between the
+two the bit area is only ever rewritten in whole 4 KiB pages, and each page write holds the
+page's durable content OR the new bits (a page's in-memory copy, the source of every later
+write, gains bits only once their write is flushed; the store's operations never interleave).
+So every write ever issued to a page is a superset of the page as last made durable, and after
+a crash each bit holds either its durable value or its value in one of the writes issued since:
+a durable 1 stays 1 whatever subset of a torn write's sectors (or bytes) landed and in whatever
+order unflushed writes reached the medium. The header is not touched by a bit update, so a torn
+one never makes a slot undecodable. A per-page checksum with two copies (the SCB's scheme) was
+not chosen: it detects rot in the bits, but turns a torn page (harmless here) into a page that
+must be read from the other copy, doubles the bitmap writes, and requires a flush between two
+updates of one page; like md's bitmap pages, the bits are protected as the VU data they
+describe is. A torn create leaves the slot empty or damaged (the zeroed bits were durable
+before the header), a torn delete leaves it damaged, empty or still whole: never a valid header
+over other bits. Damage (a header that does not decode, set padding bits) is reported with its
+reason; a damaged bitmap is never trusted (a full copy replaces the minicopy) and its slot may
+be reused: with the header gone, nothing can name it to delete it.
+
+Invariant: a chunk whose bit `set_range` reported durable reads back as set from the slot until
+the bitmap is deleted, across any crash; a slot decodes only if its header and padding are
+exactly as written, and otherwise is reported with its reason, never guessed at.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import random
+import re
+import struct
+import time
+import uuid as uuidlib
+from typing import Iterable, Optional
+
+import trio
+import xxhash
+
+from dsafs.errors import InvalidArgument, MemberError, MetadataError, NoBitmapSlot
+from dsafs.ondisk.scb import BITMAP_HEADER_BYTES, BITMAP_SLOTS, layout
+from dsafs.units import CHUNK_BYTES, MAX_MEMBERS, MiB, PAGE_BYTES, nchunks_of
+
+log = logging.getLogger("dsafs.bitmap")
+
+MAGIC = b"DSAFSBM\0"
+FORMAT_VERSION = 1
+READABLE_VERSIONS = (1,)
+HEADER_BYTES = BITMAP_HEADER_BYTES
+CHECKSUM_OFFSET = HEADER_BYTES - 8
+CHUNKS_PER_PAGE = PAGE_BYTES * 8
+BOUND_OFFSET = 256
+BOUND_ENTRY_BYTES = 32
+MAX_BOUND = MAX_MEMBERS - 1          # a bitmap serves members away while one stays
+NO_MAGIC = "no bitmap magic"         # the reason of an empty slot
+ZERO_WRITE_BYTES = MiB               # a new bit area is zeroed in writes of at most this
+
+_HEAD = struct.Struct("<8sHHIQ16s8sBBxxIQQQ")
+_BOUND = struct.Struct("<16sQ8x")
+assert _BOUND.size == BOUND_ENTRY_BYTES and _HEAD.size <= BOUND_OFFSET
+BOUND_END = BOUND_OFFSET + MAX_BOUND * BOUND_ENTRY_BYTES
+_ID_RE = re.compile(r"[0-9A-F]{8}")
+_NIL = uuidlib.UUID(int=0)
+
+
+class BitmapType(enum.IntEnum):
+    """What a bitmap records writes for (header byte 48)."""
+
+    MINICOPY = 1         # writes while bound members are away: their return copies only those
+    WRITE_INTENT = 2     # HBMM: writes in flight, so a crash costs a minimerge
+
+    @property
+    def label(self) -> str:
+        return "minicopy" if self is BitmapType.MINICOPY else "minimerge"
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """A member a bitmap serves, and the generation of the set it left at (its lineage)."""
+
+    member_uuid: uuidlib.UUID
+    base_generation: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BitmapHeader:
+    set_uuid: uuidlib.UUID
+    bitmap_id: str
+    type: BitmapType
+    vu_size_bytes: int
+    bound: tuple[Bound, ...] = ()
+    created_ns: int = 0
+    sequence: int = 0
+    chunk_bytes: int = CHUNK_BYTES
+
+    @property
+    def chunks(self) -> int:
+        return nchunks_of(self.vu_size_bytes)
+
+    @property
+    def bit_bytes(self) -> int:
+        return -(-self.chunks // 8)
+
+    @property
+    def slot_bytes(self) -> int:
+        return layout(self.vu_size_bytes).bitmap_slot_bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Bitmap:
+    """One decoded slot: its header and its bits (`header.bit_bytes` bytes)."""
+
+    header: BitmapHeader
+    bits: bytes
+
+    @property
+    def runs(self) -> tuple[range, ...]:
+        return runs_of(self.bits)
+
+
+class BitmapSlotError(Exception):
+    """Why one bitmap slot did not decode: one reason (internal; a store reports it)."""
+
+
+def check_bitmap_id(text: str) -> str:
+    """'1a2b3c4d' -> '1A2B3C4D'; InvalidArgument unless 8 hex digits, not all zero."""
+    canonical = str(text).strip().upper()
+    if not _ID_RE.fullmatch(canonical) or canonical == "00000000":
+        raise InvalidArgument(f"bitmap id {text!r} is not valid; give 8 hex digits, "
+                              f"00000001 to FFFFFFFF")
+    return canonical
+
+
+def new_bitmap_id(taken: Iterable[str] = (), rng: Optional[random.Random] = None) -> str:
+    """A random bitmap id not in `taken` (the ids already on the members it will be on)."""
+    rng = rng or random.SystemRandom()
+    taken = set(taken)
+    while True:
+        candidate = f"{rng.randrange(1, 1 << 32):08X}"
+        if candidate not in taken:
+            return candidate
+
+
+def _fault(h: BitmapHeader) -> str:
+    """What makes a header impossible ('' when none): shared by encode and decode."""
+    if (not isinstance(h.bitmap_id, str) or not _ID_RE.fullmatch(h.bitmap_id)
+            or h.bitmap_id == "00000000"):
+        return f"bitmap id {h.bitmap_id!r} is not 8 uppercase hex digits (00000001-FFFFFFFF)"
+    if h.chunk_bytes != CHUNK_BYTES:
+        return f"chunk size {h.chunk_bytes} bytes is not {CHUNK_BYTES}"
+    if h.vu_size_bytes <= 0 or h.vu_size_bytes % PAGE_BYTES:
+        return f"VU size {h.vu_size_bytes} bytes is not a positive multiple of {PAGE_BYTES}"
+    if len(h.bound) > MAX_BOUND:
+        return f"{len(h.bound)} bound members (at most {MAX_BOUND})"
+    if (h.type is BitmapType.MINICOPY) != bool(h.bound):
+        return (f"a {h.type.label} bitmap with {len(h.bound)} bound members "
+                f"(minicopy: 1-{MAX_BOUND}, write-intent: none)")
+    uuids = [b.member_uuid for b in h.bound]
+    if _NIL in uuids or len(set(uuids)) != len(uuids):
+        return "bound member list holds a nil or repeated member UUID"
+    if any(not 0 < b.base_generation < 1 << 64 for b in h.bound):
+        return "a bound member's base generation is 0"
+    return ""
+
+
+def _checksum(raw) -> int:
+    return xxhash.xxh3_64_intdigest(bytes(raw[:CHECKSUM_OFFSET]))
+
+
+def encode_header(h: BitmapHeader) -> bytes:
+    """The 4096-byte header with its checksum; InvalidArgument if a field is impossible."""
+    why = _fault(h)
+    if why:
+        raise InvalidArgument(f"bitmap {h.bitmap_id}: {why}")
+    buf = bytearray(HEADER_BYTES)
+    _HEAD.pack_into(buf, 0, MAGIC, FORMAT_VERSION, HEADER_BYTES, 0, h.sequence, h.set_uuid.bytes,
+                    h.bitmap_id.encode("ascii"), int(h.type), len(h.bound), h.chunk_bytes,
+                    h.vu_size_bytes, h.chunks, h.created_ns)
+    for i, b in enumerate(h.bound):
+        _BOUND.pack_into(buf, BOUND_OFFSET + i * BOUND_ENTRY_BYTES, b.member_uuid.bytes,
+                         b.base_generation)
+    struct.pack_into("<Q", buf, CHECKSUM_OFFSET, _checksum(buf))
+    return bytes(buf)
+
+
+def encode(h: BitmapHeader, bits: Optional[bytes] = None) -> bytes:
+    """A whole slot (`h.slot_bytes`): the header, the bits (None: all clear), zero padding."""
+    bits = bytes(h.bit_bytes) if bits is None else bytes(bits)
+    if len(bits) != h.bit_bytes or _padding_fault(h, bits):
+        raise InvalidArgument(f"bitmap {h.bitmap_id}: {len(bits)} bytes of bits do not fit "
+                              f"{h.chunks} chunks")
+    return encode_header(h) + bits + bytes(h.slot_bytes - HEADER_BYTES - len(bits))
+
+
+def decode_header(raw: bytes, *, set_uuid: Optional[uuidlib.UUID] = None,
+                  vu_size_bytes: Optional[int] = None) -> BitmapHeader:
+    """Decode and check a 4096-byte header; BitmapSlotError with one reason. `set_uuid` and
+    `vu_size_bytes`, when given, are what the header must name (this set, this VU's size)."""
+    raw = bytes(raw)
+    if len(raw) != HEADER_BYTES:
+        raise BitmapSlotError(f"header is {len(raw)} bytes, not {HEADER_BYTES}")
+    if raw[:8] != MAGIC:
+        raise BitmapSlotError(NO_MAGIC)
+    if _checksum(raw) != int.from_bytes(raw[CHECKSUM_OFFSET:], "little"):
+        raise BitmapSlotError("checksum mismatch (torn or corrupt)")
+    (_, version, header_bytes, features, sequence, set_raw, id_raw, type_, count, chunk_bytes,
+     vu_size, chunks, created_ns) = _HEAD.unpack_from(raw)
+    if version not in READABLE_VERSIONS:
+        raise BitmapSlotError(f"format version {version} is not supported (this dsafs reads "
+                              f"bitmap version {', '.join(map(str, READABLE_VERSIONS))}; a newer "
+                              f"dsafs made it)")
+    if header_bytes != HEADER_BYTES or features:
+        raise BitmapSlotError(f"unknown features 0x{features:x} or header size {header_bytes}")
+    if (any(raw[_HEAD.size:BOUND_OFFSET]) or any(raw[BOUND_END:CHECKSUM_OFFSET])
+            or any(raw[50:52])):
+        raise BitmapSlotError("reserved bytes are not zero")
+    if type_ not in {t.value for t in BitmapType}:
+        raise BitmapSlotError(f"unknown bitmap type {type_}")
+    if count > MAX_BOUND:
+        raise BitmapSlotError(f"bound member list has {count} entries (at most {MAX_BOUND})")
+    bound = []
+    for i in range(MAX_BOUND):
+        off = BOUND_OFFSET + i * BOUND_ENTRY_BYTES
+        if i >= count:
+            if any(raw[off:off + BOUND_ENTRY_BYTES]):
+                raise BitmapSlotError(f"unused bound member entry {i} is not zero")
+            continue
+        if any(raw[off + 24:off + BOUND_ENTRY_BYTES]):
+            raise BitmapSlotError("reserved bytes are not zero")
+        member, generation = _BOUND.unpack_from(raw, off)
+        bound.append(Bound(uuidlib.UUID(bytes=member), generation))
+    header = BitmapHeader(
+        set_uuid=uuidlib.UUID(bytes=set_raw), bitmap_id=id_raw.decode("latin-1"),
+        type=BitmapType(type_), vu_size_bytes=vu_size, bound=tuple(bound), created_ns=created_ns,
+        sequence=sequence, chunk_bytes=chunk_bytes)
+    why = _fault(header)
+    if why:
+        raise BitmapSlotError(why)
+    if chunks != header.chunks:
+        raise BitmapSlotError(f"size mismatch: {chunks} chunks recorded, a VU of {vu_size} bytes "
+                              f"has {header.chunks}")
+    if set_uuid is not None and header.set_uuid != set_uuid:
+        raise BitmapSlotError(f"bitmap {header.bitmap_id} belongs to another set "
+                              f"({header.set_uuid})")
+    if vu_size_bytes is not None and vu_size != vu_size_bytes:
+        raise BitmapSlotError(f"size mismatch: bitmap {header.bitmap_id} was made for a VU of "
+                              f"{vu_size} bytes, this VU has {vu_size_bytes}")
+    return header
+
+
+def _padding_fault(h: BitmapHeader, area: bytes) -> str:
+    """'' if the bits past chunk `h.chunks` and the bytes past the bit area are all zero."""
+    spare = h.bit_bytes * 8 - h.chunks
+    if spare and area[h.bit_bytes - 1] >> (8 - spare):
+        return f"bits past the last chunk ({h.chunks}) are set"
+    if any(area[h.bit_bytes:]):
+        return "bytes past the bit area are not zero"
+    return ""
+
+
+def decode(raw: bytes, *, set_uuid: Optional[uuidlib.UUID] = None,
+           vu_size_bytes: Optional[int] = None) -> Bitmap:
+    """Decode a whole slot (header and bit area); BitmapSlotError with one reason."""
+    header = decode_header(raw[:HEADER_BYTES], set_uuid=set_uuid, vu_size_bytes=vu_size_bytes)
+    if len(raw) != header.slot_bytes:
+        raise BitmapSlotError(f"size mismatch: the slot is {len(raw)} bytes, a bitmap of "
+                              f"{header.chunks} chunks takes {header.slot_bytes}")
+    area = bytes(raw[HEADER_BYTES:])
+    why = _padding_fault(header, area)
+    if why:
+        raise BitmapSlotError(why)
+    return Bitmap(header, area[:header.bit_bytes])
+
+
+# ------------------------------------------------------------------ bits (pure)
+
+def chunk_span(offset_bytes: int, nbytes: int, vu_size_bytes: int) -> range:
+    """The chunks a write of `nbytes` at `offset_bytes` touches (empty for 0 bytes);
+    InvalidArgument for a range outside the VU."""
+    if offset_bytes < 0 or nbytes < 0 or offset_bytes + nbytes > vu_size_bytes:
+        raise InvalidArgument(f"bytes [{offset_bytes}, {offset_bytes + nbytes}) lie outside the "
+                              f"VU of {vu_size_bytes} bytes")
+    if nbytes == 0:
+        return range(0)
+    return range(offset_bytes // CHUNK_BYTES, (offset_bytes + nbytes - 1) // CHUNK_BYTES + 1)
+
+
+def marked_pages(bits: bytes, spans: Iterable[range]) -> dict[int, bytes]:
+    """Pure: {page: new 4096-byte content} for each page of `bits` that setting the chunks in
+    `spans` changes: its old content OR the new bits (past the bit area: zero)."""
+    masks: dict[int, int] = {}
+    for span in spans:
+        if span and span.stop > len(bits) * 8:
+            raise ValueError(f"chunks {span} lie past the bitmap's {len(bits) * 8} bits")
+        chunk = span.start
+        while chunk < span.stop:
+            page = chunk // CHUNKS_PER_PAGE
+            first = page * CHUNKS_PER_PAGE
+            end = min(span.stop, first + CHUNKS_PER_PAGE)
+            masks[page] = masks.get(page, 0) | (((1 << (end - chunk)) - 1) << (chunk - first))
+            chunk = end
+    out = {}
+    for page, mask in sorted(masks.items()):
+        old = int.from_bytes(bits[page * PAGE_BYTES:(page + 1) * PAGE_BYTES], "little")
+        if mask & ~old:
+            out[page] = (old | mask).to_bytes(PAGE_BYTES, "little")
+    return out
+
+
+def runs_of(bits: bytes) -> tuple[range, ...]:
+    """Pure: the set chunks as sorted, coalesced runs (`range(first, stop)`)."""
+    runs: list[range] = []
+    for page in range(-(-len(bits) // PAGE_BYTES)):
+        value = int.from_bytes(bits[page * PAGE_BYTES:(page + 1) * PAGE_BYTES], "little")
+        chunk = page * CHUNKS_PER_PAGE
+        while value:
+            zeros = (value & -value).bit_length() - 1
+            value >>= zeros
+            ones = (~value & (value + 1)).bit_length() - 1
+            start, chunk = chunk + zeros, chunk + zeros + ones
+            value >>= ones
+            if runs and runs[-1].stop == start:
+                runs[-1] = range(runs[-1].start, chunk)
+            else:
+                runs.append(range(start, chunk))
+    return tuple(runs)
+
+
+# ------------------------------------------------------------------ the store
+
+class SlotStatus(enum.Enum):
+    VALID = "valid"
+    EMPTY = "empty"
+    DAMAGED = "damaged"
+
+
+@dataclasses.dataclass(frozen=True)
+class SlotInfo:
+    """One slot as a scan found it: its header when valid, the reason when damaged."""
+
+    index: int
+    status: SlotStatus
+    header: Optional[BitmapHeader] = None
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class BitmapStoreStats:
+    bitmaps: int          # valid slots at the last scan
+    page_writes: int      # bit-area pages written by set_ranges
+    flushes: int          # member flushes issued by this store
+
+
+class BitmapStore:
+    """One member's bitmap slots, through the member's own I/O (member.read/write/flush).
+
+    `scan()` reads the 12 headers; `create`, `set_range(s)`, `runs` and `delete` name a bitmap
+    by id. Every update is durable (flushed) before it returns, and operations never interleave
+    (`_lock`), so no two writes to one page are ever in flight together. The bits of a bitmap
+    in use are kept in memory (`ceil(VU size / 64 KiB / 8)` bytes), and gain a bit only once its
+    page write is flushed (the module docstring says why).
+    """
+
+    def __init__(self, member, set_uuid: uuidlib.UUID, vu_size_bytes: int):
+        lay = layout(vu_size_bytes)
+        if member.size_bytes < lay.min_member_bytes:
+            raise MemberError(
+                f"member {member.path} is too small for the bitmap slots of a VU of "
+                f"{vu_size_bytes} bytes ({member.size_bytes} bytes, needs {lay.min_member_bytes}); "
+                f"use dsafs init to make it", member.path)
+        self.member, self.set_uuid, self.vu_size_bytes = member, set_uuid, vu_size_bytes
+        self._area_offset, self._slot_bytes = lay.bitmap_offset, lay.bitmap_slot_bytes
+        self._slots: Optional[list[SlotInfo]] = None
+        self._bits: dict[int, bytearray] = {}
+        self._lock = trio.Lock()
+        self._page_writes = self._flushes = 0
+
+    def slot_offset(self, index: int) -> int:
+        """The member byte offset of slot `index` (its header; the bits follow at +4096)."""
+        return self._area_offset + index * self._slot_bytes
+
+    async def scan(self) -> tuple[SlotInfo, ...]:
+        """Every slot, read from the member now: valid (with its header), empty, or damaged
+        (with the reason)."""
+        async with self._lock:
+            return tuple(await self._scan())
+
+    async def _scan(self) -> list[SlotInfo]:
+        found = []
+        for index in range(BITMAP_SLOTS):
+            raw = await self.member.read(self.slot_offset(index), HEADER_BYTES)
+            try:
+                header = decode_header(raw, set_uuid=self.set_uuid,
+                                       vu_size_bytes=self.vu_size_bytes)
+                found.append(SlotInfo(index, SlotStatus.VALID, header))
+            except BitmapSlotError as exc:
+                found.append(SlotInfo(index, SlotStatus.EMPTY) if str(exc) == NO_MAGIC
+                             else SlotInfo(index, SlotStatus.DAMAGED, None, str(exc)))
+        old = self._slots or [None] * BITMAP_SLOTS
+        self._bits = {i: b for i, b in self._bits.items() if found[i] == old[i]}
+        self._slots = found
+        return found
+
+    async def _find(self, bitmap_id: str) -> SlotInfo:
+        bitmap_id = check_bitmap_id(bitmap_id)
+        slots = self._slots if self._slots is not None else await self._scan()
+        for info in slots:
+            if info.header is not None and info.header.bitmap_id == bitmap_id:
+                return info
+        held = ", ".join(s.header.bitmap_id for s in slots if s.header) or "none"
+        raise InvalidArgument(f"member {self.member.path} holds no bitmap {bitmap_id} "
+                              f"(it holds: {held}); give one of those")
+
+    async def _load(self, info: SlotInfo) -> bytearray:
+        """The bitmap's bits, read and checked on first use."""
+        if info.index not in self._bits:
+            h = info.header
+            area = await self.member.read(self.slot_offset(info.index) + HEADER_BYTES,
+                                          self._slot_bytes - HEADER_BYTES)
+            why = _padding_fault(h, area)
+            if why:
+                raise MetadataError(
+                    f"member {self.member.path}: bitmap {h.bitmap_id} (slot {info.index}) is "
+                    f"damaged: {why}; it cannot be trusted: delete it, and a full copy will "
+                    f"replace the minicopy", self.member.path)
+            self._bits[info.index] = bytearray(area[:h.bit_bytes])
+        return self._bits[info.index]
+
+    async def _flush(self) -> None:
+        await self.member.flush()
+        self._flushes += 1
+
+    async def create(self, bitmap_id: str, type: BitmapType, bound: Iterable[Bound] = (),
+                     *, created_ns: Optional[int] = None) -> BitmapHeader:
+        """Make an empty bitmap in a free slot (an empty one, else a damaged one), durably:
+        the zeroed bit area is flushed before the header that makes it a bitmap. NoBitmapSlot
+        when all 12 slots hold valid bitmaps; InvalidArgument if the id is here already."""
+        bitmap_id = check_bitmap_id(bitmap_id)
+        async with self._lock:
+            slots = await self._scan()
+            held = [s.header.bitmap_id for s in slots if s.header]
+            if bitmap_id in held:
+                raise InvalidArgument(f"member {self.member.path} already holds bitmap "
+                                      f"{bitmap_id}; give another id")
+            free = ([s for s in slots if s.status is SlotStatus.EMPTY]
+                    or [s for s in slots if s.status is SlotStatus.DAMAGED])
+            if not free:
+                raise NoBitmapSlot(
+                    f"member {self.member.path}: all {BITMAP_SLOTS} bitmap slots are in use "
+                    f"(bitmaps {', '.join(held)}); delete a bitmap no longer needed, or go on "
+                    f"without one (--policy nominicopy)", self.member.path)
+            slot = free[0]
+            header = BitmapHeader(
+                set_uuid=self.set_uuid, bitmap_id=bitmap_id, type=BitmapType(type),
+                vu_size_bytes=self.vu_size_bytes, bound=tuple(bound),
+                created_ns=time.time_ns() if created_ns is None else created_ns,
+                sequence=1 + max((s.header.sequence for s in slots if s.header), default=0))
+            raw = encode_header(header)
+            if slot.status is SlotStatus.DAMAGED:
+                log.info("member %s: bitmap slot %d was damaged (%s); bitmap %s replaces it",
+                         self.member.path, slot.index, slot.reason, bitmap_id)
+            start = self.slot_offset(slot.index)
+            end = start + self._slot_bytes
+            for pos in range(start + HEADER_BYTES, end, ZERO_WRITE_BYTES):
+                await self.member.write(pos, bytes(min(ZERO_WRITE_BYTES, end - pos)))
+            await self._flush()
+            self._slots[slot.index] = SlotInfo(slot.index, SlotStatus.DAMAGED, None,
+                                               "creation did not finish")
+            await self.member.write(start, raw)
+            await self._flush()
+            self._slots[slot.index] = SlotInfo(slot.index, SlotStatus.VALID, header)
+            self._bits[slot.index] = bytearray(header.bit_bytes)
+            return header
+
+    async def set_range(self, bitmap_id: str, offset_bytes: int, nbytes: int) -> tuple[int, ...]:
+        """Set the bits of the chunks VU bytes [offset, offset + nbytes) touch; see set_ranges."""
+        return await self.set_ranges(bitmap_id, [(offset_bytes, nbytes)])
+
+    async def set_ranges(self, bitmap_id: str, ranges: Iterable[tuple[int, int]]) -> tuple[int, ...]:
+        """Set the bits of the chunks that (offset_bytes, nbytes) byte ranges of the VU touch,
+        durably, and return the bit-area pages written (none when every bit was set already:
+        no I/O at all). A page is written whole, as its durable content OR the new bits."""
+        async with self._lock:
+            info = await self._find(bitmap_id)
+            bits = await self._load(info)
+            spans = [chunk_span(off, n, self.vu_size_bytes) for off, n in ranges]
+            pages = marked_pages(bits, spans)
+            if not pages:
+                return ()
+            base = self.slot_offset(info.index) + HEADER_BYTES
+            for page, data in pages.items():
+                await self.member.write(base + page * PAGE_BYTES, data)
+                self._page_writes += 1
+            await self._flush()
+            for page, data in pages.items():        # durable now: later writes include them
+                lo = page * PAGE_BYTES
+                hi = min(lo + PAGE_BYTES, len(bits))
+                bits[lo:hi] = data[:hi - lo]
+            return tuple(pages)
+
+    async def runs(self, bitmap_id: str) -> tuple[range, ...]:
+        """The bitmap's set chunks as sorted, coalesced runs (MetadataError if it is damaged)."""
+        async with self._lock:
+            info = await self._find(bitmap_id)
+            return runs_of(await self._load(info))
+
+    async def delete(self, bitmap_id: str) -> None:
+        """Zero the bitmap's header, durably: its slot is free."""
+        async with self._lock:
+            info = await self._find(bitmap_id)
+            await self.member.write(self.slot_offset(info.index), bytes(HEADER_BYTES))
+            await self._flush()
+            self._slots[info.index] = SlotInfo(info.index, SlotStatus.EMPTY)
+            self._bits.pop(info.index, None)
+
+    def statistics(self) -> BitmapStoreStats:
+        valid = sum(s.status is SlotStatus.VALID for s in self._slots or ())
+        return BitmapStoreStats(valid, self._page_writes, self._flushes)
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return f"<BitmapStore {self.member.path}: {s.bitmaps} bitmaps, {s.page_writes} page writes>"
