@@ -50,9 +50,9 @@ one never makes a slot undecodable. A per-page checksum with two copies (the SCB
 not chosen: it detects rot in the bits, but turns a torn page (harmless here) into a page that
 must be read from the other copy, doubles the bitmap writes, and requires a flush between two
 updates of one page; like md's bitmap pages, the bits are protected as the VU data they
-describe is. A torn create leaves the slot empty or damaged (the zeroed bits were durable
-before the header), a torn delete leaves it damaged, empty or still whole: never a valid header
-over other bits. Damage (a header that does not decode, set padding bits) is reported with its
+describe is. A torn create leaves the slot empty, damaged, or a bitmap with every bit clear
+(the zeroed bits were durable before the header), a torn delete leaves it damaged, empty or
+still whole: never a valid header over bits that are not its own. Damage (a header that does not decode, set padding bits) is reported with its
 reason; a damaged bitmap is never trusted (a full copy replaces the minicopy) and its slot may
 be reused: with the header gone, nothing can name it to delete it.
 
@@ -522,7 +522,11 @@ class BitmapStore:
         async with self._lock:
             info = await self._find(bitmap_id)
             bits = await self._load(info)
-            spans = [chunk_span(off, n, self.vu_size_bytes) for off, n in ranges]
+            try:
+                spans = [chunk_span(off, n, self.vu_size_bytes) for off, n in ranges]
+            except InvalidArgument as exc:
+                raise InvalidArgument(f"member {self.member.path}: bitmap "
+                                      f"{info.header.bitmap_id}: {exc}") from None
             pages = marked_pages(bits, spans)
             if not pages:
                 return ()

@@ -152,6 +152,15 @@ async def test_a_failed_page_write_is_not_taken_as_set():
     assert await BitmapStore(m, SET, VU).runs("00000001") == (range(2, 3),)
 
 
+async def test_a_range_past_the_vu_is_refused_naming_member_and_bitmap():
+    store = BitmapStore(member(), SET, VU)
+    await store.create("00000001", MINI, [AWAY])
+    with pytest.raises(InvalidArgument, match=r"^member /m/a.img: bitmap 00000001: bytes "
+                       r"\[4194304, 4194305\) lie outside the VU of 4194304 bytes$"):
+        await store.set_range("00000001", VU, 1)
+    assert await store.runs("00000001") == ()
+
+
 def test_a_member_too_small_for_the_slots_is_refused():
     with pytest.raises(Exception, match=r"^member /m/a.img is too small for the bitmap slots"):
         BitmapStore(MemMember(VU + 4096, "/m/a.img"), SET, VU)
