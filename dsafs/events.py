@@ -66,6 +66,7 @@ class Kind(enum.StrEnum):
     MEMBER_REPAIRED = "member-repaired"
     DISMOUNTED = "dismounted"
     MEMBER_SCB_DAMAGED = "member-scb-damaged"
+    BITMAP_CREATED = "bitmap-created"
 
 
 # kind -> (code, message template). Fields: vu, member (basename), label, and any given.
@@ -110,6 +111,8 @@ KINDS = {
                  "_{vu}: {member}: repaired at LBN {lbn} ({blocks} blocks) from another source"),
     Kind.DISMOUNTED: ("MOUNT-I-DISMOUNTED", "_{vu}: dismounted; {how}"),
     Kind.MEMBER_SCB_DAMAGED: ("DSAFS-W-SCBDAMAGED", "_{vu}: {member}: damaged SCB {what}"),
+    Kind.BITMAP_CREATED: ("SHADOW-I-BMCREATED",
+                          "_{vu}: bitmap {bitmap} created for {member}: its writes are recorded"),
 }
 
 

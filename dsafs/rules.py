@@ -90,6 +90,7 @@ class Rule(enum.StrEnum):
     VU_TIMEOUT = "vu-timeout"                # ... or times out: I/O fails (VOLINV)
     ABORT_VU = "abort-vu"                    # ... or the operator ends it (set --abort-vu)
     STALL_ENDED = "stall-ended"
+    MINICOPY = "minicopy"                    # a minicopy bitmap made at a split, or used at a return
 
 
 def joined(*rules: str) -> str:

@@ -336,8 +336,11 @@ class Membership:
         await leg.wait_idle()
         leg.member.close()
 
-    async def remove(self, ref: str) -> None:
-        """Dismount one member: drain its I/O, generation up on the rest, mark it removed."""
+    async def remove(self, ref: str,
+                     on_leave: Optional[Callable[[Leg], Awaitable[None]]] = None) -> None:
+        """Dismount one member: drain its I/O, generation up on the rest, mark it removed.
+        `on_leave(leg)` runs once writes are held and drained, before the member leaves (the
+        minicopy bitmap is made there); if it raises, nothing changed."""
         name = self.host.name
         async with self.lock:
             leg = self.find(ref)
@@ -347,6 +350,8 @@ class Membership:
                     f"dismount {name} instead")
             async with self._member_leaving():
                 async with self.gate.closed(0, self.host.size_bytes):
+                    if on_leave is not None:
+                        await on_leave(leg)
                     if leg.state is MemberState.SOURCE:
                         leg.lineage = self.history.member_leaves(leg.generation,
                                                                   BranchReason.REMOVED)

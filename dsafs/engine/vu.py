@@ -35,6 +35,7 @@ import trio
 
 from dsafs.engine import balance, decide
 from dsafs.engine.copy import Copy, CopyStats
+from dsafs.engine.bitmap import Policy, WriteBitmaps
 from dsafs.engine.fanout import flush_all, write_all
 from dsafs.engine.fence import RangeGate
 from dsafs.engine.history import History
@@ -48,10 +49,12 @@ from dsafs.engine.stall import WriteStall
 from dsafs.engine.throttle import Settings as MergeSettings, Throttle
 from dsafs.engine.watch import MemberWatch
 from dsafs.errors import (
-    AllMembersFailed, IoRangeError, MemberIOError, MountRefused, ReadOnlyVu, VuClosing, VuError,
+    AllMembersFailed, IoRangeError, MemberIOError, MembershipRefused, MountRefused, NoBitmapSlot,
+    ReadOnlyVu, VuClosing, VuError,
 )
 from dsafs.events import EventLog, Kind
 from dsafs.members import timeouts, waits
+from dsafs.ondisk.bitmap import BitmapType, Bound
 from dsafs.ondisk.scb import BranchReason, MemberState, Scb, describe_generation
 from dsafs.rules import Rule
 
@@ -96,6 +99,7 @@ class VirtualUnit:
         self.membership = Membership(self, plan, members, self.gate)
         self.operations = Operations(self, self.membership, plan)
         self.watch = MemberWatch(self)             # member sizes and SCB slots (watch.py)
+        self.bitmaps = WriteBitmaps(self)          # minicopy bitmaps (bitmap.py)
         self.membership.refresh()
 
     # ----------------------------------------------------------------- assembly and lifetime
@@ -298,9 +302,33 @@ class VirtualUnit:
     def force_out(self, leg: Leg, why: str, rule: str) -> None:
         self.membership.force_out(leg, why, rule)
 
-    async def remove(self, ref: str) -> None:
-        """Dismount one member: drain its I/O, generation up on the rest, mark it removed."""
-        await self.membership.remove(ref)
+    async def remove(self, ref: str, policy: Policy = Policy.NONE) -> Optional[str]:
+        """Dismount one member: drain its I/O, generation up on the rest, mark it removed.
+        With a minicopy policy the members that stay first get a bitmap of every chunk written
+        from then on (bitmap.py); returns its id, or None."""
+        made: list = []
+
+        async def make_bitmap(leg: Leg) -> None:
+            if policy is Policy.NONE or self.readonly:
+                return
+            others = [s for s in self.current if s is not leg]
+            try:
+                bm = await self.bitmaps.create(BitmapType.MINICOPY,
+                                               [Bound(leg.uuid, leg.generation)], others)
+            except NoBitmapSlot as exc:
+                if policy is Policy.REQUIRED:
+                    raise MembershipRefused(
+                        f"{self.name}: {leg.name} was not removed: no minicopy bitmap can be "
+                        f"made (%SHADOW-F-CANNOTDMT: {exc})") from None
+                log.warning("%s: %s leaves without a minicopy bitmap (%s); its return will be "
+                            "a full copy", self.name, leg.name, exc)
+                return
+            made.append(bm.bitmap_id)
+            self.event(Kind.BITMAP_CREATED, member=leg.member.path, rule=Rule.MINICOPY,
+                       bitmap=bm.bitmap_id)
+
+        await self.membership.remove(ref, on_leave=make_bitmap)
+        return made[0] if made else None
 
     async def add(self, members: Sequence, options: decide.Options = decide.Options(),
                   confirm: Optional[Confirm] = None) -> decide.Plan:
@@ -533,6 +561,8 @@ class VirtualUnit:
                 self.gate.leave(token)
                 raise self._closed_error()
         try:
+            if self.bitmaps.in_use:        # inside the gate: a split's bitmap sees every write
+                await self.bitmaps.before_write(pos, nbytes)
             copy = self.copy
             if copy is None or end <= copy.fence_bytes:
                 failures = await write_all(self.current, pos, data)

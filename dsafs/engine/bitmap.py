@@ -1,0 +1,280 @@
+"""A mounted VU's write bitmaps: which chunks were written while a member was away (minicopy).
+
+A bitmap in use has one id and a replica in a bitmap slot of each member that was current when
+it was made (ondisk/bitmap.py holds the format and its crash safety). `before_write(pos, n)` is
+called by the VU before a data write is issued and returns once the bits of every 64 KiB chunk
+the write touches are durable on every replica:
+
+- a write into chunks already set costs nothing (an in-memory test, no I/O);
+- bits wanted by writes that arrive while an update is in flight are gathered and made durable
+  together by the next update (batching: one bitmap page write and one flush per replica serve
+  them all);
+- a write that starts where the previous one ended (a sequential stream) also sets the next
+  `LOOKAHEAD_CHUNKS` chunks, so a stream pays one bitmap update per that many chunks (the VMS
+  V8.4 lookahead), not one per chunk.
+
+A replica that fails its update is expelled like a member that failed a write (the write itself
+then goes to the survivors only); when no replica takes it, the write fails and nothing was
+issued. The minicopy policy (DESIGN §1: `minicopy`, `minicopy=optional`, `nominicopy`) is parsed
+here (`parse_policy`, pure).
+
+Invariant: a data write is issued only after the bit of every chunk it touches is durable on
+every current member that holds a replica of each bitmap in use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+from typing import Iterable, Optional, Protocol, Sequence
+
+import trio
+
+from dsafs.errors import AllMembersFailed, InvalidArgument, MemberIOError, NoBitmapSlot
+from dsafs.members import timeouts, waits
+from dsafs.ondisk.bitmap import BitmapStore, BitmapType, Bound, new_bitmap_id
+from dsafs.units import CHUNK_BYTES, nchunks_of
+
+log = logging.getLogger("dsafs.bitmap")
+
+LOOKAHEAD_CHUNKS = 16          # 1 MiB ahead of a sequential stream
+
+
+class Policy(enum.Enum):
+    """What a split or a return does about a minicopy bitmap (DESIGN §1 `--policy`)."""
+    OPTIONAL = "minicopy=optional"     # make or use one when possible, else go on without
+    REQUIRED = "minicopy"              # refused if none can be made or used
+    NONE = "nominicopy"                # no bitmap: a full copy
+
+
+def parse_policy(values: Iterable[str], what: str = "--policy") -> Policy:
+    """The minicopy policy of a command's `--policy` values (repeatable; the last minicopy value
+    wins; other keywords, e.g. hbmm, are not this parser's). Pure."""
+    policy = Policy.OPTIONAL
+    for value in values:
+        v = value.strip().lower()
+        if v in ("minicopy=optional", "minicopy=opt"):
+            policy = Policy.OPTIONAL
+        elif v == "minicopy":
+            policy = Policy.REQUIRED
+        elif v == "nominicopy":
+            policy = Policy.NONE
+        elif v.split("=", 1)[0] in ("hbmm", "nohbmm"):
+            continue
+        else:
+            raise InvalidArgument(f"{what} {value!r} is not a policy; give minicopy, "
+                                  f"minicopy=optional or nominicopy")
+    return policy
+
+
+def chunks_touched(pos: int, nbytes: int) -> range:
+    """The chunk indexes a write of `nbytes` at byte `pos` touches. Pure."""
+    return range(pos // CHUNK_BYTES, (pos + max(nbytes, 1) - 1) // CHUNK_BYTES + 1)
+
+
+@dataclasses.dataclass
+class InUse:
+    """One bitmap of this VU: its id, type, the members it serves, its replicas, its bits."""
+    bitmap_id: str
+    type: BitmapType
+    bound: tuple[Bound, ...]
+    replicas: list                     # the legs holding it
+    bits: bytearray                    # durable on every replica (in memory)
+
+    def has(self, chunks: range) -> bool:
+        bits = self.bits
+        return all(bits[c >> 3] >> (c & 7) & 1 for c in chunks)
+
+    def mark(self, chunks: Iterable[int]) -> None:
+        for c in chunks:
+            self.bits[c >> 3] |= 1 << (c & 7)
+
+    @property
+    def populated(self) -> int:
+        return sum(bin(b).count("1") for b in self.bits)
+
+
+@dataclasses.dataclass(frozen=True)
+class BitmapsStats:
+    bitmaps: int
+    updates: int                  # bitmap updates made (each: every replica written, flushed)
+    batched: int                  # writes whose bits another write's update made durable
+    free_writes: int              # writes into chunks already set: no bitmap I/O
+    lookahead_chunks: int         # chunks set ahead of sequential streams
+
+
+class BitmapHost(Protocol):
+    """What the write bitmaps need of their VU."""
+    name: str
+    set_uuid: object
+    size_bytes: int
+
+    @property
+    def current(self) -> list: ...
+
+    async def expel(self, leg, why: str, rule: Optional[str] = None) -> None: ...
+
+
+class WriteBitmaps:
+    """The bitmaps in use on one VU. See the module docstring."""
+
+    def __init__(self, host: BitmapHost):
+        self.host = host
+        self.in_use: dict[str, InUse] = {}
+        self._stores: dict[int, BitmapStore] = {}
+        self._wanted: set[int] = set()
+        self._updating: Optional[trio.Event] = None
+        self._last_end = -1
+        self.updates = self.batched = self.free_writes = self.lookahead_chunks = 0
+
+    @property
+    def active(self) -> bool:
+        return bool(self.in_use)
+
+    def store(self, leg) -> BitmapStore:
+        """The bitmap slots of `leg`'s member."""
+        s = self._stores.get(id(leg))
+        if s is None or s.member is not leg.member:
+            s = self._stores[id(leg)] = BitmapStore(leg.member, self.host.set_uuid,
+                                                    self.host.size_bytes)
+        return s
+
+    # ----------------------------------------------------------------- making and dropping
+    async def create(self, type: BitmapType, bound: Sequence[Bound],
+                     legs: Sequence) -> InUse:
+        """Make a new bitmap on each of `legs` (the members that stay). NoBitmapSlot when a
+        member has no free slot (nothing is left made); a member that fails otherwise is left
+        out of the replicas (the caller's next write expels it)."""
+        taken = {b for b in self.in_use}
+        bitmap_id = new_bitmap_id(taken)
+        made = []
+        try:
+            for leg in legs:
+                try:
+                    await waits.call(leg, "bitmap create", self.store(leg).create, bitmap_id,
+                                     type, bound)
+                except MemberIOError as exc:
+                    log.warning("%s: %s: bitmap %s not made: %s", self.host.name, leg.name,
+                                bitmap_id, exc)
+                    continue
+                made.append(leg)
+        except NoBitmapSlot:
+            for leg in made:
+                await self._delete_on(leg, bitmap_id)
+            raise
+        if not made:
+            raise AllMembersFailed(self.host.name, "bitmap create", [])
+        bm = InUse(bitmap_id, type, tuple(bound), made,
+                   bytearray(-(-nchunks_of(self.host.size_bytes) // 8)))
+        self.in_use[bitmap_id] = bm
+        log.info("%s: bitmap %s (%s) made on %s for %d member(s)", self.host.name, bitmap_id,
+                 type.label, ", ".join(leg.name for leg in made), len(bound))
+        return bm
+
+    async def delete(self, bitmap_id: str) -> None:
+        """Delete a bitmap from every replica (a replica that fails keeps a stale bitmap, which
+        no return trusts once the member it names is back)."""
+        bm = self.in_use.pop(bitmap_id)
+        for leg in bm.replicas:
+            if leg.state.current:
+                await self._delete_on(leg, bitmap_id)
+
+    async def _delete_on(self, leg, bitmap_id: str) -> None:
+        try:
+            await waits.call(leg, "bitmap delete", self.store(leg).delete, bitmap_id)
+        except MemberIOError as exc:
+            log.warning("%s: %s: bitmap %s not deleted: %s", self.host.name, leg.name,
+                        bitmap_id, exc)
+
+    # ----------------------------------------------------------------- the write path
+    def covered(self, pos: int, nbytes: int) -> bool:
+        """Every bitmap in use has the chunks of this write set already (no I/O needed)."""
+        chunks = chunks_touched(pos, nbytes)
+        return all(bm.has(chunks) for bm in self.in_use.values())
+
+    async def before_write(self, pos: int, nbytes: int) -> None:
+        """Return once the bits of the chunks [pos, pos + nbytes) touches are durable on every
+        replica of every bitmap in use."""
+        chunks = chunks_touched(pos, nbytes)
+        if all(bm.has(chunks) for bm in self.in_use.values()):
+            self.free_writes += 1
+            self._last_end = pos + nbytes
+            return
+        wanted = set(chunks)
+        if pos == self._last_end:           # a sequential stream: set the next chunks too
+            last = nchunks_of(self.host.size_bytes)
+            ahead = range(chunks.stop, min(chunks.stop + LOOKAHEAD_CHUNKS, last))
+            wanted.update(ahead)
+            self.lookahead_chunks += len(ahead)
+        self._last_end = pos + nbytes
+        self._wanted |= wanted
+        led = False
+        while not all(bm.has(chunks) for bm in self.in_use.values()):
+            if self._updating is None:
+                led = True
+                await self._update()
+            else:
+                await self._updating.wait()
+        if not led:
+            self.batched += 1
+
+    async def _update(self) -> None:
+        """Make every wanted bit durable on every replica, then mark it in memory."""
+        done = self._updating = trio.Event()
+        try:
+            wanted, self._wanted = sorted(self._wanted), set()
+            ranges = _byte_ranges(wanted, self.host.size_bytes)
+            for bm in list(self.in_use.values()):
+                await self._update_one(bm, ranges)
+                bm.mark(wanted)
+            self.updates += 1
+        except BaseException:
+            self._wanted |= set(wanted)
+            raise
+        finally:
+            self._updating = None
+            done.set()
+
+    async def _update_one(self, bm: InUse, ranges: list) -> None:
+        replicas = [leg for leg in bm.replicas if leg.state.current]
+        failed = []
+        async with trio.open_nursery() as nursery:
+            for leg in replicas:
+                nursery.start_soon(self._set_on, leg, bm.bitmap_id, ranges, failed)
+        if failed and len(failed) == len(replicas):
+            raise AllMembersFailed(self.host.name, "bitmap update", [e for _, e in failed])
+        for leg, exc in failed:
+            bm.replicas.remove(leg)
+            await self.host.expel(leg, f"bitmap update failed: {exc}",
+                                  rule=timeouts.rule_for(exc))
+
+    async def _set_on(self, leg, bitmap_id: str, ranges: list, failed: list) -> None:
+        try:
+            await waits.call(leg, "bitmap update", self.store(leg).set_ranges, bitmap_id, ranges)
+        except MemberIOError as exc:
+            failed.append((leg, exc))
+
+    def statistics(self) -> BitmapsStats:
+        return BitmapsStats(len(self.in_use), self.updates, self.batched, self.free_writes,
+                            self.lookahead_chunks)
+
+
+def _byte_ranges(chunks: Sequence[int], size_bytes: int) -> list[tuple[int, int]]:
+    """Sorted chunk indexes as coalesced (offset_bytes, nbytes) ranges, the last one ending at
+    the VU's end at most. Pure."""
+    out: list[tuple[int, int]] = []
+    start = prev = None
+    for c in chunks:
+        if start is None:
+            start = prev = c
+        elif c == prev + 1:
+            prev = c
+        else:
+            out.append((start * CHUNK_BYTES, (prev - start + 1) * CHUNK_BYTES))
+            start = prev = c
+    if start is not None:
+        out.append((start * CHUNK_BYTES, (prev - start + 1) * CHUNK_BYTES))
+    if out and out[-1][0] + out[-1][1] > size_bytes:
+        out[-1] = (out[-1][0], size_bytes - out[-1][0])
+    return out

@@ -1,0 +1,136 @@
+"""Minicopy bitmaps on a running VU (engine/bitmap.py): a member split off with a minicopy
+policy leaves a bitmap on the members that stay, and every write after the split has its chunks
+set there, durably, before the data is issued; cheaply (set chunks cost nothing, concurrent
+writes share an update, sequential streams look ahead). In-memory members, virtual time."""
+
+import pytest
+import trio
+
+from dsafs.engine.bitmap import LOOKAHEAD_CHUNKS, Policy, chunks_touched, parse_policy
+from dsafs.engine.vu import VirtualUnit
+from dsafs.errors import InvalidArgument, MembershipRefused
+from dsafs.ondisk.bitmap import BITMAP_SLOTS, BitmapStore, BitmapType, SlotStatus
+from dsafs.ondisk.scb import MemberState
+from dsafs.testing.fakes import assert_members_identical, mem_set, running
+from dsafs.units import CHUNK_BYTES, KiB, MiB
+
+SIZE = 4 * MiB
+
+
+def runs_as_chunks(runs):
+    return sorted(c for r in runs for c in r)
+
+
+async def replica_chunks(vu, member, bitmap_id):
+    """The set chunks of `bitmap_id` as stored on `member` (read back from its slot)."""
+    store = BitmapStore(member, vu.set_uuid, vu.size_bytes)
+    return runs_as_chunks(await store.runs(bitmap_id))
+
+
+@pytest.mark.parametrize("values, policy", [
+    ((), Policy.OPTIONAL),
+    (("minicopy",), Policy.REQUIRED),
+    (("MINICOPY=OPTIONAL",), Policy.OPTIONAL),
+    (("nominicopy",), Policy.NONE),
+    (("minicopy", "nominicopy"), Policy.NONE),           # the last one wins
+    (("hbmm", "minicopy"), Policy.REQUIRED),             # other keywords are not its business
+])
+def test_parse_policy(values, policy):
+    assert parse_policy(values) is policy
+
+
+def test_parse_policy_refuses_a_word_it_does_not_know():
+    with pytest.raises(InvalidArgument, match=r"--policy 'minicpy' is not a policy; give"):
+        parse_policy(["minicpy"])
+
+
+@pytest.mark.parametrize("pos, nbytes, chunks", [
+    (0, 512, [0]), (CHUNK_BYTES - 512, 1024, [0, 1]), (CHUNK_BYTES, CHUNK_BYTES, [1]),
+    (3 * CHUNK_BYTES + 1, 2 * CHUNK_BYTES, [3, 4, 5]),
+])
+def test_chunks_touched(pos, nbytes, chunks):
+    assert list(chunks_touched(pos, nbytes)) == chunks
+
+
+async def test_a_split_records_exactly_the_chunks_written_after_it_on_every_member_that_stays(
+        autojump_clock):
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    async with running(vu):
+        await vu.write(0, b"x" * 4096)                    # before the split: not recorded
+        bitmap_id = await vu.remove("b.img", Policy.REQUIRED)
+        assert bitmap_id is not None and vu.bitmaps.statistics().bitmaps == 1
+        written = [5, 9, 40, 41]
+        for chunk in (5, 9, 40):                          # not sequential: no lookahead
+            await vu.write(chunk * CHUNK_BYTES + 4096, b"y" * 8192)
+        await vu.write(41 * CHUNK_BYTES - 4096, b"z" * 8192)   # spans chunks 40 and 41
+        for m in (a, c):
+            assert await replica_chunks(vu, m, bitmap_id) == written
+        st = vu.bitmaps.statistics()
+        await vu.write(9 * CHUNK_BYTES, b"w" * 512)          # chunk 9 is set: no bitmap I/O
+        assert vu.bitmaps.statistics().free_writes == st.free_writes + 1
+        assert vu.bitmaps.statistics().updates == st.updates
+        (event,) = vu.events.find("bitmap-created")
+        assert event.member == b.path and event.rule == "minicopy"
+        assert_members_identical(vu)
+
+
+async def test_no_policy_makes_no_bitmap(autojump_clock):
+    a, b = await mem_set("a", "b", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        assert await vu.remove("b.img") is None
+        await vu.write(0, b"x" * 4096)
+        slots = await BitmapStore(a, vu.set_uuid, vu.size_bytes).scan()
+        assert all(s.status is SlotStatus.EMPTY for s in slots)
+
+
+async def test_concurrent_writes_share_bitmap_updates(autojump_clock):
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE, latency=0.001)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    async with running(vu):
+        bitmap_id = await vu.remove("c.img", Policy.REQUIRED)
+        chunks = list(range(0, 64, 2))                    # 32 writes to 32 chunks, all at once
+        async with trio.open_nursery() as n:
+            for chunk in chunks:
+                n.start_soon(vu.write, chunk * CHUNK_BYTES, b"q" * 4096)
+        st = vu.bitmaps.statistics()
+        assert st.updates <= 3 and st.batched >= len(chunks) - 3, st
+        for m in (a, b):
+            assert await replica_chunks(vu, m, bitmap_id) == chunks
+
+
+async def test_a_sequential_stream_sets_its_bits_ahead(autojump_clock):
+    a, b = await mem_set("a", "b", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        bitmap_id = await vu.remove("b.img", Policy.REQUIRED)
+        n = 48                                            # 48 chunks written front to back
+        for i in range(n * 4):
+            await vu.write(i * 16 * KiB, b"s" * (16 * KiB))
+        st = vu.bitmaps.statistics()
+        assert st.updates <= n // (LOOKAHEAD_CHUNKS + 1) + 2, st    # not one per chunk
+        assert st.free_writes >= n * 4 - st.updates
+        got = await replica_chunks(vu, a, bitmap_id)
+        assert got[:n] == list(range(n))                   # every chunk written is set
+
+
+@pytest.mark.allow_warnings
+async def test_no_free_slot_refuses_a_required_bitmap_and_changes_nothing(autojump_clock):
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    async with running(vu):
+        full = BitmapStore(a, vu.set_uuid, vu.size_bytes)      # a's 12 slots all taken
+        for i in range(BITMAP_SLOTS):
+            await full.create(f"0000AB{i:02X}", BitmapType.WRITE_INTENT)
+        generation = vu.generation
+        with pytest.raises(MembershipRefused,
+                           match=r"^DSA1: b\.img was not removed: no minicopy bitmap can be made "
+                                 r"\(%SHADOW-F-CANNOTDMT: member /m/a\.img: all 12 bitmap slots"):
+            await vu.remove("b.img", Policy.REQUIRED)
+        assert vu.find("b.img").state is MemberState.SOURCE and vu.generation == generation
+        assert vu.bitmaps.statistics().bitmaps == 0
+        c_slots = await BitmapStore(c, vu.set_uuid, vu.size_bytes).scan()
+        assert all(s.status is SlotStatus.EMPTY for s in c_slots)   # c's replica undone
+        assert await vu.remove("b.img", Policy.OPTIONAL) is None      # optional: goes on
+        assert [s.name for s in vu.current] == ["a.img", "c.img"]
