@@ -31,9 +31,13 @@ from typing import Iterable, Optional, Protocol, Sequence
 
 import trio
 
-from dsafs.errors import AllMembersFailed, InvalidArgument, MemberIOError, NoBitmapSlot
+from dsafs.errors import (
+    AllMembersFailed, InvalidArgument, MemberIOError, MembershipRefused, NoBitmapSlot,
+)
+from dsafs.events import Kind
 from dsafs.members import timeouts, waits
 from dsafs.ondisk.bitmap import BitmapStore, BitmapType, Bound, new_bitmap_id
+from dsafs.rules import Rule
 from dsafs.units import CHUNK_BYTES, nchunks_of
 
 log = logging.getLogger("dsafs.bitmap")
@@ -115,6 +119,9 @@ class BitmapHost(Protocol):
 
     async def expel(self, leg, why: str, rule: Optional[str] = None) -> None: ...
 
+    def event(self, kind: str, member: Optional[str] = None, rule: str = "",
+              message: Optional[str] = None, **fields) -> object: ...
+
 
 class WriteBitmaps:
     """The bitmaps in use on one VU. See the module docstring."""
@@ -171,6 +178,27 @@ class WriteBitmaps:
         log.info("%s: bitmap %s (%s) made on %s for %d member(s)", self.host.name, bitmap_id,
                  type.label, ", ".join(leg.name for leg in made), len(bound))
         return bm
+
+    async def for_departure(self, leg, policy: Policy) -> Optional[str]:
+        """`leg` is about to leave (writes are held): make its minicopy bitmap on the members
+        that stay, as `policy` says. Returns the bitmap id, or None (no bitmap: its return will
+        be a full copy); MembershipRefused when `minicopy` is required and none can be made."""
+        if policy is Policy.NONE:
+            return None
+        others = [s for s in self.host.current if s is not leg]
+        try:
+            bm = await self.create(BitmapType.MINICOPY, [Bound(leg.uuid, leg.generation)], others)
+        except NoBitmapSlot as exc:
+            if policy is Policy.REQUIRED:
+                raise MembershipRefused(
+                    f"{self.host.name}: {leg.name} was not removed: no minicopy bitmap can be "
+                    f"made (%SHADOW-F-CANNOTDMT: {exc})") from None
+            log.warning("%s: %s leaves without a minicopy bitmap (%s); its return will be a "
+                        "full copy", self.host.name, leg.name, exc)
+            return None
+        self.host.event(Kind.BITMAP_CREATED, member=leg.member.path, rule=Rule.MINICOPY,
+                        bitmap=bm.bitmap_id)
+        return bm.bitmap_id
 
     async def delete(self, bitmap_id: str) -> None:
         """Delete a bitmap from every replica (a replica that fails keeps a stale bitmap, which

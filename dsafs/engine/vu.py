@@ -49,12 +49,10 @@ from dsafs.engine.stall import WriteStall
 from dsafs.engine.throttle import Settings as MergeSettings, Throttle
 from dsafs.engine.watch import MemberWatch
 from dsafs.errors import (
-    AllMembersFailed, IoRangeError, MemberIOError, MembershipRefused, MountRefused, NoBitmapSlot,
-    ReadOnlyVu, VuClosing, VuError,
+    AllMembersFailed, IoRangeError, MemberIOError, MountRefused, ReadOnlyVu, VuClosing, VuError,
 )
 from dsafs.events import EventLog, Kind
 from dsafs.members import timeouts, waits
-from dsafs.ondisk.bitmap import BitmapType, Bound
 from dsafs.ondisk.scb import BranchReason, MemberState, Scb, describe_generation
 from dsafs.rules import Rule
 
@@ -309,23 +307,8 @@ class VirtualUnit:
         made: list = []
 
         async def make_bitmap(leg: Leg) -> None:
-            if policy is Policy.NONE or self.readonly:
-                return
-            others = [s for s in self.current if s is not leg]
-            try:
-                bm = await self.bitmaps.create(BitmapType.MINICOPY,
-                                               [Bound(leg.uuid, leg.generation)], others)
-            except NoBitmapSlot as exc:
-                if policy is Policy.REQUIRED:
-                    raise MembershipRefused(
-                        f"{self.name}: {leg.name} was not removed: no minicopy bitmap can be "
-                        f"made (%SHADOW-F-CANNOTDMT: {exc})") from None
-                log.warning("%s: %s leaves without a minicopy bitmap (%s); its return will be "
-                            "a full copy", self.name, leg.name, exc)
-                return
-            made.append(bm.bitmap_id)
-            self.event(Kind.BITMAP_CREATED, member=leg.member.path, rule=Rule.MINICOPY,
-                       bitmap=bm.bitmap_id)
+            if not self.readonly:
+                made.append(await self.bitmaps.for_departure(leg, policy))
 
         await self.membership.remove(ref, on_leave=make_bitmap)
         return made[0] if made else None
