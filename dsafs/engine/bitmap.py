@@ -32,7 +32,8 @@ from typing import Iterable, Optional, Protocol, Sequence
 import trio
 
 from dsafs.errors import (
-    AllMembersFailed, InvalidArgument, MemberIOError, MembershipRefused, NoBitmapSlot,
+    AllMembersFailed, InvalidArgument, MemberIOError, MembershipRefused, MetadataError,
+    NoBitmapSlot,
 )
 from dsafs.events import Kind
 from dsafs.members import timeouts, waits
@@ -148,6 +149,43 @@ class WriteBitmaps:
         return s
 
     # ----------------------------------------------------------------- making and dropping
+    async def load(self, legs: Sequence) -> None:
+        """At mount: take up the minicopy bitmaps the members hold (made before a dismount or a
+        crash), so that every write from now on is recorded in them too. A bitmap's bits are
+        the union of its replicas' (after a crash one replica may hold bits another lacks; more
+        set bits only cost copying); a damaged replica is left out and logged."""
+        found: dict[str, InUse] = {}
+        for leg in legs:
+            try:
+                slots = await waits.call(leg, "bitmap scan", self.store(leg).scan)
+            except MemberIOError as exc:
+                log.warning("%s: %s: bitmap slots not read: %s", self.host.name, leg.name, exc)
+                continue
+            for info in slots:
+                h = info.header
+                if h is None or h.type is not BitmapType.MINICOPY:
+                    continue
+                try:
+                    runs = await waits.call(leg, "bitmap read", self.store(leg).runs,
+                                            h.bitmap_id)
+                except (MemberIOError, MetadataError) as exc:
+                    log.warning("%s: %s: bitmap %s not used: %s", self.host.name, leg.name,
+                                h.bitmap_id, exc)
+                    continue
+                bm = found.get(h.bitmap_id)
+                if bm is None:
+                    bm = found[h.bitmap_id] = InUse(
+                        h.bitmap_id, h.type, h.bound, [],
+                        bytearray(-(-nchunks_of(self.host.size_bytes) // 8)))
+                bm.replicas.append(leg)
+                bm.mark(c for r in runs for c in r)
+        for bm in found.values():
+            log.info("%s: bitmap %s (%s) in use on %s: %d chunks set", self.host.name,
+                     bm.bitmap_id, bm.type.label, ", ".join(leg.name for leg in bm.replicas),
+                     bm.populated)
+        self.in_use.update(found)
+
+
     async def create(self, type: BitmapType, bound: Sequence[Bound],
                      legs: Sequence) -> InUse:
         """Make a new bitmap on each of `legs` (the members that stay). NoBitmapSlot when a

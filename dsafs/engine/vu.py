@@ -132,6 +132,8 @@ class VirtualUnit:
 
     async def _begin(self) -> None:
         plan = self._plan
+        if not self.readonly:
+            await self.bitmaps.load(self.current)      # go on recording for absent members
         for mp in plan.members:
             log.info("%s: %s %s by rule=%s", self.name, mp.candidate.name, mp.role.label, mp.rule)
         for uid in plan.dropped:

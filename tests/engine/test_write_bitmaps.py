@@ -11,7 +11,7 @@ from dsafs.engine.vu import VirtualUnit
 from dsafs.errors import InvalidArgument, MembershipRefused
 from dsafs.ondisk.bitmap import BITMAP_SLOTS, BitmapStore, BitmapType, SlotStatus
 from dsafs.ondisk.scb import MemberState
-from dsafs.testing.fakes import assert_members_identical, mem_set, running
+from dsafs.testing.fakes import assert_members_identical, mem_set, reopen, running
 from dsafs.units import CHUNK_BYTES, KiB, MiB
 
 SIZE = 4 * MiB
@@ -134,3 +134,23 @@ async def test_no_free_slot_refuses_a_required_bitmap_and_changes_nothing(autoju
         assert all(s.status is SlotStatus.EMPTY for s in c_slots)   # c's replica undone
         assert await vu.remove("b.img", Policy.OPTIONAL) is None      # optional: goes on
         assert [s.name for s in vu.current] == ["a.img", "c.img"]
+
+
+async def test_a_bitmap_goes_on_recording_after_the_vu_is_dismounted_and_mounted_again(
+        autojump_clock):
+    """The member is still away: writes after a remount must reach its bitmap too, or its
+    minicopy would miss them."""
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    async with running(vu):
+        bitmap_id = await vu.remove("c.img", Policy.REQUIRED)
+        await vu.write(7 * CHUNK_BYTES, b"1" * 4096)
+    reopen(a, b)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        assert vu.bitmaps.statistics().bitmaps == 1
+        await vu.write(30 * CHUNK_BYTES, b"2" * 4096)
+        await vu.write(7 * CHUNK_BYTES, b"3" * 4096)             # set before: free
+        assert vu.bitmaps.statistics().free_writes == 1
+        for m in (a, b):
+            assert await replica_chunks(vu, m, bitmap_id) == [7, 30]
