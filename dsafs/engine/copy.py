@@ -92,7 +92,7 @@ class Copy:
 
     @property
     def live_targets(self) -> list:
-        return [t for t in self.targets if t.state is MemberState.COPY_TARGET]
+        return [t for t in self.targets if t.state.is_target]
 
     def statistics(self) -> CopyStats:
         return CopyStats(round(self.percent, 1), self.fence_bytes // BLOCK_BYTES,

@@ -268,7 +268,7 @@ def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mo
 def _add_same_set(vu: str, c: Candidate, options: Options, mounted: Mounted) -> str:
     """Rule 5: a member of this set returns as a copy target, unless it holds writes the set
     lacks (and no --overwrite)."""
-    if (mounted.scb is None or c.scb.own_state is MemberState.COPY_TARGET
+    if (mounted.scb is None or _is_target(c.scb.own_state)
             or not lineage.holds_more(c.scb, mounted.scb)):
         return Rule.ADD_TO_MOUNTED_VU
     if options.overwrite:
@@ -309,7 +309,7 @@ def _plan_assemble(vu: str, cands: Sequence[Candidate], options: Options) -> Pla
         members += [MemberPlan(c, MemberState.COPY_TARGET, Rule.ALL_NEW_FIRST_NAMED) for c in cands[1:]]
         sources = [cands[0]]
     else:
-        complete = [c for c in cands if c.scb.own_state is not MemberState.COPY_TARGET]
+        complete = [c for c in cands if not _is_target(c.scb.own_state)]
         if not complete:
             _refuse(f"{vu}: every member given is an unfinished copy target; name a member "
                     f"that holds complete data (a former source)", Rule.NO_COMPLETE_MEMBER)
@@ -487,15 +487,19 @@ def _merge_rule(sources: Sequence[Scb]) -> tuple[str, int]:
     return Rule.MERGE_OWED, 0
 
 
+def _is_target(state: Optional[MemberState]) -> bool:
+    return state is not None and state.is_target
+
+
 def _copy_target(c: Candidate, sources: list[Candidate], rule: str) -> MemberPlan:
     """A copy target, resuming at its checkpointed fence when that is provably safe (rule 13)."""
     scb, src = c.scb, sources[0].scb
     entry = src.entry_for(scb.member_uuid)
     resumable = (
-        scb.own_state is MemberState.COPY_TARGET
+        _is_target(scb.own_state)         # a minicopy stopped by a crash resumes as a full copy
         and scb.copy_fence_lbn is not None
         and scb.copy_fence_generation == src.generation
-        and entry is not None and entry.state is MemberState.COPY_TARGET
+        and entry is not None and entry.state.is_target
         and not any(s.scb.dirty or s.scb.writers for s in sources)
     )
     if resumable:

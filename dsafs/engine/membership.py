@@ -157,7 +157,7 @@ class Membership:
         """Recompute the role lists after a role change."""
         self.current = [s for s in self.legs if s.state.current]
         self.sources = [s for s in self.legs if s.state is MemberState.SOURCE]
-        self.targets = [s for s in self.legs if s.state is MemberState.COPY_TARGET]
+        self.targets = [s for s in self.legs if s.state.is_target]
         if len(self.current) > 3:
             self.feature_flags |= FEATURE_EXTMEMB
         self.host.members_changed(self.legs)
@@ -181,7 +181,7 @@ class Membership:
     # ----------------------------------------------------------------- SCBs
     def scb_for(self, leg: Leg) -> Scb:
         host = self.host
-        target = leg.state is MemberState.COPY_TARGET
+        target = leg.state.is_target
         own_lineage = target or not leg.state.current
         entries = tuple(MemberEntry(s.uuid, s.state, s.member.path) for s in self.current)
         if not leg.state.current:

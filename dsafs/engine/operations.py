@@ -204,7 +204,7 @@ class Operations:
 
     async def _run_copies(self) -> None:
         host = self.host
-        targets = [t for t in self._copy_queue if t.state is MemberState.COPY_TARGET]
+        targets = [t for t in self._copy_queue if t.state.is_target]
         self._copy_queue = []
         if not targets:
             return

@@ -149,6 +149,11 @@ class MemberState(enum.IntEnum):
         return self in (MemberState.SOURCE, MemberState.COPY_TARGET, MemberState.MINICOPY_TARGET)
 
     @property
+    def is_target(self) -> bool:
+        """Being brought up to date (a full copy or a minicopy): never a source, never read."""
+        return self in (MemberState.COPY_TARGET, MemberState.MINICOPY_TARGET)
+
+    @property
     def label(self) -> str:
         return self.name.lower().replace("_", "-")
 

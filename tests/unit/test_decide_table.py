@@ -16,6 +16,7 @@ SET = uuid.UUID(int=1)
 OTHER = uuid.UUID(int=2)
 U = {n: uuid.UUID(int=100 + i) for i, n in enumerate("abcdefg")}
 SRC, TGT, GONE = MemberState.SOURCE, MemberState.COPY_TARGET, MemberState.REMOVED
+MINI = MemberState.MINICOPY_TARGET
 
 
 def m(name, gen=100, *, rev=0, set_uuid=SET, label="DATA", state=SRC, listed=None, dirty=False,
@@ -62,6 +63,9 @@ ASSEMBLE = [
      [("b", "source", "all-new-first-named"), ("a", "copy-target", "all-new-first-named")]),
     ("an unfinished copy target is never a source, even with the highest generation",
      [m("a", 100), m("b", 300, state=TGT)],
+     [("a", "source", "highest-generation"), ("b", "copy-target", "incomplete-copy")]),
+    ("an unfinished minicopy target (a crash stopped it) is never a source either: a copy",
+     [m("a", 100), m("b", 300, state=MINI)],
      [("a", "source", "highest-generation"), ("b", "copy-target", "incomplete-copy")]),
 ]
 
@@ -125,12 +129,17 @@ RESUME = [
      dict(src=dict(listed=RESUME_LIST, dirty=True), tgt=dict(fence=2048, fence_gen=200)), 0, "lower-generation"),
     ("no fence recorded: start again",
      dict(src=dict(listed=RESUME_LIST), tgt=dict(fence=None, fence_gen=200)), 0, "lower-generation"),
+    ("a minicopy stopped by a crash resumes at its fence as a full copy",
+     dict(src=dict(listed={"a": SRC, "b": MINI}), tgt=dict(fence=2048, fence_gen=200, state=MINI,
+                                                         listed={"a": SRC, "b": MINI})),
+     2048, "lower-generation,resume-copy"),
 ]
 
 
 @pytest.mark.parametrize("why, kw, fence, rule", RESUME, ids=[r[0] for r in RESUME])
 def test_copy_resume(why, kw, fence, rule):
-    p = decide.plan("DSA1", [m("a", 200, **kw["src"]), m("b", 100, state=TGT, listed=RESUME_LIST, **kw["tgt"])])
+    tgt = {"state": TGT, "listed": RESUME_LIST, **kw["tgt"]}
+    p = decide.plan("DSA1", [m("a", 200, **kw["src"]), m("b", 100, **tgt)])
     (t,) = p.targets
     assert (t.resume_fence_lbn, t.rule) == (fence, rule.replace("lower-generation", "incomplete-copy"))
 
