@@ -67,6 +67,8 @@ class Kind(enum.StrEnum):
     DISMOUNTED = "dismounted"
     MEMBER_SCB_DAMAGED = "member-scb-damaged"
     BITMAP_CREATED = "bitmap-created"
+    MEMBER_MINICOPY_TARGET = "member-minicopy-target"
+    BITMAP_DELETED = "bitmap-deleted"
 
 
 # kind -> (code, message template). Fields: vu, member (basename), label, and any given.
@@ -113,6 +115,10 @@ KINDS = {
     Kind.MEMBER_SCB_DAMAGED: ("DSAFS-W-SCBDAMAGED", "_{vu}: {member}: damaged SCB {what}"),
     Kind.BITMAP_CREATED: ("SHADOW-I-BMCREATED",
                           "_{vu}: bitmap {bitmap} created for {member}: its writes are recorded"),
+    Kind.MEMBER_MINICOPY_TARGET: ("MOUNT-I-SHDWMEMCOPY",
+                                  "_{member}: ({label}) added to the shadow set with a minicopy "
+                                  "operation"),
+    Kind.BITMAP_DELETED: ("SHADOW-I-BMDELETED", "_{vu}: bitmap {bitmap} deleted: {why}"),
 }
 
 

@@ -37,7 +37,8 @@ from dsafs.errors import (
 )
 from dsafs.events import Kind
 from dsafs.members import timeouts, waits
-from dsafs.ondisk.bitmap import BitmapStore, BitmapType, Bound, new_bitmap_id
+from dsafs.ondisk.bitmap import BitmapStore, BitmapType, Bound, new_bitmap_id, runs_of
+from dsafs.ondisk.scb import MemberState
 from dsafs.rules import Rule
 from dsafs.units import CHUNK_BYTES, nchunks_of
 
@@ -237,6 +238,39 @@ class WriteBitmaps:
         self.host.event(Kind.BITMAP_CREATED, member=leg.member.path, rule=Rule.MINICOPY,
                         bitmap=bm.bitmap_id)
         return bm.bitmap_id
+
+    # ----------------------------------------------------------------- returns
+    def usable_for(self, scb) -> Optional[str]:
+        """The minicopy bitmap for a returning member with this SCB: one in use here that names
+        its member UUID at the very generation its SCB says it left at, as a removed member of
+        this set (a member written or mounted apart since has another generation or state), and
+        with a replica on a current member. None: a full copy."""
+        if (scb is None or scb.set_uuid != self.host.set_uuid
+                or scb.own_state is not MemberState.REMOVED):
+            return None
+        for bm in self.in_use.values():
+            if (bm.type is BitmapType.MINICOPY
+                    and any(b.member_uuid == scb.member_uuid and b.base_generation == scb.generation
+                            for b in bm.bound)
+                    and any(leg.state.current for leg in bm.replicas)):
+                return bm.bitmap_id
+        return None
+
+    def runs(self, bitmap_id: str) -> tuple[range, ...]:
+        """The chunks a minicopy over `bitmap_id` must copy now (sorted, coalesced runs)."""
+        return runs_of(bytes(self.in_use[bitmap_id].bits))
+
+    async def release_returned(self, legs: Sequence) -> list[str]:
+        """Delete every bitmap whose members are all back as sources (by a minicopy or a full
+        copy): nothing will read it again. Returns the ids deleted."""
+        back = {leg.uuid for leg in legs if leg.state is MemberState.SOURCE}
+        done = [bm.bitmap_id for bm in self.in_use.values()
+                if bm.type is BitmapType.MINICOPY and all(b.member_uuid in back for b in bm.bound)]
+        for bitmap_id in done:
+            await self.delete(bitmap_id)
+            self.host.event(Kind.BITMAP_DELETED, rule=Rule.MINICOPY, bitmap=bitmap_id,
+                            why="every member it served is back")
+        return done
 
     async def delete(self, bitmap_id: str) -> None:
         """Delete a bitmap from every replica (a replica that fails keeps a stale bitmap, which

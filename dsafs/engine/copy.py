@@ -32,7 +32,7 @@ from dsafs.engine.fence import RangeGate
 from dsafs.ondisk.scb import MemberState
 from dsafs.members.timeouts import rule_for
 from dsafs.members.waits import wait, wait_each
-from dsafs.units import BLOCK_BYTES, MiB
+from dsafs.units import BLOCK_BYTES, CHUNK_BYTES, MiB
 from dsafs.rules import Rule
 
 log = logging.getLogger("dsafs.copy")
@@ -73,10 +73,12 @@ class CopyHost(Protocol):
 class Copy:
     """One copy operation onto one or more targets of a VU."""
 
-    def __init__(self, vu: CopyHost, targets: list, start_bytes: int):
+    def __init__(self, vu: CopyHost, targets: list, start_bytes: int,
+                 runs: Optional[Sequence[range]] = None):
         self.vu = vu
         self.targets = list(targets)
         self.fence_bytes = start_bytes
+        self.runs = runs              # a minicopy: only these chunks (sorted runs); else None
         self.bytes_read = 0
         self.bytes_compared = 0
         self.bytes_written = 0
@@ -99,14 +101,31 @@ class Copy:
                          tuple(t.member.path for t in self.targets), self.bytes_read,
                          self.bytes_compared, self.bytes_written)
 
+    @property
+    def kind(self) -> str:
+        return "full" if self.runs is None else "minicopy"
+
+    def _steps(self, size: int):
+        """(pos, end) byte ranges to copy, ascending, each at most STEP_BYTES: the whole VU
+        from the fence, or (a minicopy) the bitmap's runs from the fence, coalesced."""
+        spans = [(0, size)] if self.runs is None else [
+            (r.start * CHUNK_BYTES, min(r.stop * CHUNK_BYTES, size)) for r in self.runs]
+        for lo, hi in spans:
+            for pos in range(max(lo, self.fence_bytes), hi, STEP_BYTES):
+                yield pos, min(pos + STEP_BYTES, hi)
+
     async def run(self) -> bool:
-        """Copy to the end. True when it completed; the caller then promotes the targets."""
+        """Copy to the end. True when it completed; the caller then promotes the targets.
+        A minicopy moves its fence over the chunks its bitmap does not name: they were not
+        written since the targets left, and every write since reaches them too."""
         vu = self.vu
         size = vu.size_bytes
         next_checkpoint = trio.current_time() + CHECKPOINT_SECONDS
         try:
-            while self.fence_bytes < size and self.live_targets:
-                end = min(self.fence_bytes + STEP_BYTES, size)
+            for pos, end in self._steps(size):
+                if not self.live_targets:
+                    break
+                self.fence_bytes = max(self.fence_bytes, pos)
                 async with vu.gate.closed(self.fence_bytes, end):
                     if not await self._copy_step(self.fence_bytes, end - self.fence_bytes):
                         return False
@@ -117,6 +136,7 @@ class Copy:
                     next_checkpoint = trio.current_time() + CHECKPOINT_SECONDS
             if not self.live_targets:
                 return False
+            self.fence_bytes = size
             failures = await flush_all(self.live_targets)
             for leg, exc in failures:
                 await vu.expel(leg, f"flush failed at the end of the copy: {exc}")

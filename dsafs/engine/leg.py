@@ -58,6 +58,7 @@ class Leg:
         self._idle: Optional[trio.Event] = None
         self.member_timeout = timeouts.DEFAULT_MEMBER_TIMEOUT_S   # effective (mountver.adopt)
         self.timeout_override: Optional[float] = None   # dsafs set --member-timeout M=S
+        self.bitmap_id: Optional[str] = None   # a minicopy target: the bitmap of what it lacks
 
     @property
     def name(self) -> str:

@@ -54,7 +54,7 @@ from dsafs.ondisk.scb import (
     next_generation,
 )
 from dsafs.events import Kind
-from dsafs.rules import Rule
+from dsafs.rules import Rule, joined
 from dsafs.units import BLOCK_BYTES
 
 log = logging.getLogger("dsafs.vu")
@@ -93,6 +93,10 @@ class MembershipHost(Protocol):
 
     def members_changed(self, legs: Sequence[Leg]) -> None:
         """The legs or their roles changed (mount verification re-reads member timeouts)."""
+
+    def minicopy_bitmap(self, scb: Optional[Scb]) -> Optional[str]:
+        """The id of a bitmap in use that holds every write a returning member with this SCB
+        lacks (its minicopy), or None: a full copy."""
 
 
 async def decide_or_close(members: Sequence, fn):
@@ -392,17 +396,22 @@ class Membership:
             async with self.gate.closed(0, host.size_bytes):
                 for mp in plan.members:
                     member = by_path[mp.path]
-                    log.info("%s: %s %s by rule=%s", host.name, mp.candidate.name,
-                             mp.role.label if mp.role else "unchanged", mp.rule)
                     if mp.role is None:
+                        log.info("%s: %s unchanged by rule=%s", host.name, mp.candidate.name,
+                                 mp.rule)
                         member.close()
                         continue
-                    new.append((self._new_target(member, mp.candidate.scb), mp.rule))
+                    leg = self._new_target(member, mp.candidate.scb)
+                    rule = joined(mp.rule, Rule.MINICOPY) if leg.bitmap_id else mp.rule
+                    log.info("%s: %s %s by rule=%s", host.name, mp.candidate.name,
+                             leg.state.label, rule)
+                    new.append((leg, rule))
                 self.refresh()
                 if new:
                     await self.commit()
                 for leg, rule in new:
-                    host.event(Kind.MEMBER_COPY_TARGET, member=leg.member.path, rule=rule)
+                    host.event(Kind.MEMBER_MINICOPY_TARGET if leg.bitmap_id
+                               else Kind.MEMBER_COPY_TARGET, member=leg.member.path, rule=rule)
             return plan, [leg for leg, _ in new]
 
     def _new_target(self, member, scb: Optional[Scb]) -> Leg:
@@ -412,6 +421,10 @@ class Membership:
                     MemberState.COPY_TARGET, scb.generation if same_set else 0,
                     lineage=scb.lineage if same_set else None)
         leg.store.current = scb
+        if keep_uuid:
+            leg.bitmap_id = self.host.minicopy_bitmap(scb)
+            if leg.bitmap_id:
+                leg.state = MemberState.MINICOPY_TARGET
         self.legs.append(leg)
         return leg
 

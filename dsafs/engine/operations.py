@@ -88,6 +88,12 @@ class OperationsHost(Protocol):
 
     async def write_scbs(self, legs: Sequence[Leg]) -> None: ...
 
+    def minicopy_runs(self, bitmap_id: str) -> Optional[tuple[range, ...]]:
+        """The chunks a minicopy over this bitmap copies, or None if it is no longer in use."""
+
+    async def copies_promoted(self) -> None:
+        """Copy targets just became sources."""
+
 
 class Operations:
     """One VU's copies and merge. See the module docstring."""
@@ -204,14 +210,26 @@ class Operations:
 
     async def _run_copies(self) -> None:
         host = self.host
-        targets = [t for t in self._copy_queue if t.state.is_target]
-        self._copy_queue = []
-        if not targets:
+        queued = [t for t in self._copy_queue if t.state.is_target]
+        if not queued:
+            self._copy_queue = []
             return
+        # one pass per kind: the full-copy targets together, or the minicopy targets of one
+        # bitmap together (each copies only its bitmap's chunks); the rest wait their turn
+        first = queued[0]
+        targets = [t for t in queued if t.bitmap_id == first.bitmap_id]
+        self._copy_queue = [t for t in queued if t not in targets]
+        runs = host.minicopy_runs(first.bitmap_id) if first.bitmap_id else None
+        if first.bitmap_id and runs is None:       # the bitmap is gone: a full copy, said so
+            log.warning("%s: bitmap %s of %s is no longer in use; a full copy instead",
+                        host.name, first.bitmap_id, ", ".join(t.name for t in targets))
         start = min(t.fence_lbn for t in targets) * BLOCK_BYTES
-        self.copy = Copy(host, targets, start)
-        log.info("%s: copy onto %s starts at LBN %d", host.name,
-                 ", ".join(t.name for t in targets), start // BLOCK_BYTES)
+        self.copy = Copy(host, targets, start, runs)
+        log.info("%s: %s onto %s starts at LBN %d%s", host.name,
+                 "minicopy" if runs is not None else "copy", ", ".join(t.name for t in targets),
+                 start // BLOCK_BYTES,
+                 f" ({sum(len(r) for r in runs)} chunks of bitmap {first.bitmap_id})"
+                 if runs is not None else "")
         host.event(Kind.COPY_START, rule=Rule.COPY_TARGET, lbn=start // BLOCK_BYTES,
                    blocks=copy_module.STEP_BYTES // BLOCK_BYTES)
         copy, done = self.copy, False
@@ -243,6 +261,7 @@ class Operations:
             if self.merge is not None:
                 self.merge.forget_reads()
             await self.membership.promote(promoted)
+            await host.copies_promoted()
             for t in promoted:
                 host.event(Kind.MEMBER_COPIED, member=t.member.path, rule=Rule.COPY_COMPLETE)
             stats = copy.statistics()

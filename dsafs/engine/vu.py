@@ -234,6 +234,16 @@ class VirtualUnit:
     def members_changed(self, legs: Sequence[Leg]) -> None:
         self.mv.adopt(legs)
 
+    def minicopy_bitmap(self, scb: Optional[Scb]) -> Optional[str]:
+        return self.bitmaps.usable_for(scb)
+
+    def minicopy_runs(self, bitmap_id: str) -> Optional[tuple[range, ...]]:
+        return self.bitmaps.runs(bitmap_id) if bitmap_id in self.bitmaps.in_use else None
+
+    async def copies_promoted(self) -> None:
+        """Copy targets just became sources: the bitmaps of members all back are deleted."""
+        await self.bitmaps.release_returned(self.legs)
+
     def merge_record(self) -> tuple[bool, Optional[int]]:
         return self.operations.merge_record()
 

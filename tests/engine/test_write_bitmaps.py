@@ -154,3 +154,69 @@ async def test_a_bitmap_goes_on_recording_after_the_vu_is_dismounted_and_mounted
         assert vu.bitmaps.statistics().free_writes == 1
         for m in (a, b):
             assert await replica_chunks(vu, m, bitmap_id) == [7, 30]
+
+
+# ---------------------------------------------------------------------------------- the return
+@pytest.mark.parametrize("dirty", [[3, 17, 18, 40, 63], []], ids=["5 chunks", "no chunk"])
+async def test_a_returning_member_copies_only_the_chunks_written_while_it_was_away(
+        autojump_clock, dirty):
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    async with running(vu):
+        await vu.write(0, bytes(range(256)) * (SIZE // 256))
+        bitmap_id = await vu.remove("b.img", Policy.REQUIRED)
+        for chunk in dirty:
+            await vu.write(chunk * CHUNK_BYTES + 512, b"new!" * 1024)
+        reopen(b)
+        await vu.add([b])
+        assert vu.find("b.img").state is MemberState.MINICOPY_TARGET
+        (event,) = vu.events.find("member-minicopy-target")
+        assert event.rule == "add-to-mounted-vu,minicopy"
+        await vu.wait_steady()
+        assert vu.find("b.img").state is MemberState.SOURCE
+        copy = vu.last_copy
+        assert copy.kind == "minicopy"
+        st = copy.statistics()
+        assert st.bytes_read == len(dirty) * CHUNK_BYTES        # only the chunks it lacked
+        assert st.bytes_written == len(dirty) * CHUNK_BYTES
+        assert_members_identical(vu)
+        assert vu.bitmaps.statistics().bitmaps == 0              # deleted: b is back
+        for m in (a, c):
+            slots = await BitmapStore(m, vu.set_uuid, vu.size_bytes).scan()
+            assert all(s.status is SlotStatus.EMPTY for s in slots)
+        assert vu.events.find("bitmap-deleted")
+        assert bitmap_id not in vu.bitmaps.in_use
+
+
+async def test_writes_during_a_minicopy_reach_the_returning_member(autojump_clock):
+    a, b = await mem_set("a", "b", size_bytes=SIZE, latency=0.001)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        await vu.remove("b.img", Policy.REQUIRED)
+        for chunk in range(0, 64, 3):
+            await vu.write(chunk * CHUNK_BYTES, b"1" * 4096)
+        reopen(b)
+        await vu.add([b])
+        n = 0
+        while vu.state == "copying":                 # writes everywhere while it copies
+            await vu.write((n * 7) % 64 * CHUNK_BYTES + 8192, b"2" * 4096)
+            n += 1
+        await vu.wait_steady()
+        assert n > 0 and vu.last_copy.kind == "minicopy"
+        assert_members_identical(vu)
+
+
+async def test_a_member_that_left_without_a_bitmap_returns_by_a_full_copy(autojump_clock):
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    async with running(vu):
+        await vu.remove("b.img", Policy.REQUIRED)         # b's bitmap
+        await vu.remove("c.img")                          # c: none
+        await vu.write(5 * CHUNK_BYTES, b"x" * 4096)
+        reopen(c)
+        await vu.add([c])
+        assert vu.find("c.img").state is MemberState.COPY_TARGET
+        await vu.wait_steady()
+        assert vu.last_copy.kind == "full" and vu.last_copy.statistics().bytes_read == SIZE
+        assert vu.bitmaps.statistics().bitmaps == 1        # b's stays: b is still away
+        assert_members_identical(vu)
