@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(VMS /OVERRIDE=SHADOW_MEMBERSHIP); reassembly decides by lineage")
     s.add_argument("--verify-label", action="store_true",
                    help="refuse any copy target not labelled SCRATCH_DISK (VMS /POLICY=VERIFY_LABEL)")
+    s.add_argument("--policy", metavar="P",
+                   help="with --add: minicopy=optional (default: a member split off with a "
+                        "bitmap returns by a minicopy, else a full copy), minicopy (refused "
+                        "unless every member added has a valid bitmap), nominicopy (full copy)")
     w = s.add_mutually_exclusive_group()
     w.add_argument("--wait", action="store_true", help="wait for copies to finish")
     w.add_argument("--no-wait", action="store_true", help="return at once, even on a terminal")
@@ -104,7 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("dismount", parents=[sock], help="dissolve a VU, or remove one member")
     s.add_argument("vu", metavar="DSAn")
     s.add_argument("--member", metavar="M", help="remove this member only (path or basename)")
-    s.add_argument("--policy", help="member removal policy (only nominicopy so far)")
+    s.add_argument("--policy", metavar="P",
+                   help="with --member: minicopy (the members that stay record every chunk "
+                        "written from now on, so its return copies only those; refused if no "
+                        "bitmap slot is free), minicopy=optional (the same, else go on without), "
+                        "nominicopy (the default for now: its return is a full copy)")
     s.add_argument("--abort", action="store_true",
                    help="dissolve even while the VU is open; the next mount merges")
     s.set_defaults(func=cmd_dismount)
@@ -296,7 +304,7 @@ def cmd_mount(args) -> int:
                overwrite=args.overwrite, nowrite=args.nowrite, verify_label=args.verify_label,
                priority=args.priority, override_membership=args.override_membership,
                source=(os.path.abspath(args.source) if args.source and "/" in args.source
-                       else args.source))
+                       else args.source), policy=args.policy)
     with _client(args) as c:
         result = c.call("mount", **req)
         if result.get("needs_confirmation"):
@@ -335,9 +343,12 @@ def cmd_mount(args) -> int:
 def cmd_dismount(args) -> int:
     name = vu_name(args.vu)
     with _client(args) as c:
-        c.call("dismount", vu=name, member=args.member, abort=args.abort, policy=args.policy)
+        result = c.call("dismount", vu=name, member=args.member, abort=args.abort,
+                        policy=args.policy)
     if args.member:
-        print(f"{name}: {args.member} removed from the shadow set")
+        print(f"{name}: {args.member} removed from the shadow set"
+              + (f"; bitmap {result['bitmap']} records the writes for its minicopy"
+                 if result.get("bitmap") else ""))
     else:
         print(f"{name}: dissolved" + (" (aborted: the next mount merges)" if args.abort else
                                       "; the members are marked clean"))

@@ -256,6 +256,12 @@ class WriteBitmaps:
                 return bm.bitmap_id
         return None
 
+    def bound_members(self) -> tuple:
+        """(member UUID, generation it left at) of every member a usable bitmap serves."""
+        return tuple((b.member_uuid, b.base_generation) for bm in self.in_use.values()
+                     if bm.type is BitmapType.MINICOPY
+                     and any(leg.state.current for leg in bm.replicas) for b in bm.bound)
+
     def runs(self, bitmap_id: str) -> tuple[range, ...]:
         """The chunks a minicopy over `bitmap_id` must copy now (sorted, coalesced runs)."""
         return runs_of(bytes(self.in_use[bitmap_id].bits))

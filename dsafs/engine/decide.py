@@ -13,7 +13,9 @@ Rules, checked in this order (spec §5, DESIGN §4):
  4. `already-member`     a current member listed again (by path): no effect. Another path
     carrying a current member's UUID (a `cp` of its image) is refused (`duplicate-member`), or
     with --overwrite becomes a new member (`overwrite-duplicate`).
- 5. `add-to-mounted-vu`  a member of this set: always a copy target, whatever its generation;
+ 5. `add-to-mounted-vu`  a member of this set: always a copy target, whatever its generation
+    (a minicopy target, `add-to-mounted-vu,minicopy`, when it was split off and a valid
+    minicopy bitmap names it at the generation its SCB left at: `Mounted.minicopy`);
     but one that holds writes the mounted set lacks (a fork written since it diverged,
     lineage.py) is refused (`add-diverged`) unless --overwrite (`overwrite-diverged`).
  6. `blank-member`       a file with no dsafs metadata: a copy target; one that holds data (a
@@ -113,6 +115,8 @@ class Mounted:
     member_uuids: tuple[uuidlib.UUID, ...]
     member_paths: tuple[str, ...]
     scb: Optional[Scb] = None     # the sources' SCB as it stands (generation and lineage)
+    # (member UUID, generation it left at) of every member a valid minicopy bitmap serves
+    minicopy: tuple[tuple[uuidlib.UUID, int], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +168,7 @@ class Plan:
 
     @property
     def targets(self) -> list[MemberPlan]:
-        return [m for m in self.members if m.role is MemberState.COPY_TARGET]
+        return [m for m in self.members if m.role is not None and m.role.is_target]
 
     @property
     def membership_changes(self) -> bool:
@@ -246,7 +250,13 @@ def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mo
                         Rule.DUPLICATE_MEMBER)
             members.append(MemberPlan(c, MemberState.COPY_TARGET, Rule.OVERWRITE_DUPLICATE))
         elif c.scb is not None and c.scb.set_uuid == mounted.set_uuid:
-            members.append(MemberPlan(c, MemberState.COPY_TARGET, _add_same_set(vu, c, options, mounted)))
+            rule = _add_same_set(vu, c, options, mounted)
+            if (rule == Rule.ADD_TO_MOUNTED_VU and c.scb.own_state is MemberState.REMOVED
+                    and (c.scb.member_uuid, c.scb.generation) in mounted.minicopy):
+                members.append(MemberPlan(c, MemberState.MINICOPY_TARGET,
+                                          joined(rule, Rule.MINICOPY)))
+            else:
+                members.append(MemberPlan(c, MemberState.COPY_TARGET, rule))
         elif c.blank and c.holds_data and not options.overwrite:
             _refuse(f"{vu}: {c.path} holds data ({c.holds_data}); adding it would overwrite it: "
                     f"give --overwrite if that is what you want", Rule.HOLDS_DATA)

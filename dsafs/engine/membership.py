@@ -41,6 +41,7 @@ from typing import Awaitable, Callable, Optional, Protocol, Sequence
 import trio
 
 from dsafs.engine import decide
+from dsafs.engine.bitmap import Policy
 from dsafs.engine.fence import RangeGate
 from dsafs.engine.history import History
 from dsafs.engine.leg import Leg
@@ -54,7 +55,7 @@ from dsafs.ondisk.scb import (
     next_generation,
 )
 from dsafs.events import Kind
-from dsafs.rules import Rule, joined
+from dsafs.rules import Rule
 from dsafs.units import BLOCK_BYTES
 
 log = logging.getLogger("dsafs.vu")
@@ -97,6 +98,9 @@ class MembershipHost(Protocol):
     def minicopy_bitmap(self, scb: Optional[Scb]) -> Optional[str]:
         """The id of a bitmap in use that holds every write a returning member with this SCB
         lacks (its minicopy), or None: a full copy."""
+
+    def minicopy_bound(self) -> tuple:
+        """(member UUID, generation it left at) of every member a valid bitmap serves."""
 
 
 async def decide_or_close(members: Sequence, fn):
@@ -374,8 +378,8 @@ class Membership:
             leg.member.close()
             self.legs.remove(leg)
 
-    async def add(self, members: Sequence, options: decide.Options,
-                  confirm: Optional[Confirm]) -> tuple[decide.Plan, list[Leg]]:
+    async def add(self, members: Sequence, options: decide.Options, confirm: Optional[Confirm],
+                  policy: Policy = Policy.OPTIONAL) -> tuple[decide.Plan, list[Leg]]:
         """Add members as copy targets (spec §5 rule 8); returns the plan and the new legs.
         Takes ownership of `members`; on a refusal they are closed and nothing was written."""
         host = self.host
@@ -383,13 +387,24 @@ class Membership:
             mounted = decide.Mounted(host.name, host.set_uuid, host.label, host.size_bytes,
                                      tuple(s.uuid for s in self.current),
                                      tuple(s.member.path for s in self.current),
-                                     self.scb_for(self.sources[0]))
+                                     self.scb_for(self.sources[0]),
+                                     host.minicopy_bound() if policy is not Policy.NONE else ())
             _, plan = await decide_or_close(
                 members, lambda c: decide.plan(host.name, c, options, mounted))
             if not await confirmed(plan, confirm):
                 for m in members:
                     m.close()
                 raise MountRefused(f"{host.name}: add canceled; no copy was allowed")
+            if policy is Policy.REQUIRED:
+                lacking = [mp.candidate.name for mp in plan.members if mp.role is not None
+                           and mp.role is not MemberState.MINICOPY_TARGET]
+                if lacking:
+                    for m in members:
+                        m.close()
+                    raise MountRefused(
+                        f"{host.name}: no valid minicopy bitmap names {', '.join(lacking)} "
+                        f"(%SHADOW-E-WBMERR); nothing was added; add with --policy nominicopy "
+                        f"for a full copy")
             by_path = {m.path: m for m in members}
             self.legs = [s for s in self.legs if s.state.current or s.member.path not in by_path]
             new = []
@@ -401,11 +416,10 @@ class Membership:
                                  mp.rule)
                         member.close()
                         continue
-                    leg = self._new_target(member, mp.candidate.scb)
-                    rule = joined(mp.rule, Rule.MINICOPY) if leg.bitmap_id else mp.rule
+                    leg = self._new_target(member, mp.candidate.scb, mp.role)
                     log.info("%s: %s %s by rule=%s", host.name, mp.candidate.name,
-                             leg.state.label, rule)
-                    new.append((leg, rule))
+                             leg.state.label, mp.rule)
+                    new.append((leg, mp.rule))
                 self.refresh()
                 if new:
                     await self.commit()
@@ -414,17 +428,17 @@ class Membership:
                                else Kind.MEMBER_COPY_TARGET, member=leg.member.path, rule=rule)
             return plan, [leg for leg, _ in new]
 
-    def _new_target(self, member, scb: Optional[Scb]) -> Leg:
+    def _new_target(self, member, scb: Optional[Scb], role: MemberState) -> Leg:
         same_set = scb is not None and scb.set_uuid == self.host.set_uuid
         keep_uuid = same_set and all(s.uuid != scb.member_uuid for s in self.current)
         leg = Leg(member, ScbStore(member), scb.member_uuid if keep_uuid else uuidlib.uuid4(),
                     MemberState.COPY_TARGET, scb.generation if same_set else 0,
                     lineage=scb.lineage if same_set else None)
         leg.store.current = scb
-        if keep_uuid:
+        if keep_uuid and role is MemberState.MINICOPY_TARGET:
             leg.bitmap_id = self.host.minicopy_bitmap(scb)
             if leg.bitmap_id:
-                leg.state = MemberState.MINICOPY_TARGET
+                leg.state = role
         self.legs.append(leg)
         return leg
 

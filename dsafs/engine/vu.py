@@ -38,7 +38,6 @@ from dsafs.engine.copy import Copy, CopyStats
 from dsafs.engine.bitmap import Policy, WriteBitmaps
 from dsafs.engine.fanout import flush_all, write_all
 from dsafs.engine.fence import RangeGate
-from dsafs.engine.history import History
 from dsafs.engine.leg import Busy, Leg, LegStats
 from dsafs.engine.membership import Confirm, Membership, confirmed, decide_or_close, first_history
 from dsafs.engine.merge import Merge, MergeStats
@@ -46,7 +45,7 @@ from dsafs.engine.mountver import MountVerification
 from dsafs.engine.operations import Operations
 from dsafs.engine.repair import read_and_repair
 from dsafs.engine.stall import WriteStall
-from dsafs.engine.throttle import Settings as MergeSettings, Throttle
+from dsafs.engine.throttle import Settings as MergeSettings
 from dsafs.engine.watch import MemberWatch
 from dsafs.errors import (
     AllMembersFailed, IoRangeError, MemberIOError, MountRefused, ReadOnlyVu, VuClosing, VuError,
@@ -237,6 +236,9 @@ class VirtualUnit:
     def minicopy_bitmap(self, scb: Optional[Scb]) -> Optional[str]:
         return self.bitmaps.usable_for(scb)
 
+    def minicopy_bound(self) -> tuple:
+        return self.bitmaps.bound_members()
+
     def minicopy_runs(self, bitmap_id: str) -> Optional[tuple[range, ...]]:
         return self.bitmaps.runs(bitmap_id) if bitmap_id in self.bitmaps.in_use else None
 
@@ -275,10 +277,6 @@ class VirtualUnit:
         return self.membership.generation
 
     @property
-    def history(self) -> History:
-        return self.membership.history
-
-    @property
     def dirty(self) -> bool:
         return self.membership.dirty
 
@@ -293,9 +291,6 @@ class VirtualUnit:
     def find(self, ref: str) -> Leg:
         """A current member by absolute path or by a basename unique in the VU."""
         return self.membership.find(ref)
-
-    def scb_for(self, leg: Leg) -> Scb:
-        return self.membership.scb_for(leg)
 
     async def write_scbs(self, legs: Sequence[Leg]) -> None:
         """Write the SCB of each leg (in this order), durably. A member that fails is expelled."""
@@ -326,11 +321,12 @@ class VirtualUnit:
         return made[0] if made else None
 
     async def add(self, members: Sequence, options: decide.Options = decide.Options(),
-                  confirm: Optional[Confirm] = None) -> decide.Plan:
+                  confirm: Optional[Confirm] = None, policy: Policy = Policy.OPTIONAL
+                  ) -> decide.Plan:
         """Add members to the mounted VU: always copy targets (spec §5 rule 8), then copy onto
         them. Takes ownership of `members`; on a refusal they are closed and nothing was
         written to any member."""
-        plan, new = await self.membership.add(members, options, confirm)
+        plan, new = await self.membership.add(members, options, confirm, policy)
         self.operations.queue_copy(new)
         return plan
 
@@ -361,16 +357,8 @@ class VirtualUnit:
         return self.operations.merge_required
 
     @property
-    def merge_rule(self) -> str:
-        return self.operations.merge_rule
-
-    @property
     def merge_running(self) -> bool:
         return self.operations.merge_running
-
-    @property
-    def merge_throttle(self) -> Throttle:
-        return self.operations.merge_throttle
 
     @property
     def merge_overrides(self) -> dict:

@@ -23,6 +23,7 @@ from typing import Optional, Protocol
 import trio
 
 from dsafs.engine import decide
+from dsafs.engine.bitmap import Policy, parse_policy
 from dsafs.engine.settings import SetPlan
 from dsafs.engine.operations import check_priority
 from dsafs.engine.throttle import Settings as MergeSettings
@@ -118,13 +119,15 @@ class Commands:
 
         async with self.host.membership_lock:
             vu = self.host.vus.get(name)
+            policy = (parse_policy([args["policy"]], f"{name}: --policy")
+                      if args.get("policy") else Policy.OPTIONAL)
             if args.get("add"):
                 if vu is None:
                     raise VuError(f"{name} is not mounted; mount it first, then add members "
                                   f"with --add")
                 members, warnings = await self._open(name, paths, adding_to=name)
                 try:
-                    plan = await vu.add(members, options, confirm) if members else None
+                    plan = await vu.add(members, options, confirm, policy) if members else None
                 except MountRefused:
                     if asked and not confirmed:
                         return view.confirmation_json(name, asked[0])
@@ -198,12 +201,12 @@ class Commands:
             vu = self._get(args.get("vu", ""))
             member = args.get("member")
             if member:
-                if args.get("policy") not in (None, "", "nominicopy"):
-                    raise InvalidArgument(f"{vu.name}: --policy {args['policy']} is not supported "
-                                          f"yet; dismount without --policy (the member returns "
-                                          f"with a full copy)")
-                await vu.remove(member)
-                return {"vu": vu.name, "removed": member, "state": vu.state}
+                # nominicopy unless asked: the default becomes minicopy=optional once returns
+                # are complete (issue 16: show --bitmaps, writes behind dsafs' back)
+                policy = (parse_policy([args["policy"]], f"{vu.name}: --policy")
+                          if args.get("policy") else Policy.NONE)
+                bitmap = await vu.remove(member, policy)
+                return {"vu": vu.name, "removed": member, "state": vu.state, "bitmap": bitmap}
             opens = self.host.open_handles(vu.name)
             if vu.mv.state is not None and not args.get("abort"):
                 raise VuError(f"{vu.name} is in {vu.mv.state} (no member answers); its members "

@@ -278,6 +278,7 @@ SCHEMAS: dict = {
         "nowrite": BOOL, "verify_label": BOOL, "override_membership": BOOL,
         "priority": Field(Int(what="an integer priority"), check=_priority),
         "source": Field(REF),
+        "policy": Field(Text(max_bytes=64, nonempty=False, what="a minicopy policy")),
     },
     "dismount": {
         "vu": VU, "member": Field(REF), "abort": BOOL,

@@ -300,9 +300,10 @@ CASES = [
      r"^dsafs: DSA1: nosuch\.img is not a member"),
     ("dismount the only source", setup_single, ["dismount", "DSA2", "--member", "x.img"], 1,
      r"^dsafs: DSA2: x\.img is the only source member and cannot be removed"),
-    ("unsupported removal policy", None,
-     ["dismount", "DSA1", "--member", "b.img", "--policy", "minicopy"], 1,
-     r"^dsafs: DSA1: --policy minicopy is not supported"),
+    ("unknown removal policy", None,
+     ["dismount", "DSA1", "--member", "b.img", "--policy", "minicpy"], 1,
+     r"^dsafs: DSA1: --policy 'minicpy' is not a policy; give minicopy, minicopy=optional or "
+     r"nominicopy"),
     ("verify a VU not mounted", None, ["verify", "DSA2"], 1, r"^dsafs: DSA2 is not mounted"),
     ("show a VU not mounted", None, ["show", "DSA2"], 1, r"^dsafs: DSA2 is not mounted"),
     ("show --json a VU not mounted", None, ["show", "DSA2", "--json"], 1,

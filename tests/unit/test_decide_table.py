@@ -2,6 +2,8 @@
 
 import uuid
 
+import dataclasses
+
 import pytest
 
 from dsafs.engine import decide
@@ -205,6 +207,24 @@ ADD = [
 @pytest.mark.parametrize("why, cands, opts, expect", ADD, ids=[r[0] for r in ADD])
 def test_add_to_mounted(why, cands, opts, expect):
     assert roles(decide.plan("DSA1", cands, opts, MOUNTED)) == expect
+
+
+MINI_MOUNTED = dataclasses.replace(MOUNTED, minicopy=((U["c"], 150),))
+MINICOPY = [
+    ("split off (removed) at the generation a bitmap names: a minicopy target",
+     m("c", 150, state=GONE), ("c", "minicopy-target", "add-to-mounted-vu,minicopy")),
+    ("the bitmap names another generation (the member changed since): a full copy",
+     m("c", 140, state=GONE), ("c", "copy-target", "add-to-mounted-vu")),
+    ("its own SCB does not say removed (expelled: never told): a full copy",
+     m("c", 150, state=SRC), ("c", "copy-target", "add-to-mounted-vu")),
+    ("no bitmap names it: a full copy",
+     m("d", 150, state=GONE), ("d", "copy-target", "add-to-mounted-vu")),
+]
+
+
+@pytest.mark.parametrize("why, cand, expect", MINICOPY, ids=[r[0] for r in MINICOPY])
+def test_add_by_minicopy(why, cand, expect):
+    assert roles(decide.plan("DSA1", [cand], Options(), MINI_MOUNTED)) == [expect]
 
 
 def test_confirm_only_when_a_copy_is_needed():

@@ -1,0 +1,46 @@
+"""A member split off with a minicopy bitmap returns by copying only what changed (issue 16),
+through the real daemon and CLI."""
+
+import pytest
+
+from dsafs.units import KiB, MiB
+
+from .support import (assert_members_identical, direct_write, needs_fuse, one_line_error,
+                      random_fill, wait_steady)
+
+pytestmark = [pytest.mark.mount, needs_fuse]
+
+VU = 64 * MiB
+CHUNK = 64 * KiB
+
+
+def test_split_with_a_bitmap_then_return_by_minicopy(served, tmp_path):
+    served.check("init", "DSA1", "--label", "MINI", "--size", str(VU), "a.img", "b.img", "c.img")
+    served.check("mount", "DSA1", "a.img", "b.img", "c.img")
+    vu = served.vu_path("DSA1")
+    random_fill(vu, VU)
+    r = served.check("dismount", "DSA1", "--member", "b.img", "--policy", "minicopy")
+    assert "b.img removed from the shadow set; bitmap " in r.stdout, r.stdout
+    r = served.check("dismount", "DSA1", "--member", "c.img")       # no bitmap: full copy
+    assert "bitmap" not in r.stdout, r.stdout
+    dirty = [1, 2, 100, 511]
+    for chunk in dirty:
+        direct_write(vu, chunk * CHUNK + 4 * KiB, b"\xa5" * (8 * KiB))
+    # --policy minicopy needs a valid bitmap for every member added: c.img has none
+    r = served.run("mount", "DSA1", "--add", "c.img", "b.img", "--policy", "minicopy")
+    one_line_error(r, 1)
+    assert "no valid minicopy bitmap names c.img (%SHADOW-E-WBMERR); nothing was added" \
+        in r.stderr, r.stderr
+    r = served.check("mount", "DSA1", "--add", "b.img", "--wait")
+    assert "b.img minicopy-target by rule=add-to-mounted-vu,minicopy" in r.stdout, r.stdout
+    info = wait_steady(served)
+    assert [m["state"] for m in info["members"]] == ["source", "source"], info
+    log = served.log(400)
+    assert f"(4 chunks of bitmap" in log and "minicopy onto b.img" in log, log[-3000:]
+    assert "bitmap-deleted" in log, log[-3000:]
+    r = served.check("mount", "DSA1", "--add", "c.img", "--wait")
+    assert "c.img copy-target by rule=add-to-mounted-vu" in r.stdout, r.stdout
+    wait_steady(served)
+    assert "identical" in served.check("verify", "DSA1").stdout
+    served.check("dismount", "DSA1")
+    assert_members_identical([tmp_path / n for n in ("a.img", "b.img", "c.img")], VU)
