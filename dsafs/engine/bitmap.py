@@ -87,6 +87,7 @@ class InUse:
     bound: tuple[Bound, ...]
     replicas: list                     # the legs holding it
     bits: bytearray                    # durable on every replica (in memory)
+    paths: tuple = ()                  # the paths of the members it serves, when known
 
     def has(self, chunks: range) -> bool:
         bits = self.bits
@@ -99,6 +100,18 @@ class InUse:
     @property
     def populated(self) -> int:
         return sum(bin(b).count("1") for b in self.bits)
+
+
+@dataclasses.dataclass(frozen=True)
+class BitmapInfo:
+    """One bitmap in use, as `show` lists it (DESIGN §1 `bitmaps`)."""
+    id: str
+    type: str
+    member: Optional[str]             # the path of the member it serves, when known
+    chunk_bytes: int
+    chunks: int
+    populated: int
+    percent: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,8 +200,8 @@ class WriteBitmaps:
         self.in_use.update(found)
 
 
-    async def create(self, type: BitmapType, bound: Sequence[Bound],
-                     legs: Sequence) -> InUse:
+    async def create(self, type: BitmapType, bound: Sequence[Bound], legs: Sequence,
+                     paths: tuple = ()) -> InUse:
         """Make a new bitmap on each of `legs` (the members that stay). NoBitmapSlot when a
         member has no free slot (nothing is left made); a member that fails otherwise is left
         out of the replicas (the caller's next write expels it)."""
@@ -212,7 +225,7 @@ class WriteBitmaps:
         if not made:
             raise AllMembersFailed(self.host.name, "bitmap create", [])
         bm = InUse(bitmap_id, type, tuple(bound), made,
-                   bytearray(-(-nchunks_of(self.host.size_bytes) // 8)))
+                   bytearray(-(-nchunks_of(self.host.size_bytes) // 8)), tuple(paths))
         self.in_use[bitmap_id] = bm
         log.info("%s: bitmap %s (%s) made on %s for %d member(s)", self.host.name, bitmap_id,
                  type.label, ", ".join(leg.name for leg in made), len(bound))
@@ -226,7 +239,8 @@ class WriteBitmaps:
             return None
         others = [s for s in self.host.current if s is not leg]
         try:
-            bm = await self.create(BitmapType.MINICOPY, [Bound(leg.uuid, leg.generation)], others)
+            bm = await self.create(BitmapType.MINICOPY, [Bound(leg.uuid, leg.generation)], others,
+                                   (leg.member.path,))
         except NoBitmapSlot as exc:
             if policy is Policy.REQUIRED:
                 raise MembershipRefused(
@@ -360,6 +374,13 @@ class WriteBitmaps:
             await waits.call(leg, "bitmap update", self.store(leg).set_ranges, bitmap_id, ranges)
         except MemberIOError as exc:
             failed.append((leg, exc))
+
+    def describe(self) -> tuple[BitmapInfo, ...]:
+        chunks = nchunks_of(self.host.size_bytes)
+        return tuple(BitmapInfo(bm.bitmap_id, bm.type.label, bm.paths[0] if bm.paths else None,
+                                CHUNK_BYTES, chunks, bm.populated,
+                                round(100.0 * bm.populated / chunks, 1) if chunks else 0.0)
+                     for bm in self.in_use.values())
 
     def statistics(self) -> BitmapsStats:
         return BitmapsStats(len(self.in_use), self.updates, self.batched, self.free_writes,

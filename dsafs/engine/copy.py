@@ -51,6 +51,8 @@ class CopyStats:
     bytes_read: int
     bytes_compared: int
     bytes_written: int
+    kind: str = "full"                # or "minicopy"
+    seconds: float = 0.0              # running time so far (or in all, once it ended)
 
 
 class CopyHost(Protocol):
@@ -79,6 +81,8 @@ class Copy:
         self.targets = list(targets)
         self.fence_bytes = start_bytes
         self.runs = runs              # a minicopy: only these chunks (sorted runs); else None
+        self._started: Optional[float] = None
+        self._ended: Optional[float] = None
         self.bytes_read = 0
         self.bytes_compared = 0
         self.bytes_written = 0
@@ -97,9 +101,11 @@ class Copy:
         return [t for t in self.targets if t.state.is_target]
 
     def statistics(self) -> CopyStats:
+        end = self._ended if self._ended is not None else trio.current_time()
+        seconds = 0.0 if self._started is None else round(end - self._started, 3)
         return CopyStats(round(self.percent, 1), self.fence_bytes // BLOCK_BYTES,
                          tuple(t.member.path for t in self.targets), self.bytes_read,
-                         self.bytes_compared, self.bytes_written)
+                         self.bytes_compared, self.bytes_written, self.kind, seconds)
 
     @property
     def kind(self) -> str:
@@ -120,7 +126,8 @@ class Copy:
         written since the targets left, and every write since reaches them too."""
         vu = self.vu
         size = vu.size_bytes
-        next_checkpoint = trio.current_time() + CHECKPOINT_SECONDS
+        self._started = trio.current_time()
+        next_checkpoint = self._started + CHECKPOINT_SECONDS
         try:
             for pos, end in self._steps(size):
                 if not self.live_targets:
@@ -142,6 +149,7 @@ class Copy:
                 await vu.expel(leg, f"flush failed at the end of the copy: {exc}")
             return bool(self.live_targets)
         finally:
+            self._ended = trio.current_time()
             if self.fence_bytes < size and self.live_targets:
                 with trio.move_on_after(SHIELDED_CHECKPOINT_SECONDS) as scope:
                     scope.shield = True

@@ -73,6 +73,8 @@ class VuStats:
     merge_required: bool
     dirty: bool
     members: tuple[LegStats, ...]
+    last_copy: Optional[CopyStats] = None
+    bitmaps: tuple = ()               # BitmapInfo of each bitmap in use (bitmap.py)
 
 
 class VirtualUnit:
@@ -432,7 +434,9 @@ class VirtualUnit:
                        describe_generation(self.generation), master.member.path if master else None,
                        self.copy.statistics() if self.copy else None,
                        self.merge.statistics() if self.merge else None, self.merge_required,
-                       self.dirty, members)
+                       self.dirty, members,
+                       self.last_copy.statistics() if self.last_copy else None,
+                       self.bitmaps.describe())
 
     def __repr__(self) -> str:
         return (f"<VirtualUnit {self.name} {self.state}, {len(self.sources)} sources, "

@@ -19,7 +19,7 @@ import dataclasses
 from typing import Any, Optional, Protocol, Sequence
 
 from dsafs.engine.mountver import MOUNT_VERIFY
-from dsafs.units import BLOCK_BYTES, format_size
+from dsafs.units import BLOCK_BYTES, CHUNK_BYTES, format_size
 
 # VirtualUnit.merge_overrides keys -> their names in requests and in show --json
 SETTING_NAMES = {"threshold": "merge_delay_threshold", "factor": "merge_delay_factor",
@@ -104,10 +104,11 @@ def show_json(st, mv, facts: VuFacts) -> dict:
     if st.copy is not None:
         c = st.copy
         copy = {"percent": c.percent, "fence_lbn": c.fence_lbn, "targets": list(c.targets),
-                "bytes_compared": c.bytes_compared, "bytes_written": c.bytes_written}
+                "bytes_compared": c.bytes_compared, "bytes_written": c.bytes_written,
+                "kind": c.kind}
     elif st.state == "copying":        # owed, not started yet
         copy = {"percent": 0.0, "fence_lbn": 0, "targets": list(facts.pending_copy_targets),
-                "bytes_compared": 0, "bytes_written": 0}
+                "bytes_compared": 0, "bytes_written": 0, "kind": None}
     merge = None
     if st.merge is not None:
         m = st.merge
@@ -134,6 +135,10 @@ def show_json(st, mv, facts: VuFacts) -> dict:
                                 "held": mv.held} if mv.state == MOUNT_VERIFY else None),
         "stall_writes_remaining_s": mv.stall_writes_remaining,
         "warnings": list(facts.warnings),
+        "last_copy": None if st.last_copy is None else {
+            "kind": st.last_copy.kind, "chunks_compared": st.last_copy.bytes_read // CHUNK_BYTES,
+            "bytes_written": st.last_copy.bytes_written, "seconds": st.last_copy.seconds},
+        "bitmaps": [dataclasses.asdict(b) for b in st.bitmaps],
     }
 
 

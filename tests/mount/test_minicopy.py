@@ -6,7 +6,7 @@ import pytest
 from dsafs.units import KiB, MiB
 
 from .support import (assert_members_identical, direct_write, needs_fuse, one_line_error,
-                      random_fill, wait_steady)
+                      random_fill, show, wait_steady)
 
 pytestmark = [pytest.mark.mount, needs_fuse]
 
@@ -23,6 +23,8 @@ def test_split_with_a_bitmap_then_return_by_minicopy(served, tmp_path):
     assert "b.img removed from the shadow set; bitmap " in r.stdout, r.stdout
     r = served.check("dismount", "DSA1", "--member", "c.img")       # no bitmap: full copy
     assert "bitmap" not in r.stdout, r.stdout
+    (bm,) = show(served)["bitmaps"]
+    assert bm["type"] == "minicopy" and bm["member"].endswith("/b.img") and bm["populated"] == 0
     dirty = [1, 2, 100, 511]
     for chunk in dirty:
         direct_write(vu, chunk * CHUNK + 4 * KiB, b"\xa5" * (8 * KiB))
@@ -35,6 +37,9 @@ def test_split_with_a_bitmap_then_return_by_minicopy(served, tmp_path):
     assert "b.img minicopy-target by rule=add-to-mounted-vu,minicopy" in r.stdout, r.stdout
     info = wait_steady(served)
     assert [m["state"] for m in info["members"]] == ["source", "source"], info
+    info = show(served)
+    assert info["last_copy"]["kind"] == "minicopy" and info["last_copy"]["chunks_compared"] == 4
+    assert info["bitmaps"] == []
     log = served.log(400)
     assert f"(4 chunks of bitmap" in log and "minicopy onto b.img" in log, log[-3000:]
     assert "bitmap-deleted" in log, log[-3000:]

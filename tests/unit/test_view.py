@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from dsafs.engine.bitmap import BitmapInfo
 from dsafs.engine.copy import CopyStats
 from dsafs.engine.merge import MergeStats
 from dsafs.engine.mountver import MvStats
@@ -47,7 +48,8 @@ def facts(**kw) -> VuFacts:
 SHOW_KEYS = ["name", "state", "size_bytes", "generation", "generation_hex", "master", "copy",
              "merge", "label", "set_uuid", "dirty", "merge_required", "readonly", "copy_source",
              "priority", "merge_settings", "last_merge", "members", "member_timeout",
-             "vu_timeout", "mount_verification", "stall_writes_remaining_s", "warnings"]
+             "vu_timeout", "mount_verification", "stall_writes_remaining_s", "warnings",
+             "last_copy", "bitmaps"]
 MEMBER_KEYS = ["path", "state", "read_cost", "reads", "writes", "read_bytes", "written_bytes",
                "read_errors", "repairs", "faults", "member_timeout", "force_removal"]
 
@@ -72,7 +74,7 @@ def test_steady_vu_every_field_named_and_valued():
              "writes": 20, "read_bytes": 0, "written_bytes": 81920, "read_errors": 0,
              "repairs": 0, "faults": [], "member_timeout": 120, "force_removal": False}],
         "member_timeout": 120, "vu_timeout": 3600, "mount_verification": None,
-        "stall_writes_remaining_s": None, "warnings": [],
+        "stall_writes_remaining_s": None, "warnings": [], "last_copy": None, "bitmaps": [],
     }
     assert all(list(m) == MEMBER_KEYS for m in d["members"])
     assert json.loads(json.dumps(d)) == d          # JSON types only
@@ -83,11 +85,20 @@ ROWS = {
     "copy running: its counters, not bytes_read": (
         stats("copying", copy=COPY), ONLINE, facts(),
         {"copy": {"percent": 12.5, "fence_lbn": 1024, "targets": ["/m/b.img"],
-                  "bytes_compared": 524288, "bytes_written": 131072}}),
+                  "bytes_compared": 524288, "bytes_written": 131072, "kind": "full"}}),
     "copy owed, not started: zeros and the pending targets": (
         stats("copying"), ONLINE, facts(pending_copy_targets=("/m/b.img",)),
         {"copy": {"percent": 0.0, "fence_lbn": 0, "targets": ["/m/b.img"],
-                  "bytes_compared": 0, "bytes_written": 0}}),
+                  "bytes_compared": 0, "bytes_written": 0, "kind": None}}),
+    "the last copy (a minicopy) and the bitmaps in use": (
+        stats(last_copy=CopyStats(100.0, 8192, ("/m/b.img",), 4 * 65536, 4 * 65536, 4 * 65536,
+                                  "minicopy", 0.25),
+              bitmaps=(BitmapInfo("0A1B2C3D", "minicopy", "/m/c.img", 65536, 64, 3, 4.7),)),
+        ONLINE, facts(),
+        {"last_copy": {"kind": "minicopy", "chunks_compared": 4, "bytes_written": 262144,
+                       "seconds": 0.25},
+         "bitmaps": [{"id": "0A1B2C3D", "type": "minicopy", "member": "/m/c.img",
+                      "chunk_bytes": 65536, "chunks": 64, "populated": 3, "percent": 4.7}]}),
     "no copy unless copying": (
         stats("merging"), ONLINE, facts(pending_copy_targets=("/m/b.img",)), {"copy": None}),
     "merge running: delays rounded to 0.1 us, None kept": (
