@@ -184,6 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_examine)
 
+    s = sub.add_parser("bitmap", help="write bitmaps (minicopy)")
+    bsub = s.add_subparsers(dest="bitmap_cmd", required=True, metavar="delete", parser_class=_Parser)
+    b = bsub.add_parser("delete", parents=[sock],
+                        help="delete a bitmap: the member it served returns by a full copy")
+    b.add_argument("id", metavar="ID", help="8 hex digits, as dsafs show --json lists them")
+    b.set_defaults(func=cmd_bitmap_delete)
+
     s = sub.add_parser("verify", parents=[sock], help="compare the members' data (exit 1 if they differ)")
     s.add_argument("vu", metavar="DSAn")
     s.add_argument("--json", action="store_true")
@@ -473,6 +480,13 @@ def cmd_inject(args) -> int:
                    eio_write=args.eio_write, hang=args.hang, delay_ms=args.delay,
                    vanish=args.vanish, flakey=args.flakey, clear=args.clear)
     print(f"{name}: {r['member']}: " + (", ".join(r["faults"]) or "no faults"))
+    return 0
+
+
+def cmd_bitmap_delete(args) -> int:
+    with _client(args) as c:
+        r = c.call("bitmap_delete", id=args.id)
+    print(f"{r['vu']}: bitmap {r['deleted']} deleted; the member it served returns by a full copy")
     return 0
 
 

@@ -332,6 +332,14 @@ class VirtualUnit:
         self.operations.queue_copy(new)
         return plan
 
+    async def delete_bitmap(self, bitmap_id: str) -> bool:
+        """Delete a bitmap in use here (its member will return by a full copy); False if none."""
+        if bitmap_id not in self.bitmaps.in_use:
+            return False
+        await self.bitmaps.delete(bitmap_id)
+        self.event(Kind.BITMAP_DELETED, rule=Rule.OPERATOR, bitmap=bitmap_id, why="operator")
+        return True
+
     @property
     def plan(self) -> decide.Plan:
         """The mount decision this VU was assembled by (roles, rules, notes)."""

@@ -24,6 +24,7 @@ import trio
 
 from dsafs.engine import decide
 from dsafs.engine.bitmap import Policy, parse_policy
+from dsafs.ondisk.bitmap import check_bitmap_id
 from dsafs.engine.settings import SetPlan
 from dsafs.engine.operations import check_priority
 from dsafs.engine.throttle import Settings as MergeSettings
@@ -78,7 +79,8 @@ class Commands:
         """Command name -> handler, for control.serve_connection."""
         return {"mount": self.mount, "dismount": self.dismount, "show": self.show,
                 "set": self.set, "verify": self.verify, "ping": self.ping,
-                "inject": self.inject, "events": self.events}
+                "inject": self.inject, "events": self.events,
+                "bitmap_delete": self.bitmap_delete}
 
     def _get(self, name: str):
         name = vu_name(name)
@@ -343,6 +345,18 @@ class Commands:
         leg.swap_member(fm)
         log.warning("%s: %s: injected %s", vu.name, leg.name, ", ".join(fm.faults.describe()))
         return {"vu": vu.name, "member": fm.path, "faults": fm.faults.describe()}
+
+    async def bitmap_delete(self, args) -> dict:
+        """`dsafs bitmap delete ID`: the member it served returns by a full copy."""
+        bitmap_id = check_bitmap_id(str(args.get("id", "")))
+        async with self.host.membership_lock:
+            for vu in self.host.vus.values():
+                if await vu.delete_bitmap(bitmap_id):
+                    return {"vu": vu.name, "deleted": bitmap_id}
+        held = ", ".join(f"{b.id} ({vu.name})" for vu in self.host.vus.values()
+                         for b in vu.bitmaps.describe()) or "none"
+        raise InvalidArgument(f"no mounted VU uses bitmap {bitmap_id} (in use: {held}); "
+                              f"see dsafs show --json")
 
     async def verify(self, args) -> dict:
         vu = self._get(args.get("vu", ""))

@@ -271,6 +271,8 @@ SCHEMAS: dict = {
     "ping": {},
     "show": {"vu": OPTIONAL_VU},
     "verify": {"vu": VU},
+    "bitmap_delete": {"id": Field(Text(max_bytes=16, what="a bitmap id (8 hex digits)"),
+                                  required=True)},
     "events": {"vu": OPTIONAL_VU, "follow": BOOL},
     "mount": {
         "vu": VU, "members": Field(PATHS, required=True),

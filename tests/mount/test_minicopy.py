@@ -49,3 +49,23 @@ def test_split_with_a_bitmap_then_return_by_minicopy(served, tmp_path):
     assert "identical" in served.check("verify", "DSA1").stdout
     served.check("dismount", "DSA1")
     assert_members_identical([tmp_path / n for n in ("a.img", "b.img", "c.img")], VU)
+
+
+def test_a_deleted_bitmap_means_a_full_copy(served, tmp_path):
+    served.check("init", "DSA1", "--label", "MINI", "--size", str(16 * MiB), "a.img", "b.img")
+    served.check("mount", "DSA1", "a.img", "b.img")
+    served.check("dismount", "DSA1", "--member", "b.img", "--policy", "minicopy")
+    (bm,) = show(served)["bitmaps"]
+    r = served.run("bitmap", "delete", "xyz")
+    one_line_error(r, 1)
+    assert "bitmap id 'xyz' is not valid; give 8 hex digits" in r.stderr, r.stderr
+    r = served.check("bitmap", "delete", bm["id"].lower())
+    assert f"DSA1: bitmap {bm['id']} deleted; the member it served returns by a full copy" \
+        in r.stdout, r.stdout
+    assert show(served)["bitmaps"] == []
+    r = served.run("bitmap", "delete", bm["id"])
+    one_line_error(r, 1)
+    assert f"no mounted VU uses bitmap {bm['id']} (in use: none)" in r.stderr, r.stderr
+    r = served.check("mount", "DSA1", "--add", "b.img", "--wait")
+    assert "b.img copy-target by rule=add-to-mounted-vu" in r.stdout, r.stdout
+    assert show(served)["last_copy"]["kind"] == "full"
