@@ -253,6 +253,23 @@ class WriteBitmaps:
                         bitmap=bm.bitmap_id)
         return bm.bitmap_id
 
+    async def wipe(self, legs: Sequence) -> None:
+        """Delete every bitmap slot of these copy targets: a member that was away holds only
+        stale replicas (not updated while it was gone), and the copy overwrites its data
+        anyway; wiped before it can become a source, so a later mount never trusts them."""
+        for leg in legs:
+            store = self.store(leg)
+            try:
+                for info in await waits.call(leg, "bitmap scan", store.scan):
+                    if info.header is not None:
+                        await waits.call(leg, "bitmap delete", store.delete,
+                                         info.header.bitmap_id)
+                        log.info("%s: %s: stale bitmap %s deleted (it is a copy target)",
+                                 self.host.name, leg.name, info.header.bitmap_id)
+            except MemberIOError as exc:
+                log.warning("%s: %s: bitmap slots not cleared: %s", self.host.name, leg.name,
+                            exc)
+
     # ----------------------------------------------------------------- returns
     def usable_for(self, scb) -> Optional[str]:
         """The minicopy bitmap for a returning member with this SCB: one in use here that names

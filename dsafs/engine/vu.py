@@ -134,7 +134,8 @@ class VirtualUnit:
     async def _begin(self) -> None:
         plan = self._plan
         if not self.readonly:
-            await self.bitmaps.load(self.current)      # go on recording for absent members
+            await self.bitmaps.wipe(self.targets)      # a returning member's replicas are stale
+            await self.bitmaps.load(self.sources)      # go on recording for absent members
         for mp in plan.members:
             log.info("%s: %s %s by rule=%s", self.name, mp.candidate.name, mp.role.label, mp.rule)
         for uid in plan.dropped:
@@ -329,6 +330,7 @@ class VirtualUnit:
         them. Takes ownership of `members`; on a refusal they are closed and nothing was
         written to any member."""
         plan, new = await self.membership.add(members, options, confirm, policy)
+        await self.bitmaps.wipe(new)
         self.operations.queue_copy(new)
         return plan
 

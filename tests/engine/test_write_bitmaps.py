@@ -220,3 +220,30 @@ async def test_a_member_that_left_without_a_bitmap_returns_by_a_full_copy(autoju
         assert vu.last_copy.kind == "full" and vu.last_copy.statistics().bytes_read == SIZE
         assert vu.bitmaps.statistics().bitmaps == 1        # b's stays: b is still away
         assert_members_identical(vu)
+
+
+async def test_a_returning_member_never_brings_back_a_stale_replica(autojump_clock):
+    """b holds a replica of c's bitmap; b is split off (its replica stops being updated),
+    written around, and returned; then every other replica leaves. c's return must not trust
+    b's stale replica (it lacks what was written while b was away): a full copy."""
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    async with running(vu):
+        await vu.remove("c.img", Policy.REQUIRED)                   # replicas on a and b
+        await vu.write(1 * CHUNK_BYTES, b"1" * 4096)
+        await vu.remove("b.img")                                     # b's replica goes stale
+        await vu.write(2 * CHUNK_BYTES, b"2" * 4096)                # only a's has it
+        reopen(b)
+        await vu.add([b])
+        await vu.wait_steady()
+        slots = await BitmapStore(b, vu.set_uuid, vu.size_bytes).scan()
+        assert all(s.status is SlotStatus.EMPTY for s in slots)     # wiped when it returned
+        await vu.remove("a.img")                                     # the good replica leaves
+    reopen(b)
+    vu = await VirtualUnit.assemble("DSA1", [b])
+    async with running(vu):
+        reopen(c)
+        await vu.add([c])
+        await vu.wait_steady()
+        assert vu.last_copy.kind == "full"
+        assert_members_identical(vu)
