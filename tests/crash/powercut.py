@@ -56,7 +56,9 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import os
 import random
+import re
 import sys
 import time
 from typing import Optional
@@ -611,7 +613,10 @@ async def check_fork(result: Result, label: str, rng: random.Random, images: dic
         if [bytes(m.data) for m in everyone] != before:
             result.violation(label, "fork-refusal", "a refused mount wrote to a member")
         result.split_brains += 1
-        source = rng.choice(everyone)           # the operator's choice
+        # the operator's choice: one of the two sides the refusal names (a copy target is
+        # never a valid --source; which members are targets at a cut depends on timing)
+        named = re.search(r"split brain: (\S+) and (\S+) each hold", str(exc)).groups()
+        source = rng.choice([m for m in everyone if os.path.basename(m.path) in named])
         for m in everyone:
             m.closed = False
         vu = await VirtualUnit.assemble("DSA1", everyone, Options(source=source.path))
