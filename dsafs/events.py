@@ -82,7 +82,7 @@ KINDS = {
     Kind.MEMBER_EXPELLED: ("SHADOW-I-VOLPROC", "_{vu}: {member}: shadow set has been reduced."),
     Kind.MEMBER_REMOVED: ("SHADOW-I-VOLPROC", "_{member}: ({label}) has been removed from shadow set."),
     Kind.COPY_START: ("SHADOW_SERVER-I-SSRVINICPY",
-                   "initiating copy operation on device _{vu}: at LBN: {lbn}, "
+                   "initiating {op} operation on device _{vu}: at LBN: {lbn}, "
                    "I/O Size: {blocks} blocks"),
     Kind.COPY_END: ("SHADOW_SERVER-I-SSRVCMPFCPY",
                  "completing copy operation on device _{vu}: at LBN: {lbn}"),

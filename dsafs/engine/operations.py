@@ -230,8 +230,9 @@ class Operations:
                  start // BLOCK_BYTES,
                  f" ({sum(len(r) for r in runs)} chunks of bitmap {first.bitmap_id})"
                  if runs is not None else "")
-        host.event(Kind.COPY_START, rule=Rule.COPY_TARGET, lbn=start // BLOCK_BYTES,
-                   blocks=copy_module.STEP_BYTES // BLOCK_BYTES)
+        host.event(Kind.COPY_START, rule=Rule.MINICOPY if runs is not None else Rule.COPY_TARGET,
+                   lbn=start // BLOCK_BYTES, blocks=copy_module.STEP_BYTES // BLOCK_BYTES,
+                   op="minicopy" if runs is not None else "copy")
         copy, done = self.copy, False
         try:
             done = await copy.run()

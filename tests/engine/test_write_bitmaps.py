@@ -176,6 +176,8 @@ async def test_a_returning_member_copies_only_the_chunks_written_while_it_was_aw
         assert vu.find("b.img").state is MemberState.SOURCE
         copy = vu.last_copy
         assert copy.kind == "minicopy"
+        (start,) = vu.events.find("copy-start")
+        assert start.rule == "minicopy" and "initiating minicopy operation" in start.message
         st = copy.statistics()
         assert st.bytes_read == len(dirty) * CHUNK_BYTES        # only the chunks it lacked
         assert st.bytes_written == len(dirty) * CHUNK_BYTES
