@@ -290,6 +290,17 @@ class FileMember(Member):
         self._inline_streak = 0
         return self._closed_error("write") or self._submit("write", pos, data, b"")
 
+    async def write_durable(self, pos: int, data: bytes | bytearray | memoryview) -> None:
+        """This write alone made durable (pwritev2 RWF_DSYNC on a worker: the member's other
+        dirty pages are not written back, as fdatasync would)."""
+        if pos < 0:
+            raise ValueError(f"member {self.path}: write at byte {pos}")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self._writes += 1
+        self._written_bytes += len(data)
+        self._inline_streak = 0
+        await (self._closed_error("write") or self._submit("dwrite", pos, bytes(data), b"")).wait()
+
     def start_flush(self) -> Pending:
         self._flushes += 1
         self._inline_streak = 0
@@ -334,7 +345,7 @@ class FileMember(Member):
         self._in_flight += 1
         self._worker_ops += 1
         ring = self._ring
-        if ring is None or op == "read" or op == "size" or self._workers.pre_op is not None:
+        if ring is None or op in ("read", "size", "dwrite") or self._workers.pre_op is not None:
             self._workers.put(req)        # a worker checks the size before a write
             return req
         if op == "write" and self._size_inline and self._size_checked != ring.enters:

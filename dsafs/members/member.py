@@ -101,6 +101,13 @@ class Member:
         await trio.lowlevel.checkpoint_if_cancelled()
         await self.start_flush().wait()
 
+    async def write_durable(self, pos: int, data: bytes | bytearray | memoryview) -> None:
+        """Write `data` at `pos` and make that write durable (small metadata: bitmap pages).
+        Default: write, then flush the whole member. A file member makes only this write
+        durable (RWF_DSYNC), without writing back the member's other dirty data."""
+        await self.write(pos, data)
+        await self.flush()
+
     @property
     def abandoned_running(self) -> int:
         """Abandoned requests the member may still perform (see the module docstring).

@@ -149,16 +149,17 @@ class Workers:
                 pos += len(data)
                 want -= len(data)
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if req.op == "size" or req.op == "write":
+        if req.op in ("size", "write", "dwrite"):
             error = size_error(self.path, fd, self.size_bytes, req.op)   # off the loop: may wait
             if error is not None:
                 raise error
             if req.op == "size":
                 return None
-        if req.op == "write":
+        if req.op in ("write", "dwrite"):
             view = memoryview(req.arg)
+            flags = os.RWF_DSYNC if req.op == "dwrite" else 0
             while view:                   # a short write is retried until complete or error
-                n = os.pwrite(fd, view[:WRITE_PIECE - pos % WRITE_PIECE], pos)
+                n = os.pwritev(fd, [view[:WRITE_PIECE - pos % WRITE_PIECE]], pos, flags)
                 if not n:
                     raise MemberIOError(self.path, "write", errno.EIO, f"no progress at byte {pos}")
                 pos += n

@@ -531,10 +531,10 @@ class BitmapStore:
             if not pages:
                 return ()
             base = self.slot_offset(info.index) + HEADER_BYTES
-            for page, data in pages.items():
-                await self.member.write(base + page * PAGE_BYTES, data)
+            for page, data in pages.items():      # each page durable on its own (RWF_DSYNC)
+                await self.member.write_durable(base + page * PAGE_BYTES, data)
                 self._page_writes += 1
-            await self._flush()
+                self._flushes += 1
             for page, data in pages.items():        # durable now: later writes include them
                 lo = page * PAGE_BYTES
                 hi = min(lo + PAGE_BYTES, len(bits))

@@ -454,3 +454,23 @@ async def test_a_wrapper_reports_its_inner_members_abandoned_requests(tmp_path):
     finally:
         hung.close()
         os.close(r)
+
+
+async def test_write_durable_lands_through_a_worker_and_counts_as_a_write(tmp_path):
+    """FileMember.write_durable: one write made durable on its own (RWF_DSYNC), no flush of
+    the member (a bitmap page must not write back the member's other dirty data)."""
+    path = str(tmp_path / "d.img")
+    create_file(path, 1 << 20)
+    m = FileMember.open(path)
+    try:
+        await m.write(0, b"a" * 4096)                 # dirty data that must not be flushed
+        before = m.statistics()
+        await m.write_durable(8192, b"b" * 4096)
+        after = m.statistics()
+        assert (after.writes - before.writes, after.flushes - before.flushes) == (1, 0)
+        assert await m.read(8192, 4096) == b"b" * 4096
+    finally:
+        m.close()
+    with open(path, "rb") as f:
+        f.seek(8192)
+        assert f.read(4096) == b"b" * 4096
