@@ -121,6 +121,7 @@ class BitmapsStats:
     batched: int                  # writes whose bits another write's update made durable
     free_writes: int              # writes into chunks already set: no bitmap I/O
     lookahead_chunks: int         # chunks set ahead of sequential streams
+    update_seconds: float = 0.0   # time spent in updates (mean update latency: / updates)
 
 
 class BitmapHost(Protocol):
@@ -149,6 +150,7 @@ class WriteBitmaps:
         self._updating: Optional[trio.Event] = None
         self._last_end = -1
         self.updates = self.batched = self.free_writes = self.lookahead_chunks = 0
+        self.update_seconds = 0.0
 
     @property
     def active(self) -> bool:
@@ -359,6 +361,7 @@ class WriteBitmaps:
     async def _update(self) -> None:
         """Make every wanted bit durable on every replica, then mark it in memory."""
         done = self._updating = trio.Event()
+        t0 = trio.current_time()
         try:
             wanted, self._wanted = sorted(self._wanted), set()
             ranges = _byte_ranges(wanted, self.host.size_bytes)
@@ -370,6 +373,7 @@ class WriteBitmaps:
             self._wanted |= set(wanted)
             raise
         finally:
+            self.update_seconds += trio.current_time() - t0
             self._updating = None
             done.set()
 
@@ -401,7 +405,7 @@ class WriteBitmaps:
 
     def statistics(self) -> BitmapsStats:
         return BitmapsStats(len(self.in_use), self.updates, self.batched, self.free_writes,
-                            self.lookahead_chunks)
+                            self.lookahead_chunks, round(self.update_seconds, 6))
 
 
 def _byte_ranges(chunks: Sequence[int], size_bytes: int) -> list[tuple[int, int]]:

@@ -34,18 +34,19 @@ from typing import Callable, Optional, Sequence
 import trio
 
 from dsafs.engine import balance, decide
-from dsafs.engine.copy import Copy, CopyStats
+from dsafs.engine.copy import Copy
 from dsafs.engine.bitmap import Policy, WriteBitmaps
 from dsafs.engine.fanout import flush_all, write_all
 from dsafs.engine.fence import RangeGate
 from dsafs.engine.leg import Busy, Leg, LegStats
 from dsafs.engine.membership import Confirm, Membership, confirmed, decide_or_close, first_history
-from dsafs.engine.merge import Merge, MergeStats
+from dsafs.engine.merge import Merge
 from dsafs.engine.mountver import MountVerification
 from dsafs.engine.operations import Operations
 from dsafs.engine.repair import read_and_repair
 from dsafs.engine.stall import WriteStall
 from dsafs.engine.throttle import Settings as MergeSettings
+from dsafs.engine.vustats import VuStats
 from dsafs.engine.watch import MemberWatch
 from dsafs.errors import (
     AllMembersFailed, IoRangeError, MemberIOError, MountRefused, ReadOnlyVu, VuClosing, VuError,
@@ -58,23 +59,6 @@ from dsafs.rules import Rule
 log = logging.getLogger("dsafs.vu")
 
 __all__ = ["VirtualUnit", "VuStats", "Leg", "LegStats", "first_history", "Membership"]
-
-
-@dataclasses.dataclass(frozen=True)
-class VuStats:
-    name: str
-    state: str
-    size_bytes: int
-    generation: int
-    generation_hex: str
-    master: Optional[str]
-    copy: Optional[CopyStats]
-    merge: Optional[MergeStats]
-    merge_required: bool
-    dirty: bool
-    members: tuple[LegStats, ...]
-    last_copy: Optional[CopyStats] = None
-    bitmaps: tuple = ()               # BitmapInfo of each bitmap in use (bitmap.py)
 
 
 class VirtualUnit:
@@ -446,7 +430,7 @@ class VirtualUnit:
                        self.merge.statistics() if self.merge else None, self.merge_required,
                        self.dirty, members,
                        self.last_copy.statistics() if self.last_copy else None,
-                       self.bitmaps.describe())
+                       self.bitmaps.describe(), self.bitmaps.statistics())
 
     def __repr__(self) -> str:
         return (f"<VirtualUnit {self.name} {self.state}, {len(self.sources)} sources, "

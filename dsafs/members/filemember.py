@@ -74,6 +74,7 @@ from dsafs.members.member import Member, MemberStats
 from dsafs.members.membersize import size_check_inline, size_error, space_warning
 from dsafs.members.pending import Pending, Ready
 from dsafs.members.pieces import WRITE_PIECE, write_pieces
+from dsafs.members.durable import DirectWriter, aligned, refusal
 from dsafs.members.workers import Workers
 from dsafs.units import BLOCK_BYTES, format_size
 
@@ -86,7 +87,7 @@ class _Request(Pending):
     worker or by the completion (`uring_done`)."""
 
     __slots__ = ("op", "pos", "arg", "prefix", "task", "token", "abandoned", "result", "failed",
-                 "done", "owner", "written", "pieces_left", "piece_error")
+                 "done", "owner", "written", "pieces_left", "piece_error", "direct")
 
     def __init__(self, op, pos, arg, prefix, token, owner=None):
         # op: "read" | "write" | "flush" | "size"; arg: read: bytes still wanted, write: the data;
@@ -98,6 +99,7 @@ class _Request(Pending):
         self.written = 0          # io_uring write: bytes the kernel has written so far
         self.pieces_left = 0      # io_uring write in pieces: pieces not yet finished
         self.piece_error = None   # ... and the first failure (a MemberIOError)
+        self.direct = None        # durable write through the O_DIRECT fd: (mapping, address)
 
     async def wait(self):
         if not self.done and self.owner is not None and not uring.BATCH:
@@ -178,6 +180,7 @@ class FileMember(Member):
         self._size_inline = size_check_inline(fd)   # lseek(SEEK_END) never waits here
         self._size_checked = -1             # the ring's `enters` at the last inline size check
         self._workers = Workers(path, fd, size_bytes, workers, self._deliver)   # owns the fd
+        self._direct = DirectWriter(path, fd)         # durable writes (durable.py)
 
     @classmethod
     def open(cls, path: str, *, workers: int = 4, lock: bool = True,
@@ -199,6 +202,11 @@ class FileMember(Member):
     def ring(self) -> Optional[uring.Ring]:
         """The io_uring of the trio run of the last request (None: no ring, worker threads)."""
         return self._ring
+
+    @property
+    def direct_writes(self) -> int:
+        """Durable writes done through the O_DIRECT description (durable.py), not a worker."""
+        return self._direct.writes
 
     @property
     def nowait_reads(self) -> bool:
@@ -291,8 +299,9 @@ class FileMember(Member):
         return self._closed_error("write") or self._submit("write", pos, data, b"")
 
     async def write_durable(self, pos: int, data: bytes | bytearray | memoryview) -> None:
-        """This write alone made durable (pwritev2 RWF_DSYNC on a worker: the member's other
-        dirty pages are not written back, as fdatasync would)."""
+        """This write alone made durable (RWF_DSYNC: the member's other dirty pages are not
+        written back, as fdatasync would). Aligned, with a ring: through the O_DIRECT fd on the
+        ring (durable.py says why); else buffered on a worker."""
         if pos < 0:
             raise ValueError(f"member {self.path}: write at byte {pos}")
         await trio.lowlevel.checkpoint_if_cancelled()
@@ -345,10 +354,14 @@ class FileMember(Member):
         self._in_flight += 1
         self._worker_ops += 1
         ring = self._ring
-        if ring is None or op in ("read", "size", "dwrite") or self._workers.pre_op is not None:
+        if op == "dwrite" and (ring is None or not aligned(pos, len(arg))
+                               or self._workers.pre_op is not None or self._direct.open() is None):
+            self._workers.put(req)
+            return req
+        if ring is None or op in ("read", "size") or self._workers.pre_op is not None:
             self._workers.put(req)        # a worker checks the size before a write
             return req
-        if op == "write" and self._size_inline and self._size_checked != ring.enters:
+        if op in ("write", "dwrite") and self._size_inline and self._size_checked != ring.enters:
             self._size_checked = ring.enters          # once per batch entered (see the doc)
             error = size_error(self.path, self._workers.fd, self.size_bytes, "write")
             if error is not None:
@@ -363,6 +376,10 @@ class FileMember(Member):
                                 n, enter=False)
                 else:
                     self._submit_pieces(ring, req)
+            elif op == "dwrite":          # durable.py; entered now: a bitmap update waits on it
+                req.direct = DirectWriter.buffer(arg)
+                ring.submit(req, uring.IORING_OP_WRITE, self._direct.fd, pos, req.direct[1],
+                            len(arg), os.RWF_DSYNC)
             else:
                 ring.submit(req, uring.IORING_OP_FSYNC, self._workers.fd, 0, 0, 0,
                             uring.IORING_FSYNC_DATASYNC, enter=False)
@@ -425,6 +442,9 @@ class FileMember(Member):
             self._finish(req, req.piece_error)
 
     def _uring_done(self, req: _Request, res: int) -> None:
+        if req.op == "dwrite":
+            self._direct_done(req, res)
+            return
         if req.op == "write":
             res = self._write_progress(req, res, req.pos, uring.address(req.arg), len(req.arg))
             if res is None:
@@ -433,6 +453,20 @@ class FileMember(Member):
         else:
             error = None if res >= 0 else MemberIOError(self.path, req.op, -res, os.strerror(-res))
         self._finish(req, error)
+
+    def _direct_done(self, req: _Request, res: int) -> None:
+        """A durable write's completion: all of it, or retried through a worker when the file
+        refuses direct I/O or wrote short (a worker writes it whole, buffered, RWF_DSYNC)."""
+        req.direct = None
+        if res == len(req.arg):
+            self._direct.writes += 1
+            self._finish(req, None)
+        elif res >= 0 or refusal(res):
+            if res < 0:
+                self._direct.refused(-res)
+            self._workers.put(req)
+        else:
+            self._finish(req, MemberIOError(self.path, "write", -res, os.strerror(-res)))
 
     def _finish(self, req: _Request, error: Optional[MemberIOError]) -> None:
         if error is None:
@@ -461,6 +495,7 @@ class FileMember(Member):
         if self._ring is not None and not self._ring.closed:
             self._ring.flush()            # queued io_uring requests still name our fd
         self._closed = True
+        self._direct.close()              # the ring holds its own reference of submitted files
         self._workers.close(unlock=self._locked)
 
     @property

@@ -139,6 +139,8 @@ def show_json(st, mv, facts: VuFacts) -> dict:
             "kind": st.last_copy.kind, "chunks_compared": st.last_copy.bytes_read // CHUNK_BYTES,
             "bytes_written": st.last_copy.bytes_written, "seconds": st.last_copy.seconds},
         "bitmaps": [dataclasses.asdict(b) for b in st.bitmaps],
+        "bitmap_writes": (None if st.bitmap_writes is None
+                          else dataclasses.asdict(st.bitmap_writes)),
     }
 
 

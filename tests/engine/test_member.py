@@ -456,21 +456,59 @@ async def test_a_wrapper_reports_its_inner_members_abandoned_requests(tmp_path):
         os.close(r)
 
 
-async def test_write_durable_lands_through_a_worker_and_counts_as_a_write(tmp_path):
+async def test_write_durable_goes_direct_and_counts_as_a_write(tmp_path):
     """FileMember.write_durable: one write made durable on its own (RWF_DSYNC), no flush of
-    the member (a bitmap page must not write back the member's other dirty data)."""
+    the member (a bitmap page must not write back the member's other dirty data). Aligned,
+    it goes through the O_DIRECT description (durable.py), and a buffered read of the page,
+    cached before, sees the new content (the kernel drops the cached page)."""
     path = str(tmp_path / "d.img")
     create_file(path, 1 << 20)
     m = FileMember.open(path)
     try:
         await m.write(0, b"a" * 4096)                 # dirty data that must not be flushed
+        assert await m.read(8192, 4096) == bytes(4096)     # now cached
         before = m.statistics()
         await m.write_durable(8192, b"b" * 4096)
         after = m.statistics()
         assert (after.writes - before.writes, after.flushes - before.flushes) == (1, 0)
+        assert m.direct_writes == (1 if m.ring is not None else 0)
         assert await m.read(8192, 4096) == b"b" * 4096
     finally:
         m.close()
     with open(path, "rb") as f:
         f.seek(8192)
         assert f.read(4096) == b"b" * 4096
+
+
+@pytest.mark.parametrize("how", ["unaligned", "refused"])
+async def test_write_durable_goes_through_a_worker_when_direct_io_cannot(tmp_path, monkeypatch,
+                                                                         how):
+    """An unaligned durable write, or one to a file that refuses O_DIRECT, is written buffered
+    with RWF_DSYNC by a worker, and lands all the same."""
+    from dsafs.members import durable
+
+    def refuse(fd):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    if how == "refused":
+        monkeypatch.setattr(durable, "open_direct", refuse)
+    path = str(tmp_path / "d.img")
+    create_file(path, 1 << 20)
+    m = FileMember.open(path)
+    pos, data = (8192 + 100, b"c" * 1000) if how == "unaligned" else (8192, b"c" * 4096)
+    try:
+        await m.write_durable(pos, data)
+        await m.write_durable(pos, data)               # refused once: the workers for good
+        assert m.direct_writes == 0
+        assert await m.read(pos, len(data)) == data
+    finally:
+        m.close()
+    with open(path, "rb") as f:
+        f.seek(pos)
+        assert f.read(len(data)) == data
+
+
+@pytest.mark.parametrize("pos, n, ok", [(0, 4096, True), (8192, 8192, True), (4096, 0, False),
+                                        (512, 4096, False), (4096, 512, False)])
+def test_direct_writes_want_4k_alignment(pos, n, ok):
+    from dsafs.members.durable import aligned
+    assert aligned(pos, n) is ok

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from dsafs.engine.bitmap import BitmapInfo
+from dsafs.engine.bitmap import BitmapInfo, BitmapsStats
 from dsafs.engine.copy import CopyStats
 from dsafs.engine.merge import MergeStats
 from dsafs.engine.mountver import MvStats
@@ -49,7 +49,7 @@ SHOW_KEYS = ["name", "state", "size_bytes", "generation", "generation_hex", "mas
              "merge", "label", "set_uuid", "dirty", "merge_required", "readonly", "copy_source",
              "priority", "merge_settings", "last_merge", "members", "member_timeout",
              "vu_timeout", "mount_verification", "stall_writes_remaining_s", "warnings",
-             "last_copy", "bitmaps"]
+             "last_copy", "bitmaps", "bitmap_writes"]
 MEMBER_KEYS = ["path", "state", "read_cost", "reads", "writes", "read_bytes", "written_bytes",
                "read_errors", "repairs", "faults", "member_timeout", "force_removal"]
 
@@ -75,6 +75,7 @@ def test_steady_vu_every_field_named_and_valued():
              "repairs": 0, "faults": [], "member_timeout": 120, "force_removal": False}],
         "member_timeout": 120, "vu_timeout": 3600, "mount_verification": None,
         "stall_writes_remaining_s": None, "warnings": [], "last_copy": None, "bitmaps": [],
+        "bitmap_writes": None,
     }
     assert all(list(m) == MEMBER_KEYS for m in d["members"])
     assert json.loads(json.dumps(d)) == d          # JSON types only
@@ -93,12 +94,15 @@ ROWS = {
     "the last copy (a minicopy) and the bitmaps in use": (
         stats(last_copy=CopyStats(100.0, 8192, ("/m/b.img",), 4 * 65536, 4 * 65536, 4 * 65536,
                                   "minicopy", 0.25),
-              bitmaps=(BitmapInfo("0A1B2C3D", "minicopy", "/m/c.img", 65536, 64, 3, 4.7),)),
+              bitmaps=(BitmapInfo("0A1B2C3D", "minicopy", "/m/c.img", 65536, 64, 3, 4.7),),
+              bitmap_writes=BitmapsStats(1, 10, 4, 100, 16, 0.012)),
         ONLINE, facts(),
         {"last_copy": {"kind": "minicopy", "chunks_compared": 4, "bytes_written": 262144,
                        "seconds": 0.25},
          "bitmaps": [{"id": "0A1B2C3D", "type": "minicopy", "member": "/m/c.img",
-                      "chunk_bytes": 65536, "chunks": 64, "populated": 3, "percent": 4.7}]}),
+                      "chunk_bytes": 65536, "chunks": 64, "populated": 3, "percent": 4.7}],
+         "bitmap_writes": {"bitmaps": 1, "updates": 10, "batched": 4, "free_writes": 100,
+                           "lookahead_chunks": 16, "update_seconds": 0.012}}),
     "no copy unless copying": (
         stats("merging"), ONLINE, facts(pending_copy_targets=("/m/b.img",)), {"copy": None}),
     "merge running: delays rounded to 0.1 us, None kept": (
