@@ -9,9 +9,12 @@ the write touches are durable on every replica:
 - bits wanted by writes that arrive while an update is in flight are gathered and made durable
   together by the next update (batching: one bitmap page write and one flush per replica serve
   them all);
-- a write that starts where the previous one ended (a sequential stream) also sets the next
-  `LOOKAHEAD_CHUNKS` chunks, so a stream pays one bitmap update per that many chunks (the VMS
-  V8.4 lookahead), not one per chunk.
+- a write that starts where the previous one ended (a sequential stream) also sets the chunks
+  ahead of it (the VMS V8.4 lookahead): `LOOKAHEAD_CHUNKS` (1 MiB) at first, twice as many at
+  each update the same stream needs, up to `MAX_LOOKAHEAD_CHUNKS` (64 MiB). A stream thus
+  pays a few updates for its first 64 MiB and one per 64 MiB after (a 1 GiB fio seq write made
+  430 updates with a fixed 1 MiB lookahead), and a return copies at most 64 MiB it did not
+  write.
 
 A replica that fails its update is expelled like a member that failed a write (the write itself
 then goes to the survivors only); when no replica takes it, the write fails and nothing was
@@ -44,7 +47,8 @@ from dsafs.units import CHUNK_BYTES, nchunks_of
 
 log = logging.getLogger("dsafs.bitmap")
 
-LOOKAHEAD_CHUNKS = 16          # 1 MiB ahead of a sequential stream
+LOOKAHEAD_CHUNKS = 16          # 1 MiB ahead of a sequential stream, at first
+MAX_LOOKAHEAD_CHUNKS = 1024    # 64 MiB: the lookahead doubles per update of a stream up to this
 
 
 class Policy(enum.Enum):
@@ -149,6 +153,7 @@ class WriteBitmaps:
         self._wanted: set[int] = set()
         self._updating: Optional[trio.Event] = None
         self._last_end = -1
+        self._ahead = LOOKAHEAD_CHUNKS     # the next lookahead of the current stream
         self.updates = self.batched = self.free_writes = self.lookahead_chunks = 0
         self.update_seconds = 0.0
 
@@ -343,9 +348,12 @@ class WriteBitmaps:
         wanted = set(chunks)
         if pos == self._last_end:           # a sequential stream: set the next chunks too
             last = nchunks_of(self.host.size_bytes)
-            ahead = range(chunks.stop, min(chunks.stop + LOOKAHEAD_CHUNKS, last))
+            ahead = range(chunks.stop, min(chunks.stop + self._ahead, last))
             wanted.update(ahead)
             self.lookahead_chunks += len(ahead)
+            self._ahead = min(self._ahead * 2, MAX_LOOKAHEAD_CHUNKS)
+        else:
+            self._ahead = LOOKAHEAD_CHUNKS
         self._last_end = pos + nbytes
         self._wanted |= wanted
         led = False

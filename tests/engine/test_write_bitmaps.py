@@ -115,6 +115,25 @@ async def test_a_sequential_stream_sets_its_bits_ahead(autojump_clock):
         assert got[:n] == list(range(n))                   # every chunk written is set
 
 
+async def test_a_long_stream_doubles_its_lookahead_up_to_64_mib(autojump_clock):
+    """1 MiB writes front to back over 96 MiB (1536 chunks): the lookahead doubles per update
+    (16, 32, ... 1024 chunks), so a handful of updates, not one per MiB; a write elsewhere
+    starts again at 16."""
+    size = 96 * MiB
+    a, b = await mem_set("a", "b", size_bytes=size)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        bitmap_id = await vu.remove("b.img", Policy.REQUIRED)
+        for i in range(size // MiB):
+            await vu.write(i * MiB, b"s" * MiB)
+        st = vu.bitmaps.statistics()
+        assert 4 <= st.updates <= 8, st                  # one per MiB would be 96
+        assert await replica_chunks(vu, a, bitmap_id) == list(range(size // CHUNK_BYTES))
+        await vu.write(0, b"t" * MiB)                    # set already: free
+        await vu.write(size - 1, b"t")                   # set already: free
+        assert vu.bitmaps.statistics().updates == st.updates
+
+
 @pytest.mark.allow_warnings
 async def test_no_free_slot_refuses_a_required_bitmap_and_changes_nothing(autojump_clock):
     a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
