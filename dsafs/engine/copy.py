@@ -5,6 +5,10 @@ it closes the write gate over the step (no application write to it is in flight)
 step once from a source (sources alternate, like VMS without /COPY_SOURCE), reads the same range
 from every target, and writes the source data only to the targets whose data differs
 (compare-before-write: an identical target gets no writes). Then the fence moves past the step.
+Up to `DEPTH` steps are in flight at once (a minicopy's steps are single scattered chunks,
+where one at a time waited on the loop between every read and write: 1 % of a 4 GiB VU took
+0.45 s, 0.33 s with the source and target reads side by side), each behind its own gate; the
+fence is the start of the oldest step not done, so it only ever passes copied data.
 Several targets share one read pass. A copy is not throttled: a target gives no redundancy
 until it ends.
 
@@ -20,6 +24,7 @@ flushed.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from typing import Optional, Protocol, Sequence
@@ -38,6 +43,7 @@ from dsafs.rules import Rule
 log = logging.getLogger("dsafs.copy")
 
 STEP_BYTES = 1 * MiB
+DEPTH = 4                       # steps in flight at once (a minicopy's are small and scattered)
 CHECKPOINT_BYTES = 256 * MiB
 CHECKPOINT_SECONDS = 10.0
 SHIELDED_CHECKPOINT_SECONDS = 30.0
@@ -123,25 +129,50 @@ class Copy:
     async def run(self) -> bool:
         """Copy to the end. True when it completed; the caller then promotes the targets.
         A minicopy moves its fence over the chunks its bitmap does not name: they were not
-        written since the targets left, and every write since reaches them too."""
+        written since the targets left, and every write since reaches them too. Up to
+        `DEPTH` steps run at once, each behind its own closed gate; the fence is the start of
+        the oldest step not yet done."""
         vu = self.vu
         size = vu.size_bytes
         self._started = trio.current_time()
         next_checkpoint = self._started + CHECKPOINT_SECONDS
+        window: collections.deque = collections.deque()     # [pos, end, done] in step order
+        room = trio.Semaphore(DEPTH)
+        failed = False
+
+        async def one(step: list) -> None:
+            nonlocal failed
+            try:
+                async with vu.gate.closed(step[0], step[1]):
+                    if not await self._copy_step(step[0], step[1] - step[0]):
+                        failed = True
+                        nursery.cancel_scope.cancel()
+                        return
+                step[2] = True
+                while window and window[0][2]:
+                    self.fence_bytes = window.popleft()[1]
+                if window:
+                    self.fence_bytes = window[0][0]
+            finally:
+                room.release()
+
         try:
-            for pos, end in self._steps(size):
-                if not self.live_targets:
-                    break
-                self.fence_bytes = max(self.fence_bytes, pos)
-                async with vu.gate.closed(self.fence_bytes, end):
-                    if not await self._copy_step(self.fence_bytes, end - self.fence_bytes):
-                        return False
-                    self.fence_bytes = end
-                if (self.fence_bytes - self._checkpointed >= CHECKPOINT_BYTES
-                        or trio.current_time() >= next_checkpoint):
-                    await self.checkpoint()
-                    next_checkpoint = trio.current_time() + CHECKPOINT_SECONDS
-            if not self.live_targets:
+            async with trio.open_nursery() as nursery:
+                for pos, end in self._steps(size):
+                    await room.acquire()
+                    if not self.live_targets or failed:
+                        room.release()
+                        break
+                    step = [pos, end, False]
+                    if not window:
+                        self.fence_bytes = max(self.fence_bytes, pos)
+                    window.append(step)
+                    nursery.start_soon(one, step)
+                    if (self.fence_bytes - self._checkpointed >= CHECKPOINT_BYTES
+                            or trio.current_time() >= next_checkpoint):
+                        await self.checkpoint()
+                        next_checkpoint = trio.current_time() + CHECKPOINT_SECONDS
+            if failed or not self.live_targets:
                 return False
             self.fence_bytes = size
             failures = await flush_all(self.live_targets)
@@ -156,12 +187,12 @@ class Copy:
                     await self.checkpoint()
 
     async def _copy_step(self, pos: int, nbytes: int) -> bool:
-        data = await self._read_source(pos, nbytes)
-        if data is None:
-            return False
         targets = [t for t in self.live_targets if t.fence_lbn * BLOCK_BYTES <= pos]
         start = trio.current_time()
-        reads = [(t, t.member.start_bulk_read(pos, nbytes)) for t in targets]
+        reads = [(t, t.member.start_bulk_read(pos, nbytes)) for t in targets]   # beside the
+        data = await self._read_source(pos, nbytes)          # source's: one wait, not two
+        if data is None:
+            return False
         writes = []
         for t, current in await wait_each(reads, "read", start):
             if isinstance(current, MemberIOError) and rule_for(current) != Rule.MEMBER_ERROR:
