@@ -107,12 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("dismount", parents=[sock], help="dissolve a VU, or remove one member")
     s.add_argument("vu", metavar="DSAn")
-    s.add_argument("--member", metavar="M", help="remove this member only (path or basename)")
+    s.add_argument("--member", metavar="M", action="append", default=[],
+                   help="remove this member only (path or basename); repeat it to remove "
+                        "several at one instant, sharing one minicopy bitmap")
     s.add_argument("--policy", metavar="P",
-                   help="with --member: minicopy (the members that stay record every chunk "
-                        "written from now on, so its return copies only those; refused if no "
-                        "bitmap slot is free), minicopy=optional (the same, else go on without), "
-                        "nominicopy (the default for now: its return is a full copy)")
+                   help="with --member: minicopy=optional (the default: the members that stay "
+                        "record every chunk written from now on, so the return copies only "
+                        "those; without a free bitmap slot, or while a merge is owed, it goes on "
+                        "without and the return is a full copy), minicopy (the same, but "
+                        "refused when no bitmap can be made), nominicopy (no bitmap: the "
+                        "return is a full copy)")
     s.add_argument("--abort", action="store_true",
                    help="dissolve even while the VU is open; the next mount merges")
     s.set_defaults(func=cmd_dismount)
@@ -350,12 +354,19 @@ def cmd_mount(args) -> int:
 def cmd_dismount(args) -> int:
     name = vu_name(args.vu)
     with _client(args) as c:
-        result = c.call("dismount", vu=name, member=args.member, abort=args.abort,
+        result = c.call("dismount", vu=name, members=args.member, abort=args.abort,
                         policy=args.policy)
     if args.member:
-        print(f"{name}: {args.member} removed from the shadow set"
-              + (f"; bitmap {result['bitmap']} records the writes for its minicopy"
-                 if result.get("bitmap") else ""))
+        its = "its" if len(args.member) == 1 else "their"
+        if result.get("bitmap"):
+            tail = f"; bitmap {result['bitmap']} records the writes for {its} minicopy"
+        elif result.get("policy") == "nominicopy":
+            tail = f"; no bitmap (--policy nominicopy): {its} return will be a full copy"
+        else:
+            why = result.get("no_bitmap_because")
+            tail = (f"; no minicopy bitmap{f' ({why})' if why else ''}: {its} return will be a "
+                    f"full copy")
+        print(f"{name}: {' and '.join(args.member)} removed from the shadow set{tail}")
     else:
         print(f"{name}: dissolved" + (" (aborted: the next mount merges)" if args.abort else
                                       "; the members are marked clean"))

@@ -78,6 +78,16 @@ def parse_policy(values: Iterable[str], what: str = "--policy") -> Policy:
     return policy
 
 
+def departure_problem(legs: Sequence, merge_required: bool) -> Optional[str]:
+    """Why members leaving now cannot share a minicopy bitmap, or None. Pure."""
+    if merge_required:
+        return "a merge is owed: the members may differ where nothing was written since"
+    targets = [leg.name for leg in legs if leg.state is not MemberState.SOURCE]
+    if targets:
+        return f"{', '.join(targets)} is not a source: its data is not whole"
+    return None
+
+
 def chunks_touched(pos: int, nbytes: int) -> range:
     """The chunk indexes a write of `nbytes` at byte `pos` touches. Pure."""
     return range(pos // CHUNK_BYTES, (pos + max(nbytes, 1) - 1) // CHUNK_BYTES + 1)
@@ -137,6 +147,9 @@ class BitmapHost(Protocol):
     @property
     def current(self) -> list: ...
 
+    @property
+    def merge_required(self) -> bool: ...
+
     async def expel(self, leg, why: str, rule: Optional[str] = None) -> None: ...
 
     def event(self, kind: str, member: Optional[str] = None, rule: str = "",
@@ -156,6 +169,7 @@ class WriteBitmaps:
         self._ahead = LOOKAHEAD_CHUNKS     # the next lookahead of the current stream
         self.updates = self.batched = self.free_writes = self.lookahead_chunks = 0
         self.update_seconds = 0.0
+        self.departure_note: Optional[str] = None   # why the last departure made no bitmap
 
     @property
     def active(self) -> bool:
@@ -238,26 +252,43 @@ class WriteBitmaps:
                  type.label, ", ".join(leg.name for leg in made), len(bound))
         return bm
 
-    async def for_departure(self, leg, policy: Policy) -> Optional[str]:
-        """`leg` is about to leave (writes are held): make its minicopy bitmap on the members
-        that stay, as `policy` says. Returns the bitmap id, or None (no bitmap: its return will
-        be a full copy); MembershipRefused when `minicopy` is required and none can be made."""
+    async def for_departure(self, legs: Sequence, policy: Policy) -> Optional[str]:
+        """`legs` are about to leave together (writes are held): make the one minicopy bitmap
+        they share on the members that stay, as `policy` says. Returns its id, or None (no
+        bitmap: their return will be a full copy); MembershipRefused when `minicopy` is
+        required and none can be made. None is made for a copy target (its data is not whole)
+        nor while a merge is owed (the members may differ where no write went since)."""
+        self.departure_note = None
         if policy is Policy.NONE:
             return None
-        others = [s for s in self.host.current if s is not leg]
+        names = ", ".join(leg.name for leg in legs)
+        why = departure_problem(legs, self.host.merge_required)
+        if why is not None:
+            if policy is Policy.REQUIRED:
+                raise MembershipRefused(
+                    f"{self.host.name}: {names} not removed: no minicopy bitmap can be made "
+                    f"({why}); wait until the set is steady, or use --policy nominicopy")
+            log.warning("%s: %s leave without a minicopy bitmap (%s); the return will be a full "
+                        "copy", self.host.name, names, why)
+            self.departure_note = why
+            return None
+        others = [s for s in self.host.current if s not in legs]
         try:
-            bm = await self.create(BitmapType.MINICOPY, [Bound(leg.uuid, leg.generation)], others,
-                                   (leg.member.path,))
+            bm = await self.create(BitmapType.MINICOPY,
+                                   [Bound(leg.uuid, leg.generation) for leg in legs], others,
+                                   tuple(leg.member.path for leg in legs))
         except NoBitmapSlot as exc:
             if policy is Policy.REQUIRED:
                 raise MembershipRefused(
-                    f"{self.host.name}: {leg.name} was not removed: no minicopy bitmap can be "
+                    f"{self.host.name}: {names} was not removed: no minicopy bitmap can be "
                     f"made (%SHADOW-F-CANNOTDMT: {exc})") from None
             log.warning("%s: %s leaves without a minicopy bitmap (%s); its return will be a "
-                        "full copy", self.host.name, leg.name, exc)
+                        "full copy", self.host.name, names, exc)
+            self.departure_note = str(exc)
             return None
-        self.host.event(Kind.BITMAP_CREATED, member=leg.member.path, rule=Rule.MINICOPY,
-                        bitmap=bm.bitmap_id)
+        for leg in legs:
+            self.host.event(Kind.BITMAP_CREATED, member=leg.member.path, rule=Rule.MINICOPY,
+                            bitmap=bm.bitmap_id)
         return bm.bitmap_id
 
     async def wipe(self, legs: Sequence) -> None:

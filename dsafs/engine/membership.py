@@ -344,39 +344,48 @@ class Membership:
         await leg.wait_idle()
         leg.member.close()
 
-    async def remove(self, ref: str,
-                     on_leave: Optional[Callable[[Leg], Awaitable[None]]] = None) -> None:
-        """Dismount one member: drain its I/O, generation up on the rest, mark it removed.
-        `on_leave(leg)` runs once writes are held and drained, before the member leaves (the
-        minicopy bitmap is made there); if it raises, nothing changed."""
+    async def remove(self, refs: Sequence[str],
+                     on_leave: Optional[Callable[[list], Awaitable[None]]] = None) -> None:
+        """Dismount members (one command: one instant): drain their I/O, generation up on the
+        rest, mark them removed. `on_leave(legs)` runs once writes are held and drained, before
+        they leave (the minicopy bitmap they share is made there); if it raises, nothing
+        changed."""
         name = self.host.name
         async with self.lock:
-            leg = self.find(ref)
-            if leg.state is MemberState.SOURCE and len(self.sources) == 1:
+            legs = [self.find(ref) for ref in refs]
+            if len({id(leg) for leg in legs}) < len(legs):
+                raise MembershipRefused(f"{name}: a member is named twice; name each member "
+                                        f"to remove once")
+            if all(s in legs for s in self.sources):
                 raise MembershipRefused(
-                    f"{name}: {leg.name} is the only source member and cannot be removed; "
-                    f"dismount {name} instead")
+                    f"{name}: {' and '.join(leg.name for leg in legs if leg.state is MemberState.SOURCE)} "
+                    f"{'is the only source member' if len(self.sources) == 1 else 'are every source member'}"
+                    f" and cannot be removed; dismount {name} instead")
             async with self._member_leaving():
                 async with self.gate.closed(0, self.host.size_bytes):
                     if on_leave is not None:
-                        await on_leave(leg)
-                    if leg.state is MemberState.SOURCE:
-                        leg.lineage = self.history.member_leaves(leg.generation,
-                                                                  BranchReason.REMOVED)
-                    leg.state = MemberState.REMOVED
+                        await on_leave(legs)
+                    for leg in legs:
+                        if leg.state is MemberState.SOURCE:
+                            leg.lineage = self.history.member_leaves(leg.generation,
+                                                                      BranchReason.REMOVED)
+                        leg.state = MemberState.REMOVED
                     self.refresh()
-                await leg.wait_idle()
-                log.info("%s: %s removed by rule=%s", name, leg.name, Rule.OPERATOR)
-                self.host.event(Kind.MEMBER_REMOVED, member=leg.member.path, rule=Rule.OPERATOR)
+                for leg in legs:
+                    await leg.wait_idle()
+                    log.info("%s: %s removed by rule=%s", name, leg.name, Rule.OPERATOR)
+                    self.host.event(Kind.MEMBER_REMOVED, member=leg.member.path,
+                                    rule=Rule.OPERATOR)
                 await self.commit()
-            try:
-                await waits.call(leg, "flush", leg.member.flush)
-                await waits.call(leg, "SCB write", leg.store.write, self.scb_for(leg))
-            except MemberIOError as exc:
-                log.warning("%s: %s left the set but its SCB could not be marked: %s",
-                            name, leg.name, exc)
-            leg.member.close()
-            self.legs.remove(leg)
+            for leg in legs:
+                try:
+                    await waits.call(leg, "flush", leg.member.flush)
+                    await waits.call(leg, "SCB write", leg.store.write, self.scb_for(leg))
+                except MemberIOError as exc:
+                    log.warning("%s: %s left the set but its SCB could not be marked: %s",
+                                name, leg.name, exc)
+                leg.member.close()
+                self.legs.remove(leg)
 
     async def add(self, members: Sequence, options: decide.Options, confirm: Optional[Confirm],
                   policy: Policy = Policy.OPTIONAL) -> tuple[decide.Plan, list[Leg]]:

@@ -294,17 +294,19 @@ class VirtualUnit:
     def force_out(self, leg: Leg, why: str, rule: str) -> None:
         self.membership.force_out(leg, why, rule)
 
-    async def remove(self, ref: str, policy: Policy = Policy.NONE) -> Optional[str]:
-        """Dismount one member: drain its I/O, generation up on the rest, mark it removed.
-        With a minicopy policy the members that stay first get a bitmap of every chunk written
-        from then on (bitmap.py); returns its id, or None."""
+    async def remove(self, refs, policy: Policy = Policy.NONE) -> Optional[str]:
+        """Dismount one member (`refs` a path or basename) or several at one instant (a list):
+        drain their I/O, generation up on the rest, mark them removed. With a minicopy policy
+        the members that stay first get one bitmap, shared by those leaving, of every chunk
+        written from then on (bitmap.py); returns its id, or None."""
         made: list = []
 
-        async def make_bitmap(leg: Leg) -> None:
+        async def make_bitmap(legs: list) -> None:
             if not self.readonly:
-                made.append(await self.bitmaps.for_departure(leg, policy))
+                made.append(await self.bitmaps.for_departure(legs, policy))
 
-        await self.membership.remove(ref, on_leave=make_bitmap)
+        await self.membership.remove([refs] if isinstance(refs, str) else list(refs),
+                                     on_leave=make_bitmap)
         return made[0] if made else None
 
     async def add(self, members: Sequence, options: decide.Options = decide.Options(),

@@ -201,14 +201,14 @@ class Commands:
     async def dismount(self, args) -> dict:
         async with self.host.membership_lock:
             vu = self._get(args.get("vu", ""))
-            member = args.get("member")
-            if member:
-                # nominicopy unless asked: the default becomes minicopy=optional once returns
-                # are complete (issue 16: show --bitmaps, writes behind dsafs' back)
+            members = list(args.get("members") or ())
+            if members:
                 policy = (parse_policy([args["policy"]], f"{vu.name}: --policy")
-                          if args.get("policy") else Policy.NONE)
-                bitmap = await vu.remove(member, policy)
-                return {"vu": vu.name, "removed": member, "state": vu.state, "bitmap": bitmap}
+                          if args.get("policy") else Policy.OPTIONAL)
+                bitmap = await vu.remove(members, policy)
+                return {"vu": vu.name, "removed": members[0] if len(members) == 1 else members,
+                        "state": vu.state, "bitmap": bitmap, "policy": policy.value,
+                        "no_bitmap_because": None if bitmap else vu.bitmaps.departure_note}
             opens = self.host.open_handles(vu.name)
             if vu.mv.state is not None and not args.get("abort"):
                 raise VuError(f"{vu.name} is in {vu.mv.state} (no member answers); its members "

@@ -283,7 +283,7 @@ SCHEMAS: dict = {
         "policy": Field(Text(max_bytes=64, nonempty=False, what="a minicopy policy")),
     },
     "dismount": {
-        "vu": VU, "member": Field(REF), "abort": BOOL,
+        "vu": VU, "members": Field(REFS), "abort": BOOL,
         "policy": Field(Text(max_bytes=64, nonempty=False, what="a removal policy name")),
     },
     "set": {

@@ -144,8 +144,9 @@ MALFORMED = [
     (b'{"cmd":"inject","args":{"vu":"DSA1","member":"b.img","eio_read":"0-9"}}', r"^inject: eio_read must be a list of block ranges"),
     (b'{"cmd":"inject","args":{"vu":"DSA1","member":"b.img","eio_read":[[0,9]]}}', r"^inject: eio_read\[0\] must be a block range"),
     (b'{"cmd":"inject","args":{"vu":"DSA1"}}', r"^inject: argument member is required$"),
-    (b'{"cmd":"dismount","args":{"vu":"DSA1","member":""}}', r"^dismount: member must be a member path or basename \(got ''\)$"),
-    (b'{"cmd":"dismount","args":{"vu":"DSA1","member":"b.img\\n"}}', r"^dismount: member must be a member path or basename \(got 'b.img\\n'\)$"),
+    (b'{"cmd":"dismount","args":{"vu":"DSA1","members":[""]}}', r"^dismount: members\[0\] must be a member path or basename \(got ''\)$"),
+    (b'{"cmd":"dismount","args":{"vu":"DSA1","members":["b.img\\n"]}}', r"^dismount: members\[0\] must be a member path or basename \(got 'b.img\\n'\)$"),
+    (b'{"cmd":"dismount","args":{"vu":"DSA1","members":"b.img"}}', r"^dismount: members must be a list of member paths or basenames"),
     (b'{"cmd":"set","args":{"vu":"DSA1","copy_source":"\\u001b[2J"}}', r"^set: copy_source must be"),
     (b'{"cmd":"set","args":{"vu":"DSA1","read_cost":{"a\\rb":1}}}', r"^set: read_cost key must be"),
     (b'{"cmd":"dismount","args":{"vu":"DSA1","abort":"false"}}', r"^dismount: abort must be true or false"),
@@ -249,7 +250,7 @@ def test_valid_requests_come_out_canonical_without_nulls():
     assert requests.parse(b'{"cmd":"ping"}') == ("ping", {})
     assert requests.parse(b'{"cmd":"ping","args":null}') == ("ping", {})
     assert requests.parse(req("show", vu="_dsa0007:")) == ("show", {"vu": "DSA7"})
-    assert requests.parse(req("dismount", vu="DSA1", member=None, abort=False, policy="")) == \
+    assert requests.parse(req("dismount", vu="DSA1", members=None, abort=False, policy="")) == \
         ("dismount", {"vu": "DSA1", "abort": False, "policy": ""})
     assert requests.parse(req("set", vu="DSA1", stall_writes="default", vu_timeout=1.5)) == \
         ("set", {"vu": "DSA1", "stall_writes": "default", "vu_timeout": 1.5})

@@ -1,0 +1,117 @@
+"""Splits for a minicopy (issue 16 items 2 and 5): several members in one command share one
+bitmap, and the cases where no bitmap may be made (a merge owed, a copy target leaving)."""
+
+import pytest
+
+from dsafs.engine.bitmap import Policy, departure_problem
+from dsafs.engine.vu import VirtualUnit
+from dsafs.errors import MembershipRefused
+from dsafs.ondisk.bitmap import BitmapStore, SlotStatus
+from dsafs.ondisk.scb import MemberState
+from dsafs.testing.fakes import assert_members_identical, mem_set, reopen, running
+from dsafs.units import CHUNK_BYTES, MiB
+
+SIZE = 4 * MiB
+
+
+async def test_two_members_split_together_share_one_bitmap_deleted_when_the_last_returns(
+        autojump_clock):
+    a, b, c, d = await mem_set("a", "b", "c", "d", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c, d])
+    async with running(vu):
+        uuids = {vu.find("b.img").uuid, vu.find("c.img").uuid}
+        bitmap_id = await vu.remove(["b.img", "c.img"], Policy.REQUIRED)
+        assert bitmap_id is not None and [s.member.path for s in vu.current] == \
+            [a.path, d.path]
+        (bm,) = vu.bitmaps.in_use.values()
+        assert {x.member_uuid for x in bm.bound} == uuids
+        for chunk in (1, 7, 30):
+            await vu.write(chunk * CHUNK_BYTES, b"w" * 4096)
+        reopen(b)
+        await vu.add([b])
+        assert vu.find("b.img").state is MemberState.MINICOPY_TARGET
+        await vu.wait_steady()
+        assert vu.last_copy.kind == "minicopy"
+        assert vu.last_copy.statistics().bytes_written == 3 * CHUNK_BYTES
+        assert list(vu.bitmaps.in_use) == [bitmap_id]        # c is still away: kept
+        await vu.write(40 * CHUNK_BYTES, b"v" * 4096)        # recorded for c as well
+        reopen(c)
+        await vu.add([c])
+        assert vu.find("c.img").state is MemberState.MINICOPY_TARGET
+        await vu.wait_steady()
+        assert vu.last_copy.kind == "minicopy"
+        assert vu.last_copy.statistics().bytes_written == 4 * CHUNK_BYTES
+        assert not vu.bitmaps.in_use                          # the last one is back: deleted
+        for m in (a, b, c, d):
+            slots = await BitmapStore(m, vu.set_uuid, vu.size_bytes).scan()
+            assert all(s.status is SlotStatus.EMPTY for s in slots)
+        assert_members_identical(vu)
+
+
+@pytest.mark.parametrize("refs, match", [
+    (["b.img", "b.img"], r"^DSA1: a member is named twice; name each member to remove once$"),
+    (["a.img", "b.img"], r"^DSA1: a\.img and b\.img are every source member and cannot be "
+                         r"removed; dismount DSA1 instead$"),
+])
+async def test_a_split_that_cannot_be_changes_nothing(autojump_clock, refs, match):
+    a, b = await mem_set("a", "b", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        generation = vu.generation
+        with pytest.raises(MembershipRefused, match=match):
+            await vu.remove(refs, Policy.OPTIONAL)
+        assert [s.state for s in vu.legs] == [MemberState.SOURCE] * 2
+        assert vu.generation == generation and not vu.bitmaps.in_use
+
+
+@pytest.mark.allow_warnings
+async def test_no_bitmap_while_a_merge_is_owed(autojump_clock):
+    """The members may differ where nothing was written since the crash: a bitmap of later
+    writes would leave such a block stale on the returning member."""
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    async with running(vu):
+        vu.set_priority(0)                                    # owed, not started
+        await vu.demand_merge()
+        assert vu.merge_required
+        generation = vu.generation
+        with pytest.raises(MembershipRefused, match=r"^DSA1: b\.img not removed: no minicopy "
+                           r"bitmap can be made \(a merge is owed: .*\); wait until the set is "
+                           r"steady, or use --policy nominicopy$"):
+            await vu.remove("b.img", Policy.REQUIRED)
+        assert vu.generation == generation and vu.find("b.img").state is MemberState.SOURCE
+        assert await vu.remove("b.img", Policy.OPTIONAL) is None
+        assert "merge is owed" in vu.bitmaps.departure_note
+        assert not vu.bitmaps.in_use
+
+
+@pytest.mark.allow_warnings
+async def test_a_copy_target_leaves_without_a_bitmap(autojump_clock):
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    async with running(vu):
+        await vu.remove("c.img", Policy.NONE)
+        vu.set_priority(0)                                    # c stays a copy target
+        reopen(c)
+        await vu.add([c])
+        assert vu.find("c.img").state is MemberState.COPY_TARGET
+        assert await vu.remove("c.img", Policy.OPTIONAL) is None
+        assert "c.img is not a source" in vu.bitmaps.departure_note
+        assert not vu.bitmaps.in_use
+
+
+class _Leg:
+    def __init__(self, name, state):
+        self.name, self.state = name, state
+
+
+@pytest.mark.parametrize("states, merge, why", [
+    ((MemberState.SOURCE,), False, None),
+    ((MemberState.SOURCE, MemberState.SOURCE), False, None),
+    ((MemberState.SOURCE,), True, "a merge is owed"),
+    ((MemberState.COPY_TARGET,), False, "m0 is not a source"),
+    ((MemberState.SOURCE, MemberState.MINICOPY_TARGET), False, "m1 is not a source"),
+])
+def test_departure_problem(states, merge, why):
+    got = departure_problem([_Leg(f"m{i}", s) for i, s in enumerate(states)], merge)
+    assert got == why if why is None else why in got
