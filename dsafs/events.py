@@ -69,6 +69,7 @@ class Kind(enum.StrEnum):
     BITMAP_CREATED = "bitmap-created"
     MEMBER_MINICOPY_TARGET = "member-minicopy-target"
     BITMAP_DELETED = "bitmap-deleted"
+    MINICOPY_FALLBACK = "minicopy-fallback"
 
 
 # kind -> (code, message template). Fields: vu, member (basename), label, and any given.
@@ -85,7 +86,7 @@ KINDS = {
                    "initiating {op} operation on device _{vu}: at LBN: {lbn}, "
                    "I/O Size: {blocks} blocks"),
     Kind.COPY_END: ("SHADOW_SERVER-I-SSRVCMPFCPY",
-                 "completing copy operation on device _{vu}: at LBN: {lbn}"),
+                 "completing {op} operation on device _{vu}: at LBN: {lbn}"),
     Kind.MEMBER_COPIED: ("SHADOW-I-VOLPROC", "_{member}: shadow copy has been completed."),
     Kind.COPY_STOP: ("SHADOW_SERVER-I-SSRVTERMCPY",
                   "terminating operation on device _{vu}: at LBN: {lbn}"),
@@ -119,6 +120,8 @@ KINDS = {
                                   "_{member}: ({label}) added to the shadow set with a minicopy "
                                   "operation"),
     Kind.BITMAP_DELETED: ("SHADOW-I-BMDELETED", "_{vu}: bitmap {bitmap} deleted: {why}"),
+    Kind.MINICOPY_FALLBACK: ("SHADOW-I-MINIFULL",
+                             "_{vu}: {member}: no minicopy ({why}); a full copy instead"),
 }
 
 

@@ -91,6 +91,7 @@ class Rule(enum.StrEnum):
     ABORT_VU = "abort-vu"                    # ... or the operator ends it (set --abort-vu)
     STALL_ENDED = "stall-ended"
     MINICOPY = "minicopy"                    # a minicopy bitmap made at a split, or used at a return
+    CHANGED_SINCE_SPLIT = "changed-since-split"  # ... not used: the member was written apart
 
 
 def joined(*rules: str) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import logging
+import time
 from typing import Iterable, Optional, Protocol, Sequence
 
 import trio
@@ -76,6 +77,13 @@ def parse_policy(values: Iterable[str], what: str = "--policy") -> Policy:
             raise InvalidArgument(f"{what} {value!r} is not a policy; give minicopy, "
                                   f"minicopy=optional or nominicopy")
     return policy
+
+
+def departure_stamp(now_ns: int) -> int:
+    """The modification time given to members leaving with a bitmap: the whole second before
+    `now_ns`. In the past, so no later write can set the same time, and whole, so a filesystem
+    that keeps only seconds keeps it exactly. Pure."""
+    return (now_ns // 10**9 - 1) * 10**9
 
 
 def departure_problem(legs: Sequence, merge_required: bool) -> Optional[str]:
@@ -170,6 +178,7 @@ class WriteBitmaps:
         self.updates = self.batched = self.free_writes = self.lookahead_chunks = 0
         self.update_seconds = 0.0
         self.departure_note: Optional[str] = None   # why the last departure made no bitmap
+        self.departure_stamp: Optional[int] = None  # the mtime its members get (Member.stamp)
 
     @property
     def active(self) -> bool:
@@ -257,8 +266,11 @@ class WriteBitmaps:
         they share on the members that stay, as `policy` says. Returns its id, or None (no
         bitmap: their return will be a full copy); MembershipRefused when `minicopy` is
         required and none can be made. None is made for a copy target (its data is not whole)
-        nor while a merge is owed (the members may differ where no write went since)."""
-        self.departure_note = None
+        nor while a merge is owed (the members may differ where no write went since).
+        The bitmap records, per member, its size and (a file) `departure_stamp`: the
+        modification time the member is given after its last write (Member.stamp), so that
+        a write behind dsafs' back since shows at its return."""
+        self.departure_note = self.departure_stamp = None
         if policy is Policy.NONE:
             return None
         names = ", ".join(leg.name for leg in legs)
@@ -273,9 +285,12 @@ class WriteBitmaps:
             self.departure_note = why
             return None
         others = [s for s in self.host.current if s not in legs]
+        stamp = departure_stamp(time.time_ns())
+        bound = [Bound(leg.uuid, leg.generation,
+                       stamp if leg.member.mtime_ns is not None else 0, leg.member.size_bytes)
+                 for leg in legs]
         try:
-            bm = await self.create(BitmapType.MINICOPY,
-                                   [Bound(leg.uuid, leg.generation) for leg in legs], others,
+            bm = await self.create(BitmapType.MINICOPY, bound, others,
                                    tuple(leg.member.path for leg in legs))
         except NoBitmapSlot as exc:
             if policy is Policy.REQUIRED:
@@ -289,6 +304,7 @@ class WriteBitmaps:
         for leg in legs:
             self.host.event(Kind.BITMAP_CREATED, member=leg.member.path, rule=Rule.MINICOPY,
                             bitmap=bm.bitmap_id)
+        self.departure_stamp = stamp
         return bm.bitmap_id
 
     async def wipe(self, legs: Sequence) -> None:
@@ -326,9 +342,9 @@ class WriteBitmaps:
         return None
 
     def bound_members(self) -> tuple:
-        """(member UUID, generation it left at) of every member a usable bitmap serves."""
-        return tuple((b.member_uuid, b.base_generation) for bm in self.in_use.values()
-                     if bm.type is BitmapType.MINICOPY
+        """The Bound (member UUID, generation it left at, stamp, size) of every member a usable
+        bitmap serves."""
+        return tuple(b for bm in self.in_use.values() if bm.type is BitmapType.MINICOPY
                      and any(leg.state.current for leg in bm.replicas) for b in bm.bound)
 
     def runs(self, bitmap_id: str) -> tuple[range, ...]:

@@ -81,6 +81,7 @@ from dsafs.engine import lineage
 from dsafs.errors import MountRefused
 from dsafs.engine.lineage import Relation
 from dsafs.rules import Rule, joined
+from dsafs.ondisk.bitmap import Bound
 from dsafs.ondisk.scb import BranchReason, MemberState, Scb, describe_generation, min_member_bytes
 from dsafs.units import MAX_MEMBERS, format_size
 
@@ -94,6 +95,7 @@ class Candidate:
     scb: Optional[Scb] = None
     damaged: str = ""             # non-empty: both SCB slots bad, with the reason
     holds_data: str = ""          # a blank file that holds data: what was found (probe.py)
+    mtime_ns: Optional[int] = None    # a file's modification time when opened (None: not a file)
 
     @property
     def blank(self) -> bool:
@@ -115,8 +117,8 @@ class Mounted:
     member_uuids: tuple[uuidlib.UUID, ...]
     member_paths: tuple[str, ...]
     scb: Optional[Scb] = None     # the sources' SCB as it stands (generation and lineage)
-    # (member UUID, generation it left at) of every member a valid minicopy bitmap serves
-    minicopy: tuple[tuple[uuidlib.UUID, int], ...] = ()
+    # every member a valid minicopy bitmap serves: UUID, generation it left at, stamp, size
+    minicopy: tuple[Bound, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +240,7 @@ def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mo
     current = dict(zip(mounted.member_uuids, mounted.member_paths))
     new = [c for c in cands if c.path not in mounted.member_paths]
     _check_common(vu, new, len(mounted.member_uuids), mounted.vu_size_bytes)
-    members = []
+    members, notes = [], []
     for c in cands:
         if c not in new:
             members.append(MemberPlan(c, None, Rule.ALREADY_MEMBER))
@@ -251,10 +253,18 @@ def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mo
             members.append(MemberPlan(c, MemberState.COPY_TARGET, Rule.OVERWRITE_DUPLICATE))
         elif c.scb is not None and c.scb.set_uuid == mounted.set_uuid:
             rule = _add_same_set(vu, c, options, mounted)
+            claim = next((b for b in mounted.minicopy if (b.member_uuid, b.base_generation)
+                          == (c.scb.member_uuid, c.scb.generation)), None)
+            changed = None if claim is None else changed_since(claim, c)
             if (rule == Rule.ADD_TO_MOUNTED_VU and c.scb.own_state is MemberState.REMOVED
-                    and (c.scb.member_uuid, c.scb.generation) in mounted.minicopy):
+                    and claim is not None and changed is None):
                 members.append(MemberPlan(c, MemberState.MINICOPY_TARGET,
                                           joined(rule, Rule.MINICOPY)))
+            elif rule == Rule.ADD_TO_MOUNTED_VU and changed is not None:
+                members.append(MemberPlan(c, MemberState.COPY_TARGET,
+                                          joined(rule, Rule.CHANGED_SINCE_SPLIT)))
+                notes.append(f"{c.name} was changed since it left the set ({changed}): its "
+                             f"minicopy bitmap is not used; a full copy")
             else:
                 members.append(MemberPlan(c, MemberState.COPY_TARGET, rule))
         elif c.blank and c.holds_data and not options.overwrite:
@@ -272,7 +282,20 @@ def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mo
                      else f"has damaged dsafs metadata ({c.damaged})")
             _refuse(f"{vu}: member {c.path} {owner}; adding it would erase it: "
                     f"give --overwrite if that is what you want", Rule.OTHER_SET)
-    return Plan(vu, mounted.set_uuid, mounted.label, mounted.vu_size_bytes, tuple(members))
+    return Plan(vu, mounted.set_uuid, mounted.label, mounted.vu_size_bytes, tuple(members),
+                notes=tuple(notes))
+
+
+def changed_since(claim: Bound, c: Candidate) -> Optional[str]:
+    """How a member returning with a minicopy bitmap shows it was changed since it left (its
+    size, or the modification time dsafs gave it then), or None. Pure."""
+    if claim.size_bytes and c.size_bytes != claim.size_bytes:
+        return (f"its size is {format_size(c.size_bytes)}, it was "
+                f"{format_size(claim.size_bytes)}")
+    if claim.stamp_ns and c.mtime_ns != claim.stamp_ns:
+        return ("its modification time is not the one dsafs gave it when it left: written "
+                "since" if c.mtime_ns is not None else "its modification time cannot be read")
+    return None
 
 
 def _add_same_set(vu: str, c: Candidate, options: Options, mounted: Mounted) -> str:

@@ -345,11 +345,14 @@ class Membership:
         leg.member.close()
 
     async def remove(self, refs: Sequence[str],
-                     on_leave: Optional[Callable[[list], Awaitable[None]]] = None) -> None:
+                     on_leave: Optional[Callable[[list], Awaitable[Optional[int]]]] = None
+                     ) -> None:
         """Dismount members (one command: one instant): drain their I/O, generation up on the
         rest, mark them removed. `on_leave(legs)` runs once writes are held and drained, before
         they leave (the minicopy bitmap they share is made there); if it raises, nothing
-        changed."""
+        changed. It may return a modification time: each member's file gets it after its last
+        write (Member.stamp), so a write behind dsafs' back shows at its return."""
+        stamp = None
         name = self.host.name
         async with self.lock:
             legs = [self.find(ref) for ref in refs]
@@ -364,7 +367,7 @@ class Membership:
             async with self._member_leaving():
                 async with self.gate.closed(0, self.host.size_bytes):
                     if on_leave is not None:
-                        await on_leave(legs)
+                        stamp = await on_leave(legs)
                     for leg in legs:
                         if leg.state is MemberState.SOURCE:
                             leg.lineage = self.history.member_leaves(leg.generation,
@@ -381,6 +384,8 @@ class Membership:
                 try:
                     await waits.call(leg, "flush", leg.member.flush)
                     await waits.call(leg, "SCB write", leg.store.write, self.scb_for(leg))
+                    if stamp is not None:
+                        await waits.call(leg, "stamp", leg.member.stamp, stamp)
                 except MemberIOError as exc:
                     log.warning("%s: %s left the set but its SCB could not be marked: %s",
                                 name, leg.name, exc)
@@ -435,6 +440,10 @@ class Membership:
                 for leg, rule in new:
                     host.event(Kind.MEMBER_MINICOPY_TARGET if leg.bitmap_id
                                else Kind.MEMBER_COPY_TARGET, member=leg.member.path, rule=rule)
+                    if Rule.CHANGED_SINCE_SPLIT in rule.split(","):
+                        host.event(Kind.MINICOPY_FALLBACK, member=leg.member.path,
+                                   rule=Rule.CHANGED_SINCE_SPLIT,
+                                   why="changed since it left the set")
             return plan, [leg for leg, _ in new]
 
     def _new_target(self, member, scb: Optional[Scb], role: MemberState) -> Leg:

@@ -223,6 +223,9 @@ class Operations:
         if first.bitmap_id and runs is None:       # the bitmap is gone: a full copy, said so
             log.warning("%s: bitmap %s of %s is no longer in use; a full copy instead",
                         host.name, first.bitmap_id, ", ".join(t.name for t in targets))
+            for t in targets:
+                host.event(Kind.MINICOPY_FALLBACK, member=t.member.path, rule=Rule.MINICOPY,
+                           why=f"bitmap {first.bitmap_id} is no longer in use")
         start = min(t.fence_lbn for t in targets) * BLOCK_BYTES
         self.copy = Copy(host, targets, start, runs)
         log.info("%s: %s onto %s starts at LBN %d%s", host.name,
@@ -244,9 +247,9 @@ class Operations:
             self.copies += done
             if not done:
                 self.copy = None
-            host.event(Kind.COPY_END if done else "copy-stop",
+            host.event(Kind.COPY_END if done else Kind.COPY_STOP,
                        rule=Rule.COPIED if done else Rule.INTERRUPTED,
-                       lbn=copy.fence_bytes // BLOCK_BYTES)
+                       lbn=copy.fence_bytes // BLOCK_BYTES, op=copy.kind.replace("full", "copy"))
         if done:     # the VU stays `copying` until the targets' promotion is committed
             try:
                 await self._promote(copy)

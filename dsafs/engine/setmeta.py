@@ -37,7 +37,7 @@ async def load_candidate(member) -> decide.Candidate:
             tail = await member.read(member.size_bytes - n, n)
             found = probe.find_data(head, tail, member.size_bytes)
             return decide.Candidate(member.path, member.size_bytes, None, holds_data=found)
-        return decide.Candidate(member.path, member.size_bytes, scb)
+        return decide.Candidate(member.path, member.size_bytes, scb, mtime_ns=member.mtime_ns)
     except MetadataError as exc:
         return decide.Candidate(member.path, member.size_bytes, None, damaged=str(exc).split(": ", 1)[-1])
 

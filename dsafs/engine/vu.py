@@ -301,9 +301,11 @@ class VirtualUnit:
         written from then on (bitmap.py); returns its id, or None."""
         made: list = []
 
-        async def make_bitmap(legs: list) -> None:
-            if not self.readonly:
-                made.append(await self.bitmaps.for_departure(legs, policy))
+        async def make_bitmap(legs: list) -> Optional[int]:
+            if self.readonly:
+                return None
+            made.append(await self.bitmaps.for_departure(legs, policy))
+            return self.bitmaps.departure_stamp
 
         await self.membership.remove([refs] if isinstance(refs, str) else list(refs),
                                      on_leave=make_bitmap)

@@ -194,6 +194,11 @@ class FileMember(Member):
         fd, size_bytes, identity = open_fd(path, lock=lock, readonly=readonly, check=check)
         member = cls(path, fd, size_bytes, workers=workers, locked=lock)
         member.identity = identity
+        try:
+            st = os.fstat(fd)
+            member.mtime_ns = st.st_mtime_ns if stat.S_ISREG(st.st_mode) else None
+        except OSError:
+            member.mtime_ns = None
         return member
 
     # ---- public views and test hooks ------------------------------------------------------
@@ -310,6 +315,16 @@ class FileMember(Member):
         self._inline_streak = 0
         await (self._closed_error("write") or self._submit("dwrite", pos, bytes(data), b"")).wait()
 
+    async def stamp(self, ns: int) -> bool:
+        """A regular file's modification time set to `ns` (futimens on a worker: it may wait
+        on the filesystem); False for a block device."""
+        if self.mtime_ns is None:
+            await trio.lowlevel.checkpoint()
+            return False
+        await (self._closed_error("stamp") or self._submit("stamp", 0, ns, b"")).wait()
+        self.mtime_ns = ns
+        return True
+
     def start_flush(self) -> Pending:
         self._flushes += 1
         self._inline_streak = 0
@@ -358,7 +373,7 @@ class FileMember(Member):
                                or self._workers.pre_op is not None or self._direct.open() is None):
             self._workers.put(req)
             return req
-        if ring is None or op in ("read", "size") or self._workers.pre_op is not None:
+        if ring is None or op in ("read", "size", "stamp") or self._workers.pre_op is not None:
             self._workers.put(req)        # a worker checks the size before a write
             return req
         if op in ("write", "dwrite") and self._size_inline and self._size_checked != ring.enters:

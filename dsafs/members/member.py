@@ -8,6 +8,13 @@ around another one subclasses MemberWrapper, which passes everything through to 
 
   `path`, `size_bytes`          fixed: the absolute path named in every message; the raw size.
   `identity`                    (st_dev, st_ino) of the opened file, or None (not a file).
+  `mtime_ns`                    the modification time of a regular file as it was opened (so
+                                as dsafs left it at a split, if nothing wrote it since), or
+                                None (not a file: nothing to compare). Default None.
+  `stamp(ns)`                   set a regular file's modification time to `ns` after dsafs'
+                                last write at a split (its minicopy bitmap records `ns`: another
+                                time at its return means it was written since). True if done;
+                                default False (not a file).
   `start_read(pos, nbytes)`,    submit one request and return a Pending (pending.py) at once,
   `start_write(pos, data)`,     never raising MemberIOError: `await p.wait()` gives exactly
   `start_flush()`               `nbytes` bytes for a read (a short read is an error), None
@@ -69,6 +76,7 @@ class Member:
     path: str
     size_bytes: int
     identity: Optional[tuple] = None
+    mtime_ns: Optional[int] = None
 
     def start_read(self, pos: int, nbytes: int) -> Pending:
         raise NotImplementedError
@@ -108,6 +116,12 @@ class Member:
         await self.write(pos, data)
         await self.flush()
 
+    async def stamp(self, ns: int) -> bool:
+        """Set the member file's modification time to `ns` (see the module docstring). Default:
+        not a file, nothing to stamp."""
+        await trio.lowlevel.checkpoint()
+        return False
+
     @property
     def abandoned_running(self) -> int:
         """Abandoned requests the member may still perform (see the module docstring).
@@ -144,6 +158,13 @@ class MemberWrapper(Member):
     @property
     def identity(self) -> Optional[tuple]:
         return self.inner.identity
+
+    @property
+    def mtime_ns(self) -> Optional[int]:
+        return self.inner.mtime_ns
+
+    async def stamp(self, ns: int) -> bool:
+        return await self.inner.stamp(ns)
 
     @property
     def abandoned_running(self) -> int:

@@ -155,6 +155,9 @@ class Workers:
                 raise error
             if req.op == "size":
                 return None
+        if req.op == "stamp":             # the file's modification time (Member.stamp)
+            os.utime(fd, ns=(req.arg, req.arg))
+            return None
         if req.op in ("write", "dwrite"):
             view = memoryview(req.arg)
             flags = os.RWF_DSYNC if req.op == "dwrite" else 0

@@ -3,11 +3,12 @@
 A member holds 12 bitmap slots after its data (scb.py's layout: slot i at `bitmap_offset + i *
 slot_bytes`, `bitmap_offset = align_up(vu_size, 1 MiB)`, `slot_bytes = align_up(4096 +
 ceil(chunks / 8), 4096)`). A slot is a 4 KiB header followed by the bit area, both 4 KiB
-aligned. Bitmap slot format version 1, little-endian::
+aligned. Bitmap slot format version 2, little-endian::
 
     off   len  field
     0     8    magic              b"DSAFSBM\\0"; a slot without it is empty (free)
-    8     2    format_version     1; any other version is refused (a newer dsafs made it)
+    8     2    format_version     2; any other version is refused (version 1, made by an earlier
+                                  dsafs, had no stamps: its member returns by a full copy)
     10    2    header_bytes       4096
     12    4    feature_flags      0; unknown bits refuse
     16    8    sequence           creation order on this member: 1 + the highest sequence of any
@@ -28,8 +29,12 @@ aligned. Bitmap slot format version 1, little-endian::
                  +0   16  member_uuid      not nil, no two alike
                  +16  8   base_generation  the set's generation that member left at (> 0): with
                                            the member's lineage, when the bitmap is valid for it
-                 +24  8   reserved 0
-    416   3672 reserved           0
+                 +24  8   stamp_ns         the modification time dsafs gave the member file after
+                                           its last write at the split (0: none, e.g. a block
+                                           device): another time means it was written since
+    416   40   member sizes: 5 entries of 8 bytes, entry i the size in bytes of bound member i
+               when it left (unused entries 0): another size means it was changed since
+    456   3632 reserved           0
     4088  8    checksum           xxh3_64 of header bytes [0, 4088)
     4096  ...  bit area: chunk c (VU bytes [c * 64 KiB, (c + 1) * 64 KiB)) is bit c % 8 (LSB
                first) of byte c // 8. Bits from `chunks` on, and the bytes after the bit area
@@ -83,8 +88,8 @@ from dsafs.units import CHUNK_BYTES, MAX_MEMBERS, MiB, PAGE_BYTES, nchunks_of
 log = logging.getLogger("dsafs.bitmap")
 
 MAGIC = b"DSAFSBM\0"
-FORMAT_VERSION = 1
-READABLE_VERSIONS = (1,)
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (2,)
 HEADER_BYTES = BITMAP_HEADER_BYTES
 CHECKSUM_OFFSET = HEADER_BYTES - 8
 CHUNKS_PER_PAGE = PAGE_BYTES * 8
@@ -95,9 +100,11 @@ NO_MAGIC = "no bitmap magic"         # the reason of an empty slot
 ZERO_WRITE_BYTES = MiB               # a new bit area is zeroed in writes of at most this
 
 _HEAD = struct.Struct("<8sHHIQ16s8sBBxxIQQQ")
-_BOUND = struct.Struct("<16sQ8x")
+_BOUND = struct.Struct("<16sQQ")
 assert _BOUND.size == BOUND_ENTRY_BYTES and _HEAD.size <= BOUND_OFFSET
 BOUND_END = BOUND_OFFSET + MAX_BOUND * BOUND_ENTRY_BYTES
+SIZES_OFFSET = BOUND_END
+SIZES_END = SIZES_OFFSET + MAX_BOUND * 8
 _ID_RE = re.compile(r"[0-9A-F]{8}")
 _NIL = uuidlib.UUID(int=0)
 
@@ -119,6 +126,8 @@ class Bound:
 
     member_uuid: uuidlib.UUID
     base_generation: int
+    stamp_ns: int = 0              # the member file's mtime as dsafs left it (0: not stamped)
+    size_bytes: int = 0            # the member's size when it left (0: not recorded)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,6 +208,8 @@ def _fault(h: BitmapHeader) -> str:
         return "bound member list holds a nil or repeated member UUID"
     if any(not 0 < b.base_generation < 1 << 64 for b in h.bound):
         return "a bound member's base generation is 0"
+    if any(not (0 <= b.stamp_ns < 1 << 63 and 0 <= b.size_bytes < 1 << 63) for b in h.bound):
+        return "a bound member's stamp or size is out of range"
     return ""
 
 
@@ -217,7 +228,8 @@ def encode_header(h: BitmapHeader) -> bytes:
                     h.vu_size_bytes, h.chunks, h.created_ns)
     for i, b in enumerate(h.bound):
         _BOUND.pack_into(buf, BOUND_OFFSET + i * BOUND_ENTRY_BYTES, b.member_uuid.bytes,
-                         b.base_generation)
+                         b.base_generation, b.stamp_ns)
+        struct.pack_into("<Q", buf, SIZES_OFFSET + i * 8, b.size_bytes)
     struct.pack_into("<Q", buf, CHECKSUM_OFFSET, _checksum(buf))
     return bytes(buf)
 
@@ -245,12 +257,13 @@ def decode_header(raw: bytes, *, set_uuid: Optional[uuidlib.UUID] = None,
     (_, version, header_bytes, features, sequence, set_raw, id_raw, type_, count, chunk_bytes,
      vu_size, chunks, created_ns) = _HEAD.unpack_from(raw)
     if version not in READABLE_VERSIONS:
+        maker = "an earlier" if version < FORMAT_VERSION else "a newer"
         raise BitmapSlotError(f"format version {version} is not supported (this dsafs reads "
-                              f"bitmap version {', '.join(map(str, READABLE_VERSIONS))}; a newer "
-                              f"dsafs made it)")
+                              f"bitmap version {', '.join(map(str, READABLE_VERSIONS))}; "
+                              f"{maker} dsafs made it)")
     if header_bytes != HEADER_BYTES or features:
         raise BitmapSlotError(f"unknown features 0x{features:x} or header size {header_bytes}")
-    if (any(raw[_HEAD.size:BOUND_OFFSET]) or any(raw[BOUND_END:CHECKSUM_OFFSET])
+    if (any(raw[_HEAD.size:BOUND_OFFSET]) or any(raw[SIZES_END:CHECKSUM_OFFSET])
             or any(raw[50:52])):
         raise BitmapSlotError("reserved bytes are not zero")
     if type_ not in {t.value for t in BitmapType}:
@@ -260,14 +273,13 @@ def decode_header(raw: bytes, *, set_uuid: Optional[uuidlib.UUID] = None,
     bound = []
     for i in range(MAX_BOUND):
         off = BOUND_OFFSET + i * BOUND_ENTRY_BYTES
+        (size,) = struct.unpack_from("<Q", raw, SIZES_OFFSET + i * 8)
         if i >= count:
-            if any(raw[off:off + BOUND_ENTRY_BYTES]):
+            if any(raw[off:off + BOUND_ENTRY_BYTES]) or size:
                 raise BitmapSlotError(f"unused bound member entry {i} is not zero")
             continue
-        if any(raw[off + 24:off + BOUND_ENTRY_BYTES]):
-            raise BitmapSlotError("reserved bytes are not zero")
-        member, generation = _BOUND.unpack_from(raw, off)
-        bound.append(Bound(uuidlib.UUID(bytes=member), generation))
+        member, generation, stamp = _BOUND.unpack_from(raw, off)
+        bound.append(Bound(uuidlib.UUID(bytes=member), generation, stamp, size))
     header = BitmapHeader(
         set_uuid=uuidlib.UUID(bytes=set_raw), bitmap_id=id_raw.decode("latin-1"),
         type=BitmapType(type_), vu_size_bytes=vu_size, bound=tuple(bound), created_ns=created_ns,

@@ -135,7 +135,7 @@ class Commands:
                         return view.confirmation_json(name, asked[0])
                     raise
                 return {"vu": name, "plan": view.plan_json(plan) if plan else [], "state": vu.state,
-                        "warnings": warnings}
+                        "notes": list(plan.notes) if plan else [], "warnings": warnings}
             if vu is not None:
                 raise VuError(f"{name} is already mounted; add members with "
                               f"'dsafs mount {name} --add MEMBER'")

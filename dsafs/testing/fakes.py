@@ -57,8 +57,11 @@ class _MemPending(Pending):
 
 class MemMember(Member):
     def __init__(self, size_bytes: int, path: str = "mem:a", *, latency: float = 0.0,
-                 data: Optional[bytes] = None):
+                 data: Optional[bytes] = None, file_like: bool = False):
         self.path = path
+        # file_like: a modification time like a regular file's (Member.mtime_ns): every write
+        # moves it to a new value, stamp() sets it. Else None, like a block device.
+        self.mtime_ns: Optional[int] = 1 if file_like else None
         self.size_bytes = size_bytes
         self.data = bytearray(data if data is not None else size_bytes)
         self.latency = latency
@@ -117,7 +120,25 @@ class MemMember(Member):
             return self._pending(error=MemberIOError(self.path, "write", errno.ENOSPC))
         self.data[pos:pos + len(data)] = data
         self._c["written_bytes"] += len(data)
+        self.touch()
         return self._pending()
+
+    def touch(self) -> None:
+        """A write's effect on a file-like member's modification time: a new value."""
+        if self.mtime_ns is not None:
+            self.mtime_ns = max(self.mtime_ns + 1, int(trio.current_time() * 1e9))
+
+    def write_behind(self, pos: int, data: bytes) -> None:
+        """Someone else writes the image (not through dsafs): data and modification time."""
+        self.data[pos:pos + len(data)] = data
+        self.touch()
+
+    async def stamp(self, ns: int) -> bool:
+        await trio.lowlevel.checkpoint()
+        if self.mtime_ns is None or self.closed:
+            return False
+        self.mtime_ns = ns
+        return True
 
     def start_flush(self):
         self._c["flushes"] += 1

@@ -93,8 +93,8 @@ def test_empty_member_name_does_not_dissolve_the_vu(daemon):
     """`dismount DSA1 --member ""` (an empty shell variable) dissolved the whole VU."""
     r = daemon.run("dismount", "DSA1", "--member", "")
     assert r.returncode == 2, daemon.explain(r)
-    assert r.stderr.strip() == ("dsafs: malformed request: dismount: member must be a member "
-                                "path or basename (got '')")
+    assert r.stderr.strip() == ("dsafs: malformed request: dismount: members[0] must be a "
+                                "member path or basename (got '')")
     alive(daemon)
 
 

@@ -115,3 +115,36 @@ class _Leg:
 def test_departure_problem(states, merge, why):
     got = departure_problem([_Leg(f"m{i}", s) for i, s in enumerate(states)], merge)
     assert got == why if why is None else why in got
+
+
+@pytest.mark.allow_warnings
+@pytest.mark.parametrize("behind", [False, True])
+async def test_a_member_written_behind_dsafs_back_returns_by_a_full_copy(autojump_clock, behind):
+    """The split stamps the member's modification time (its bitmap records it); a write to the
+    image since, by anything but dsafs, changes it: the return is then a full copy, said in a
+    note and an event, and the members end identical."""
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE, file_like=True)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    async with running(vu):
+        await vu.remove("b.img", Policy.REQUIRED)
+        (bound,) = next(iter(vu.bitmaps.in_use.values())).bound
+        assert bound.stamp_ns and b.mtime_ns == bound.stamp_ns and bound.size_bytes == b.size_bytes
+        await vu.write(3 * CHUNK_BYTES, b"n" * 4096)
+        if behind:
+            b.write_behind(20 * CHUNK_BYTES, b"rogue" * 100)
+        reopen(b)
+        plan = await vu.add([b])
+        leg = vu.find("b.img")
+        if not behind:
+            assert leg.state is MemberState.MINICOPY_TARGET and plan.notes == ()
+        else:
+            assert leg.state is MemberState.COPY_TARGET
+            assert plan.members[0].rule == "add-to-mounted-vu,changed-since-split"
+            (note,) = plan.notes
+            assert note.startswith("b.img was changed since it left the set (its modification "
+                                   "time is not the one dsafs gave it when it left")
+            (event,) = vu.events.find("minicopy-fallback")
+            assert event.member == b.path
+        await vu.wait_steady()
+        assert vu.last_copy.kind == ("full" if behind else "minicopy")
+        assert_members_identical(vu)                 # the rogue write is gone from b

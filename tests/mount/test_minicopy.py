@@ -21,8 +21,9 @@ def test_split_with_a_bitmap_then_return_by_minicopy(served, tmp_path):
     random_fill(vu, VU)
     r = served.check("dismount", "DSA1", "--member", "b.img", "--policy", "minicopy")
     assert "b.img removed from the shadow set; bitmap " in r.stdout, r.stdout
-    r = served.check("dismount", "DSA1", "--member", "c.img")       # no bitmap: full copy
-    assert "bitmap" not in r.stdout, r.stdout
+    r = served.check("dismount", "DSA1", "--member", "c.img", "--policy", "nominicopy")
+    assert r.stdout.strip().endswith("c.img removed from the shadow set; no bitmap (--policy "
+                                     "nominicopy): its return will be a full copy"), r.stdout
     (bm,) = show(served)["bitmaps"]
     assert bm["type"] == "minicopy" and bm["member"].endswith("/b.img") and bm["populated"] == 0
     dirty = [1, 2, 100, 511]
@@ -69,3 +70,41 @@ def test_a_deleted_bitmap_means_a_full_copy(served, tmp_path):
     r = served.check("mount", "DSA1", "--add", "b.img", "--wait")
     assert "b.img copy-target by rule=add-to-mounted-vu" in r.stdout, r.stdout
     assert show(served)["last_copy"]["kind"] == "full"
+
+
+def test_two_members_share_a_bitmap_and_one_written_behind_dsafs_back_returns_in_full(
+        served, tmp_path):
+    """`dismount --member b --member c` (the default policy, minicopy=optional): one bitmap for
+    both. c.img is then written by something else (a byte changed with Python's open()): its
+    modification time is not the one dsafs gave it, so its return is a full copy, said in
+    the output; b.img returns by a minicopy; the bitmap goes once both are back."""
+    served.check("init", "DSA1", "--label", "MINI", "--size", str(16 * MiB), "a.img", "b.img",
+                 "c.img")
+    served.check("mount", "DSA1", "a.img", "b.img", "c.img")
+    vu = served.vu_path("DSA1")
+    random_fill(vu, 16 * MiB)
+    r = served.check("dismount", "DSA1", "--member", "b.img", "--member", "c.img")
+    assert "b.img and c.img removed from the shadow set; bitmap " in r.stdout, r.stdout
+    assert "records the writes for their minicopy" in r.stdout, r.stdout
+    (bm,) = show(served)["bitmaps"]
+    direct_write(vu, 3 * CHUNK, b"\x5a" * (4 * KiB))
+    with open(tmp_path / "c.img", "r+b") as f:             # behind dsafs' back
+        f.seek(7 * CHUNK)
+        f.write(b"rogue")
+    r = served.check("mount", "DSA1", "--add", "c.img", "--wait")
+    assert "c.img copy-target by rule=add-to-mounted-vu,changed-since-split" in r.stdout, \
+        r.stdout
+    assert ("DSA1: c.img was changed since it left the set (its modification time is not the "
+            "one dsafs gave it when it left: written since): its minicopy bitmap is not used; "
+            "a full copy") in r.stdout, r.stdout
+    wait_steady(served)
+    assert show(served)["last_copy"]["kind"] == "full"
+    assert [b["id"] for b in show(served)["bitmaps"]] == [bm["id"]]    # b.img is still away
+    r = served.check("mount", "DSA1", "--add", "b.img", "--wait")
+    assert "b.img minicopy-target by rule=add-to-mounted-vu,minicopy" in r.stdout, r.stdout
+    wait_steady(served)
+    info = show(served)
+    assert info["last_copy"]["kind"] == "minicopy" and info["last_copy"]["chunks_compared"] == 1
+    assert info["bitmaps"] == []
+    served.check("dismount", "DSA1")
+    assert_members_identical([tmp_path / n for n in ("a.img", "b.img", "c.img")], 16 * MiB)

@@ -21,7 +21,8 @@ VU = 2 * GiB + 4096        # 32769 chunks: 4097 bytes of bits, two pages, 7 spar
 
 def sample(**kw) -> BitmapHeader:
     base = dict(set_uuid=SET, bitmap_id="0001A2F3", type=BitmapType.MINICOPY, vu_size_bytes=VU,
-                bound=(Bound(M1, 0x0123456789ABCDEF), Bound(M2, 0x0123456789ABCDEF)),
+                bound=(Bound(M1, 0x0123456789ABCDEF, 1_700_000_000 * 10**9, 3 * GiB),
+                       Bound(M2, 0x0123456789ABCDEF)),
                 created_ns=1000, sequence=9)
     base.update(kw)
     return BitmapHeader(**base)
@@ -39,7 +40,7 @@ def test_golden_bytes_at_documented_offsets():
     raw = B.encode(sample(), sample_bits())
     assert len(raw) == 4096 + 8192                      # header, then two pages of bits
     assert raw[0:8] == b"DSAFSBM\0"
-    assert struct.unpack_from("<HHI", raw, 8) == (1, 4096, 0)
+    assert struct.unpack_from("<HHI", raw, 8) == (2, 4096, 0)
     assert struct.unpack_from("<Q", raw, 16)[0] == 9
     assert raw[24:40] == SET.bytes
     assert raw[40:48] == b"0001A2F3"
@@ -47,9 +48,12 @@ def test_golden_bytes_at_documented_offsets():
     assert struct.unpack_from("<IQQQ", raw, 52) == (65536, VU, 32769, 1000)
     assert raw[80:256] == bytes(176)
     assert raw[256:272] == M1.bytes and struct.unpack_from("<Q", raw, 272)[0] == 0x0123456789ABCDEF
-    assert raw[280:288] == bytes(8)
+    assert struct.unpack_from("<Q", raw, 280)[0] == 1_700_000_000 * 10**9     # M1's stamp
     assert raw[288:304] == M2.bytes and struct.unpack_from("<Q", raw, 304)[0] == 0x0123456789ABCDEF
-    assert raw[320:4088] == bytes(4088 - 320)           # unused entries, reserved
+    assert raw[312:320] == bytes(8)                     # M2: not stamped
+    assert raw[320:416] == bytes(96)                    # unused entries
+    assert struct.unpack_from("<QQ", raw, 416) == (3 * GiB, 0)     # member sizes
+    assert raw[432:4088] == bytes(4088 - 432)           # unused sizes, reserved
     assert struct.unpack_from("<Q", raw, 4088)[0] == xxhash.xxh3_64_intdigest(raw[:4088])
     assert raw[4096:4096 + 4097] == sample_bits()       # chunk c: byte c // 8, bit c % 8
     assert raw[4096 + 4097:] == bytes(8192 - 4097)
@@ -57,7 +61,7 @@ def test_golden_bytes_at_documented_offsets():
     assert xxhash.xxh3_64_hexdigest(raw) == GOLDEN_DIGEST
 
 
-GOLDEN_DIGEST = "edffccdc91346e4e"
+GOLDEN_DIGEST = "ace1769ad8a46b2e"
 
 
 def test_round_trip_and_write_intent():
@@ -85,8 +89,10 @@ def _with(fmt, offset, *values, resign=True) -> bytes:
     (_with("<8s", 0, b"DSAFSCB\0"), {}, "^no bitmap magic$"),
     (_with("<B", 100, 1, resign=False), {}, r"^checksum mismatch \(torn or corrupt\)$"),
     (_with("<B", 4000, 1, resign=False), {}, "^checksum mismatch"),
-    (_with("<H", 8, 2), {}, r"^format version 2 is not supported \(this dsafs reads bitmap "
-                            r"version 1; a newer dsafs made it\)$"),
+    (_with("<H", 8, 3), {}, r"^format version 3 is not supported \(this dsafs reads bitmap "
+                            r"version 2; a newer dsafs made it\)$"),
+    (_with("<H", 8, 1), {}, r"^format version 1 is not supported \(this dsafs reads bitmap "
+                            r"version 2; an earlier dsafs made it\)$"),
     (_with("<H", 8, 0), {}, "^format version 0 is not supported"),
     (_with("<I", 12, 1 << 3), {}, "^unknown features 0x8"),
     (_with("<H", 10, 512), {}, "header size 512$"),
@@ -110,7 +116,10 @@ def _with(fmt, offset, *values, resign=True) -> bytes:
     (_with("<16s", 288, M1.bytes), {}, "nil or repeated member UUID$"),
     (_with("<16s", 256, bytes(16)), {}, "nil or repeated member UUID$"),
     (_with("<Q", 272, 0), {}, "base generation is 0$"),
-    (_with("<Q", 280, 1), {}, "^reserved bytes are not zero$"),
+    (_with("<Q", 280, 1 << 63), {}, "stamp or size is out of range$"),
+    (_with("<Q", 424, 1 << 63), {}, "stamp or size is out of range$"),
+    (_with("<Q", 440, 1), {}, "^unused bound member entry 3 is not zero$"),
+    (_with("<B", 456, 1), {}, "^reserved bytes are not zero$"),
     (_with("<B", 50, 1), {}, "^reserved bytes are not zero$"),
     (_with("<B", 200, 1), {}, "^reserved bytes are not zero$"),
     (_with("<B", 3000, 1), {}, "^reserved bytes are not zero$"),

@@ -9,6 +9,7 @@ import pytest
 from dsafs.engine import decide
 from dsafs.engine.decide import Candidate, Mounted, Options
 from dsafs.errors import MountRefused
+from dsafs.ondisk.bitmap import Bound
 from dsafs.ondisk.scb import MemberEntry, MemberState, Scb, min_member_bytes
 from dsafs.units import MiB
 
@@ -209,22 +210,63 @@ def test_add_to_mounted(why, cands, opts, expect):
     assert roles(decide.plan("DSA1", cands, opts, MOUNTED)) == expect
 
 
-MINI_MOUNTED = dataclasses.replace(MOUNTED, minicopy=((U["c"], 150),))
+STAMP = 1_700_000_000 * 10**9
+MINI_MOUNTED = dataclasses.replace(MOUNTED, minicopy=(Bound(U["c"], 150, STAMP, BIG),
+                                                      Bound(U["d"], 160)))
+
+
+def stamped(cand, mtime_ns=STAMP, size=None):
+    return dataclasses.replace(cand, mtime_ns=mtime_ns, size_bytes=size or cand.size_bytes)
+
+
 MINICOPY = [
     ("split off (removed) at the generation a bitmap names: a minicopy target",
-     m("c", 150, state=GONE), ("c", "minicopy-target", "add-to-mounted-vu,minicopy")),
+     stamped(m("c", 150, state=GONE)), ("c", "minicopy-target", "add-to-mounted-vu,minicopy"),
+     None),
     ("the bitmap names another generation (the member changed since): a full copy",
-     m("c", 140, state=GONE), ("c", "copy-target", "add-to-mounted-vu")),
+     stamped(m("c", 140, state=GONE)), ("c", "copy-target", "add-to-mounted-vu"), None),
     ("its own SCB does not say removed (expelled: never told): a full copy",
-     m("c", 150, state=SRC), ("c", "copy-target", "add-to-mounted-vu")),
+     stamped(m("c", 150, state=SRC)), ("c", "copy-target", "add-to-mounted-vu"), None),
     ("no bitmap names it: a full copy",
-     m("d", 150, state=GONE), ("d", "copy-target", "add-to-mounted-vu")),
+     stamped(m("e", 150, state=GONE)), ("e", "copy-target", "add-to-mounted-vu"), None),
+    ("written behind dsafs' back (another modification time): a full copy, said",
+     stamped(m("c", 150, state=GONE), STAMP + 5), ("c", "copy-target",
+                                                   "add-to-mounted-vu,changed-since-split"),
+     "c.img was changed since it left the set (its modification time is not the one dsafs "
+     "gave it when it left: written since): its minicopy bitmap is not used; a full copy"),
+    ("its size changed (grown): a full copy, said",
+     stamped(m("c", 150, state=GONE), size=BIG + MiB),
+     ("c", "copy-target", "add-to-mounted-vu,changed-since-split"), r"its size is "),
+    ("stamped, but no modification time now (not a file any more): a full copy",
+     stamped(m("c", 150, state=GONE), None),
+     ("c", "copy-target", "add-to-mounted-vu,changed-since-split"), "cannot be read"),
+    ("a block device (no stamp recorded): the SCB and size decide",
+     stamped(m("d", 160, state=GONE), None), ("d", "minicopy-target",
+                                              "add-to-mounted-vu,minicopy"), None),
 ]
 
 
-@pytest.mark.parametrize("why, cand, expect", MINICOPY, ids=[r[0] for r in MINICOPY])
-def test_add_by_minicopy(why, cand, expect):
-    assert roles(decide.plan("DSA1", [cand], Options(), MINI_MOUNTED)) == [expect]
+@pytest.mark.parametrize("why, cand, expect, note", MINICOPY, ids=[r[0] for r in MINICOPY])
+def test_add_by_minicopy(why, cand, expect, note):
+    plan = decide.plan("DSA1", [cand], Options(), MINI_MOUNTED)
+    assert roles(plan) == [expect]
+    if note is None:
+        assert plan.notes == ()
+    else:
+        (said,) = plan.notes
+        assert note in said
+
+
+@pytest.mark.parametrize("claim, size, mtime, changed", [
+    (Bound(U["c"], 1), BIG, None, None),                      # nothing recorded: cannot tell
+    (Bound(U["c"], 1, 0, BIG), BIG, 77, None),
+    (Bound(U["c"], 1, 0, BIG), BIG + 4096, 77, "its size is"),
+    (Bound(U["c"], 1, 5, 0), BIG, 5, None),
+    (Bound(U["c"], 1, 5, 0), BIG, 6, "written since"),
+])
+def test_changed_since(claim, size, mtime, changed):
+    got = decide.changed_since(claim, Candidate("/d/c.img", size, mtime_ns=mtime))
+    assert got is None if changed is None else changed in got
 
 
 def test_confirm_only_when_a_copy_is_needed():
