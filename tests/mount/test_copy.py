@@ -63,7 +63,7 @@ def test_member_added_during_fio_write(served, tmp_path):
 def test_show_during_copy_and_targets_serve_no_reads(served, tmp_path):
     served.check("init", "DSA1", "--label", "COPY", "--size", str(VU), "a.img", "b.img")
     served.check("mount", "DSA1", "a.img", "b.img")
-    served.check("dismount", "DSA1", "--member", "b.img")
+    served.check("dismount", "DSA1", "--member", "b.img", "--policy", "nominicopy")
     vu = served.vu_path("DSA1")
     random_fill(vu, VU)            # only a.img gets it: b.img differs everywhere now
 
@@ -115,7 +115,7 @@ def test_show_during_copy_and_targets_serve_no_reads(served, tmp_path):
             if cli["state"] == "copying" and "Copy Active" in text and len(snapshots) >= 3:
                 break
             # The copy ended before the CLI looked: split b.img off again and retry.
-            served.check("dismount", "DSA1", "--member", "b.img")
+            served.check("dismount", "DSA1", "--member", "b.img", "--policy", "nominicopy")
         else:
             pytest.fail("the copy always ended before dsafs show could see it")
     finally:
@@ -155,7 +155,7 @@ def test_show_during_copy_and_targets_serve_no_reads(served, tmp_path):
 def test_copy_interrupted_by_dissolve_resumes_on_the_next_mount(served, tmp_path):
     served.check("init", "DSA1", "--label", "RESUME", "--size", str(VU), "a.img", "b.img")
     served.check("mount", "DSA1", "a.img", "b.img")
-    served.check("dismount", "DSA1", "--member", "b.img")
+    served.check("dismount", "DSA1", "--member", "b.img", "--policy", "nominicopy")
     random_fill(served.vu_path("DSA1"), VU)
     served.check("mount", "DSA1", "--add", "b.img", "--no-wait")
     info = wait_until(lambda: (lambda i: i if i["state"] != "copying" or i["copy"]["percent"] >= 10

@@ -74,8 +74,9 @@ def test_ext4_survives_member_split_and_return(served, tmp_path):
         sums[rel] = hashlib.sha256(data).hexdigest()
     os.sync()
 
-    r = served.check("mount", "DSA1", "--add", "b.img", "--wait")
-    assert "b.img copy-target by rule=add-to-mounted-vu" in r.stdout, r.stdout
+    r = served.check("mount", "DSA1", "--add", "b.img", "--wait")   # the default: a minicopy
+    assert "b.img minicopy-target by rule=add-to-mounted-vu,minicopy" in r.stdout, r.stdout
+    assert show(served)["last_copy"]["kind"] == "minicopy"
     assert r.stdout.rstrip().endswith("DSA1: steady; a.img source, b.img source"), r.stdout
     write_files(fs, "third", 5, rnd, sums)          # written to both members again
     os.sync()
