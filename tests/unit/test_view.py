@@ -94,13 +94,15 @@ ROWS = {
     "the last copy (a minicopy) and the bitmaps in use": (
         stats(last_copy=CopyStats(100.0, 8192, ("/m/b.img",), 4 * 65536, 4 * 65536, 4 * 65536,
                                   "minicopy", 0.25),
-              bitmaps=(BitmapInfo("0A1B2C3D", "minicopy", "/m/c.img", 65536, 64, 3, 4.7),),
+              bitmaps=(BitmapInfo("0A1B2C3D", "minicopy", "/m/c.img", 65536, 64, 3, 4.7,
+                                  1_700_000_000_123_456_789),),
               bitmap_writes=BitmapsStats(1, 10, 4, 100, 16, 0.012)),
         ONLINE, facts(),
         {"last_copy": {"kind": "minicopy", "chunks_compared": 4, "bytes_written": 262144,
                        "seconds": 0.25},
          "bitmaps": [{"id": "0A1B2C3D", "type": "minicopy", "member": "/m/c.img",
-                      "chunk_bytes": 65536, "chunks": 64, "populated": 3, "percent": 4.7}],
+                      "chunk_bytes": 65536, "chunks": 64, "populated": 3, "percent": 4.7,
+                      "created_ns": 1_700_000_000_123_456_789}],
          "bitmap_writes": {"bitmaps": 1, "updates": 10, "batched": 4, "free_writes": 100,
                            "lookahead_chunks": 16, "update_seconds": 0.012}}),
     "no copy unless copying": (
