@@ -21,7 +21,7 @@ import trio
 
 from dsafs import __version__
 from dsafs.service.control import Client, default_socket
-from dsafs.service.view import format_show
+from dsafs.service.view import format_bitmaps, format_show
 from dsafs.errors import DsafsError, InvalidArgument, MountRefused, UsageError
 from dsafs.units import format_size, parse_size, vu_name
 
@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", parents=[sock], help="show shadow sets (SHOW SHADOW)")
     s.add_argument("vu", metavar="DSAn", nargs="?")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--bitmaps", action="store_true",
+                   help="the write bitmaps in use (SHOW DEVICE/BITMAP): id, size, percent "
+                        "populated, type, created, member (with --json: the same JSON)")
     s.set_defaults(func=cmd_show)
 
     s = sub.add_parser("set", parents=[sock], help="change a mounted VU's settings (SET SHADOW)")
@@ -378,6 +381,9 @@ def cmd_show(args) -> int:
         info = c.call("show", vu=vu_name(args.vu) if args.vu else None)
     if args.json:
         print(json.dumps(info, indent=2))
+    elif args.bitmaps:
+        infos = info if isinstance(info, list) else [info]
+        print(format_bitmaps(infos) if infos else "no virtual units mounted")
     elif isinstance(info, list):
         print("\n\n".join(format_show(i) for i in info) if info else "no virtual units mounted")
     else:

@@ -110,6 +110,7 @@ class InUse:
     replicas: list                     # the legs holding it
     bits: bytearray                    # durable on every replica (in memory)
     paths: tuple = ()                  # the paths of the members it serves, when known
+    created_ns: int = 0                # when it was made (its header's created_ns)
 
     def has(self, chunks: range) -> bool:
         bits = self.bits
@@ -134,6 +135,7 @@ class BitmapInfo:
     chunks: int
     populated: int
     percent: float
+    created_ns: int = 0               # when it was made (time_ns, from its header; 0: unknown)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,7 +222,8 @@ class WriteBitmaps:
                 if bm is None:
                     bm = found[h.bitmap_id] = InUse(
                         h.bitmap_id, h.type, h.bound, [],
-                        bytearray(-(-nchunks_of(self.host.size_bytes) // 8)))
+                        bytearray(-(-nchunks_of(self.host.size_bytes) // 8)),
+                        created_ns=h.created_ns)
                 bm.replicas.append(leg)
                 bm.mark(c for r in runs for c in r)
         for bm in found.values():
@@ -238,16 +241,18 @@ class WriteBitmaps:
         taken = {b for b in self.in_use}
         bitmap_id = new_bitmap_id(taken)
         made = []
+        created_ns = 0
         try:
             for leg in legs:
                 try:
-                    await waits.call(leg, "bitmap create", self.store(leg).create, bitmap_id,
-                                     type, bound)
+                    header = await waits.call(leg, "bitmap create", self.store(leg).create,
+                                              bitmap_id, type, bound)
                 except MemberIOError as exc:
                     log.warning("%s: %s: bitmap %s not made: %s", self.host.name, leg.name,
                                 bitmap_id, exc)
                     continue
                 made.append(leg)
+                created_ns = created_ns or header.created_ns
         except NoBitmapSlot:
             for leg in made:
                 await self._delete_on(leg, bitmap_id)
@@ -255,7 +260,8 @@ class WriteBitmaps:
         if not made:
             raise AllMembersFailed(self.host.name, "bitmap create", [])
         bm = InUse(bitmap_id, type, tuple(bound), made,
-                   bytearray(-(-nchunks_of(self.host.size_bytes) // 8)), tuple(paths))
+                   bytearray(-(-nchunks_of(self.host.size_bytes) // 8)), tuple(paths),
+                   created_ns)
         self.in_use[bitmap_id] = bm
         log.info("%s: bitmap %s (%s) made on %s for %d member(s)", self.host.name, bitmap_id,
                  type.label, ", ".join(leg.name for leg in made), len(bound))
@@ -455,7 +461,8 @@ class WriteBitmaps:
         chunks = nchunks_of(self.host.size_bytes)
         return tuple(BitmapInfo(bm.bitmap_id, bm.type.label, bm.paths[0] if bm.paths else None,
                                 CHUNK_BYTES, chunks, bm.populated,
-                                round(100.0 * bm.populated / chunks, 1) if chunks else 0.0)
+                                round(100.0 * bm.populated / chunks, 1) if chunks else 0.0,
+                                bm.created_ns)
                      for bm in self.in_use.values())
 
     def statistics(self) -> BitmapsStats:

@@ -10,12 +10,14 @@ function of records, so the metrics to come reuse it, and the tests build record
 Invariant: this module alone spells the field names of `show --json` (DESIGN.md §1 fixes them),
 in a fixed key order, and every value it returns is a JSON type (dict, list, str, int, float,
 bool, None): a reply never holds an engine object. `format_show` reads only those dicts, so the
-text a user sees and the JSON a script reads cannot disagree.
+text a user sees and the JSON a script reads cannot disagree; `format_bitmaps` (the text of
+`show --bitmaps`) likewise.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from typing import Any, Optional, Protocol, Sequence
 
 from dsafs.engine.mountver import MOUNT_VERIFY
@@ -207,6 +209,7 @@ def format_show(info: dict) -> str:
            if info.get("stall_writes_remaining_s") is not None else "")
         + (f"   Verification: {info['mount_verification']['remaining_s']:g} s left"
            if info.get("mount_verification") else ""),
+        f"  Bitmaps: {bitmaps_summary(info.get('bitmaps') or [])}",
     ]
     merge, ms = info.get("merge"), info.get("merge_settings")
     if merge:
@@ -238,3 +241,49 @@ def format_show(info: dict) -> str:
         if extra:
             lines.append(f"  {'':<28} {', '.join(extra)}")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- bitmaps text
+_BITMAP_HEAD = (f"{'Device Name':<12} {'BitMap ID':<10} {'Size (bytes)':>12} "
+                f"{'Populated':>9}  {'Type':<10} {'Created':<19}  Member")
+
+
+def bitmaps_summary(bitmaps: Sequence[dict]) -> str:
+    """The `Bitmaps:` line of plain `show` (SHOW DEVICE/FULL's "device supports bitmaps (no
+    bitmaps active)"): "none", or "N active (their types)"."""
+    if not bitmaps:
+        return "none"
+    types = list(dict.fromkeys(b["type"] for b in bitmaps))
+    return f"{len(bitmaps)} active ({', '.join(types)})"
+
+
+def format_bitmaps(infos: Sequence[dict], tz: Optional[datetime.tzinfo] = None) -> str:
+    """The `dsafs show --bitmaps` text (SHOW DEVICE/BITMAP) of `show --json` objects: one row per
+    bitmap in use (VU, id, size of its bit area in bytes, percent of the VU's chunks set, type,
+    creation time in `tz` (None: local time), the member it serves), and "no bitmaps active" for
+    a VU that has none. The header is printed only when some VU has a bitmap."""
+    rows, any_bitmap = [], False
+    for info in infos:
+        device = f"_{info['name']}:"
+        bitmaps = info.get("bitmaps") or []
+        if not bitmaps:
+            rows.append(f"{device:<12} no bitmaps active")
+        for b in bitmaps:
+            any_bitmap = True
+            rows.append(f"{device:<12} {b['id']:<10} {-(-b['chunks'] // 8):>12} "
+                        f"{_populated(b):>9}  {b['type']:<10} "
+                        f"{_created(b.get('created_ns'), tz):<19}  {b['member'] or '-'}")
+    return "\n".join(([_BITMAP_HEAD] if any_bitmap else []) + rows)
+
+
+def _populated(b: dict) -> str:
+    """Percent of chunks set, one decimal; "<0.1%" when some are set but it rounds to 0."""
+    if b["populated"] and b["percent"] < 0.1:
+        return "<0.1%"
+    return f"{b['percent']:.1f}%"
+
+
+def _created(ns: Optional[int], tz: Optional[datetime.tzinfo]) -> str:
+    if not ns:
+        return "-"
+    return datetime.datetime.fromtimestamp(ns / 1e9, tz).strftime("%Y-%m-%d %H:%M:%S")

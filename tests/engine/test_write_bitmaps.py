@@ -175,6 +175,27 @@ async def test_a_bitmap_goes_on_recording_after_the_vu_is_dismounted_and_mounted
             assert await replica_chunks(vu, m, bitmap_id) == [7, 30]
 
 
+async def test_show_lists_a_bitmap_with_its_member_and_its_headers_creation_time(autojump_clock):
+    """describe() (show's `bitmaps`) carries the creation time the header holds, when the
+    bitmap is made and when a later mount takes it up again."""
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    async with running(vu):
+        bitmap_id = await vu.remove("c.img", Policy.REQUIRED)
+        await vu.write(7 * CHUNK_BYTES, b"1" * 4096)
+        (info,) = vu.bitmaps.describe()
+        (slot,) = [s for s in await BitmapStore(a, vu.set_uuid, SIZE).scan() if s.header]
+    created_ns = slot.header.created_ns
+    assert created_ns > 0
+    assert (info.id, info.type, info.member, info.populated, info.created_ns) == (
+        bitmap_id, "minicopy", c.path, 1, created_ns)
+    reopen(a, b)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        (info,) = vu.bitmaps.describe()
+        assert (info.id, info.populated, info.created_ns) == (bitmap_id, 1, created_ns)
+
+
 # ---------------------------------------------------------------------------------- the return
 @pytest.mark.parametrize("dirty", [[3, 17, 18, 40, 63], []], ids=["5 chunks", "no chunk"])
 async def test_a_returning_member_copies_only_the_chunks_written_while_it_was_away(

@@ -1,7 +1,9 @@
-"""`dsafs show --json` has the DESIGN §1 fields with the right types and values."""
+"""`dsafs show --json` has the DESIGN §1 fields with the right types and values; `show --bitmaps`
+lists the bitmaps in use."""
 
 import json
 import os
+import time
 
 import pytest
 
@@ -85,3 +87,30 @@ def test_show_json_fields_and_counters(served, tmp_path):
     text = served.check("show", "DSA1").stdout
     assert "_DSA1:" in text and "Volume Label: SHOW" in text and "Steady State" in text
     assert info["generation_hex"] in text
+
+
+def test_show_bitmaps_lists_a_split_members_minicopy_bitmap(served, tmp_path):
+    served.check("init", "DSA1", "--label", "SHOWBM", "--size", str(VU), "a.img", "b.img")
+    served.check("mount", "DSA1", "a.img", "b.img")
+    assert "  Bitmaps: none" in served.check("show", "DSA1").stdout.splitlines()
+    assert served.check("show", "DSA1", "--bitmaps").stdout.splitlines() == [
+        "_DSA1:       no bitmaps active"]
+
+    before = time.time()
+    served.check("dismount", "DSA1", "--member", "b.img", "--policy", "minicopy")
+    direct_write(served.vu_path("DSA1"), 8 * MiB, os.urandom(MiB))   # 16 of 1024 chunks
+    (bm,) = show(served)["bitmaps"]
+    assert bm["populated"] >= 16 and bm["created_ns"] >= int(before * 1e9) - 10**9, bm
+
+    head, row = served.check("show", "DSA1", "--bitmaps").stdout.splitlines()
+    assert head.split()[:4] == ["Device", "Name", "BitMap", "ID"] and "Member" in head, head
+    device, bitmap_id, size, percent, kind, day, clock, member = row.split()
+    assert (device, bitmap_id, size, kind, member) == (
+        "_DSA1:", bm["id"], str(VU // (64 * 1024) // 8), "minicopy", str(tmp_path / "b.img"))
+    assert percent.endswith("%") and float(percent[:-1]) >= 1.5, row   # 16/1024 chunks: 1.6%
+    created = time.mktime(time.strptime(f"{day} {clock}", "%Y-%m-%d %H:%M:%S"))
+    assert before - 2 <= created <= time.time() + 1, row                # local time
+    assert "  Bitmaps: 1 active (minicopy)" in served.check("show").stdout.splitlines()
+    # with --json: the same JSON as show --json (no writes since: the same bitmap)
+    assert json.loads(served.check("show", "DSA1", "--bitmaps", "--json").stdout)["bitmaps"] \
+        == [bm]

@@ -1,6 +1,7 @@
 """view.py by tables on hand-made statistics records (no VU): the field names, order and values of
 `dsafs show --json`, the mount reply's plan, and the `dsafs show` text made from that JSON."""
 
+import datetime
 import json
 from types import SimpleNamespace
 
@@ -94,13 +95,15 @@ ROWS = {
     "the last copy (a minicopy) and the bitmaps in use": (
         stats(last_copy=CopyStats(100.0, 8192, ("/m/b.img",), 4 * 65536, 4 * 65536, 4 * 65536,
                                   "minicopy", 0.25),
-              bitmaps=(BitmapInfo("0A1B2C3D", "minicopy", "/m/c.img", 65536, 64, 3, 4.7),),
+              bitmaps=(BitmapInfo("0A1B2C3D", "minicopy", "/m/c.img", 65536, 64, 3, 4.7,
+                                  1_700_000_000_123_456_789),),
               bitmap_writes=BitmapsStats(1, 10, 4, 100, 16, 0.012)),
         ONLINE, facts(),
         {"last_copy": {"kind": "minicopy", "chunks_compared": 4, "bytes_written": 262144,
                        "seconds": 0.25},
          "bitmaps": [{"id": "0A1B2C3D", "type": "minicopy", "member": "/m/c.img",
-                      "chunk_bytes": 65536, "chunks": 64, "populated": 3, "percent": 4.7}],
+                      "chunk_bytes": 65536, "chunks": 64, "populated": 3, "percent": 4.7,
+                      "created_ns": 1_700_000_000_123_456_789}],
          "bitmap_writes": {"bitmaps": 1, "updates": 10, "batched": 4, "free_writes": 100,
                            "lookahead_chunks": 16, "update_seconds": 0.012}}),
     "no copy unless copying": (
@@ -188,12 +191,13 @@ def test_plan_and_confirmation():
 # ----------------------------------------------------------------------------- the text
 def test_format_show_steady():
     text = view.format_show(view.show_json(stats(), ONLINE, facts()))
-    assert text.splitlines()[:5] == [
+    assert text.splitlines()[:6] == [
         "_DSA1:  Volume Label: DATA",
         "  Virtual Unit State:   Steady State",
         "  Size: 4.0 MiB (8192 blocks)   Generation Number: 00000000:00001234",
         "  Master Member: /m/a.img   Merge required: no   Priority: 5000",
         "  VU Timeout Value: 3600 s   Member Timeout: 120 s",
+        "  Bitmaps: none",
     ]
     assert "  Merge Delay Factor 1200 / Delay Threshold 250 / Min Rate 10.0 MiB/s" in text
     assert ("  /m/a.img                     source               2        10        20 "
@@ -227,3 +231,65 @@ def test_format_show_table(st, mv, f, lines):
     text = view.format_show(view.show_json(st, mv, f)).splitlines()
     for line in lines:
         assert line in text
+
+
+# ----------------------------------------------------------------------------- show --bitmaps
+UTC = datetime.timezone.utc
+T0 = 1_700_000_000_123_456_789          # 2023-11-14 22:13:20 UTC
+MINI = BitmapInfo("0A1B2C3D", "minicopy", "/m/c.img", 65536, 64, 3, 4.7, T0)
+BIG = BitmapInfo("00010001", "minicopy", None, 65536, 16385, 1, 0.0, 0)   # loaded: no path
+MERGE_BM = BitmapInfo("FFFF0000", "minimerge", "/m/a.img", 65536, 64, 64, 100.0, T0 + 60 * 10**9)
+HEAD = ("Device Name  BitMap ID  Size (bytes) Populated  Type       Created              "
+        "Member")
+
+
+def text_of(*vus, tz=UTC) -> list:
+    infos = [view.show_json(stats(name=name, bitmaps=bms), ONLINE, facts()) for name, bms in vus]
+    return view.format_bitmaps(infos, tz).splitlines()
+
+
+# ((VU name, bitmaps), ...) -> the show --bitmaps lines
+BITMAP_ROWS = {
+    "none: no header, 'no bitmaps active'": (
+        (("DSA1", ()),),
+        ["_DSA1:       no bitmaps active"]),
+    "one minicopy bitmap: size of its bit area, percent, type, created, member": (
+        (("DSA1", (MINI,)),),
+        [HEAD,
+         "_DSA1:       0A1B2C3D              8      4.7%  minicopy   2023-11-14 22:13:20  /m/c.img"]),
+    "bits set but rounding to 0.0: '<0.1%'; ceil(chunks/8); unknown member and time: '-'": (
+        (("DSA1", (BIG,)),),
+        [HEAD,
+         "_DSA1:       00010001           2049     <0.1%  minicopy   -                    -"]),
+    "two VUs, one without; both types; in the VUs' order": (
+        (("DSA1", (MINI, MERGE_BM)), ("DSA2", ())),
+        [HEAD,
+         "_DSA1:       0A1B2C3D              8      4.7%  minicopy   2023-11-14 22:13:20  /m/c.img",
+         "_DSA1:       FFFF0000              8    100.0%  minimerge  2023-11-14 22:14:20  /m/a.img",
+         "_DSA2:       no bitmaps active"]),
+}
+
+
+@pytest.mark.parametrize("vus, lines", BITMAP_ROWS.values(), ids=BITMAP_ROWS)
+def test_format_bitmaps_table(vus, lines):
+    assert text_of(*vus) == lines
+
+
+def test_format_bitmaps_created_is_local_time_by_default():
+    info = view.show_json(stats(bitmaps=(MINI,)), ONLINE, facts())
+    local = datetime.datetime.fromtimestamp(T0 / 1e9).strftime("%Y-%m-%d %H:%M:%S")
+    assert f"  {local}  /m/c.img" in view.format_bitmaps([info])
+
+
+SUMMARY_ROWS = {
+    "none": ((), "  Bitmaps: none"),
+    "one minicopy": ((MINI,), "  Bitmaps: 1 active (minicopy)"),
+    "two minicopy, one type named once": ((MINI, BIG), "  Bitmaps: 2 active (minicopy)"),
+    "both types, in order": ((MERGE_BM, MINI), "  Bitmaps: 2 active (minimerge, minicopy)"),
+}
+
+
+@pytest.mark.parametrize("bitmaps, line", SUMMARY_ROWS.values(), ids=SUMMARY_ROWS)
+def test_format_show_bitmaps_line(bitmaps, line):
+    text = view.format_show(view.show_json(stats(bitmaps=bitmaps), ONLINE, facts()))
+    assert line in text.splitlines()
