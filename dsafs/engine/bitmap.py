@@ -136,6 +136,7 @@ class BitmapInfo:
     populated: int
     percent: float
     created_ns: int = 0               # when it was made (time_ns, from its header; 0: unknown)
+    members: tuple[str, ...] = ()     # every member it serves (a split of several shares one)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +228,7 @@ class WriteBitmaps:
                 bm.replicas.append(leg)
                 bm.mark(c for r in runs for c in r)
         for bm in found.values():
+            bm.paths = tuple(b.path for b in bm.bound if b.path)
             log.info("%s: bitmap %s (%s) in use on %s: %d chunks set", self.host.name,
                      bm.bitmap_id, bm.type.label, ", ".join(leg.name for leg in bm.replicas),
                      bm.populated)
@@ -293,7 +295,8 @@ class WriteBitmaps:
         others = [s for s in self.host.current if s not in legs]
         stamp = departure_stamp(time.time_ns())
         bound = [Bound(leg.uuid, leg.generation,
-                       stamp if leg.member.mtime_ns is not None else 0, leg.member.size_bytes)
+                       stamp if leg.member.mtime_ns is not None else 0, leg.member.size_bytes,
+                       leg.member.path)
                  for leg in legs]
         try:
             bm = await self.create(BitmapType.MINICOPY, bound, others,
@@ -462,7 +465,7 @@ class WriteBitmaps:
         return tuple(BitmapInfo(bm.bitmap_id, bm.type.label, bm.paths[0] if bm.paths else None,
                                 CHUNK_BYTES, chunks, bm.populated,
                                 round(100.0 * bm.populated / chunks, 1) if chunks else 0.0,
-                                bm.created_ns)
+                                bm.created_ns, tuple(bm.paths))
                      for bm in self.in_use.values())
 
     def statistics(self) -> BitmapsStats:

@@ -34,7 +34,11 @@ aligned. Bitmap slot format version 2, little-endian::
                                            device): another time means it was written since
     416   40   member sizes: 5 entries of 8 bytes, entry i the size in bytes of bound member i
                when it left (unused entries 0): another size means it was changed since
-    456   3632 reserved           0
+    456   56   reserved           0
+    512   3520 path hints: 5 entries of 704 bytes, entry i the path of bound member i when it
+               left, UTF-8, zero-padded (cut at a character boundary if longer; all zero if
+               unknown): for `show` only, never trusted for anything else
+    4032  56   reserved           0
     4088  8    checksum           xxh3_64 of header bytes [0, 4088)
     4096  ...  bit area: chunk c (VU bytes [c * 64 KiB, (c + 1) * 64 KiB)) is bit c % 8 (LSB
                first) of byte c // 8. Bits from `chunks` on, and the bytes after the bit area
@@ -105,6 +109,9 @@ assert _BOUND.size == BOUND_ENTRY_BYTES and _HEAD.size <= BOUND_OFFSET
 BOUND_END = BOUND_OFFSET + MAX_BOUND * BOUND_ENTRY_BYTES
 SIZES_OFFSET = BOUND_END
 SIZES_END = SIZES_OFFSET + MAX_BOUND * 8
+PATHS_OFFSET = 512
+PATH_BYTES = 704
+PATHS_END = PATHS_OFFSET + MAX_BOUND * PATH_BYTES
 _ID_RE = re.compile(r"[0-9A-F]{8}")
 _NIL = uuidlib.UUID(int=0)
 
@@ -128,6 +135,7 @@ class Bound:
     base_generation: int
     stamp_ns: int = 0              # the member file's mtime as dsafs left it (0: not stamped)
     size_bytes: int = 0            # the member's size when it left (0: not recorded)
+    path: str = ""                 # its path then (a hint for show; "" unknown)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +221,13 @@ def _fault(h: BitmapHeader) -> str:
     return ""
 
 
+def path_hint(path: str) -> bytes:
+    """A path as stored in a bound entry: UTF-8, at most PATH_BYTES, cut at a character
+    boundary (a hint for show; NUL can not occur in a path). Pure."""
+    raw = path.encode("utf-8", "replace")[:PATH_BYTES]
+    return raw.decode("utf-8", "ignore").encode("utf-8")
+
+
 def _checksum(raw) -> int:
     return xxhash.xxh3_64_intdigest(bytes(raw[:CHECKSUM_OFFSET]))
 
@@ -230,6 +245,8 @@ def encode_header(h: BitmapHeader) -> bytes:
         _BOUND.pack_into(buf, BOUND_OFFSET + i * BOUND_ENTRY_BYTES, b.member_uuid.bytes,
                          b.base_generation, b.stamp_ns)
         struct.pack_into("<Q", buf, SIZES_OFFSET + i * 8, b.size_bytes)
+        hint = path_hint(b.path)
+        buf[PATHS_OFFSET + i * PATH_BYTES:PATHS_OFFSET + i * PATH_BYTES + len(hint)] = hint
     struct.pack_into("<Q", buf, CHECKSUM_OFFSET, _checksum(buf))
     return bytes(buf)
 
@@ -263,8 +280,8 @@ def decode_header(raw: bytes, *, set_uuid: Optional[uuidlib.UUID] = None,
                               f"{maker} dsafs made it)")
     if header_bytes != HEADER_BYTES or features:
         raise BitmapSlotError(f"unknown features 0x{features:x} or header size {header_bytes}")
-    if (any(raw[_HEAD.size:BOUND_OFFSET]) or any(raw[SIZES_END:CHECKSUM_OFFSET])
-            or any(raw[50:52])):
+    if (any(raw[_HEAD.size:BOUND_OFFSET]) or any(raw[SIZES_END:PATHS_OFFSET])
+            or any(raw[PATHS_END:CHECKSUM_OFFSET]) or any(raw[50:52])):
         raise BitmapSlotError("reserved bytes are not zero")
     if type_ not in {t.value for t in BitmapType}:
         raise BitmapSlotError(f"unknown bitmap type {type_}")
@@ -274,12 +291,17 @@ def decode_header(raw: bytes, *, set_uuid: Optional[uuidlib.UUID] = None,
     for i in range(MAX_BOUND):
         off = BOUND_OFFSET + i * BOUND_ENTRY_BYTES
         (size,) = struct.unpack_from("<Q", raw, SIZES_OFFSET + i * 8)
+        hint = raw[PATHS_OFFSET + i * PATH_BYTES:PATHS_OFFSET + (i + 1) * PATH_BYTES]
         if i >= count:
-            if any(raw[off:off + BOUND_ENTRY_BYTES]) or size:
+            if any(raw[off:off + BOUND_ENTRY_BYTES]) or size or any(hint):
                 raise BitmapSlotError(f"unused bound member entry {i} is not zero")
             continue
         member, generation, stamp = _BOUND.unpack_from(raw, off)
-        bound.append(Bound(uuidlib.UUID(bytes=member), generation, stamp, size))
+        try:
+            path = hint.rstrip(b"\0").decode("utf-8")
+        except UnicodeDecodeError:
+            raise BitmapSlotError(f"bound member {i}'s path hint is not UTF-8") from None
+        bound.append(Bound(uuidlib.UUID(bytes=member), generation, stamp, size, path))
     header = BitmapHeader(
         set_uuid=uuidlib.UUID(bytes=set_raw), bitmap_id=id_raw.decode("latin-1"),
         type=BitmapType(type_), vu_size_bytes=vu_size, bound=tuple(bound), created_ns=created_ns,

@@ -140,7 +140,7 @@ def show_json(st, mv, facts: VuFacts) -> dict:
         "last_copy": None if st.last_copy is None else {
             "kind": st.last_copy.kind, "chunks_compared": st.last_copy.bytes_read // CHUNK_BYTES,
             "bytes_written": st.last_copy.bytes_written, "seconds": st.last_copy.seconds},
-        "bitmaps": [dataclasses.asdict(b) for b in st.bitmaps],
+        "bitmaps": [{**dataclasses.asdict(b), "members": list(b.members)} for b in st.bitmaps],
         "bitmap_writes": (None if st.bitmap_writes is None
                           else dataclasses.asdict(st.bitmap_writes)),
     }

@@ -25,6 +25,8 @@ async def test_two_members_split_together_share_one_bitmap_deleted_when_the_last
             [a.path, d.path]
         (bm,) = vu.bitmaps.in_use.values()
         assert {x.member_uuid for x in bm.bound} == uuids
+        (info,) = vu.bitmaps.describe()
+        assert info.member == b.path and info.members == (b.path, c.path)
         for chunk in (1, 7, 30):
             await vu.write(chunk * CHUNK_BYTES, b"w" * 4096)
         reopen(b)

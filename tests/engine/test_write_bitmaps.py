@@ -168,6 +168,8 @@ async def test_a_bitmap_goes_on_recording_after_the_vu_is_dismounted_and_mounted
     vu = await VirtualUnit.assemble("DSA1", [a, b])
     async with running(vu):
         assert vu.bitmaps.statistics().bitmaps == 1
+        (info,) = vu.bitmaps.describe()                # its member, from the SCBs' list
+        assert info.member == c.path and info.members == (c.path,)
         await vu.write(30 * CHUNK_BYTES, b"2" * 4096)
         await vu.write(7 * CHUNK_BYTES, b"3" * 4096)             # set before: free
         assert vu.bitmaps.statistics().free_writes == 1

@@ -21,7 +21,7 @@ VU = 2 * GiB + 4096        # 32769 chunks: 4097 bytes of bits, two pages, 7 spar
 
 def sample(**kw) -> BitmapHeader:
     base = dict(set_uuid=SET, bitmap_id="0001A2F3", type=BitmapType.MINICOPY, vu_size_bytes=VU,
-                bound=(Bound(M1, 0x0123456789ABCDEF, 1_700_000_000 * 10**9, 3 * GiB),
+                bound=(Bound(M1, 0x0123456789ABCDEF, 1_700_000_000 * 10**9, 3 * GiB, "/srv/b.img"),
                        Bound(M2, 0x0123456789ABCDEF)),
                 created_ns=1000, sequence=9)
     base.update(kw)
@@ -53,7 +53,9 @@ def test_golden_bytes_at_documented_offsets():
     assert raw[312:320] == bytes(8)                     # M2: not stamped
     assert raw[320:416] == bytes(96)                    # unused entries
     assert struct.unpack_from("<QQ", raw, 416) == (3 * GiB, 0)     # member sizes
-    assert raw[432:4088] == bytes(4088 - 432)           # unused sizes, reserved
+    assert raw[432:512] == bytes(80)                    # unused sizes, reserved
+    assert raw[512:512 + 704] == b"/srv/b.img".ljust(704, b"\0")        # M1's path hint
+    assert raw[512 + 704:4088] == bytes(4088 - 512 - 704)    # M2: none; unused; reserved
     assert struct.unpack_from("<Q", raw, 4088)[0] == xxhash.xxh3_64_intdigest(raw[:4088])
     assert raw[4096:4096 + 4097] == sample_bits()       # chunk c: byte c // 8, bit c % 8
     assert raw[4096 + 4097:] == bytes(8192 - 4097)
@@ -61,7 +63,18 @@ def test_golden_bytes_at_documented_offsets():
     assert xxhash.xxh3_64_hexdigest(raw) == GOLDEN_DIGEST
 
 
-GOLDEN_DIGEST = "ace1769ad8a46b2e"
+GOLDEN_DIGEST = "526dbbe07278d2ce"
+
+
+@pytest.mark.parametrize("path, stored", [
+    ("/srv/b.img", b"/srv/b.img"),
+    ("/" + "x" * 800, b"/" + b"x" * 703),                # cut to 704 bytes
+    ("/" + "é" * 400, ("/" + "é" * 351).encode()),       # ... at a character boundary
+])
+def test_path_hints_are_cut_to_fit(path, stored):
+    assert B.path_hint(path) == stored
+    h = sample(bound=(Bound(M1, 5, 0, 0, path),))
+    assert B.decode_header(B.encode_header(h)).bound[0].path == stored.decode()
 
 
 def test_round_trip_and_write_intent():
@@ -122,7 +135,10 @@ def _with(fmt, offset, *values, resign=True) -> bytes:
     (_with("<B", 456, 1), {}, "^reserved bytes are not zero$"),
     (_with("<B", 50, 1), {}, "^reserved bytes are not zero$"),
     (_with("<B", 200, 1), {}, "^reserved bytes are not zero$"),
-    (_with("<B", 3000, 1), {}, "^reserved bytes are not zero$"),
+    (_with("<B", 4040, 1), {}, "^reserved bytes are not zero$"),
+    (_with("<B", 470, 1), {}, "^reserved bytes are not zero$"),
+    (_with("<B", 512 + 3 * 704, 1), {}, "^unused bound member entry 3 is not zero$"),
+    (_with("<2s", 512, b"\xff\xfe"), {}, "^bound member 0's path hint is not UTF-8$"),
     (_with("<B", 352, 1), {}, "^unused bound member entry 3 is not zero$"),
     (_with("<B", 4096 + 4096, 0x03), {}, r"^bits past the last chunk \(32769\) are set$"),
     (_with("<B", 4096 + 4097, 1), {}, "^bytes past the bit area are not zero$"),
