@@ -2,7 +2,8 @@
 #   make test     install what is missing, then run the whole pytest suite
 #   make demo     install, then show dsafs working
 #   make install  only the install step (Debian packages + .venv)
-#   make bench    install, then run bench/run.py (fio: raw vs DSA) and bench/merge.py (merge)
+#   make bench    install, then run bench/run.py (fio: raw vs DSA), bench/merge.py (merge) and
+#                 bench/minicopy.py (writes with a minicopy bitmap vs none; return time)
 #   make crash    install, then the power-cut simulation: N cut points (default 1000);
 #                 SEED=S replays one scenario (CUT=C: one cut of it)
 #   make soak     install, then the kill -9 soak with a real daemon for SECONDS (default 600)
@@ -55,6 +56,7 @@ demo: install
 bench: install
 	$(PY) bench/run.py
 	$(PY) bench/merge.py
+	$(PY) bench/minicopy.py
 
 N       ?= 1000
 SECONDS ?= 600
