@@ -99,7 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--policy", metavar="P",
                    help="with --add: minicopy=optional (default: a member split off with a "
                         "bitmap returns by a minicopy, else a full copy), minicopy (refused "
-                        "unless every member added has a valid bitmap), nominicopy (full copy)")
+                        "unless every member added has a valid bitmap), nominicopy (full copy). "
+                        "At assembly (none by default): members the set lists but the command "
+                        "does not name get a minicopy bitmap (only after a clean dismount; "
+                        "minicopy refuses the mount otherwise)")
     w = s.add_mutually_exclusive_group()
     w.add_argument("--wait", action="store_true", help="wait for copies to finish")
     w.add_argument("--no-wait", action="store_true", help="return at once, even on a terminal")

@@ -37,7 +37,7 @@ import trio
 
 from dsafs.errors import (
     AllMembersFailed, InvalidArgument, MemberIOError, MembershipRefused, MetadataError,
-    NoBitmapSlot,
+    MountRefused, NoBitmapSlot,
 )
 from dsafs.events import Kind
 from dsafs.members import timeouts, waits
@@ -77,6 +77,21 @@ def parse_policy(values: Iterable[str], what: str = "--policy") -> Policy:
             raise InvalidArgument(f"{what} {value!r} is not a policy; give minicopy, "
                                   f"minicopy=optional or nominicopy")
     return policy
+
+
+def absent_policy(plan, policy: Policy, readonly: bool) -> Policy:
+    """What a mount does about a bitmap for the members it leaves out (`plan.dropped`): the
+    policy, or NONE when there are none or it cannot (read-only, or the set was not dismounted
+    cleanly), refused (MountRefused) when `minicopy` requires one. Pure."""
+    if not plan.dropped or policy is Policy.NONE:
+        return Policy.NONE
+    why = ("--nowrite writes nothing" if readonly else
+           "the set was not dismounted cleanly: a merge is owed" if plan.merge_required else None)
+    if why and policy is Policy.REQUIRED:
+        raise MountRefused(f"{plan.vu_name}: no minicopy bitmap can be made for the absent "
+                           f"members ({why}); nothing was mounted; mount without --policy "
+                           f"minicopy, or with every member")
+    return Policy.NONE if why else policy
 
 
 def departure_stamp(now_ns: int) -> int:
@@ -182,6 +197,7 @@ class WriteBitmaps:
         self.update_seconds = 0.0
         self.departure_note: Optional[str] = None   # why the last departure made no bitmap
         self.departure_stamp: Optional[int] = None  # the mtime its members get (Member.stamp)
+        self.absent_note: Optional[str] = None       # for_absent's bitmap, for the mount output
 
     @property
     def active(self) -> bool:
@@ -316,6 +332,34 @@ class WriteBitmaps:
         self.departure_stamp = stamp
         return bm.bitmap_id
 
+    async def for_absent(self, plan, policy: Policy) -> Optional[str]:
+        """At a mount that leaves listed members out (`plan.dropped`, the set was dismounted
+        cleanly: absent_problem): one bitmap for them, bound at the generation they were
+        dismounted at (nothing to stamp: they are not here), so that their return is a
+        minicopy. With `minicopy` a bitmap that cannot be made fails the mount (the caller
+        has written nothing yet); optional goes on without."""
+        scb = plan.sources[0].candidate.scb
+        bound = [Bound(uid, plan.source_generation, 0, 0,
+                       scb.entry_for(uid).path if scb.entry_for(uid) else "")
+                 for uid in plan.dropped]
+        try:
+            bm = await self.create(BitmapType.MINICOPY, bound, self.host.current,
+                                   tuple(b.path for b in bound if b.path))
+        except NoBitmapSlot as exc:
+            if policy is Policy.REQUIRED:
+                raise MountRefused(f"{self.host.name}: no minicopy bitmap can be made for the "
+                                   f"absent members (%SHADOW-F-CANNOTDMT: {exc})") from None
+            log.warning("%s: no minicopy bitmap for the absent members (%s)", self.host.name,
+                        exc)
+            return None
+        for b in bound:
+            self.host.event(Kind.BITMAP_CREATED, member=b.path or str(b.member_uuid),
+                            rule=Rule.MINICOPY, bitmap=bm.bitmap_id)
+        names = ", ".join(b.path.rsplit("/", 1)[-1] or str(b.member_uuid) for b in bound)
+        self.absent_note = (f"bitmap {bm.bitmap_id} records the writes for the absent "
+                            f"{names}: its return will be a minicopy")
+        return bm.bitmap_id
+
     async def wipe(self, legs: Sequence) -> None:
         """Delete every bitmap slot of these copy targets: a member that was away holds only
         stale replicas (not updated while it was gone), and the copy overwrites its data
@@ -337,10 +381,12 @@ class WriteBitmaps:
     def usable_for(self, scb) -> Optional[str]:
         """The minicopy bitmap for a returning member with this SCB: one in use here that names
         its member UUID at the very generation its SCB says it left at, as a removed member of
-        this set (a member written or mounted apart since has another generation or state), and
-        with a replica on a current member. None: a full copy."""
+        this set (a member written or mounted apart since has another generation or state), or
+        as a clean source (absent at a mount after a clean dismount: for_absent), and with a
+        replica on a current member. None: a full copy. (decide.py's rule is the same.)"""
         if (scb is None or scb.set_uuid != self.host.set_uuid
-                or scb.own_state is not MemberState.REMOVED):
+                or not (scb.own_state is MemberState.REMOVED
+                        or (scb.own_state is MemberState.SOURCE and not scb.dirty))):
             return None
         for bm in self.in_use.values():
             if (bm.type is BitmapType.MINICOPY

@@ -256,8 +256,10 @@ def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mo
             claim = next((b for b in mounted.minicopy if (b.member_uuid, b.base_generation)
                           == (c.scb.member_uuid, c.scb.generation)), None)
             changed = None if claim is None else changed_since(claim, c)
-            if (rule == Rule.ADD_TO_MOUNTED_VU and c.scb.own_state is MemberState.REMOVED
-                    and claim is not None and changed is None):
+            if (rule == Rule.ADD_TO_MOUNTED_VU and claim is not None and changed is None
+                    and (c.scb.own_state is MemberState.REMOVED       # split off, or absent
+                         or (c.scb.own_state is MemberState.SOURCE   # at a mount after a
+                             and not c.scb.dirty))):                # clean dismount
                 members.append(MemberPlan(c, MemberState.MINICOPY_TARGET,
                                           joined(rule, Rule.MINICOPY)))
             elif rule == Rule.ADD_TO_MOUNTED_VU and changed is not None:

@@ -35,7 +35,7 @@ import trio
 
 from dsafs.engine import balance, decide
 from dsafs.engine.copy import Copy
-from dsafs.engine.bitmap import Policy, WriteBitmaps
+from dsafs.engine.bitmap import Policy, WriteBitmaps, absent_policy
 from dsafs.engine.fanout import flush_all, write_all
 from dsafs.engine.fence import RangeGate
 from dsafs.engine.leg import Busy, Leg, LegStats
@@ -83,21 +83,32 @@ class VirtualUnit:
         self.operations = Operations(self, self.membership, plan)
         self.watch = MemberWatch(self)             # member sizes and SCB slots (watch.py)
         self.bitmaps = WriteBitmaps(self)          # minicopy bitmaps (bitmap.py)
+        self._absent_policy = Policy.NONE          # assemble(policy=): bitmaps for the absent
         self.membership.refresh()
 
     # ----------------------------------------------------------------- assembly and lifetime
     @classmethod
     async def assemble(cls, name: str, members: Sequence, options: decide.Options = decide.Options(),
-                       *, readonly: bool = False, confirm: Optional[Confirm] = None) -> "VirtualUnit":
+                       *, readonly: bool = False, confirm: Optional[Confirm] = None,
+                       policy: Policy = Policy.NONE) -> "VirtualUnit":
         """Decide the roles of `members` (opened Member objects, in the order named). Takes
-        ownership of them: on a refusal they are closed and nothing was written to any."""
+        ownership of them: on a refusal they are closed and nothing was written to any.
+        With a minicopy `policy`, members the set lists but `members` lacks get a bitmap."""
         options = dataclasses.replace(options, nowrite=options.nowrite or readonly)
         _, plan = await decide_or_close(members, lambda c: decide.plan(name, c, options))
+        try:
+            absent = absent_policy(plan, policy, readonly)
+        except MountRefused:
+            for m in members:
+                m.close()
+            raise
         if not await confirmed(plan, confirm):
             for m in members:
                 m.close()
             raise MountRefused(f"{name}: mount canceled; no copy was allowed, nothing was mounted")
-        return cls(plan, members, readonly=readonly)
+        vu = cls(plan, members, readonly=readonly)
+        vu._absent_policy = absent
+        return vu
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -120,6 +131,8 @@ class VirtualUnit:
         if not self.readonly:
             await self.bitmaps.wipe(self.targets)      # a returning member's replicas are stale
             await self.bitmaps.load(self.sources)      # go on recording for absent members
+            if self._absent_policy is not Policy.NONE:
+                await self.bitmaps.for_absent(plan, self._absent_policy)
         for mp in plan.members:
             log.info("%s: %s %s by rule=%s", self.name, mp.candidate.name, mp.role.label, mp.rule)
         for uid in plan.dropped:

@@ -123,6 +123,7 @@ class Commands:
             vu = self.host.vus.get(name)
             policy = (parse_policy([args["policy"]], f"{name}: --policy")
                       if args.get("policy") else Policy.OPTIONAL)
+            assembly_policy = policy if args.get("policy") else Policy.NONE   # DESIGN §1
             if args.get("add"):
                 if vu is None:
                     raise VuError(f"{name} is not mounted; mount it first, then add members "
@@ -147,7 +148,7 @@ class Commands:
             members, warnings = await self._open(name, paths,
                                                  readonly=bool(args.get("nowrite")))
             try:
-                vu = await VirtualUnit.assemble(name, members, options,
+                vu = await VirtualUnit.assemble(name, members, options, policy=assembly_policy,
                                                 readonly=bool(args.get("nowrite")),
                                                 confirm=confirm)
             except MountRefused:
@@ -162,7 +163,9 @@ class Commands:
             await self.host.start_vu(vu)
             return {"vu": name, "plan": view.plan_json(vu.plan), "state": vu.state,
                     "path": os.path.join(self.host.mountpoint, name),
-                    "merge_rule": vu.plan.merge_rule or None, "notes": list(vu.plan.notes),
+                    "merge_rule": vu.plan.merge_rule or None,
+                    "notes": list(vu.plan.notes) + ([vu.bitmaps.absent_note]
+                                                    if vu.bitmaps.absent_note else []),
                     "readonly": vu.readonly, "warnings": warnings}
 
     async def _open(self, name: str, paths, readonly: bool = False,

@@ -2,10 +2,11 @@
 bitmap, and the cases where no bitmap may be made (a merge owed, a copy target leaving)."""
 
 import pytest
+import trio
 
 from dsafs.engine.bitmap import Policy, departure_problem
 from dsafs.engine.vu import VirtualUnit
-from dsafs.errors import MembershipRefused
+from dsafs.errors import MembershipRefused, MountRefused
 from dsafs.ondisk.bitmap import BitmapStore, SlotStatus
 from dsafs.ondisk.scb import MemberState
 from dsafs.testing.fakes import assert_members_identical, mem_set, reopen, running
@@ -150,3 +151,50 @@ async def test_a_member_written_behind_dsafs_back_returns_by_a_full_copy(autojum
         await vu.wait_steady()
         assert vu.last_copy.kind == ("full" if behind else "minicopy")
         assert_members_identical(vu)                 # the rogue write is gone from b
+
+
+async def test_a_mount_without_a_member_makes_it_a_bitmap_with_policy_minicopy(autojump_clock):
+    """`mount DSA1 a b --policy minicopy` after a clean dismount of a, b, c: c is absent, gets
+    a bitmap, and returns by a minicopy of what was written while it was away."""
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    async with running(await VirtualUnit.assemble("DSA1", [a, b, c])) as vu:
+        await vu.write(0, b"x" * SIZE)
+    reopen(a, b, c)
+    vu = await VirtualUnit.assemble("DSA1", [a, b], policy=Policy.REQUIRED)
+    async with running(vu):
+        (info,) = vu.bitmaps.describe()
+        assert info.member == c.path
+        assert vu.bitmaps.absent_note.startswith(f"bitmap {info.id} records the writes for "
+                                                 f"the absent c.img")
+        for chunk in (2, 9):
+            await vu.write(chunk * CHUNK_BYTES, b"y" * 4096)
+        await vu.add([c])
+        assert vu.find("c.img").state is MemberState.MINICOPY_TARGET
+        await vu.wait_steady()
+        assert vu.last_copy.kind == "minicopy"
+        assert vu.last_copy.statistics().bytes_written == 2 * CHUNK_BYTES
+        assert not vu.bitmaps.in_use
+        assert_members_identical(vu)
+
+
+@pytest.mark.allow_warnings
+async def test_no_bitmap_for_an_absent_member_after_a_crash(autojump_clock):
+    """After a crash the members may differ anywhere: `--policy minicopy` refuses the mount
+    (nothing written), minicopy=optional mounts without a bitmap."""
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    async with trio.open_nursery() as nursery:             # a crash: never dismounted
+        await nursery.start(vu.run)
+        await vu.write(0, b"x" * 4096)
+        nursery.cancel_scope.cancel()
+    reopen(a, b, c)
+    before = (bytes(a.data), bytes(b.data))
+    with pytest.raises(MountRefused, match=r"^DSA1: no minicopy bitmap can be made for the "
+                       r"absent members \(the set was not dismounted cleanly: a merge is owed\); "
+                       r"nothing was mounted"):
+        await VirtualUnit.assemble("DSA1", [a, b], policy=Policy.REQUIRED)
+    assert (bytes(a.data), bytes(b.data)) == before
+    reopen(a, b)
+    vu = await VirtualUnit.assemble("DSA1", [a, b], policy=Policy.OPTIONAL)
+    async with running(vu):
+        assert not vu.bitmaps.in_use and vu.bitmaps.absent_note is None
