@@ -41,7 +41,8 @@ from dsafs.errors import (
 )
 from dsafs.events import Kind
 from dsafs.members import timeouts, waits
-from dsafs.ondisk.bitmap import BitmapStore, BitmapType, Bound, new_bitmap_id, runs_of
+from dsafs.ondisk.bitmap import BitmapType, Bound, new_bitmap_id, runs_of
+from dsafs.ondisk.bitmapstore import BitmapStore
 from dsafs.ondisk.scb import MemberState
 from dsafs.rules import Rule
 from dsafs.units import CHUNK_BYTES, nchunks_of
@@ -488,11 +489,43 @@ class WriteBitmaps:
             done.set()
 
     async def _update_one(self, bm: InUse, ranges: list) -> None:
+        """Every replica's pages written durably. Where the store knows the pages without I/O
+        and the member has a Pending form (a file member), every page of every replica is
+        submitted before any is waited for, with no task each: under fio randwrite each task
+        start and join cost a scheduler pass (~0.3 ms each of a 1.5 ms update). Else a task
+        per replica runs the store's set_ranges."""
         replicas = [leg for leg in bm.replicas if leg.state.current]
-        failed = []
-        async with trio.open_nursery() as nursery:
-            for leg in replicas:
-                nursery.start_soon(self._set_on, leg, bm.bitmap_id, ranges, failed)
+        failed: list = []
+        quick, slow = [], []
+        start = trio.current_time()
+        for leg in replicas:
+            store = self.store(leg)
+            pages = store.pages_now(bm.bitmap_id, ranges)
+            started = [(page, data, leg.member.start_write_durable(pos, data))
+                       for page, pos, data in (pages or [])[:1]]
+            if pages is None or (started and started[0][2] is None):
+                slow.append(leg)
+                continue
+            started += [(page, data, leg.member.start_write_durable(pos, data))
+                        for page, pos, data in pages[1:]]
+            quick.append((leg, store, started))
+        if slow:
+            async with trio.open_nursery() as nursery:
+                for leg in slow:
+                    nursery.start_soon(self._set_on, leg, bm.bitmap_id, ranges, failed)
+        results = iter(await waits.wait_each(
+            [(leg, p) for leg, _, started in quick for _, _, p in started], "bitmap update",
+            start))
+        for leg, store, started in quick:
+            errors = []
+            for page, data, _ in started:
+                _, result = next(results)
+                if isinstance(result, MemberIOError):
+                    errors.append(result)
+                else:
+                    store.landed(bm.bitmap_id, page, data)
+            if errors:
+                failed.append((leg, errors[0]))
         if failed and len(failed) == len(replicas):
             raise AllMembersFailed(self.host.name, "bitmap update", [e for _, e in failed])
         for leg, exc in failed:

@@ -307,13 +307,16 @@ class FileMember(Member):
         """This write alone made durable (RWF_DSYNC: the member's other dirty pages are not
         written back, as fdatasync would). Aligned, with a ring: through the O_DIRECT fd on the
         ring (durable.py says why); else buffered on a worker."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        await self.start_write_durable(pos, data).wait()
+
+    def start_write_durable(self, pos: int, data: bytes | bytearray | memoryview) -> Pending:
         if pos < 0:
             raise ValueError(f"member {self.path}: write at byte {pos}")
-        await trio.lowlevel.checkpoint_if_cancelled()
         self._writes += 1
         self._written_bytes += len(data)
         self._inline_streak = 0
-        await (self._closed_error("write") or self._submit("dwrite", pos, bytes(data), b"")).wait()
+        return self._closed_error("write") or self._submit("dwrite", pos, bytes(data), b"")
 
     async def stamp(self, ns: int) -> bool:
         """A regular file's modification time set to `ns` (futimens on a worker: it may wait

@@ -11,6 +11,10 @@ around another one subclasses MemberWrapper, which passes everything through to 
   `mtime_ns`                    the modification time of a regular file as it was opened (so
                                 as dsafs left it at a split, if nothing wrote it since), or
                                 None (not a file: nothing to compare). Default None.
+  `start_write_durable(pos, d)`  write_durable's Pending form (the bitmap write path submits a
+                                page to every replica before it waits on any, no task each),
+                                or None when the member has none. Default None (a wrapper
+                                too: its own write and flush must see the write).
   `stamp(ns)`                   set a regular file's modification time to `ns` after dsafs'
                                 last write at a split (its minicopy bitmap records `ns`: another
                                 time at its return means it was written since). True if done;
@@ -115,6 +119,11 @@ class Member:
         durable (RWF_DSYNC), without writing back the member's other dirty data."""
         await self.write(pos, data)
         await self.flush()
+
+    def start_write_durable(self, pos: int, data: bytes | bytearray | memoryview
+                            ) -> Optional[Pending]:
+        """write_durable as a Pending, or None: this member has no such form. Default None."""
+        return None
 
     async def stamp(self, ns: int) -> bool:
         """Set the member file's modification time to `ns` (see the module docstring). Default:

@@ -78,15 +78,13 @@ import logging
 import random
 import re
 import struct
-import time
 import uuid as uuidlib
 from typing import Iterable, Optional
 
-import trio
 import xxhash
 
-from dsafs.errors import InvalidArgument, MemberError, MetadataError, NoBitmapSlot
-from dsafs.ondisk.scb import BITMAP_HEADER_BYTES, BITMAP_SLOTS, layout
+from dsafs.errors import InvalidArgument
+from dsafs.ondisk.scb import BITMAP_HEADER_BYTES, layout
 from dsafs.units import CHUNK_BYTES, MAX_MEMBERS, MiB, PAGE_BYTES, nchunks_of
 
 log = logging.getLogger("dsafs.bitmap")
@@ -254,7 +252,7 @@ def encode_header(h: BitmapHeader) -> bytes:
 def encode(h: BitmapHeader, bits: Optional[bytes] = None) -> bytes:
     """A whole slot (`h.slot_bytes`): the header, the bits (None: all clear), zero padding."""
     bits = bytes(h.bit_bytes) if bits is None else bytes(bits)
-    if len(bits) != h.bit_bytes or _padding_fault(h, bits):
+    if len(bits) != h.bit_bytes or padding_fault(h, bits):
         raise InvalidArgument(f"bitmap {h.bitmap_id}: {len(bits)} bytes of bits do not fit "
                               f"{h.chunks} chunks")
     return encode_header(h) + bits + bytes(h.slot_bytes - HEADER_BYTES - len(bits))
@@ -321,7 +319,7 @@ def decode_header(raw: bytes, *, set_uuid: Optional[uuidlib.UUID] = None,
     return header
 
 
-def _padding_fault(h: BitmapHeader, area: bytes) -> str:
+def padding_fault(h: BitmapHeader, area: bytes) -> str:
     """'' if the bits past chunk `h.chunks` and the bytes past the bit area are all zero."""
     spare = h.bit_bytes * 8 - h.chunks
     if spare and area[h.bit_bytes - 1] >> (8 - spare):
@@ -339,7 +337,7 @@ def decode(raw: bytes, *, set_uuid: Optional[uuidlib.UUID] = None,
         raise BitmapSlotError(f"size mismatch: the slot is {len(raw)} bytes, a bitmap of "
                               f"{header.chunks} chunks takes {header.slot_bytes}")
     area = bytes(raw[HEADER_BYTES:])
-    why = _padding_fault(header, area)
+    why = padding_fault(header, area)
     if why:
         raise BitmapSlotError(why)
     return Bitmap(header, area[:header.bit_bytes])
@@ -397,203 +395,3 @@ def runs_of(bits: bytes) -> tuple[range, ...]:
             else:
                 runs.append(range(start, chunk))
     return tuple(runs)
-
-
-# ------------------------------------------------------------------ the store
-
-class SlotStatus(enum.Enum):
-    VALID = "valid"
-    EMPTY = "empty"
-    DAMAGED = "damaged"
-
-
-@dataclasses.dataclass(frozen=True)
-class SlotInfo:
-    """One slot as a scan found it: its header when valid, the reason when damaged."""
-
-    index: int
-    status: SlotStatus
-    header: Optional[BitmapHeader] = None
-    reason: str = ""
-
-
-@dataclasses.dataclass(frozen=True)
-class BitmapStoreStats:
-    bitmaps: int          # valid slots at the last scan
-    page_writes: int      # bit-area pages written by set_ranges
-    flushes: int          # member flushes issued by this store
-
-
-class BitmapStore:
-    """One member's bitmap slots, through the member's own I/O (member.read/write/flush).
-
-    `scan()` reads the 12 headers; `create`, `set_range(s)`, `runs` and `delete` name a bitmap
-    by id. Every update is durable (flushed) before it returns, and operations never interleave
-    (`_lock`), so no two writes to one page are ever in flight together. The bits of a bitmap
-    in use are kept in memory (`ceil(VU size / 64 KiB / 8)` bytes), and gain a bit only once its
-    page write is flushed (the module docstring says why).
-    """
-
-    def __init__(self, member, set_uuid: uuidlib.UUID, vu_size_bytes: int):
-        lay = layout(vu_size_bytes)
-        if member.size_bytes < lay.min_member_bytes:
-            raise MemberError(
-                f"member {member.path} is too small for the bitmap slots of a VU of "
-                f"{vu_size_bytes} bytes ({member.size_bytes} bytes, needs {lay.min_member_bytes}); "
-                f"use dsafs init to make it", member.path)
-        self.member, self.set_uuid, self.vu_size_bytes = member, set_uuid, vu_size_bytes
-        self._area_offset, self._slot_bytes = lay.bitmap_offset, lay.bitmap_slot_bytes
-        self._slots: Optional[list[SlotInfo]] = None
-        self._bits: dict[int, bytearray] = {}
-        self._lock = trio.Lock()
-        self._page_writes = self._flushes = 0
-
-    def slot_offset(self, index: int) -> int:
-        """The member byte offset of slot `index` (its header; the bits follow at +4096)."""
-        return self._area_offset + index * self._slot_bytes
-
-    async def scan(self) -> tuple[SlotInfo, ...]:
-        """Every slot, read from the member now: valid (with its header), empty, or damaged
-        (with the reason)."""
-        async with self._lock:
-            return tuple(await self._scan())
-
-    async def _scan(self) -> list[SlotInfo]:
-        found = []
-        for index in range(BITMAP_SLOTS):
-            raw = await self.member.read(self.slot_offset(index), HEADER_BYTES)
-            try:
-                header = decode_header(raw, set_uuid=self.set_uuid,
-                                       vu_size_bytes=self.vu_size_bytes)
-                found.append(SlotInfo(index, SlotStatus.VALID, header))
-            except BitmapSlotError as exc:
-                found.append(SlotInfo(index, SlotStatus.EMPTY) if str(exc) == NO_MAGIC
-                             else SlotInfo(index, SlotStatus.DAMAGED, None, str(exc)))
-        old = self._slots or [None] * BITMAP_SLOTS
-        self._bits = {i: b for i, b in self._bits.items() if found[i] == old[i]}
-        self._slots = found
-        return found
-
-    async def _find(self, bitmap_id: str) -> SlotInfo:
-        bitmap_id = check_bitmap_id(bitmap_id)
-        slots = self._slots if self._slots is not None else await self._scan()
-        for info in slots:
-            if info.header is not None and info.header.bitmap_id == bitmap_id:
-                return info
-        held = ", ".join(s.header.bitmap_id for s in slots if s.header) or "none"
-        raise InvalidArgument(f"member {self.member.path} holds no bitmap {bitmap_id} "
-                              f"(it holds: {held}); give one of those")
-
-    async def _load(self, info: SlotInfo) -> bytearray:
-        """The bitmap's bits, read and checked on first use."""
-        if info.index not in self._bits:
-            h = info.header
-            area = await self.member.read(self.slot_offset(info.index) + HEADER_BYTES,
-                                          self._slot_bytes - HEADER_BYTES)
-            why = _padding_fault(h, area)
-            if why:
-                raise MetadataError(
-                    f"member {self.member.path}: bitmap {h.bitmap_id} (slot {info.index}) is "
-                    f"damaged: {why}; it cannot be trusted: delete it, and a full copy will "
-                    f"replace the minicopy", self.member.path)
-            self._bits[info.index] = bytearray(area[:h.bit_bytes])
-        return self._bits[info.index]
-
-    async def _flush(self) -> None:
-        await self.member.flush()
-        self._flushes += 1
-
-    async def create(self, bitmap_id: str, type: BitmapType, bound: Iterable[Bound] = (),
-                     *, created_ns: Optional[int] = None) -> BitmapHeader:
-        """Make an empty bitmap in a free slot (an empty one, else a damaged one), durably:
-        the zeroed bit area is flushed before the header that makes it a bitmap. NoBitmapSlot
-        when all 12 slots hold valid bitmaps; InvalidArgument if the id is here already."""
-        bitmap_id = check_bitmap_id(bitmap_id)
-        async with self._lock:
-            slots = await self._scan()
-            held = [s.header.bitmap_id for s in slots if s.header]
-            if bitmap_id in held:
-                raise InvalidArgument(f"member {self.member.path} already holds bitmap "
-                                      f"{bitmap_id}; give another id")
-            free = ([s for s in slots if s.status is SlotStatus.EMPTY]
-                    or [s for s in slots if s.status is SlotStatus.DAMAGED])
-            if not free:
-                raise NoBitmapSlot(
-                    f"member {self.member.path}: all {BITMAP_SLOTS} bitmap slots are in use "
-                    f"(bitmaps {', '.join(held)}); delete a bitmap no longer needed, or go on "
-                    f"without one (--policy nominicopy)", self.member.path)
-            slot = free[0]
-            header = BitmapHeader(
-                set_uuid=self.set_uuid, bitmap_id=bitmap_id, type=BitmapType(type),
-                vu_size_bytes=self.vu_size_bytes, bound=tuple(bound),
-                created_ns=time.time_ns() if created_ns is None else created_ns,
-                sequence=1 + max((s.header.sequence for s in slots if s.header), default=0))
-            raw = encode_header(header)
-            if slot.status is SlotStatus.DAMAGED:
-                log.info("member %s: bitmap slot %d was damaged (%s); bitmap %s replaces it",
-                         self.member.path, slot.index, slot.reason, bitmap_id)
-            start = self.slot_offset(slot.index)
-            end = start + self._slot_bytes
-            for pos in range(start + HEADER_BYTES, end, ZERO_WRITE_BYTES):
-                await self.member.write(pos, bytes(min(ZERO_WRITE_BYTES, end - pos)))
-            await self._flush()
-            self._slots[slot.index] = SlotInfo(slot.index, SlotStatus.DAMAGED, None,
-                                               "creation did not finish")
-            await self.member.write(start, raw)
-            await self._flush()
-            self._slots[slot.index] = SlotInfo(slot.index, SlotStatus.VALID, header)
-            self._bits[slot.index] = bytearray(header.bit_bytes)
-            return header
-
-    async def set_range(self, bitmap_id: str, offset_bytes: int, nbytes: int) -> tuple[int, ...]:
-        """Set the bits of the chunks VU bytes [offset, offset + nbytes) touch; see set_ranges."""
-        return await self.set_ranges(bitmap_id, [(offset_bytes, nbytes)])
-
-    async def set_ranges(self, bitmap_id: str, ranges: Iterable[tuple[int, int]]) -> tuple[int, ...]:
-        """Set the bits of the chunks that (offset_bytes, nbytes) byte ranges of the VU touch,
-        durably, and return the bit-area pages written (none when every bit was set already:
-        no I/O at all). A page is written whole, as its durable content OR the new bits."""
-        async with self._lock:
-            info = await self._find(bitmap_id)
-            bits = await self._load(info)
-            try:
-                spans = [chunk_span(off, n, self.vu_size_bytes) for off, n in ranges]
-            except InvalidArgument as exc:
-                raise InvalidArgument(f"member {self.member.path}: bitmap "
-                                      f"{info.header.bitmap_id}: {exc}") from None
-            pages = marked_pages(bits, spans)
-            if not pages:
-                return ()
-            base = self.slot_offset(info.index) + HEADER_BYTES
-            for page, data in pages.items():      # each page durable on its own (RWF_DSYNC)
-                await self.member.write_durable(base + page * PAGE_BYTES, data)
-                self._page_writes += 1
-                self._flushes += 1
-            for page, data in pages.items():        # durable now: later writes include them
-                lo = page * PAGE_BYTES
-                hi = min(lo + PAGE_BYTES, len(bits))
-                bits[lo:hi] = data[:hi - lo]
-            return tuple(pages)
-
-    async def runs(self, bitmap_id: str) -> tuple[range, ...]:
-        """The bitmap's set chunks as sorted, coalesced runs (MetadataError if it is damaged)."""
-        async with self._lock:
-            info = await self._find(bitmap_id)
-            return runs_of(await self._load(info))
-
-    async def delete(self, bitmap_id: str) -> None:
-        """Zero the bitmap's header, durably: its slot is free."""
-        async with self._lock:
-            info = await self._find(bitmap_id)
-            await self.member.write(self.slot_offset(info.index), bytes(HEADER_BYTES))
-            await self._flush()
-            self._slots[info.index] = SlotInfo(info.index, SlotStatus.EMPTY)
-            self._bits.pop(info.index, None)
-
-    def statistics(self) -> BitmapStoreStats:
-        valid = sum(s.status is SlotStatus.VALID for s in self._slots or ())
-        return BitmapStoreStats(valid, self._page_writes, self._flushes)
-
-    def __repr__(self) -> str:
-        s = self.statistics()
-        return f"<BitmapStore {self.member.path}: {s.bitmaps} bitmaps, {s.page_writes} page writes>"

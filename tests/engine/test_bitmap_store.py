@@ -12,7 +12,8 @@ from dsafs.errors import InvalidArgument, MemberIOError, MetadataError, NoBitmap
 from dsafs.members.member import Member, MemberStats
 from dsafs.members.pending import Ready
 from dsafs.ondisk import bitmap as B
-from dsafs.ondisk.bitmap import BitmapStore, BitmapType, Bound, SlotStatus
+from dsafs.ondisk.bitmap import BitmapType, Bound
+from dsafs.ondisk.bitmapstore import BitmapStore, BitmapStoreStats, SlotStatus
 from dsafs.ondisk.scb import min_member_bytes
 from dsafs.testing.fakes import MemMember
 from dsafs.testing.record import Journal, RecordingMember
@@ -51,7 +52,7 @@ async def test_create_set_read_back_and_delete():
     assert await again.runs("0001A2F3") == (range(0, 1), range(3, 6), range(63, 64))
     (slot0, *rest) = await again.scan()
     assert slot0.status is SlotStatus.VALID and slot0.header == header
-    assert store.statistics() == B.BitmapStoreStats(bitmaps=1, page_writes=2, flushes=4)
+    assert store.statistics() == BitmapStoreStats(bitmaps=1, page_writes=2, flushes=4)
     await store.delete("0001A2F3")
     assert (await again.scan())[0].status is SlotStatus.EMPTY
     with pytest.raises(InvalidArgument, match=r"^member /m/a.img holds no bitmap 0001A2F3 "
@@ -300,3 +301,25 @@ async def test_a_power_cut_at_every_point_keeps_every_durable_bit_and_no_stale_o
             assert got >= set().union(*(c for s, d, c in history if d < cut)), (cut, seed)
             assert got <= set().union(*(c for s, d, c in history if s < cut)), (cut, seed)
     assert seen == {"empty", "damaged", "00000001", "00000002"}     # the cuts covered them all
+
+
+async def test_pages_now_gives_the_page_writes_without_io_and_landed_records_them():
+    """The write path's fast form: None until the slots and bits are read (or while another
+    operation holds the store), then the pages set_ranges would write; `landed` makes them
+    part of the durable content, so the same bits ask for nothing more."""
+    m = member()
+    store = BitmapStore(m, SET, VU)
+    await store.create("0000AAAA", BitmapType.MINICOPY, [AWAY])
+    fresh = BitmapStore(m, SET, VU)
+    assert fresh.pages_now("0000AAAA", [(0, 4096)]) is None          # nothing read yet
+    await fresh.runs("0000AAAA")                                        # reads slots and bits
+    ((page, pos, data),) = fresh.pages_now("0000AAAA", [(5 * 65536, 4096)])
+    assert page == 0 and pos == fresh.slot_offset(0) + 4096 and data[0] == 1 << 5
+    await m.write_durable(pos, data)
+    fresh.landed("0000AAAA", page, data)
+    assert fresh.pages_now("0000AAAA", [(5 * 65536, 100)]) == []        # set: nothing to do
+    assert [c for r in await BitmapStore(m, SET, VU).runs("0000AAAA") for c in r] == [5]
+    async with trio.open_nursery() as nursery:                           # busy: set_ranges
+        nursery.start_soon(fresh.scan)
+        await trio.lowlevel.checkpoint()
+        assert fresh.pages_now("0000AAAA", [(0, 1)]) is None

@@ -7,7 +7,7 @@ import trio
 from dsafs.engine.bitmap import Policy, departure_problem
 from dsafs.engine.vu import VirtualUnit
 from dsafs.errors import MembershipRefused, MountRefused
-from dsafs.ondisk.bitmap import BitmapStore, SlotStatus
+from dsafs.ondisk.bitmapstore import BitmapStore, SlotStatus
 from dsafs.ondisk.scb import MemberState
 from dsafs.testing.fakes import assert_members_identical, mem_set, reopen, running
 from dsafs.units import CHUNK_BYTES, MiB
@@ -198,3 +198,40 @@ async def test_no_bitmap_for_an_absent_member_after_a_crash(autojump_clock):
     vu = await VirtualUnit.assemble("DSA1", [a, b], policy=Policy.OPTIONAL)
     async with running(vu):
         assert not vu.bitmaps.in_use and vu.bitmaps.absent_note is None
+
+
+async def test_file_members_take_the_fast_bitmap_path_and_the_bits_are_on_disk(tmp_path):
+    """FileMember has write_durable's Pending form: an update submits every replica's page
+    before it waits (no task each) through the O_DIRECT description; the bits read back from
+    the slot files afterwards, and the member returns by a minicopy with its stamp intact."""
+    from dsafs.engine.setmeta import init_set
+    from dsafs.members.filemember import FileMember
+    from dsafs.members.fileopen import create_file
+    from dsafs.ondisk.scb import min_member_bytes
+
+    size = 8 * MiB
+    paths = [str(tmp_path / f"{n}.img") for n in "abc"]
+    for p in paths:
+        create_file(p, min_member_bytes(size))
+    members = [FileMember.open(p) for p in paths]
+    await init_set("DSA1", "DATA", size, members)
+    for m in members:
+        m.close()
+    vu = await VirtualUnit.assemble("DSA1", [FileMember.open(p) for p in paths])
+    async with running(vu):
+        bitmap_id = await vu.remove("c.img", Policy.REQUIRED)
+        a = vu.find("a.img").member
+        direct_before = a.direct_writes
+        for chunk in (1, 50, 51, 120):
+            await vu.write(chunk * CHUNK_BYTES, b"f" * 4096)
+        assert a.direct_writes > direct_before               # the O_DIRECT path, on a ring
+        assert vu.bitmaps.statistics().updates >= 1
+        stored = await BitmapStore(a, vu.set_uuid, vu.size_bytes).runs(bitmap_id)
+        assert [c for r in stored for c in r] == [1, 50, 51, 120]
+        c = FileMember.open(paths[2])
+        assert c.mtime_ns == next(iter(vu.bitmaps.in_use.values())).bound[0].stamp_ns
+        await vu.add([c])
+        assert vu.find("c.img").state is MemberState.MINICOPY_TARGET
+        await vu.wait_steady()
+        assert vu.last_copy.statistics().bytes_written == 4 * CHUNK_BYTES
+        assert_members_identical(vu)

@@ -9,7 +9,9 @@ import trio
 from dsafs.engine.bitmap import LOOKAHEAD_CHUNKS, Policy, chunks_touched, parse_policy
 from dsafs.engine.vu import VirtualUnit
 from dsafs.errors import InvalidArgument, MembershipRefused
-from dsafs.ondisk.bitmap import BITMAP_SLOTS, BitmapStore, BitmapType, SlotStatus
+from dsafs.ondisk.bitmap import BitmapType
+from dsafs.ondisk.scb import BITMAP_SLOTS
+from dsafs.ondisk.bitmapstore import BitmapStore, SlotStatus
 from dsafs.ondisk.scb import MemberState
 from dsafs.testing.fakes import assert_members_identical, mem_set, reopen, running
 from dsafs.units import CHUNK_BYTES, KiB, MiB
