@@ -22,6 +22,14 @@ def differing_chunks(x: MemMember, y: MemMember) -> list[int]:
             != y.data[c * CHUNK_BYTES:(c + 1) * CHUNK_BYTES]]
 
 
+async def returned(vu: VirtualUnit, member: MemMember, other: MemMember) -> list[int]:
+    """Add `member` back, let its copy finish; the chunks where it then differs from `other`."""
+    member.reopen()
+    await vu.add([member])
+    await vu.wait_steady()
+    return differing_chunks(member, other)
+
+
 async def _race_write_with_minicopy_end(delay: float) -> list[int]:
     # b answers fast: its minicopy ends (flush, promotion) while a's write is still running
     a, b = MemMember(RAW, "/m/a.img", latency=0.001), MemMember(RAW, "/m/b.img", latency=0.0001)
@@ -82,16 +90,13 @@ async def test_a_member_split_while_a_merge_is_owed_never_returns_by_a_minicopy(
         assert vu.merge_required or vu.merge is not None
         made = await vu.remove("/m/a.img", Policy.OPTIONAL)   # long before the merge's end
         await vu.wait_steady()
-        a.reopen()
-        await vu.add([a])
-        await vu.wait_steady()
-        got = differing_chunks(a, b)
+        got = await returned(vu, a, b)
         await vu.dissolve()
     assert not got, f"bitmap {made}: a differs from b in chunks {got} after its return"
 
 
 async def test_a_copy_target_split_off_never_returns_by_a_minicopy(autojump_clock, monkeypatch):
-    """Seed 21 cut 12 (`make crash SEED=21`): a member returned by a full copy was removed
+    """Seed 21 cut 12 (run_scenario(21, 25) outside pytest-trio): a member returned by a full copy was removed
     again with a minicopy bitmap before that copy ended, and its next return copied only the
     chunks written since: it ended a source without the data the full copy had not reached."""
     monkeypatch.setattr(copymod, "STEP_BYTES", 64 * KiB)
@@ -108,10 +113,7 @@ async def test_a_copy_target_split_off_never_returns_by_a_minicopy(autojump_cloc
         await trio.sleep(0.01)                          # the copy is under way
         assert vu.copy is not None and 0 < vu.copy.fence_bytes < SIZE
         made = await vu.remove("/m/c.img", Policy.OPTIONAL)
-        c.reopen()
-        await vu.add([c])
-        await vu.wait_steady()
-        got = differing_chunks(a, c)
+        got = await returned(vu, c, a)
         await vu.dissolve()
     assert not got, f"bitmap {made}: c differs from a in chunks {got} after its return"
 
