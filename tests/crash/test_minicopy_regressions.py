@@ -96,9 +96,10 @@ async def test_a_member_split_while_a_merge_is_owed_never_returns_by_a_minicopy(
 
 
 async def test_a_copy_target_split_off_never_returns_by_a_minicopy(autojump_clock, monkeypatch):
-    """Seed 21 cut 12 (run_scenario(21, 25) outside pytest-trio): a member returned by a full copy was removed
-    again with a minicopy bitmap before that copy ended, and its next return copied only the
-    chunks written since: it ended a source without the data the full copy had not reached."""
+    """Seed 21 cut 12 (run_scenario(21, 25) outside pytest-trio): a member returned by a
+    full copy was removed again with a minicopy bitmap before that copy ended, and its next
+    return copied only the chunks written since: it ended a source without the data the full
+    copy had not reached."""
     monkeypatch.setattr(copymod, "STEP_BYTES", 64 * KiB)
     a, c = MemMember(RAW, "/m/a.img", latency=0.001), MemMember(RAW, "/m/c.img", latency=0.001)
     await init_set("DSA1", "DATA", SIZE, [a, c])
