@@ -57,6 +57,16 @@ class AppWrite:
 
 
 @dataclasses.dataclass
+class Split:
+    """A member removed by the workload, and the minicopy bitmap id remove() returned."""
+    path: str
+    bitmap_id: Optional[str]
+    policy: str
+    started: int                       # journal index of remove-start
+    done: int                          # journal index of remove-done
+
+
+@dataclasses.dataclass
 class AppFlush:
     submitted: int
     acked: Optional[int] = None
@@ -72,6 +82,7 @@ class Oracle:
         self.writes: list[AppWrite] = []
         self.flushes: list[AppFlush] = []
         self.membership: list[tuple[int, str, str]] = []   # (index, kind, path)
+        self.splits: list[Split] = []        # removes, with the bitmap each left (bitmaps.py)
         # read stability: per lbn the id of the last submitted write, writes in flight, and
         # the last value read with that write state
         self.last_submit: dict[int, int] = {}
@@ -80,6 +91,13 @@ class Oracle:
 
     def note_membership(self, kind: str, path: str) -> None:
         self.membership.append((self.journal.note(kind, path), kind, path))
+
+    def note_split(self, path: str, bitmap_id: Optional[str], policy: str, started: int) -> Split:
+        """remove() of `path` returned `bitmap_id` (None: no bitmap): note remove-done."""
+        s = Split(path, bitmap_id, policy, started, self.journal.note("remove-done", path))
+        self.membership.append((s.done, "remove-done", path))
+        self.splits.append(s)
+        return s
 
     def write_submitted(self, wid: int, lbn: int, nblocks: int) -> AppWrite:
         w = AppWrite(wid, lbn, nblocks, self.journal.note("write", wid))

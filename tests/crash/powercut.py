@@ -7,17 +7,21 @@ One *scenario* (everything follows from its seed, trio's scheduling included):
      recorders share one Journal.
   2. Mount a VirtualUnit on them and run, for a short virtual time under trio's MockClock:
      1-4 writer tasks (random 512 B - 64 KiB writes of a self-describing pattern, flushes,
-     reads that are checked), and a membership task (remove a member, add it back -- which
-     starts a copy --, add a blank spare, demand a merge). Every application event goes into
-     the journal too, so the oracle knows what was submitted, acknowledged and flushed when.
+     reads that are checked), and a membership task (remove a member with a random minicopy
+     policy -- minicopy, minicopy=optional, nominicopy --, add it back, which starts a minicopy
+     when its removal left a bitmap and a full copy otherwise, add a blank spare, demand a
+     merge). Every application event goes into the journal too, so the oracle knows what was
+     submitted, acknowledged and flushed when, and each split with the bitmap id it returned.
   3. Pick cut points in the journal (a third of them just after an SCB write was submitted,
      so cuts land inside SCB updates) and, for each, build a crash state of every member
      (durable writes, plus each write in doubt kept whole, or torn per 512-byte sector).
   4. Optionally (a *chained* cut) mount the crash state with recorders again, run writers and
      membership changes while the merge runs, and cut that run too: crashes inside merges.
-  5. Reassemble the members (in a random order, the removed one included or not), let the copy
-     and merge finish, and check the invariants below. Then dismount cleanly and check that the
-     SCBs are clean and a re-mount needs nothing.
+  5. Reassemble the members (in a random order, the removed one included or not), check the
+     bitmaps the mount trusts (rule bitmap-hole), return a split-off member left out of the
+     reassembly (`mount --add`: a minicopy when a bitmap names it), let the copy and merge
+     finish, and check the invariants below. Then dismount cleanly and check that the SCBs are
+     clean and a re-mount needs nothing.
   5'. Or (a *fork*, issue 13), when a member had been split off before the cut: mount it apart
      on its own (--override-membership), write to it or not, dismount it, then reassemble it
      with the crash state of its set. The outcome is the lineage rule: a split brain (both
@@ -46,6 +50,15 @@ tests/crash/oracle.py's):
                   of the winning side never holds the other side's data.
   fork-refusal    a split brain is refused (rule split-brain) and changes no byte; any other
                   refusal of a fork's reassembly is a violation.
+  bitmap-hole     every minicopy bitmap the reassembled mount trusts (loaded from the crash
+                  images of its sources; also at the mount of a chained run) has the bit of
+                  every 64 KiB chunk into which a write submitted after that bitmap's split
+                  instant and before the cut may have reached a member of the mount (durable
+                  or in doubt): tests/crash/bitmaps.py. A member returned by that bitmap then
+                  copies only those chunks and must still end `identical`.
+  return-refused  adding a member split off before the cut back to the reassembly is refused.
+  no-minicopy     that member returns by a full copy although its last split left a bitmap the
+                  mount trusts and its own SCB says it was removed.
 A violation prints its seed and cut; `make crash SEED=S [CUT=C]` replays it.
 """
 
@@ -67,6 +80,7 @@ import trio
 import trio.testing
 
 from dsafs.engine import copy as copymod
+from dsafs.engine.bitmap import Policy
 from dsafs.engine import decide
 from dsafs.engine.decide import Options
 from dsafs.errors import DsafsError, MembershipRefused, MountRefused
@@ -76,6 +90,7 @@ from dsafs.testing.fakes import MemMember
 from dsafs.units import BLOCK_BYTES, KiB, MiB
 from dsafs.engine.setmeta import init_set, load_candidate
 from dsafs.engine.vu import VirtualUnit
+from tests.crash import bitmaps as bitmapmod
 from tests.crash.oracle import AppFlush, Oracle, block_id, payload
 
 try:
@@ -149,6 +164,10 @@ class Result:
     torn_refusals: int = 0     # crash states with both slots of a member torn (bad input)
     forks: int = 0             # split-off members forked and reassembled with their set
     split_brains: int = 0      # of those, reassemblies refused as a split brain
+    bitmap_splits: int = 0     # removes that left a minicopy bitmap
+    minicopies: int = 0        # returns (during a run or after a cut) by a minicopy
+    returns: int = 0           # split-off members added back to a reassembled crash state
+    bitmaps_checked: int = 0   # bitmaps a reassembled mount trusted, checked for holes
     rules: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def violation(self, cut: str, kind: str, text: str) -> None:
@@ -255,10 +274,13 @@ class Run:
                         continue
                     leg = rng.choice(choices)
                     removed = leg.member.path
-                    o.note_membership("remove-start", removed)
-                    await vu.remove(removed)
-                    o.note_membership("remove-done", removed)
+                    policy = rng.choice(list(Policy))
+                    start = o.journal.note("remove-start", removed)
+                    o.membership.append((start, "remove-start", removed))
+                    bitmap_id = await vu.remove(removed, policy)
+                    o.note_split(removed, bitmap_id, policy.value, start)
                     self.result.removes += 1
+                    self.result.bitmap_splits += bitmap_id is not None
                 else:
                     path, removed = removed, None
                     await self.add(self.by_path[path].reopen())
@@ -294,6 +316,8 @@ class Run:
         o.note_membership("add-start", rec.path)
         await vu.add([rec])
         self.result.adds += 1
+        self.result.minicopies += any(s.member is rec and s.state is MemberState.MINICOPY_TARGET
+                                      for s in vu.legs)
         while True:               # promoted when its state is source and the commit is done
             leg = next((s for s in vu.legs if s.member is rec), None)
             if leg is None or not leg.state.current:
@@ -523,19 +547,21 @@ async def scenario(seed: int, ncuts: int, *, only_cut: Optional[int] = None,
     result.events = journal.index
     all_recs = list(run.by_path.values())         # the members, and the spare if any
     cuts = pick_cuts(rng, all_recs, journal, ncuts)
+    tracer = bitmapmod.Tracer(VU_BYTES)
     for k, cut in enumerate(cuts):
         if only_cut is not None and k != only_cut:
             continue
         crng = random.Random(f"{seed}/{k}")
         await check_cut(result, f"{k} (event {cut})", crng, all_recs, oracle, cut, next_wid,
-                        latency=latency, chain=chain)
+                        latency=latency, chain=chain, tracer=tracer)
         result.cuts += 1
     return result
 
 
 async def check_cut(result: Result, label: str, rng: random.Random, recs: list, oracle: Oracle,
                     cut: int, next_wid: list, *, latency: float, chain: float,
-                    depth: int = 0) -> None:
+                    tracer: bitmapmod.Tracer, depth: int = 0,
+                    carried: Optional[dict] = None) -> None:
     images, how = crash_images(rng, recs, cut)
     label = f"{label} {how}"
     got = await check_images(result, label, recs, images, oracle, cut, rng, latency=latency)
@@ -552,11 +578,14 @@ async def check_cut(result: Result, label: str, rng: random.Random, recs: list, 
         run.vu = vu = VirtualUnit(plan, recs2)
         async with trio.open_nursery() as nursery:
             await nursery.start(vu.run)
+            required = check_bitmaps(result, label, vu, recs, members, oracle, cut, tracer,
+                                     carried)
             await run.workload(rng.uniform(0.02, 0.2), rng.random() < 0.5)
             nursery.cancel_scope.cancel()
         cut2 = pick_cuts(rng, recs2, journal, 1)[0]
         await check_cut(result, f"{label} then chained cut (event {cut2})", rng, recs2,
-                        oracle2, cut2, next_wid, latency=latency, chain=chain, depth=1)
+                        oracle2, cut2, next_wid, latency=latency, chain=chain, depth=1,
+                        tracer=bitmapmod.Tracer(VU_BYTES), carried=required)
         return
     split = [r for r in recs if r.path in oracle.forbidden_sources(cut, recs)
              and _removed_at(oracle, r.path, cut) and has_metadata(images[r.path])]
@@ -566,12 +595,61 @@ async def check_cut(result: Result, label: str, rng: random.Random, recs: list, 
                          latency=latency)
         return
     vu = VirtualUnit(plan, members)
+    named = {m.path for m in members}
+    back = [r.path for r in split if r.path not in named]
     async with trio.open_nursery() as nursery:
         await nursery.start(vu.run)
+        check_bitmaps(result, label, vu, recs, members, oracle, cut, tracer, carried)
+        if back and rng.random() < 0.7:
+            returning = JitterMember(RAW, back[0], rng, latency=latency, data=images[back[0]])
+            await return_member(result, label, rng, vu, returning, oracle, cut)
         await settle_and_check(result, label, vu, allowed)
         current = [s.member for s in vu.legs if s.state.current]
         await vu.dissolve()
     await check_clean(result, label, current)
+
+
+def check_bitmaps(result: Result, label: str, vu: VirtualUnit, recs: list, members: list,
+                  oracle: Oracle, cut: int, tracer: bitmapmod.Tracer,
+                  carried: Optional[dict]) -> dict:
+    """Rule bitmap-hole (tests/crash/bitmaps.py) for the bitmaps the just mounted `vu`
+    trusts; returns the chunks each had to hold (carried into a chained run)."""
+    trusted = bitmapmod.trusted_bitmaps(vu)
+    result.bitmaps_checked += len(trusted)
+    required, problems = bitmapmod.holes(trusted, recs, [m.path for m in members],
+                                         oracle.writes, cut, tracer, oracle.splits, carried)
+    for text in problems:
+        result.violation(label, "bitmap-hole", text)
+    return required
+
+
+async def return_member(result: Result, label: str, rng: random.Random, vu: VirtualUnit,
+                        member, oracle: Oracle, cut: int) -> None:
+    """Add a member split off before the cut back to the reassembled crash state (`mount
+    --add`, while the merge runs or after it). It must come back by a minicopy when its last
+    split left a bitmap the mount trusts and its own SCB says it was removed (rule
+    `no-minicopy` otherwise); settle_and_check then finds it identical."""
+    split = next(s for s in reversed(oracle.splits) if s.path == member.path and s.done < cut)
+    scb = (await load_candidate(member)).scb
+    expect = (split.bitmap_id is not None and scb is not None
+              and scb.own_state is MemberState.REMOVED
+              and split.bitmap_id in bitmapmod.trusted_bitmaps(vu))
+    if rng.random() < 0.5:
+        await vu.wait_steady()
+    try:
+        await vu.add([member])
+    except (MembershipRefused, MountRefused) as exc:
+        result.violation(label, "return-refused", f"{member.path}: {exc}")
+        return
+    result.returns += 1
+    leg = next((s for s in vu.legs if s.member is member), None)
+    mini = leg is not None and leg.state is MemberState.MINICOPY_TARGET
+    result.minicopies += mini
+    if expect and not mini:
+        result.violation(label, "no-minicopy",
+                         f"{member.path} returned by a full copy although bitmap "
+                         f"{split.bitmap_id} ({split.policy}) names it: "
+                         f"{leg.state.label if leg else 'not added'}")
 
 
 def _removed_at(oracle: Oracle, path: str, cut: int) -> bool:
@@ -709,7 +787,9 @@ def main(argv=None) -> int:
           f"{total.copies} with a copy; {total.scb_in_doubt} cuts inside SCB updates, "
           f"{total.torn_slots} torn SCB slots, {total.torn_refusals} both-slots-torn "
           f"refusals checked; {total.forks} forks reassembled, {total.split_brains} of them "
-          f"refused as a split brain) in {time.monotonic() - t0:.1f} s")
+          f"refused as a split brain; {total.bitmap_splits} splits left a bitmap, "
+          f"{total.bitmaps_checked} trusted bitmaps checked, {total.returns} returns after a "
+          f"cut, {total.minicopies} returns by minicopy) in {time.monotonic() - t0:.1f} s")
     if args.verbose:
         print("rules:", dict(total.rules))
     return 1 if total.violations else 0

@@ -5,17 +5,23 @@ SECONDS=... [SEED=...]`.
 Each *cycle*:
   1. `dsafs serve` (a fresh daemon; the dead one's mount was `fusermount3 -uz`'d) and
      `dsafs mount DSA1 a.img b.img` (members in a random order, both named even if one was
-     removed: it comes back as a copy target). Sometimes the daemon is killed right away, in
-     the middle of the merge or copy that the mount started.
+     removed: it comes back as a copy target), or, half the time when a member was split off
+     at the kill, the other one alone (the split-off one stays out, to return by `--add`).
+     Sometimes the daemon is killed right away, in the middle of the merge or copy that the
+     mount started.
   2. Poll `show` until `state` is `steady` (copy and merge done, `merge` null), then
      `dsafs verify DSA1` must exit 0, and every 4 KiB block of /mnt/DSA1 must hold what the
      oracle allows (below).
   3. Two writer threads write random 4-64 KiB runs of a self-describing pattern with O_DIRECT
      to /mnt/DSA1 and fsync now and then, logging submission and acknowledgement of each write
-     and fsync. Meanwhile the main thread, at random moments, removes a member (`dsafs dismount
-     DSA1 --member`), returns it (`dsafs mount DSA1 --add`), demands a merge (`dsafs set DSA1
-     --demand-merge`, refused while a copy runs: that is fine), and finally kills the daemon
-     with SIGKILL (its PID only); one cycle in ten ends with SIGTERM instead (clean dismount).
+     and fsync. Meanwhile the main thread, at random moments, splits a member off (`dsafs
+     dismount DSA1 --member M --policy P`, P minicopy, minicopy=optional or nominicopy at
+     random), returns it (`dsafs mount DSA1 --add M`: by a minicopy when the split left a
+     bitmap, `show --json` `bitmaps`, and then `last_copy.kind` must say minicopy and `dsafs
+     verify` must find the members identical once it is done), demands a merge (`dsafs set
+     DSA1 --demand-merge`, refused while a copy runs: that is fine), and finally kills the
+     daemon with SIGKILL (its PID only), sometimes right after a return (inside the minicopy);
+     one cycle in ten ends with SIGTERM instead (clean dismount).
 Oracle: tests/crash/oracle.py, per 4 KiB block. kill -9 loses no power, and an O_DIRECT
 write is acknowledged only after every member has it, so here *every acknowledged write* is
 required (stricter than the power-cut model, which requires only fsynced ones); a write in
@@ -71,6 +77,11 @@ class SoakResult:
     demand_refused: int = 0
     removes: int = 0
     adds: int = 0
+    bitmap_splits: int = 0     # splits that left a minicopy bitmap
+    minicopies: int = 0        # returns that started a minicopy
+    minicopies_checked: int = 0  # of those, seen done (last_copy.kind) and verified identical
+    kills_while_split: int = 0  # kills with a member split off (it returns in a later cycle)
+    kills_during_minicopy: int = 0
     writes: int = 0
     fsyncs: int = 0
     blocks_checked: int = 0
@@ -80,9 +91,13 @@ class SoakResult:
         return (f"soak seed {self.seed}: {self.cycles} cycles, {self.kills} kills -9 "
                 f"({self.kills_during_merge} during a merge or copy), {self.clean_stops} clean "
                 f"stops, {self.merges} merges, {self.copies} copies, {self.demand_merges} demand "
-                f"merges ({self.demand_refused} refused), {self.removes} removes, {self.adds} "
-                f"adds, {self.writes} writes, {self.fsyncs} fsyncs, {self.blocks_checked} blocks "
-                f"checked, {len(self.failures)} failures")
+                f"merges ({self.demand_refused} refused), {self.removes} removes "
+                f"({self.bitmap_splits} with a bitmap), {self.adds} adds ({self.minicopies} by "
+                f"minicopy, {self.minicopies_checked} seen done and verified), "
+                f"{self.kills_while_split} kills with a member split off, "
+                f"{self.kills_during_minicopy} during a minicopy, {self.writes} writes, "
+                f"{self.fsyncs} fsyncs, {self.blocks_checked} blocks checked, "
+                f"{len(self.failures)} failures")
 
 
 class Writer:
@@ -178,6 +193,8 @@ class Soak:
         self.nblocks = vu_bytes // BLK
         self.members = [os.path.join(directory, n) for n in ("a.img", "b.img")]
         self.out: Optional[str] = None      # a member removed and not yet added back
+        self.out_bitmap = False             # ... and a minicopy bitmap names it
+        self.minicopy_running = False       # a return by minicopy not yet seen done
         self.journal = Journal()
         self.oracle = Oracle(self.journal)
         self.lock = threading.Lock()
@@ -208,6 +225,11 @@ class Soak:
         self.served = start_serve(self.dir, log_name="serve.log")
         names = list(self.members)
         rng.shuffle(names)
+        if self.out is not None and rng.random() < 0.5:
+            names.remove(self.out)            # it stays out, and returns by --add later
+        else:
+            self.out = None
+        self.minicopy_running = False
         m = self.cli("mount", "DSA1", *names, "--no-wait")
         if m.returncode != 0:
             self.fail(n, f"mount refused: {m.stdout}{m.stderr}")
@@ -216,7 +238,8 @@ class Soak:
         self.mount_said_merge = "merge" in m.stdout
         if "copy-target" in m.stdout:
             r.copies += 1
-        self.out = None
+        if self.out is not None:              # the bitmap made at the split survived the kill
+            self.out_bitmap = self.has_bitmap(self.out)
         if rng.random() < 0.2:                       # kill in the middle of the merge or copy
             time.sleep(rng.uniform(0.0, 0.3))
             info = self.show()
@@ -239,9 +262,14 @@ class Soak:
         deadline = time.monotonic() + rng.uniform(0.3, 3.0)
         while time.monotonic() < deadline:
             time.sleep(rng.uniform(0.05, 0.5))
-            if self.random_action() == "merge" and rng.random() < 0.4:
-                time.sleep(rng.uniform(0.0, 0.05))   # kill inside the demanded merge
+            action = self.random_action(n)
+            if action is False:
+                return False
+            if action in ("merge", "minicopy") and rng.random() < 0.4:
+                time.sleep(rng.uniform(0.0, 0.05))   # kill inside the merge or the minicopy
                 break
+            if self.minicopy_running and not self.minicopy_done(n):
+                return False
         clean = rng.random() < 0.1
         if clean:
             writer.stop.set()
@@ -255,6 +283,9 @@ class Soak:
             info = self.show()
             if info and info.get("state") in ("merging", "copying"):
                 r.kills_during_merge += 1
+            if info and (info.get("copy") or {}).get("kind") == "minicopy":
+                r.kills_during_minicopy += 1
+            r.kills_while_split += self.out is not None
             self.kill()
             if not writer.join(60):
                 self.fail(n, "a writer thread is stuck after the daemon was killed")
@@ -266,21 +297,47 @@ class Soak:
             return False
         return True
 
-    def random_action(self) -> None:
+    def has_bitmap(self, member: str) -> bool:
+        """`show --json` lists a minicopy bitmap for `member` (one loaded at a mount names no
+        member: with two members it can only be the one split off)."""
+        info = self.show() or {}
+        return any(b.get("member") in (member, None) and b.get("type") == "minicopy"
+                   for b in info.get("bitmaps", ()))
+
+    def random_action(self, n: int):
+        """One random action; returns "merge" or "minicopy" when one was started, False on a
+        failure (recorded)."""
         rng, r = self.rng, self.result
         x = rng.random()
         if x < 0.25 and self.out is None:
             who = rng.choice(self.members)
-            d = self.cli("dismount", "DSA1", "--member", os.path.basename(who))
+            policy = rng.choice(("minicopy", "minicopy=optional", "nominicopy"))
+            d = self.cli("dismount", "DSA1", "--member", os.path.basename(who),
+                         "--policy", policy)
             if d.returncode == 0:
                 self.out = who
+                self.out_bitmap = self.has_bitmap(who)
                 r.removes += 1
+                r.bitmap_splits += self.out_bitmap
+                if policy == "minicopy" and not self.out_bitmap:
+                    self.fail(n, f"dismount --policy minicopy left no bitmap for {who}: "
+                                 f"{d.stdout}")
+                    return False
         elif x < 0.5 and self.out is not None:
             a = self.cli("mount", "DSA1", "--add", self.out, "--no-wait")
             if a.returncode == 0:
-                self.out = None
                 r.adds += 1
                 r.copies += 1
+                mini = "minicopy" in a.stdout
+                if self.out_bitmap and not mini:
+                    self.fail(n, f"{self.out} returned by a full copy although a bitmap names "
+                                 f"it: {a.stdout}")
+                    return False
+                self.out = None
+                if mini:
+                    r.minicopies += 1
+                    self.minicopy_running = True
+                    return "minicopy"
         elif x < 0.7:
             s = self.cli("set", "DSA1", "--demand-merge")
             if s.returncode == 0:
@@ -288,6 +345,26 @@ class Soak:
                 return "merge"
             r.demand_refused += 1
         return None
+
+    def minicopy_done(self, n: int) -> bool:
+        """A return by minicopy is under way: once it is done (show says steady), its kind must
+        be minicopy and the members identical (`dsafs verify`, with the writers running): the
+        returned member holds every acknowledged write. False on a failure (recorded)."""
+        info = self.show()
+        if info is None or info.get("state") != "steady" or info.get("copy") is not None:
+            return True
+        self.minicopy_running = False
+        kind = (info.get("last_copy") or {}).get("kind")
+        if kind != "minicopy":
+            self.fail(n, f"a return by minicopy ended with last_copy.kind {kind!r}")
+            return False
+        v = self.cli("verify", "DSA1")
+        if v.returncode != 0:
+            self.fail(n, f"after a minicopy: dsafs verify exit {v.returncode}: {v.stdout}"
+                         f"{v.stderr}")
+            return False
+        self.result.minicopies_checked += 1
+        return True
 
     def kill(self) -> None:
         self.served.kill()                 # SIGKILL to this daemon's PID only

@@ -10,6 +10,7 @@ SOAK_SECONDS = 60
 
 @pytest.mark.mount
 def test_soak_kill9_membership_and_demand_merge(tmp_path):
+    """Kills -9 anywhere, with splits and returns by minicopy among the actions."""
     seed = 424242                      # fixed: the run's random choices replay
     lines = []
     result = soakmod.soak(SOAK_SECONDS, seed, str(tmp_path), log=lines.append,
@@ -17,4 +18,5 @@ def test_soak_kill9_membership_and_demand_merge(tmp_path):
     report = f"{result.summary()}\n" + "\n".join(lines[-5:])
     assert not result.failures, report
     assert result.cycles >= 3 and result.kills >= 2, report
+    assert result.removes >= 1 and result.minicopies >= 1, report     # issue 16 split/return
     assert result.writes >= 100 and result.blocks_checked >= 3 * (32 * soakmod.MiB // 4096), report
