@@ -305,8 +305,9 @@ class WriteBitmaps:
                 raise MembershipRefused(
                     f"{self.host.name}: {names} not removed: no minicopy bitmap can be made "
                     f"({why}); wait until the set is steady, or use --policy nominicopy")
-            log.warning("%s: %s leave without a minicopy bitmap (%s); the return will be a full "
-                        "copy", self.host.name, names, why)
+            log.warning("%s: %s %s without a minicopy bitmap (%s); the return will be a full "
+                        "copy", self.host.name, names, "leaves" if len(legs) == 1 else "leave",
+                        why)
             self.departure_note = why
             return None
         others = [s for s in self.host.current if s not in legs]

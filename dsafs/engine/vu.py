@@ -450,8 +450,7 @@ class VirtualUnit:
                        self.bitmaps.describe(), self.bitmaps.statistics())
 
     def __repr__(self) -> str:
-        return (f"<VirtualUnit {self.name} {self.state}, {len(self.sources)} sources, "
-                f"{len(self.targets)} targets>")
+        return f"<VirtualUnit {self.name} {self.state}, {len(self.sources)} sources>"
 
     # ----------------------------------------------------------------- reads
     def choose_reader(self, exclude=()) -> Optional[Leg]:
@@ -564,9 +563,10 @@ class VirtualUnit:
             copy = self.copy
             if copy is None or end <= copy.fence_bytes:
                 failures = await write_all(self.current, pos, data)
-            else:       # ahead of the copy fence: sources first, then the targets
+            else:       # ahead of the fence: sources first, then the targets (as they were:
+                targets = self.targets      # one promoted meanwhile must get it too)
                 failures = await write_all(self.sources, pos, data)
-                failures += await write_all(self.targets, pos, data)
+                failures += await write_all([t for t in targets if t.state.current], pos, data)
         finally:
             self.gate.leave(token)
         if failures:

@@ -273,11 +273,12 @@ class Run:
                     if len(vu.current) < 2 or not choices:
                         continue
                     leg = rng.choice(choices)
-                    removed = leg.member.path
+                    path = leg.member.path
                     policy = rng.choice(list(Policy))
-                    start = o.journal.note("remove-start", removed)
-                    o.membership.append((start, "remove-start", removed))
-                    bitmap_id = await vu.remove(removed, policy)
+                    start = o.journal.note("remove-start", path)
+                    o.membership.append((start, "remove-start", path))
+                    bitmap_id = await vu.remove(path, policy)     # may be refused: then
+                    removed = path                                # it stays a member
                     o.note_split(removed, bitmap_id, policy.value, start)
                     self.result.removes += 1
                     self.result.bitmap_splits += bitmap_id is not None

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 import trio
+import trio.testing
 
 from dsafs.errors import InvalidArgument, MemberIOError, MetadataError, NoBitmapSlot
 from dsafs.members.member import Member, MemberStats
@@ -319,7 +320,9 @@ async def test_pages_now_gives_the_page_writes_without_io_and_landed_records_the
     fresh.landed("0000AAAA", page, data)
     assert fresh.pages_now("0000AAAA", [(5 * 65536, 100)]) == []        # set: nothing to do
     assert [c for r in await BitmapStore(m, SET, VU).runs("0000AAAA") for c in r] == [5]
-    async with trio.open_nursery() as nursery:                           # busy: set_ranges
+    m.hang()                                                             # a scan holds the
+    async with trio.open_nursery() as nursery:                           # store: set_ranges
         nursery.start_soon(fresh.scan)
-        await trio.lowlevel.checkpoint()
+        await trio.testing.wait_all_tasks_blocked()
         assert fresh.pages_now("0000AAAA", [(0, 1)]) is None
+        m.unhang()
