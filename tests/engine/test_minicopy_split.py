@@ -235,3 +235,27 @@ async def test_file_members_take_the_fast_bitmap_path_and_the_bits_are_on_disk(t
         await vu.wait_steady()
         assert vu.last_copy.statistics().bytes_written == 4 * CHUNK_BYTES
         assert_members_identical(vu)
+
+
+@pytest.mark.allow_warnings
+async def test_a_bitmap_with_a_bad_checksum_is_not_trusted_the_return_is_a_full_copy(
+        autojump_clock):
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
+    async with running(vu):
+        bitmap_id = await vu.remove("b.img", Policy.REQUIRED)
+        await vu.write(9 * CHUNK_BYTES, b"z" * 4096)
+        offset = BitmapStore(a, vu.set_uuid, vu.size_bytes).slot_offset(0)
+    for m in (a, c):                                  # one byte of each replica's header
+        assert bytes(m.data[offset:offset + 8]) == b"DSAFSBM\0"
+        m.data[offset + 100] ^= 0xFF
+    reopen(a, c, b)
+    vu = await VirtualUnit.assemble("DSA1", [a, c])
+    async with running(vu):
+        assert not vu.bitmaps.in_use                  # damaged: never trusted
+        await vu.add([b])
+        assert vu.find("b.img").state is MemberState.COPY_TARGET
+        await vu.wait_steady()
+        assert vu.last_copy.kind == "full"
+        assert_members_identical(vu)
+    assert bitmap_id
