@@ -17,8 +17,10 @@ import stat
 from typing import Optional
 
 from dsafs.errors import MemberError, MetadataError
+from dsafs.ondisk.bitmap import NO_MAGIC, BitmapSlotError, decode
 from dsafs.ondisk.scb import (
-    SCB_AREA_BYTES, SLOT_BYTES, Scb, choose_slot, describe_generation, slot_offsets,
+    BITMAP_SLOTS, SCB_AREA_BYTES, SLOT_BYTES, Scb, choose_slot, describe_generation, layout,
+    slot_offsets,
 )
 from dsafs.units import BLOCK_BYTES, format_size
 
@@ -92,7 +94,7 @@ def examine(path: str) -> dict:
         "fences": {"copy_fence_lbn": s.copy_fence_lbn,
                    "copy_fence_generation": s.copy_fence_generation or None,
                    "merge_fence_lbn": s.merge_fence_lbn},
-        "bitmaps": [],                 # bitmap slots are not used yet (issue 16)
+        "bitmaps": _bitmaps(path, s),
         "sequence": s.sequence,
         "updated_ns": s.updated_ns,
         "created_ns": s.created_ns,
@@ -100,6 +102,40 @@ def examine(path: str) -> dict:
                   for name, reason in zip("ab", reading.reasons)},
         "newest_slot": "ab"[reading.slot],
     }
+
+
+def _bitmaps(path: str, s: Scb) -> list:
+    """The member's bitmap slots that hold a bitmap, valid or damaged (ondisk/bitmap.py): id,
+    type, slot, created_ns, populated chunks and the members it serves; or slot and why."""
+    lay = layout(s.vu_size_bytes)
+    out = []
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return out
+    try:
+        for index in range(BITMAP_SLOTS):
+            at = lay.bitmap_offset + index * lay.bitmap_slot_bytes
+            raw = os.pread(fd, lay.bitmap_slot_bytes, at)
+            try:
+                bm = decode(raw, set_uuid=s.set_uuid, vu_size_bytes=s.vu_size_bytes)
+            except BitmapSlotError as exc:
+                if str(exc) != NO_MAGIC:
+                    out.append({"slot": index, "damaged": str(exc)})
+                continue
+            h = bm.header
+            out.append({"slot": index, "id": h.bitmap_id, "type": h.type.label,
+                        "created_ns": h.created_ns, "chunks": h.chunks,
+                        "populated": sum(len(r) for r in bm.runs),
+                        "bound": [{"member_uuid": str(b.member_uuid),
+                                   "base_generation": b.base_generation,
+                                   "path": b.path or None, "size_bytes": b.size_bytes or None,
+                                   "stamp_ns": b.stamp_ns or None} for b in h.bound]})
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return out
 
 
 def _lineage_json(s: Scb) -> Optional[dict]:
@@ -148,7 +184,11 @@ def format_examine(d: dict) -> str:
     rows.append(("Merge fence", "none" if f["merge_fence_lbn"] is None else f"LBN {f['merge_fence_lbn']}"))
     rows.append(("SCB slots", f"A {d['slots']['a']}, B {d['slots']['b']} (newest {d['newest_slot'].upper()}, "
                               f"sequence {d['sequence']})"))
-    rows.append(("Bitmaps", ", ".join(b["id"] for b in d["bitmaps"]) or "none"))
+    rows.append(("Bitmaps", ", ".join(
+        f"{b['id']} ({b['type']}, {b['populated']} of {b['chunks']} chunks, for "
+        f"{' '.join(x['path'] or x['member_uuid'] for x in b['bound']) or 'every member'})"
+        if "id" in b else f"slot {b['slot']} damaged: {b['damaged']}"
+        for b in d["bitmaps"]) or "none"))
     width = max(len(k) for k, _ in rows)
     lines = [f"{d['path']}:"] + [f"  {k:>{width}} : {v}" for k, v in rows]
     lines.append(f"  {'Members':>{width}} :")

@@ -15,6 +15,16 @@ from dsafs.units import CHUNK_BYTES, MiB
 SIZE = 4 * MiB
 
 
+async def returns_by_minicopy(vu, member, chunks: int) -> None:
+    """`member` (split off) is added back, copied by a minicopy of `chunks` chunks."""
+    reopen(member)
+    await vu.add([member])
+    assert vu.find(member.path).state is MemberState.MINICOPY_TARGET
+    await vu.wait_steady()
+    assert vu.last_copy.kind == "minicopy"
+    assert vu.last_copy.statistics().bytes_written == chunks * CHUNK_BYTES
+
+
 async def test_two_members_split_together_share_one_bitmap_deleted_when_the_last_returns(
         autojump_clock):
     a, b, c, d = await mem_set("a", "b", "c", "d", size_bytes=SIZE)
@@ -30,20 +40,10 @@ async def test_two_members_split_together_share_one_bitmap_deleted_when_the_last
         assert info.member == b.path and info.members == (b.path, c.path)
         for chunk in (1, 7, 30):
             await vu.write(chunk * CHUNK_BYTES, b"w" * 4096)
-        reopen(b)
-        await vu.add([b])
-        assert vu.find("b.img").state is MemberState.MINICOPY_TARGET
-        await vu.wait_steady()
-        assert vu.last_copy.kind == "minicopy"
-        assert vu.last_copy.statistics().bytes_written == 3 * CHUNK_BYTES
+        await returns_by_minicopy(vu, b, 3)
         assert list(vu.bitmaps.in_use) == [bitmap_id]        # c is still away: kept
         await vu.write(40 * CHUNK_BYTES, b"v" * 4096)        # recorded for c as well
-        reopen(c)
-        await vu.add([c])
-        assert vu.find("c.img").state is MemberState.MINICOPY_TARGET
-        await vu.wait_steady()
-        assert vu.last_copy.kind == "minicopy"
-        assert vu.last_copy.statistics().bytes_written == 4 * CHUNK_BYTES
+        await returns_by_minicopy(vu, c, 4)
         assert not vu.bitmaps.in_use                          # the last one is back: deleted
         for m in (a, b, c, d):
             slots = await BitmapStore(m, vu.set_uuid, vu.size_bytes).scan()

@@ -1,6 +1,8 @@
 """A member split off with a minicopy bitmap returns by copying only what changed (issue 16),
 through the real daemon and CLI."""
 
+import json
+
 import pytest
 
 from dsafs.units import KiB, MiB
@@ -88,6 +90,11 @@ def test_two_members_share_a_bitmap_and_one_written_behind_dsafs_back_returns_in
     assert "records the writes for their minicopy" in r.stdout, r.stdout
     (bm,) = show(served)["bitmaps"]
     direct_write(vu, 3 * CHUNK, b"\x5a" * (4 * KiB))
+    (ex,) = json.loads(served.check("examine", "a.img", "--json").stdout)["bitmaps"]
+    assert ex["id"] == bm["id"] and ex["type"] == "minicopy" and ex["populated"] >= 1, ex
+    assert [x["path"] for x in ex["bound"]] == [str(tmp_path / "b.img"), str(tmp_path / "c.img")]
+    assert all(x["stamp_ns"] and x["size_bytes"] for x in ex["bound"]), ex
+    assert f"Bitmaps : {bm['id']} (minicopy, " in served.check("examine", "a.img").stdout
     with open(tmp_path / "c.img", "r+b") as f:             # behind dsafs' back
         f.seek(7 * CHUNK)
         f.write(b"rogue")
