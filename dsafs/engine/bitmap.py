@@ -246,11 +246,35 @@ class WriteBitmaps:
                 bm.mark(c for r in runs for c in r)
         for bm in found.values():
             bm.paths = tuple(b.path for b in bm.bound if b.path)
+            await self._even_out(bm)
             log.info("%s: bitmap %s (%s) in use on %s: %d chunks set", self.host.name,
                      bm.bitmap_id, bm.type.label, ", ".join(leg.name for leg in bm.replicas),
                      bm.populated)
         self.in_use.update(found)
 
+
+    async def _even_out(self, bm: InUse) -> None:
+        """Make the union of the replicas' bits durable on each replica before any write uses
+        it. A crash can leave an update durable on one replica and not another (the data write
+        waiting on it was never issued); the union in memory would then let later writes to
+        those chunks go free, and a replica lacking their bits could end up the only one left
+        (power-cut seed 28: the member holding them was split off afterwards)."""
+        ranges = _byte_ranges([c for r in runs_of(bytes(bm.bits)) for c in r],
+                              self.host.size_bytes)
+        if not ranges or len(bm.replicas) < 2:
+            return
+        for leg in list(bm.replicas):
+            try:
+                pages = await waits.call(leg, "bitmap update", self.store(leg).set_ranges,
+                                         bm.bitmap_id, ranges)
+            except (MemberIOError, MetadataError) as exc:
+                log.warning("%s: %s: bitmap %s replica not brought up to the others (%s); it "
+                            "is not used", self.host.name, leg.name, bm.bitmap_id, exc)
+                bm.replicas.remove(leg)
+                continue
+            if pages:
+                log.info("%s: %s: bitmap %s replica gained bits the others held (%d pages)",
+                         self.host.name, leg.name, bm.bitmap_id, len(pages))
 
     async def create(self, type: BitmapType, bound: Sequence[Bound], legs: Sequence,
                      paths: tuple = ()) -> InUse:
