@@ -183,6 +183,22 @@ async def mem_set(*names: str, size_bytes: int = 4 * MiB, vu: str = "DSA1", labe
     return members
 
 
+async def split_with_bitmap(away: str, chunks, *names: str, size_bytes: int = 4 * MiB):
+    """A set of in-memory members `names`, mounted; `away` split off with a minicopy bitmap;
+    one 4 KiB write into each of `chunks`; dismounted. Returns (members, bitmap id, set
+    UUID): the members stay closed (reopen() them to mount again)."""
+    from dsafs.engine.bitmap import Policy
+    from dsafs.engine.vu import VirtualUnit
+    from dsafs.units import CHUNK_BYTES
+    members = await mem_set(*names, size_bytes=size_bytes)
+    vu = await VirtualUnit.assemble("DSA1", members)
+    async with running(vu):
+        bitmap_id = await vu.remove(f"{away}.img", Policy.REQUIRED)
+        for chunk in chunks:
+            await vu.write(chunk * CHUNK_BYTES, b"q" * 4096)
+    return members, bitmap_id, vu.set_uuid
+
+
 def reopen(*members: MemMember) -> None:
     """Make closed in-memory members usable again (removed, and now to be mounted again)."""
     for m in members:

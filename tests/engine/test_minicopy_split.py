@@ -9,7 +9,9 @@ from dsafs.engine.vu import VirtualUnit
 from dsafs.errors import MembershipRefused, MountRefused
 from dsafs.ondisk.bitmapstore import BitmapStore, SlotStatus
 from dsafs.ondisk.scb import MemberState
-from dsafs.testing.fakes import assert_members_identical, mem_set, reopen, running
+from dsafs.testing.fakes import (
+    assert_members_identical, mem_set, reopen, running, split_with_bitmap,
+)
 from dsafs.units import CHUNK_BYTES, MiB
 
 SIZE = 4 * MiB
@@ -272,13 +274,9 @@ async def test_a_mount_brings_every_replica_up_to_the_union_of_their_bits(autoju
     write waiting on it never issued). The mount trusts the union; it must make the union
     durable on each replica before a write to those chunks goes free, or the replica that
     lacks them may later be the only one (power-cut seed 28 cut 17)."""
-    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
-    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
-    async with running(vu):
-        bitmap_id = await vu.remove("a.img", Policy.REQUIRED)
-        await vu.write(2 * CHUNK_BYTES, b"q" * 4096)
+    (a, b, c), bitmap_id, set_uuid = await split_with_bitmap("a", [2], "a", "b", "c")
     reopen(b, c)
-    await BitmapStore(b, vu.set_uuid, vu.size_bytes).set_ranges(      # b alone got bit 10
+    await BitmapStore(b, set_uuid, SIZE).set_ranges(                  # b alone got bit 10
         bitmap_id, [(10 * CHUNK_BYTES, 4096)])
     vu = await VirtualUnit.assemble("DSA1", [b, c])
     async with running(vu):

@@ -13,7 +13,9 @@ from dsafs.ondisk.bitmap import BitmapType
 from dsafs.ondisk.scb import BITMAP_SLOTS
 from dsafs.ondisk.bitmapstore import BitmapStore, SlotStatus
 from dsafs.ondisk.scb import MemberState
-from dsafs.testing.fakes import assert_members_identical, mem_set, reopen, running
+from dsafs.testing.fakes import (
+    assert_members_identical, mem_set, reopen, running, split_with_bitmap,
+)
 from dsafs.units import CHUNK_BYTES, KiB, MiB
 
 SIZE = 4 * MiB
@@ -161,11 +163,7 @@ async def test_a_bitmap_goes_on_recording_after_the_vu_is_dismounted_and_mounted
         autojump_clock):
     """The member is still away: writes after a remount must reach its bitmap too, or its
     minicopy would miss them."""
-    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
-    vu = await VirtualUnit.assemble("DSA1", [a, b, c])
-    async with running(vu):
-        bitmap_id = await vu.remove("c.img", Policy.REQUIRED)
-        await vu.write(7 * CHUNK_BYTES, b"1" * 4096)
+    (a, b, c), bitmap_id, _ = await split_with_bitmap("c", [7], "a", "b", "c", size_bytes=SIZE)
     reopen(a, b)
     vu = await VirtualUnit.assemble("DSA1", [a, b])
     async with running(vu):
