@@ -64,7 +64,8 @@ __all__ = ["VirtualUnit", "VuStats", "Leg", "LegStats", "first_history", "Member
 class VirtualUnit:
     """One mounted shadow set. Start it with `await nursery.start(vu.run)`; end it with dissolve()."""
 
-    def __init__(self, plan: decide.Plan, members: Sequence, *, readonly: bool = False):
+    def __init__(self, plan: decide.Plan, members: Sequence, *, readonly: bool = False,
+                 absent_policy: Policy = Policy.NONE):
         self.name = plan.vu_name
         self.set_uuid = plan.set_uuid
         self.label = plan.label
@@ -83,7 +84,7 @@ class VirtualUnit:
         self.operations = Operations(self, self.membership, plan)
         self.watch = MemberWatch(self)             # member sizes and SCB slots (watch.py)
         self.bitmaps = WriteBitmaps(self)          # minicopy bitmaps (bitmap.py)
-        self._absent_policy = Policy.NONE          # assemble(policy=): bitmaps for the absent
+        self._absent_policy = absent_policy        # assemble(policy=): bitmaps for the absent
         self.membership.refresh()
 
     # ----------------------------------------------------------------- assembly and lifetime
@@ -106,9 +107,7 @@ class VirtualUnit:
             for m in members:
                 m.close()
             raise MountRefused(f"{name}: mount canceled; no copy was allowed, nothing was mounted")
-        vu = cls(plan, members, readonly=readonly)
-        vu._absent_policy = absent
-        return vu
+        return cls(plan, members, readonly=readonly, absent_policy=absent)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
