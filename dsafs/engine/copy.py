@@ -145,9 +145,8 @@ class Copy:
             try:
                 async with vu.gate.closed(step[0], step[1]):
                     if not await self._copy_step(step[0], step[1] - step[0]):
-                        failed = True
-                        nursery.cancel_scope.cancel()
-                        return
+                        failed = True       # no new step; those in flight finish (a cancelled
+                        return              # target write could land after a later recopy)
                 step[2] = True
                 while window and window[0][2]:
                     self.fence_bytes = window.popleft()[1]

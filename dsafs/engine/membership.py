@@ -360,10 +360,11 @@ class Membership:
                 raise MembershipRefused(f"{name}: a member is named twice; name each member "
                                         f"to remove once")
             if all(s in legs for s in self.sources):
-                raise MembershipRefused(
-                    f"{name}: {' and '.join(leg.name for leg in legs if leg.state is MemberState.SOURCE)} "
-                    f"{'is the only source member' if len(self.sources) == 1 else 'are every source member'}"
-                    f" and cannot be removed; dismount {name} instead")
+                named = " and ".join(s.name for s in self.sources)
+                what = ("is the only source member" if len(self.sources) == 1
+                        else "are every source member")
+                raise MembershipRefused(f"{name}: {named} {what} and cannot be removed; "
+                                        f"dismount {name} instead")
             async with self._member_leaving():
                 async with self.gate.closed(0, self.host.size_bytes):
                     if on_leave is not None:
