@@ -125,8 +125,12 @@ class InUse:
     bound: tuple[Bound, ...]
     replicas: list                     # the legs holding it
     bits: bytearray                    # durable on every replica (in memory)
-    paths: tuple = ()                  # the paths of the members it serves, when known
     created_ns: int = 0                # when it was made (its header's created_ns)
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The paths of the members it serves, as recorded in its bound entries (when known)."""
+        return tuple(b.path for b in self.bound if b.path)
 
     def has(self, chunks: range) -> bool:
         bits = self.bits
@@ -245,7 +249,6 @@ class WriteBitmaps:
                 bm.replicas.append(leg)
                 bm.mark(c for r in runs for c in r)
         for bm in found.values():
-            bm.paths = tuple(b.path for b in bm.bound if b.path)
             await self._even_out(bm)
             log.info("%s: bitmap %s (%s) in use on %s: %d chunks set", self.host.name,
                      bm.bitmap_id, bm.type.label, ", ".join(leg.name for leg in bm.replicas),
@@ -276,8 +279,7 @@ class WriteBitmaps:
                 log.info("%s: %s: bitmap %s replica gained bits the others held (%d pages)",
                          self.host.name, leg.name, bm.bitmap_id, len(pages))
 
-    async def create(self, type: BitmapType, bound: Sequence[Bound], legs: Sequence,
-                     paths: tuple = ()) -> InUse:
+    async def create(self, type: BitmapType, bound: Sequence[Bound], legs: Sequence) -> InUse:
         """Make a new bitmap on each of `legs` (the members that stay). NoBitmapSlot when a
         member has no free slot (nothing is left made); a member that fails otherwise is left
         out of the replicas (the caller's next write expels it)."""
@@ -303,8 +305,7 @@ class WriteBitmaps:
         if not made:
             raise AllMembersFailed(self.host.name, "bitmap create", [])
         bm = InUse(bitmap_id, type, tuple(bound), made,
-                   bytearray(-(-nchunks_of(self.host.size_bytes) // 8)), tuple(paths),
-                   created_ns)
+                   bytearray(-(-nchunks_of(self.host.size_bytes) // 8)), created_ns)
         self.in_use[bitmap_id] = bm
         log.info("%s: bitmap %s (%s) made on %s for %d member(s)", self.host.name, bitmap_id,
                  type.label, ", ".join(leg.name for leg in made), len(bound))
@@ -341,8 +342,7 @@ class WriteBitmaps:
                        leg.member.path)
                  for leg in legs]
         try:
-            bm = await self.create(BitmapType.MINICOPY, bound, others,
-                                   tuple(leg.member.path for leg in legs))
+            bm = await self.create(BitmapType.MINICOPY, bound, others)
         except NoBitmapSlot as exc:
             if policy is Policy.REQUIRED:
                 raise MembershipRefused(
@@ -369,8 +369,7 @@ class WriteBitmaps:
                        scb.entry_for(uid).path if scb.entry_for(uid) else "")
                  for uid in plan.dropped]
         try:
-            bm = await self.create(BitmapType.MINICOPY, bound, self.host.current,
-                                   tuple(b.path for b in bound if b.path))
+            bm = await self.create(BitmapType.MINICOPY, bound, self.host.current)
         except NoBitmapSlot as exc:
             if policy is Policy.REQUIRED:
                 raise MountRefused(f"{self.host.name}: no minicopy bitmap can be made for the "
@@ -569,7 +568,7 @@ class WriteBitmaps:
         return tuple(BitmapInfo(bm.bitmap_id, bm.type.label, bm.paths[0] if bm.paths else None,
                                 CHUNK_BYTES, chunks, bm.populated,
                                 round(100.0 * bm.populated / chunks, 1) if chunks else 0.0,
-                                bm.created_ns, tuple(bm.paths))
+                                bm.created_ns, bm.paths)
                      for bm in self.in_use.values())
 
     def statistics(self) -> BitmapsStats:

@@ -8,8 +8,9 @@ while the member's data writes go on buffered. Measured (fio randwrite 4 KiB QD1
   - the same on io_uring through the member's own fd: no better, because io-wq runs the buffered
     writes of one inode one at a time (its per-inode hashing), so the durable write waits behind
     the queued data writes and they wait behind its device flush;
-  - io_uring through an O_DIRECT description of the same file: 0.56-0.61 ms, and the randwrite
-    rate with a bitmap went from 0.4x to about 1x of the rate without one. io-wq does not
+  - io_uring through an O_DIRECT description of the same file: 0.42-0.61 ms, and the randwrite
+    rate with a fresh bitmap went from 0.4x to 0.7-0.9x of the rate without one (256 MiB VU;
+    bench/minicopy.py on 1 GiB: 0.67x with the engine's later changes). io-wq does not
     serialize direct writes on a filesystem that allows parallel direct writes (ext4, XFS).
 The kernel keeps the page cache coherent around a direct write (it writes back and drops the
 cached pages of the range), so buffered reads of the same range afterwards see it.
@@ -53,9 +54,9 @@ class DirectWriter:
         self.writes = 0            # durable writes done through the O_DIRECT fd
 
     def open(self) -> Optional[int]:
-        """The O_DIRECT fd (opened now if need be), or None when this file refuses it. The open
-        goes through the member's fd (/proc/self/fd/N): the same file even if renamed since,
-        and no lookup of the member's path on a filesystem that may hang."""
+        """Open the O_DIRECT fd (FileMember.open calls it where the member is opened: off the
+        loop, since an open may wait on the filesystem); None when this file refuses it. The
+        open goes through the member's fd (/proc/self/fd/N): the same file even if renamed."""
         if self.fd is not None or not self.usable:
             return self.fd
         try:

@@ -194,6 +194,8 @@ class FileMember(Member):
         fd, size_bytes, identity = open_fd(path, lock=lock, readonly=readonly, check=check)
         member = cls(path, fd, size_bytes, workers=workers, locked=lock)
         member.identity = identity
+        if not readonly:
+            member._direct.open()         # here, off the loop (durable.py)
         try:
             st = os.fstat(fd)
             member.mtime_ns = st.st_mtime_ns if stat.S_ISREG(st.st_mode) else None
@@ -373,7 +375,7 @@ class FileMember(Member):
         self._worker_ops += 1
         ring = self._ring
         if op == "dwrite" and (ring is None or not aligned(pos, len(arg))
-                               or self._workers.pre_op is not None or self._direct.open() is None):
+                               or self._workers.pre_op is not None or self._direct.fd is None):
             self._workers.put(req)
             return req
         if ring is None or op in ("read", "size", "stamp") or self._workers.pre_op is not None:

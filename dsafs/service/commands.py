@@ -209,7 +209,7 @@ class Commands:
                 policy = (parse_policy([args["policy"]], f"{vu.name}: --policy")
                           if args.get("policy") else Policy.OPTIONAL)
                 bitmap = await vu.remove(members, policy)
-                return {"vu": vu.name, "removed": members[0] if len(members) == 1 else members,
+                return {"vu": vu.name, "removed": members,
                         "state": vu.state, "bitmap": bitmap, "policy": policy.value,
                         "no_bitmap_because": None if bitmap else vu.bitmaps.departure_note}
             opens = self.host.open_handles(vu.name)
