@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Optional, Sequence
@@ -533,6 +534,17 @@ def cmd_verify(args) -> int:
 
 # ----------------------------------------------------------------------------- main
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The `dsafs` command. Called as the process entry point (argv None), it ignores SIGINT once
+    the outcome is decided: a Ctrl-C after that moment would otherwise surface as a
+    KeyboardInterrupt traceback from the interpreter's exit (threading._shutdown)."""
+    try:
+        return _run(argv)
+    finally:
+        if argv is None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
     logging.basicConfig(level=os.environ.get("DSAFS_LOG", "WARNING").upper(),
                         format="%(message)s")
     try:

@@ -9,6 +9,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -87,6 +88,22 @@ def test_ctrl_c_of_cli_commands(daemon):
             codes.append((args[0], control_support.interrupt_after_connect(daemon, args, extra_s)))
         alive(daemon)
     assert ("verify", 130) in codes, f"no verify was interrupted: the test proves nothing {codes}"
+
+
+def test_ctrl_c_after_the_outcome_is_no_traceback_at_exit():
+    """CI caught a SIGINT landing after main() returned, in the interpreter's exit
+    (threading._shutdown): a KeyboardInterrupt traceback. The entry point now ignores SIGINT once
+    its outcome is decided; this sends the signal at exactly that moment."""
+    script = ("import os, signal, sys\n"
+              "sys.argv = ['dsafs']\n"
+              "from dsafs import cli\n"
+              "code = cli.main()\n"
+              "os.kill(os.getpid(), signal.SIGINT)\n"
+              "sys.exit(code)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, timeout=60)
+    assert r.returncode == 2, r.stderr            # the help's exit code, not an interrupt
+    assert "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr, r.stderr
 
 
 def test_empty_member_name_does_not_dissolve_the_vu(daemon):
