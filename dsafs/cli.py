@@ -536,7 +536,7 @@ def cmd_verify(args) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The `dsafs` command. Called as the process entry point (argv None), it ignores SIGINT once
     the outcome is decided: a Ctrl-C after that moment would otherwise surface as a
-    KeyboardInterrupt traceback from the interpreter's exit (threading._shutdown)."""
+    KeyboardInterrupt traceback from the interpreter's exit (in threading's shutdown)."""
     try:
         return _run(argv)
     finally:
