@@ -1,46 +1,32 @@
-"""A mounted VU's write bitmaps: which chunks were written while a member was away (minicopy).
+"""A mounted VU's bitmaps: taking them up at mount, making them, returning members by them.
 
 A bitmap in use has one id and a replica in a bitmap slot of each member that was current when
-it was made (ondisk/bitmap.py holds the format and its crash safety). `before_write(pos, n)` is
-called by the VU before a data write is issued and returns once the bits of every 64 KiB chunk
-the write touches are durable on every replica:
+it was made (ondisk/bitmap.py holds the format and its crash safety). A minicopy bitmap records
+the writes while the members it is bound to are away: made when they leave together
+(`for_departure`) or are left out of a mount after a clean dismount (`for_absent`), used by
+their return (`usable_for`, `runs`), deleted once every one of them is back
+(`release_returned`). Marking the bits before each data write is bitmarks.py's (`marker`); the
+policy decisions are bitpolicy.py's.
 
-- a write into chunks already set costs nothing (an in-memory test, no I/O);
-- bits wanted by writes that arrive while an update is in flight are gathered and made durable
-  together by the next update (batching: one bitmap page write and one flush per replica serve
-  them all);
-- a write that starts where the previous one ended (a sequential stream) also sets the chunks
-  ahead of it (the VMS V8.4 lookahead): `LOOKAHEAD_CHUNKS` (1 MiB) at first, twice as many at
-  each update the same stream needs, up to `MAX_LOOKAHEAD_CHUNKS` (64 MiB). A stream thus
-  pays a few updates for its first 64 MiB and one per 64 MiB after (a 1 GiB fio seq write made
-  430 updates with a fixed 1 MiB lookahead), and a return copies at most 64 MiB it did not
-  write.
-
-A replica that fails its update is expelled like a member that failed a write (the write itself
-then goes to the survivors only); when no replica takes it, the write fails and nothing was
-issued. The minicopy policy (DESIGN §1: `minicopy`, `minicopy=optional`, `nominicopy`) is parsed
-here (`parse_policy`, pure).
-
-Invariant: a data write is issued only after the bit of every chunk it touches is durable on
-every current member that holds a replica of each bitmap in use.
+Invariant: a bitmap is taken up at mount only from members that are sources of the mount, with
+the union of its replicas' bits made durable on each before any write uses it; a bitmap is
+deleted only when no member it serves can still return by it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import logging
 import time
-from typing import Iterable, Optional, Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
-import trio
-
+from dsafs.engine.bitmarks import InUse, Marker, byte_ranges
+from dsafs.engine.bitpolicy import Policy, departure_problem, departure_stamp
 from dsafs.errors import (
-    AllMembersFailed, InvalidArgument, MemberIOError, MembershipRefused, MetadataError,
-    MountRefused, NoBitmapSlot,
+    AllMembersFailed, MemberIOError, MembershipRefused, MetadataError, MountRefused, NoBitmapSlot,
 )
 from dsafs.events import Kind
-from dsafs.members import timeouts, waits
+from dsafs.members import waits
 from dsafs.ondisk.bitmap import BitmapType, Bound, new_bitmap_id, runs_of
 from dsafs.ondisk.bitmapstore import BitmapStore
 from dsafs.ondisk.scb import MemberState
@@ -48,101 +34,6 @@ from dsafs.rules import Rule
 from dsafs.units import CHUNK_BYTES, nchunks_of
 
 log = logging.getLogger("dsafs.bitmap")
-
-LOOKAHEAD_CHUNKS = 16          # 1 MiB ahead of a sequential stream, at first
-MAX_LOOKAHEAD_CHUNKS = 1024    # 64 MiB: the lookahead doubles per update of a stream up to this
-
-
-class Policy(enum.Enum):
-    """What a split or a return does about a minicopy bitmap (DESIGN §1 `--policy`)."""
-    OPTIONAL = "minicopy=optional"     # make or use one when possible, else go on without
-    REQUIRED = "minicopy"              # refused if none can be made or used
-    NONE = "nominicopy"                # no bitmap: a full copy
-
-
-def parse_policy(values: Iterable[str], what: str = "--policy") -> Policy:
-    """The minicopy policy of a command's `--policy` values (repeatable; the last minicopy value
-    wins; other keywords, e.g. hbmm, are not this parser's). Pure."""
-    policy = Policy.OPTIONAL
-    for value in values:
-        v = value.strip().lower()
-        if v in ("minicopy=optional", "minicopy=opt"):
-            policy = Policy.OPTIONAL
-        elif v == "minicopy":
-            policy = Policy.REQUIRED
-        elif v == "nominicopy":
-            policy = Policy.NONE
-        elif v.split("=", 1)[0] in ("hbmm", "nohbmm"):
-            continue
-        else:
-            raise InvalidArgument(f"{what} {value!r} is not a policy; give minicopy, "
-                                  f"minicopy=optional or nominicopy")
-    return policy
-
-
-def absent_policy(plan, policy: Policy, readonly: bool) -> Policy:
-    """What a mount does about a bitmap for the members it leaves out (`plan.dropped`): the
-    policy, or NONE when there are none or it cannot (read-only, or the set was not dismounted
-    cleanly), refused (MountRefused) when `minicopy` requires one. Pure."""
-    if not plan.dropped or policy is Policy.NONE:
-        return Policy.NONE
-    why = ("--nowrite writes nothing" if readonly else
-           "the set was not dismounted cleanly: a merge is owed" if plan.merge_required else None)
-    if why and policy is Policy.REQUIRED:
-        raise MountRefused(f"{plan.vu_name}: no minicopy bitmap can be made for the absent "
-                           f"members ({why}); nothing was mounted; mount without --policy "
-                           f"minicopy, or with every member")
-    return Policy.NONE if why else policy
-
-
-def departure_stamp(now_ns: int) -> int:
-    """The modification time given to members leaving with a bitmap: the whole second before
-    `now_ns`. In the past, so no later write can set the same time, and whole, so a filesystem
-    that keeps only seconds keeps it exactly. Pure."""
-    return (now_ns // 10**9 - 1) * 10**9
-
-
-def departure_problem(legs: Sequence, merge_required: bool) -> Optional[str]:
-    """Why members leaving now cannot share a minicopy bitmap, or None. Pure."""
-    if merge_required:
-        return "a merge is owed: the members may differ where nothing was written since"
-    targets = [leg.name for leg in legs if leg.state is not MemberState.SOURCE]
-    if targets:
-        return f"{', '.join(targets)} is not a source: its data is not whole"
-    return None
-
-
-def chunks_touched(pos: int, nbytes: int) -> range:
-    """The chunk indexes a write of `nbytes` at byte `pos` touches. Pure."""
-    return range(pos // CHUNK_BYTES, (pos + max(nbytes, 1) - 1) // CHUNK_BYTES + 1)
-
-
-@dataclasses.dataclass
-class InUse:
-    """One bitmap of this VU: its id, type, the members it serves, its replicas, its bits."""
-    bitmap_id: str
-    type: BitmapType
-    bound: tuple[Bound, ...]
-    replicas: list                     # the legs holding it
-    bits: bytearray                    # durable on every replica (in memory)
-    created_ns: int = 0                # when it was made (its header's created_ns)
-
-    @property
-    def paths(self) -> tuple[str, ...]:
-        """The paths of the members it serves, as recorded in its bound entries (when known)."""
-        return tuple(b.path for b in self.bound if b.path)
-
-    def has(self, chunks: range) -> bool:
-        bits = self.bits
-        return all(bits[c >> 3] >> (c & 7) & 1 for c in chunks)
-
-    def mark(self, chunks: Iterable[int]) -> None:
-        for c in chunks:
-            self.bits[c >> 3] |= 1 << (c & 7)
-
-    @property
-    def populated(self) -> int:
-        return sum(bin(b).count("1") for b in self.bits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,12 +85,7 @@ class WriteBitmaps:
         self.host = host
         self.in_use: dict[str, InUse] = {}
         self._stores: dict[int, BitmapStore] = {}
-        self._wanted: set[int] = set()
-        self._updating: Optional[trio.Event] = None
-        self._last_end = -1
-        self._ahead = LOOKAHEAD_CHUNKS     # the next lookahead of the current stream
-        self.updates = self.batched = self.free_writes = self.lookahead_chunks = 0
-        self.update_seconds = 0.0
+        self.marker = Marker(host, self.in_use, self.store)
         self.departure_note: Optional[str] = None   # why the last departure made no bitmap
         self.departure_stamp: Optional[int] = None  # the mtime its members get (Member.stamp)
         self.absent_note: Optional[str] = None       # for_absent's bitmap, for the mount output
@@ -262,7 +148,7 @@ class WriteBitmaps:
         waiting on it was never issued); the union in memory would then let later writes to
         those chunks go free, and a replica lacking their bits could end up the only one left
         (power-cut seed 28: the member holding them was split off afterwards)."""
-        ranges = _byte_ranges([c for r in runs_of(bytes(bm.bits)) for c in r],
+        ranges = byte_ranges([c for r in runs_of(bytes(bm.bits)) for c in r],
                               self.host.size_bytes)
         if not ranges or len(bm.replicas) < 2:
             return
@@ -458,111 +344,6 @@ class WriteBitmaps:
             log.warning("%s: %s: bitmap %s not deleted: %s", self.host.name, leg.name,
                         bitmap_id, exc)
 
-    # ----------------------------------------------------------------- the write path
-    def covered(self, pos: int, nbytes: int) -> bool:
-        """Every bitmap in use has the chunks of this write set already (no I/O needed)."""
-        chunks = chunks_touched(pos, nbytes)
-        return all(bm.has(chunks) for bm in self.in_use.values())
-
-    async def before_write(self, pos: int, nbytes: int) -> None:
-        """Return once the bits of the chunks [pos, pos + nbytes) touches are durable on every
-        replica of every bitmap in use."""
-        chunks = chunks_touched(pos, nbytes)
-        if all(bm.has(chunks) for bm in self.in_use.values()):
-            self.free_writes += 1
-            self._last_end = pos + nbytes
-            return
-        wanted = set(chunks)
-        if pos == self._last_end:           # a sequential stream: set the next chunks too
-            last = nchunks_of(self.host.size_bytes)
-            ahead = range(chunks.stop, min(chunks.stop + self._ahead, last))
-            wanted.update(ahead)
-            self.lookahead_chunks += len(ahead)
-            self._ahead = min(self._ahead * 2, MAX_LOOKAHEAD_CHUNKS)
-        else:
-            self._ahead = LOOKAHEAD_CHUNKS
-        self._last_end = pos + nbytes
-        self._wanted |= wanted
-        led = False
-        while not all(bm.has(chunks) for bm in self.in_use.values()):
-            if self._updating is None:
-                led = True
-                await self._update()
-            else:
-                await self._updating.wait()
-        if not led:
-            self.batched += 1
-
-    async def _update(self) -> None:
-        """Make every wanted bit durable on every replica, then mark it in memory."""
-        done = self._updating = trio.Event()
-        t0 = trio.current_time()
-        try:
-            wanted, self._wanted = sorted(self._wanted), set()
-            ranges = _byte_ranges(wanted, self.host.size_bytes)
-            for bm in list(self.in_use.values()):
-                await self._update_one(bm, ranges)
-                bm.mark(wanted)
-            self.updates += 1
-        except BaseException:
-            self._wanted |= set(wanted)
-            raise
-        finally:
-            self.update_seconds += trio.current_time() - t0
-            self._updating = None
-            done.set()
-
-    async def _update_one(self, bm: InUse, ranges: list) -> None:
-        """Every replica's pages written durably. Where the store knows the pages without I/O
-        and the member has a Pending form (a file member), every page of every replica is
-        submitted before any is waited for, with no task each: under fio randwrite each task
-        start and join cost a scheduler pass (~0.3 ms each of a 1.5 ms update). Else a task
-        per replica runs the store's set_ranges."""
-        replicas = [leg for leg in bm.replicas if leg.state.current]
-        failed: list = []
-        quick, slow = [], []
-        start = trio.current_time()
-        for leg in replicas:
-            store = self.store(leg)
-            pages = store.pages_now(bm.bitmap_id, ranges)
-            started = [(page, data, leg.member.start_write_durable(pos, data))
-                       for page, pos, data in (pages or [])[:1]]
-            if pages is None or (started and started[0][2] is None):
-                slow.append(leg)
-                continue
-            started += [(page, data, leg.member.start_write_durable(pos, data))
-                        for page, pos, data in pages[1:]]
-            quick.append((leg, store, started))
-        if slow:
-            async with trio.open_nursery() as nursery:
-                for leg in slow:
-                    nursery.start_soon(self._set_on, leg, bm.bitmap_id, ranges, failed)
-        results = iter(await waits.wait_each(
-            [(leg, p) for leg, _, started in quick for _, _, p in started], "bitmap update",
-            start))
-        for leg, store, started in quick:
-            errors = []
-            for page, data, _ in started:
-                _, result = next(results)
-                if isinstance(result, MemberIOError):
-                    errors.append(result)
-                else:
-                    store.landed(bm.bitmap_id, page, data)
-            if errors:
-                failed.append((leg, errors[0]))
-        if failed and len(failed) == len(replicas):
-            raise AllMembersFailed(self.host.name, "bitmap update", [e for _, e in failed])
-        for leg, exc in failed:
-            bm.replicas.remove(leg)
-            await self.host.expel(leg, f"bitmap update failed: {exc}",
-                                  rule=timeouts.rule_for(exc))
-
-    async def _set_on(self, leg, bitmap_id: str, ranges: list, failed: list) -> None:
-        try:
-            await waits.call(leg, "bitmap update", self.store(leg).set_ranges, bitmap_id, ranges)
-        except MemberIOError as exc:
-            failed.append((leg, exc))
-
     def describe(self) -> tuple[BitmapInfo, ...]:
         chunks = nchunks_of(self.host.size_bytes)
         return tuple(BitmapInfo(bm.bitmap_id, bm.type.label, bm.paths[0] if bm.paths else None,
@@ -572,25 +353,6 @@ class WriteBitmaps:
                      for bm in self.in_use.values())
 
     def statistics(self) -> BitmapsStats:
-        return BitmapsStats(len(self.in_use), self.updates, self.batched, self.free_writes,
-                            self.lookahead_chunks, round(self.update_seconds, 6))
-
-
-def _byte_ranges(chunks: Sequence[int], size_bytes: int) -> list[tuple[int, int]]:
-    """Sorted chunk indexes as coalesced (offset_bytes, nbytes) ranges, the last one ending at
-    the VU's end at most. Pure."""
-    out: list[tuple[int, int]] = []
-    start = prev = None
-    for c in chunks:
-        if start is None:
-            start = prev = c
-        elif c == prev + 1:
-            prev = c
-        else:
-            out.append((start * CHUNK_BYTES, (prev - start + 1) * CHUNK_BYTES))
-            start = prev = c
-    if start is not None:
-        out.append((start * CHUNK_BYTES, (prev - start + 1) * CHUNK_BYTES))
-    if out and out[-1][0] + out[-1][1] > size_bytes:
-        out[-1] = (out[-1][0], size_bytes - out[-1][0])
-    return out
+        m = self.marker.statistics()
+        return BitmapsStats(len(self.in_use), m.updates, m.batched, m.free_writes,
+                            m.lookahead_chunks, m.update_seconds)

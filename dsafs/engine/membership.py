@@ -41,7 +41,7 @@ from typing import Awaitable, Callable, Optional, Protocol, Sequence
 import trio
 
 from dsafs.engine import decide
-from dsafs.engine.bitmap import Policy
+from dsafs.engine.bitpolicy import Policy
 from dsafs.engine.fence import RangeGate
 from dsafs.engine.history import History
 from dsafs.engine.leg import Leg

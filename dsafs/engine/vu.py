@@ -35,7 +35,8 @@ import trio
 
 from dsafs.engine import balance, decide
 from dsafs.engine.copy import Copy
-from dsafs.engine.bitmap import Policy, WriteBitmaps, absent_policy
+from dsafs.engine.bitmap import WriteBitmaps
+from dsafs.engine.bitpolicy import Policy, absent_policy
 from dsafs.engine.fanout import flush_all, write_all
 from dsafs.engine.fence import RangeGate
 from dsafs.engine.leg import Busy, Leg, LegStats
@@ -558,7 +559,7 @@ class VirtualUnit:
                 raise self._closed_error()
         try:
             if self.bitmaps.in_use:        # inside the gate: a split's bitmap sees every write
-                await self.bitmaps.before_write(pos, nbytes)
+                await self.bitmaps.marker.before_write(pos, nbytes)
             copy = self.copy
             if copy is None or end <= copy.fence_bytes:
                 failures = await write_all(self.current, pos, data)

@@ -23,7 +23,7 @@ from typing import Optional, Protocol
 import trio
 
 from dsafs.engine import decide
-from dsafs.engine.bitmap import Policy, parse_policy
+from dsafs.engine.bitpolicy import Policy, parse_policy
 from dsafs.ondisk.bitmap import check_bitmap_id
 from dsafs.engine.settings import SetPlan
 from dsafs.engine.operations import check_priority

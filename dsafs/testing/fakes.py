@@ -187,7 +187,7 @@ async def split_with_bitmap(away: str, chunks, *names: str, size_bytes: int = 4 
     """A set of in-memory members `names`, mounted; `away` split off with a minicopy bitmap;
     one 4 KiB write into each of `chunks`; dismounted. Returns (members, bitmap id, set
     UUID): the members stay closed (reopen() them to mount again)."""
-    from dsafs.engine.bitmap import Policy
+    from dsafs.engine.bitpolicy import Policy
     from dsafs.engine.vu import VirtualUnit
     from dsafs.units import CHUNK_BYTES
     members = await mem_set(*names, size_bytes=size_bytes)

@@ -80,7 +80,7 @@ import trio
 import trio.testing
 
 from dsafs.engine import copy as copymod
-from dsafs.engine.bitmap import Policy
+from dsafs.engine.bitpolicy import Policy
 from dsafs.engine import decide
 from dsafs.engine.decide import Options
 from dsafs.errors import DsafsError, MembershipRefused, MountRefused

@@ -6,7 +6,7 @@ import pytest
 import trio
 
 from dsafs.engine import copy as copymod
-from dsafs.engine.bitmap import Policy
+from dsafs.engine.bitpolicy import Policy
 from dsafs.engine.setmeta import init_set
 from dsafs.engine.vu import VirtualUnit
 from dsafs.ondisk.scb import MemberState, min_member_bytes

@@ -126,13 +126,13 @@ def test_bitmap_hole_is_reported_when_bits_are_not_made_durable(monkeypatch):
     """Negative control of rule bitmap-hole: an engine whose write path sets a bitmap's bits in
     memory only (never writes them to the replicas) is caught, at a cut after a split, as a
     bitmap the reassembled mount trusts without the chunks later writes reached."""
-    from dsafs.engine.bitmap import WriteBitmaps, chunks_touched
+    from dsafs.engine.bitmarks import Marker, chunks_touched
 
     async def before_write(self, pos, nbytes):
         for bm in self.in_use.values():
             bm.mark(chunks_touched(pos, nbytes))        # not durable: lost in a crash
 
-    monkeypatch.setattr(WriteBitmaps, "before_write", before_write)
+    monkeypatch.setattr(Marker, "before_write", before_write)
     kinds = set()
     for seed in range(1, 9):
         r = pc.run_scenario(seed, 10, chain=0.0)

@@ -4,7 +4,7 @@ bitmap, and the cases where no bitmap may be made (a merge owed, a copy target l
 import pytest
 import trio
 
-from dsafs.engine.bitmap import Policy, departure_problem
+from dsafs.engine.bitpolicy import Policy, departure_problem
 from dsafs.engine.vu import VirtualUnit
 from dsafs.errors import MembershipRefused, MountRefused
 from dsafs.ondisk.bitmapstore import BitmapStore, SlotStatus

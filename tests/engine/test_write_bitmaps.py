@@ -6,7 +6,8 @@ writes share an update, sequential streams look ahead). In-memory members, virtu
 import pytest
 import trio
 
-from dsafs.engine.bitmap import LOOKAHEAD_CHUNKS, Policy, chunks_touched, parse_policy
+from dsafs.engine.bitmarks import LOOKAHEAD_CHUNKS, chunks_touched
+from dsafs.engine.bitpolicy import Policy, parse_policy
 from dsafs.engine.vu import VirtualUnit
 from dsafs.errors import InvalidArgument, MembershipRefused
 from dsafs.ondisk.bitmap import BitmapType
