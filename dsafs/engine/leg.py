@@ -19,7 +19,8 @@ from typing import Optional, Sequence
 import trio
 
 from dsafs.members import timeouts
-from dsafs.ondisk.scb import Lineage, MemberState, ScbStore
+from dsafs.ondisk.scb import Lineage, MemberState
+from dsafs.ondisk.scbstore import ScbStore
 
 DEFAULT_READ_COST = 2
 

@@ -51,9 +51,9 @@ from dsafs.errors import (
 )
 from dsafs.members import timeouts, waits
 from dsafs.ondisk.scb import (
-    FEATURE_EXTMEMB, BranchReason, Lineage, MemberEntry, MemberState, Scb, ScbStore,
-    next_generation,
+    FEATURE_EXTMEMB, BranchReason, Lineage, MemberEntry, MemberState, Scb, next_generation,
 )
+from dsafs.ondisk.scbstore import ScbStore
 from dsafs.events import Kind
 from dsafs.rules import Rule
 from dsafs.units import BLOCK_BYTES

@@ -18,9 +18,10 @@ from dsafs.engine import decide
 from dsafs.members import probe
 from dsafs.errors import InvalidArgument, MemberError, MetadataError
 from dsafs.ondisk.scb import (
-    FEATURE_EXTMEMB, SCB_AREA_BYTES, Lineage, MemberEntry, MemberState, Scb, ScbStore, check_label,
+    FEATURE_EXTMEMB, SCB_AREA_BYTES, Lineage, MemberEntry, MemberState, Scb, check_label,
     describe_generation, min_member_bytes, next_generation,
 )
+from dsafs.ondisk.scbstore import ScbStore
 from dsafs.units import MAX_MEMBERS, check_vu_size, format_size, vu_name
 
 log = logging.getLogger("dsafs.vu")

@@ -10,8 +10,9 @@ from dsafs.engine import decide
 from dsafs.errors import MountRefused
 from dsafs.testing.record import Journal, RecordingMember, torn_copy
 from dsafs.ondisk.scb import (
-    SCB_AREA_BYTES, SLOT_BYTES, ScbStore, choose_slot, min_member_bytes, slot_offsets,
+    SCB_AREA_BYTES, SLOT_BYTES, choose_slot, min_member_bytes, slot_offsets,
 )
+from dsafs.ondisk.scbstore import ScbStore
 from dsafs.testing.fakes import MemMember
 from dsafs.units import MiB
 from dsafs.engine.setmeta import init_set, load_candidate

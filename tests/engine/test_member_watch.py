@@ -168,7 +168,7 @@ async def test_a_damaged_scb_slot_is_logged_evented_and_rewritten(tmp_path, capl
 
 
 async def FileMember_inspect(path):
-    from dsafs.ondisk.scb import ScbStore
+    from dsafs.ondisk.scbstore import ScbStore
     m = FileMember.open(path)
     try:
         store = ScbStore(m)

@@ -3,7 +3,8 @@
 import pytest
 
 from dsafs.errors import MetadataError, MountRefused
-from dsafs.ondisk.scb import ScbStore, min_member_bytes
+from dsafs.ondisk.scb import min_member_bytes
+from dsafs.ondisk.scbstore import ScbStore
 from dsafs.testing.fakes import MemMember
 from dsafs.units import MiB
 from dsafs.engine.setmeta import init_set
