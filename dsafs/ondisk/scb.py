@@ -28,7 +28,8 @@ below) and is rewritten as version 2 at the member's next SCB write::
     10    2    slot_bytes             4096
     12    4    feature_flags          bit 0 EXTMEMB (more than 3 members), bit 1 LINEAGE (bytes
                                       168-183 and the history hold this member's lineage; set by
-                                      every version-2 writer); unknown bits refuse
+                                      every version-2 writer), bit 2 HBMM (bytes 184-207 are in
+                                      use; set when either field is); unknown bits refuse
     16    8    sequence               +1 on every write of this member's SCB
     24    16   set_uuid               shared by every member of the set
     40    16   member_uuid            this member
@@ -56,7 +57,13 @@ below) and is rewritten as version 2 at the member's next SCB write::
     177   1    history_count          entries used in the history, 0-64
     178   2    lineage_flags          bit 0 WRITTEN: a data write was acknowledged at the current
                                       generation (durable before the write was issued)
-    180   76   reserved               0
+    180   4    reserved               0
+    184   16   hbmm_policy            the set's HBMM policy (write-intent bitmaps, issue 17): the
+                                      16-byte record of engine/hbmmspec.py (all zero: none)
+    200   8    hbmm_bitmap            ASCII id of the write-intent bitmap that has recorded every
+                                      write since the members were last known identical (all
+                                      zero: none; then a crash means a full merge)
+    208   48   reserved               0
     256   1728 membership list: 6 entries of 288 bytes (unused entries all zero)
                  +0   16   member_uuid
                  +16  1    state   1 source, 2 copy-target, 3 minicopy-target, 4 removed, 5 expelled
@@ -117,7 +124,12 @@ HISTORY_ENTRY_BYTES = 16
 
 FEATURE_EXTMEMB = 1 << 0
 FEATURE_LINEAGE = 1 << 1
-KNOWN_FEATURES = FEATURE_EXTMEMB | FEATURE_LINEAGE
+FEATURE_HBMM = 1 << 2
+KNOWN_FEATURES = FEATURE_EXTMEMB | FEATURE_LINEAGE | FEATURE_HBMM
+HBMM_OFFSET = 184
+HBMM_POLICY_BYTES = 16
+HBMM_END = HBMM_OFFSET + HBMM_POLICY_BYTES + 8
+_BITMAP_ID_RE = re.compile(rb"[0-9A-F]{8}")
 LINEAGE_WRITTEN = 1 << 0
 
 FLAG_DIRTY = 1 << 0
@@ -274,6 +286,8 @@ class Scb:
     sequence: int = 0
     format_version: int = FORMAT_VERSION
     lineage: Optional[Lineage] = None   # None: lineage unknown (a version-1 member); written as empty
+    hbmm_policy: bytes = bytes(HBMM_POLICY_BYTES)   # hbmmspec.py's record; all zero: no policy
+    hbmm_bitmap: str = ""               # the trusted write-intent bitmap's id, or ""
 
     def replace(self, **changes) -> "Scb":
         return dataclasses.replace(self, **changes)
@@ -319,7 +333,7 @@ def encode(scb: Scb) -> bytes:
         | (FLAG_NOT_ERASED if scb.not_erased else 0)
     )
     head = _HEADER.pack(
-        MAGIC, FORMAT_VERSION, SLOT_BYTES, scb.feature_flags | FEATURE_LINEAGE, scb.sequence,
+        MAGIC, FORMAT_VERSION, SLOT_BYTES, _features(scb), scb.sequence,
         scb.set_uuid.bytes, scb.member_uuid.bytes, _pad(scb.label, 12, "label"),
         _pad(scb.vu_name, 8, "VU name"), flags, scb.generation, scb.revision,
         scb.vu_size_bytes, scb.writers, len(scb.members),
@@ -332,6 +346,7 @@ def encode(scb: Scb) -> bytes:
     buf = bytearray(SLOT_BYTES)
     buf[:LIST_OFFSET] = head
     _encode_lineage(buf, scb)
+    _encode_hbmm(buf, scb)
     for i, entry in enumerate(scb.members):
         path = entry.path.encode("utf-8")
         if len(path) > MAX_PATH_HINT_BYTES:
@@ -340,6 +355,37 @@ def encode(scb: Scb) -> bytes:
         buf[off:off + ENTRY_BYTES] = _ENTRY.pack(entry.member_uuid.bytes, int(entry.state), len(path), path)
     struct.pack_into("<Q", buf, CHECKSUM_OFFSET, xxhash.xxh3_64_intdigest(bytes(buf[:CHECKSUM_OFFSET])))
     return bytes(buf)
+
+
+def _features(scb: Scb) -> int:
+    hbmm = FEATURE_HBMM if any(scb.hbmm_policy) or scb.hbmm_bitmap else 0
+    return (scb.feature_flags & ~FEATURE_HBMM) | FEATURE_LINEAGE | hbmm
+
+
+def _encode_hbmm(buf: bytearray, scb: Scb) -> None:
+    if len(scb.hbmm_policy) != HBMM_POLICY_BYTES:
+        raise InvalidArgument(f"{scb.vu_name}: HBMM policy record of {len(scb.hbmm_policy)} bytes")
+    raw_id = scb.hbmm_bitmap.encode("ascii")
+    if raw_id and not _BITMAP_ID_RE.fullmatch(raw_id):
+        raise InvalidArgument(f"{scb.vu_name}: write-intent bitmap id {scb.hbmm_bitmap!r} is not "
+                              f"8 hex digits")
+    buf[HBMM_OFFSET:HBMM_OFFSET + HBMM_POLICY_BYTES] = scb.hbmm_policy
+    buf[HBMM_OFFSET + HBMM_POLICY_BYTES:HBMM_END] = raw_id.ljust(8, b"\0")
+
+
+def _decode_hbmm(raw: bytes, features: int) -> tuple[bytes, str]:
+    """(policy record, bitmap id) of bytes 184-207, checked against feature bit HBMM."""
+    policy = bytes(raw[HBMM_OFFSET:HBMM_OFFSET + HBMM_POLICY_BYTES])
+    raw_id = bytes(raw[HBMM_OFFSET + HBMM_POLICY_BYTES:HBMM_END])
+    if not features & FEATURE_HBMM:
+        if any(policy) or any(raw_id):
+            raise SlotError("HBMM bytes are set without the HBMM feature")
+        return policy, ""
+    if any(raw_id) and not _BITMAP_ID_RE.fullmatch(raw_id):
+        raise SlotError(f"write-intent bitmap id {raw_id!r} is not 8 hex digits")
+    if not any(policy) and not any(raw_id):
+        raise SlotError("the HBMM feature is set but its bytes are all zero")
+    return policy, raw_id.decode("ascii") if any(raw_id) else ""
 
 
 def _encode_lineage(buf: bytearray, scb: Scb) -> None:
@@ -361,7 +407,7 @@ def _decode_lineage(raw: bytes, generation: int) -> Lineage:
     """The lineage fields of a version-2 slot, checked: a slot whose checksum holds but whose
     lineage makes no sense (written by a buggy or hostile tool) is damaged, never guessed at."""
     branch, reason, count, flags = _LINEAGE.unpack_from(raw, LINEAGE_OFFSET)
-    if any(raw[LINEAGE_OFFSET + _LINEAGE.size:LIST_OFFSET]) or any(
+    if any(raw[LINEAGE_OFFSET + _LINEAGE.size:HBMM_OFFSET]) or any(raw[HBMM_END:LIST_OFFSET]) or any(
             raw[HISTORY_OFFSET + HISTORY_ENTRIES * HISTORY_ENTRY_BYTES:CHECKSUM_OFFSET]):
         raise SlotError("lineage: reserved bytes are not zero")
     if reason not in {r.value for r in BranchReason} or flags & ~LINEAGE_WRITTEN:
@@ -408,6 +454,7 @@ def decode(raw: bytes) -> Scb:
         raise SlotError(f"format version {version} with features 0x{features:x}: the lineage "
                         f"feature belongs to version 2")
     lineage = _decode_lineage(raw, generation) if version >= 2 else None
+    hbmm_policy, hbmm_bitmap = _decode_hbmm(raw, features)
     if lineage is None and (any(raw[LINEAGE_OFFSET:LIST_OFFSET]) or any(raw[HISTORY_OFFSET:CHECKSUM_OFFSET])):
         raise SlotError("format version 1 with non-zero reserved bytes")
     if count > MAX_MEMBERS:
@@ -430,8 +477,9 @@ def decode(raw: bytes) -> Scb:
         copy_fence_lbn=None if copy_fence == NO_LBN else copy_fence,
         copy_fence_generation=copy_fence_gen,
         merge_fence_lbn=None if merge_fence == NO_LBN else merge_fence,
-        feature_flags=features & ~FEATURE_LINEAGE, created_ns=created_ns, updated_ns=updated_ns,
-        sequence=sequence, format_version=version, lineage=lineage,
+        feature_flags=features & ~(FEATURE_LINEAGE | FEATURE_HBMM), created_ns=created_ns,
+        updated_ns=updated_ns, sequence=sequence, format_version=version, lineage=lineage,
+        hbmm_policy=hbmm_policy, hbmm_bitmap=hbmm_bitmap,
     )
     if (bitmap_offset, bitmap_slot_bytes, bitmap_slots) != dataclasses.astuple(scb.layout)[1:]:
         raise SlotError("bitmap directory does not match the VU size")

@@ -6,6 +6,7 @@ import uuid
 import pytest
 import xxhash
 
+from dsafs.errors import InvalidArgument
 from dsafs.ondisk import scb as S
 from dsafs.ondisk.scb import BranchReason, Lineage, MemberEntry, MemberState, Scb
 from dsafs.units import GiB, MiB
@@ -49,7 +50,7 @@ def test_golden_bytes_at_documented_offsets():
     assert struct.unpack_from("<QQ", raw, 152) == (1000, 2000)
     # lineage: branch generation, reason, history count, flags (WRITTEN)
     assert struct.unpack_from("<QBBH", raw, 168) == (0x500, 1, 2, 1)
-    assert raw[180:256] == bytes(76)
+    assert raw[180:256] == bytes(76)                                   # no HBMM policy
     e0, e1 = raw[256:256 + 288], raw[256 + 288:256 + 576]
     assert e0[:16] == M1.bytes and e0[16] == 1 and struct.unpack_from("<H", e0, 18)[0] == 10
     assert e0[32:42] == b"/srv/a.img" and e0[42:288] == bytes(246)
@@ -182,7 +183,10 @@ def _with(raw: bytes, fmt: str, offset: int, *values) -> bytes:
     ("<Q", 2000, (0x0123456789ABCDE1,), "history entry 1 .* is not below"),     # ascending
     ("<Q", 1984, (0x0123456789ABCDEF,), "history entry 0 .* is not below"),     # == current
     ("<Q", 2016, (7,), "unused history entry 2 is not zero"),
-    ("<B", 200, (1,), "reserved bytes are not zero"),
+    ("<B", 220, (1,), "reserved bytes are not zero"),
+    ("<B", 181, (1,), "reserved bytes are not zero"),
+    ("<B", 190, (1,), "HBMM bytes are set without the HBMM feature"),
+    ("<B", 200, (0x41,), "HBMM bytes are set without the HBMM feature"),
 ])
 def test_damaged_lineage_is_a_damaged_slot(fmt, offset, values, reason):
     """A lineage field that makes no sense under a valid checksum: the slot is damaged (the
@@ -193,6 +197,26 @@ def test_damaged_lineage_is_a_damaged_slot(fmt, offset, values, reason):
     good = S.encode(sample(sequence=3))
     r = S.choose_slot(good, raw)
     assert r.slot == 0 and reason.split()[0] in r.reasons[1]
+
+
+def test_hbmm_fields_at_documented_offsets_round_trip_and_set_their_feature():
+    policy = bytes(range(1, 17))
+    raw = S.encode(sample(hbmm_policy=policy, hbmm_bitmap="00A1B2C3"))
+    assert struct.unpack_from("<I", raw, 12)[0] == 0b110                # LINEAGE | HBMM
+    assert raw[184:200] == policy and raw[200:208] == b"00A1B2C3"
+    assert raw[180:184] == bytes(4) and raw[208:256] == bytes(48)
+    back = S.decode(raw)
+    assert back.hbmm_policy == policy and back.hbmm_bitmap == "00A1B2C3"
+    assert back.feature_flags == 0                        # HBMM is derived from the fields
+    off = S.decode(S.encode(back.replace(hbmm_policy=bytes(16), hbmm_bitmap="")))
+    assert off.hbmm_bitmap == "" and not any(off.hbmm_policy)
+    assert struct.unpack_from("<I", S.encode(off), 12)[0] == 0b10      # the feature goes too
+    with pytest.raises(S.SlotError, match="not 8 hex digits"):
+        S.decode(_with(raw, "<8s", 200, b"00a1b2c3"))
+    with pytest.raises(S.SlotError, match="its bytes are all zero"):
+        S.decode(_with(raw, "<16s8s", 184, bytes(16), bytes(8)))
+    with pytest.raises(InvalidArgument, match="not 8 hex digits"):
+        S.encode(sample(hbmm_bitmap="xyz"))
 
 
 def test_lineage_history_is_bounded_and_advances():
