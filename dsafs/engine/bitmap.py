@@ -103,12 +103,16 @@ class WriteBitmaps:
         return s
 
     # ----------------------------------------------------------------- making and dropping
-    async def load(self, legs: Sequence) -> None:
+    async def load(self, legs: Sequence, write_intent: str = "") -> dict[str, str]:
         """At mount: take up the minicopy bitmaps the members hold (made before a dismount or a
-        crash), so that every write from now on is recorded in them too. A bitmap's bits are
-        the union of its replicas' (after a crash one replica may hold bits another lacks; more
-        set bits only cost copying); a damaged replica is left out and logged."""
+        crash), so that every write from now on is recorded in them too, and the write-intent
+        bitmap `write_intent` (the one the SCBs trust; any other write-intent bitmap is stale
+        and deleted). A bitmap's bits are the union of its replicas' (after a crash one replica
+        may hold bits another lacks; more set bits only cost copying or comparing); a damaged
+        replica is left out and logged. Returns {leg name: why} for the legs whose replica of
+        `write_intent` could not be used."""
         found: dict[str, InUse] = {}
+        unusable: dict[str, str] = {}
         for leg in legs:
             try:
                 slots = await waits.call(leg, "bitmap scan", self.store(leg).scan)
@@ -117,7 +121,13 @@ class WriteBitmaps:
                 continue
             for info in slots:
                 h = info.header
-                if h is None or h.type is not BitmapType.MINICOPY:
+                if h is not None and h.type is BitmapType.WRITE_INTENT:
+                    if h.bitmap_id != write_intent:
+                        log.info("%s: %s: stale write-intent bitmap %s deleted", self.host.name,
+                                 leg.name, h.bitmap_id)
+                        await self._delete_on(leg, h.bitmap_id)
+                        continue
+                elif h is None or h.type is not BitmapType.MINICOPY:
                     continue
                 try:
                     runs = await waits.call(leg, "bitmap read", self.store(leg).runs,
@@ -125,6 +135,8 @@ class WriteBitmaps:
                 except (MemberIOError, MetadataError) as exc:
                     log.warning("%s: %s: bitmap %s not used: %s", self.host.name, leg.name,
                                 h.bitmap_id, exc)
+                    if h.bitmap_id == write_intent:
+                        unusable[leg.name] = str(exc)
                     continue
                 bm = found.get(h.bitmap_id)
                 if bm is None:
@@ -140,6 +152,10 @@ class WriteBitmaps:
                      bm.bitmap_id, bm.type.label, ", ".join(leg.name for leg in bm.replicas),
                      bm.populated)
         self.in_use.update(found)
+        for leg in legs:
+            if write_intent and write_intent not in found and leg.name not in unusable:
+                unusable[leg.name] = f"it holds no bitmap {write_intent}"
+        return unusable
 
 
     async def _even_out(self, bm: InUse) -> None:

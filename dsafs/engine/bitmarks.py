@@ -101,6 +101,7 @@ class Marker:
         self._ahead = LOOKAHEAD_CHUNKS     # the next lookahead of the current stream
         self.updates = self.batched = self.free_writes = self.lookahead_chunks = 0
         self.update_seconds = 0.0
+        self.written_bytes = 0             # every write marked (HBMM's modified blocks)
 
     def covered(self, pos: int, nbytes: int) -> bool:
         """Every bitmap in use has the chunks of this write set already (no I/O needed)."""
@@ -110,6 +111,7 @@ class Marker:
     async def before_write(self, pos: int, nbytes: int) -> None:
         """Return once the bits of the chunks [pos, pos + nbytes) touches are durable on every
         replica of every bitmap in use."""
+        self.written_bytes += nbytes
         chunks = chunks_touched(pos, nbytes)
         if all(bm.has(chunks) for bm in self.in_use.values()):
             self.free_writes += 1

@@ -1,4 +1,4 @@
-"""Full merge: make every member identical again after a crash, while the VU stays online.
+"""Merge and minimerge: make every member identical again after a crash, while the VU stays online.
 
 After a crash the members may differ wherever a write was in flight; nobody knows which member
 is newer, so any source may serve as the model. The merge picks one, the *merge master*
@@ -18,6 +18,11 @@ is compared on every source and repaired from the master (an *application merge 
 the master's data is returned. Chunks the read covers whole count as merged: the merge pass skips
 them. Without the gate, a write in flight could land on one member between the compare
 and the repair and be overwritten with older data on another.
+
+A minimerge (HBMM, hbmm.py) is the same pass over the chunks a write-intent bitmap marked
+(`marked`, the union of its valid replicas at mount): the pass jumps from one marked chunk to the
+next, compares and repairs only marked chunks, and a read ahead of the fence is compared only
+when it reaches a marked chunk; an unmarked chunk had no write in flight, so it cannot differ.
 
 The throttle (throttle.py) measures the merge's own I/O latency: each step is timed from before
 a scheduler checkpoint to the end of its repairs, so time the daemon spends on application
@@ -55,6 +60,7 @@ from dsafs.engine.fence import RangeGate
 from dsafs.engine.leg import Busy
 from dsafs.engine.throttle import Throttle
 from dsafs.units import BLOCK_BYTES, CHUNK_BYTES, KiB, MiB, us_of
+from dsafs.ondisk.bitmap import runs_of
 from dsafs.rules import Rule
 
 log = logging.getLogger("dsafs.merge")
@@ -78,6 +84,8 @@ class MergeStats:
     current_us: Optional[float]  # merge I/O latency per MiB now (EWMA) and at best
     ideal_us: Optional[float]
     seconds: float
+    kind: str = "full"           # "full", or "minimerge": only the chunks marked (HBMM)
+    chunks_marked: Optional[int] = None   # a minimerge's chunks to compare
 
 
 class MergeHost(Protocol):
@@ -102,9 +110,14 @@ class MergeHost(Protocol):
 class Merge:
     """The merge owed by one VU: its fence, its throttle, its counters."""
 
-    def __init__(self, vu: MergeHost, start_bytes: int, throttle: Optional[Throttle] = None):
+    def __init__(self, vu: MergeHost, start_bytes: int, throttle: Optional[Throttle] = None,
+                 marked: Optional[bytes] = None):
         self.vu = vu
         self.fence_bytes = start_bytes
+        # a minimerge (HBMM): only the chunks whose bit is set in `marked` may differ
+        self.marked = bytes(marked) if marked is not None else None
+        self._runs = runs_of(self.marked) if marked is not None else ()
+        self.chunks_marked = sum(len(r) for r in self._runs)
         self.throttle = throttle or Throttle()   # the VU's: its ideal outlives one merge
         self.merged: set[int] = set()    # chunk indexes ahead of the fence a read reconciled
         self.merge_repairs = 0
@@ -120,8 +133,49 @@ class Merge:
         return f"<Merge {self.vu.name} {self.percent:.0f}%, {self.merge_repairs} repairs>"
 
     @property
+    def kind(self) -> str:
+        return "full" if self.marked is None else "minimerge"
+
+    @property
     def percent(self) -> float:
-        return 100.0 * self.fence_bytes / self.vu.size_bytes
+        if self.marked is None:
+            return 100.0 * self.fence_bytes / self.vu.size_bytes
+        if not self.chunks_marked:
+            return 100.0
+        behind = self.fence_bytes // CHUNK_BYTES
+        done = sum(max(0, min(r.stop, behind) - r.start) for r in self._runs)
+        return 100.0 * done / self.chunks_marked
+
+    def _is_marked(self, chunk: int) -> bool:
+        m = self.marked
+        return m is None or bool(m[chunk >> 3] >> (chunk & 7) & 1)
+
+    def needs_compare(self, pos: int, nbytes: int) -> bool:
+        """Whether a read of [pos, pos + nbytes) must be compared across the sources first:
+        it reaches ahead of the fence into a chunk that may differ (a full merge: any chunk; a
+        minimerge: a marked one) that no read has reconciled yet."""
+        end = pos + nbytes
+        if end <= self.fence_bytes:
+            return False
+        if self.marked is None:
+            return True
+        first = max(pos, self.fence_bytes) // CHUNK_BYTES
+        return any(self._is_marked(c) and c not in self.merged
+                   for c in range(first, -(-end // CHUNK_BYTES)))
+
+    def _next_step(self, size: int) -> Optional[tuple[int, int]]:
+        """The next step of the merge pass from the fence, or None when it is done: the next
+        STEP_BYTES (a full merge), or the STEP_BYTES from the next marked chunk (a minimerge)."""
+        pos = self.fence_bytes
+        if pos >= size:
+            return None
+        if self.marked is not None:
+            at = pos // CHUNK_BYTES
+            nxt = next((max(r.start, at) for r in self._runs if r.stop > at), None)
+            if nxt is None:
+                return None
+            pos = max(pos, nxt * CHUNK_BYTES)
+        return pos, min(pos + STEP_BYTES, size)
 
     @property
     def seconds(self) -> float:
@@ -134,7 +188,8 @@ class Merge:
         return MergeStats(round(self.percent, 1), self.fence_bytes // BLOCK_BYTES,
                           master.member.path if master else None, self.merge_repairs,
                           self.app_repairs, self.chunks_compared, self.bytes_written,
-                          t.last_delay_us, t.current_us, t.ideal_us, round(self.seconds, 3))
+                          t.last_delay_us, t.current_us, t.ideal_us, round(self.seconds, 3),
+                          self.kind, self.chunks_marked if self.marked is not None else None)
 
     def flushed(self) -> None:
         """Every member was just flushed: the repairs behind the fence are durable."""
@@ -155,9 +210,11 @@ class Merge:
         self.throttle.reread()
         next_checkpoint = self._running_since + CHECKPOINT_SECONDS
         try:
-            while self.fence_bytes < size and len(vu.sources) > 1:
-                pos = self.fence_bytes
-                end = min(pos + STEP_BYTES, size)
+            while len(vu.sources) > 1:
+                step = self._next_step(size)
+                if step is None:
+                    break
+                pos, end = step
                 t0 = trio.current_time()
                 await trio.sleep(0)             # queue behind the application, as a disk would
                 async with vu.gate.closed(pos, end):
@@ -181,12 +238,13 @@ class Merge:
     async def _merge_step(self, pos: int, end: int) -> int:
         """Reconcile the chunks of [pos, end) no read has reconciled yet. Returns member I/Os."""
         first, last = pos // CHUNK_BYTES, -(-end // CHUNK_BYTES)
-        todo = [c for c in range(first, last) if c not in self.merged]
+        todo = [c for c in range(first, last) if c not in self.merged and self._is_marked(c)]
         if not todo:
             return 0
         lo = max(pos, todo[0] * CHUNK_BYTES)
         hi = min(end, (todo[-1] + 1) * CHUNK_BYTES)
-        skip = {c - lo // CHUNK_BYTES for c in range(first, last) if c in self.merged}
+        skip = {c - lo // CHUNK_BYTES for c in range(first, last)
+                if c in self.merged or not self._is_marked(c)}
         _, repaired, ios = await self._reconcile(lo, hi, skip)
         self.merge_repairs += repaired
         return ios

@@ -373,22 +373,6 @@ class VirtualUnit:
     def merge_running(self) -> bool:
         return self.operations.merge_running
 
-    @property
-    def merge_overrides(self) -> dict:
-        return self.operations.merge_overrides
-
-    @merge_overrides.setter
-    def merge_overrides(self, value: dict) -> None:
-        self.operations.merge_overrides = value
-
-    @property
-    def default_merge_settings(self) -> Callable[[], MergeSettings]:
-        return self.operations.default_merge_settings
-
-    @default_merge_settings.setter
-    def default_merge_settings(self, fn: Callable[[], MergeSettings]) -> None:
-        self.operations.default_merge_settings = fn
-
     def merge_settings(self) -> MergeSettings:
         return self.operations.merge_settings()
 
@@ -399,17 +383,6 @@ class VirtualUnit:
     @copy_source.setter
     def copy_source(self, path: Optional[str]) -> None:
         self.operations.copy_source = path
-
-    @property
-    def priority(self) -> int:
-        return self.operations.priority
-
-    @priority.setter
-    def priority(self, value: int) -> None:
-        self.operations.priority = value
-
-    def set_priority(self, priority: int) -> None:
-        self.operations.set_priority(priority)
 
     def merge_master(self) -> Optional[Leg]:
         return self.operations.merge_master()
@@ -498,7 +471,7 @@ class VirtualUnit:
                 return await self.read_from(self.merge_master(), pos, nbytes)
             except MemberIOError:
                 return await self._read_one(pos, nbytes)
-        if pos + nbytes <= merge.fence_bytes:
+        if not merge.needs_compare(pos, nbytes):
             return await self._read_one(pos, nbytes)
         return await merge.read(pos, nbytes)
 

@@ -7,7 +7,8 @@ the new bits (bitmap.py's crash-safety argument). Its operations hold one lock, 
 interleave; `pages_now`/`landed` let the engine's write path issue the page writes itself.
 
 Invariant: a chunk whose bit `set_ranges` (or `landed`) reported durable reads back as set from
-the slot until the bitmap is deleted; a slot is created with its bit area zeroed and durable
+the slot until the bitmap is deleted or cleared (`clear`: an HBMM reset, writes held); a slot
+is created with its bit area zeroed and durable
 before the header that makes it a bitmap.
 """
 
@@ -248,6 +249,21 @@ class BitmapStore:
         async with self._lock:
             info = await self._find(bitmap_id)
             return runs_of(await self._load(info))
+
+    async def clear(self, bitmap_id: str) -> None:
+        """Zero every bit of the bitmap, durably (an HBMM reset). Breaks the superset rule of
+        bitmap.py on purpose, so the caller must hold every write to the VU, with those in
+        flight drained and the members flushed: the members are then identical wherever a bit
+        was set, and a torn clear (some pages zero, some not) loses nothing that matters."""
+        async with self._lock:
+            info = await self._find(bitmap_id)
+            bits = await self._load(info)
+            start = self.slot_offset(info.index) + HEADER_BYTES
+            end = start + self._slot_bytes - HEADER_BYTES
+            for pos in range(start, end, ZERO_WRITE_BYTES):
+                await self.member.write(pos, bytes(min(ZERO_WRITE_BYTES, end - pos)))
+            await self._flush()
+            bits[:] = bytes(len(bits))
 
     async def delete(self, bitmap_id: str) -> None:
         """Zero the bitmap's header, durably: its slot is free."""

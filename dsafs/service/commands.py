@@ -267,10 +267,10 @@ class Commands:
             await vu.demand_merge()                # refuses before anything changes
             changes.append("merge demanded: a full merge starts at LBN 0, master "
                            f"{vu.merge_master().name}")
-        vu.merge_overrides.update(overrides)
+        vu.operations.merge_overrides.update(overrides)
         if priority is not None:
             self.priorities[vu.name] = priority
-            vu.set_priority(priority)
+            vu.operations.set_priority(priority)
             changes.append(f"priority {priority}" + (" (no copy or merge will start)"
                                                      if priority == 0 else ""))
         for key, value in overrides.items():

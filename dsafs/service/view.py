@@ -23,7 +23,7 @@ from typing import Any, Optional, Protocol, Sequence
 from dsafs.engine.mountver import MOUNT_VERIFY
 from dsafs.units import BLOCK_BYTES, CHUNK_BYTES, format_size
 
-# VirtualUnit.merge_overrides keys -> their names in requests and in show --json
+# Operations.merge_overrides keys -> their names in requests and in show --json
 SETTING_NAMES = {"threshold": "merge_delay_threshold", "factor": "merge_delay_factor",
                  "min_rate": "merge_min_rate"}
 
@@ -83,8 +83,8 @@ def facts_of(vu: ShownVu) -> VuFacts:
     flagged = vu.mv.flagged
     return VuFacts(
         label=vu.label, set_uuid=str(vu.set_uuid), readonly=vu.readonly,
-        copy_source=vu.copy_source, priority=vu.priority, merge_running=vu.merge_running,
-        merge_settings=vu.merge_settings(), merge_overridden=tuple(vu.merge_overrides),
+        copy_source=vu.copy_source, priority=vu.operations.priority, merge_running=vu.merge_running,
+        merge_settings=vu.merge_settings(), merge_overridden=tuple(vu.operations.merge_overrides),
         pending_copy_targets=tuple(t.member.path for t in vu.targets),
         last_merge=None if vu.last_merge is None else vu.last_merge.statistics(),
         warnings=tuple(vu.mv.warnings()),

@@ -247,7 +247,7 @@ async def test_merge_yields_to_a_busy_application_but_keeps_its_floor(autojump_c
     merge's): the formula asks for long delays, but the merge still moves merge_min_rate."""
     a, b = await crashed_set("a", "b", latency=0.0001)
     vu = await VirtualUnit.assemble("DSA1", [a, b])
-    vu.merge_overrides = {"min_rate": 2 * MiB, "factor": 2}
+    vu.operations.merge_overrides = {"min_rate": 2 * MiB, "factor": 2}
     async with running(vu):
         stop = trio.Event()
 
@@ -284,8 +284,8 @@ async def test_idle_merge_runs_without_delay(autojump_clock):
 async def test_settings_are_the_daemons_with_the_vus_overrides(autojump_clock):
     a, b = await crashed_set("a", "b")
     vu = await VirtualUnit.assemble("DSA1", [a, b])
-    vu.default_merge_settings = lambda: Settings(threshold=400)
-    vu.merge_overrides = {"factor": 100}
+    vu.operations.default_merge_settings = lambda: Settings(threshold=400)
+    vu.operations.merge_overrides = {"factor": 100}
     assert vu.merge_settings() == Settings(threshold=400, factor=100)
 
 

@@ -82,7 +82,7 @@ async def test_no_bitmap_while_a_merge_is_owed(autojump_clock):
     a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
     vu = await VirtualUnit.assemble("DSA1", [a, b, c])
     async with running(vu):
-        vu.set_priority(0)                                    # owed, not started
+        vu.operations.set_priority(0)                                    # owed, not started
         await vu.demand_merge()
         assert vu.merge_required
         generation = vu.generation
@@ -102,7 +102,7 @@ async def test_a_copy_target_leaves_without_a_bitmap(autojump_clock):
     vu = await VirtualUnit.assemble("DSA1", [a, b, c])
     async with running(vu):
         await vu.remove("c.img", Policy.NONE)
-        vu.set_priority(0)                                    # c stays a copy target
+        vu.operations.set_priority(0)                                    # c stays a copy target
         reopen(c)
         await vu.add([c])
         assert vu.find("c.img").state is MemberState.COPY_TARGET
