@@ -70,6 +70,9 @@ class Kind(enum.StrEnum):
     MEMBER_MINICOPY_TARGET = "member-minicopy-target"
     BITMAP_DELETED = "bitmap-deleted"
     MINICOPY_FALLBACK = "minicopy-fallback"
+    BITMAP_RESET = "bitmap-reset"
+    HBMM_ENABLED = "hbmm-enabled"
+    HBMM_DISABLED = "hbmm-disabled"
 
 
 # kind -> (code, message template). Fields: vu, member (basename), label, and any given.
@@ -122,6 +125,10 @@ KINDS = {
     Kind.BITMAP_DELETED: ("SHADOW-I-BMDELETED", "_{vu}: bitmap {bitmap} deleted: {why}"),
     Kind.MINICOPY_FALLBACK: ("SHADOW-I-MINIFULL",
                              "_{vu}: {member}: no minicopy ({why}); a full copy instead"),
+    Kind.BITMAP_RESET: ("SHADOW-I-BMRESET",
+                        "_{vu}: bitmap {bitmap} cleared after {blocks} modified blocks"),
+    Kind.HBMM_ENABLED: ("SHADOW-I-HBMMENA", "_{vu}: HBMM enabled, policy {policy}"),
+    Kind.HBMM_DISABLED: ("SHADOW-I-HBMMDIS", "_{vu}: HBMM disabled"),
 }
 
 

@@ -92,6 +92,9 @@ class Rule(enum.StrEnum):
     STALL_ENDED = "stall-ended"
     MINICOPY = "minicopy"                    # a minicopy bitmap made at a split, or used at a return
     CHANGED_SINCE_SPLIT = "changed-since-split"  # ... not used: the member was written apart
+    MINIMERGE = "minimerge"                  # a merge of only the chunks a write-intent bitmap marked
+    HBMM = "hbmm"                            # a write-intent bitmap made, cleared or dropped
+    HBMM_RESET = "hbmm-reset"                # ... cleared: more blocks modified than the threshold
 
 
 def joined(*rules: str) -> str:

@@ -92,6 +92,9 @@ class MembershipHost(Protocol):
     def merge_record(self) -> tuple[bool, Optional[int]]:
         """(merge required, the merge fence an SCB may record in bytes, or None)."""
 
+    def hbmm_record(self) -> tuple[bytes, str]:
+        """(HBMM policy record, the write-intent bitmap the SCBs may name, or "")."""
+
     def members_changed(self, legs: Sequence[Leg]) -> None:
         """The legs or their roles changed (mount verification re-reads member timeouts)."""
 
@@ -195,6 +198,7 @@ class Membership:
         if not leg.state.current:
             entries += (MemberEntry(leg.uuid, leg.state, leg.member.path),)
         merge_required, merge_fence = host.merge_record()
+        hbmm_policy, hbmm_bitmap = host.hbmm_record()
         return Scb(
             set_uuid=host.set_uuid, member_uuid=leg.uuid, label=host.label, vu_name=host.name,
             generation=leg.generation if own_lineage else self.generation,
@@ -206,7 +210,8 @@ class Membership:
             copy_fence_lbn=leg.fence_lbn if target else None,
             copy_fence_generation=self.generation if target else 0,
             feature_flags=self.feature_flags, created_ns=self.created_ns,
-            lineage=leg.lineage if own_lineage else self.history.lineage)
+            lineage=leg.lineage if own_lineage else self.history.lineage,
+            hbmm_policy=hbmm_policy, hbmm_bitmap=hbmm_bitmap if leg.state.current else "")
 
     async def write_scbs(self, legs: Sequence[Leg]) -> None:
         """Write the SCB of each leg (in this order), durably. A member that fails is expelled."""

@@ -241,10 +241,17 @@ class Merge:
         todo = [c for c in range(first, last) if c not in self.merged and self._is_marked(c)]
         if not todo:
             return 0
+        if self.marked is not None:            # a minimerge reads its marked runs only
+            ios = 0
+            for run in _runs(todo):
+                lo, hi = max(pos, run.start * CHUNK_BYTES), min(end, run.stop * CHUNK_BYTES)
+                _, repaired, n = await self._reconcile(lo, hi, ())
+                self.merge_repairs += repaired
+                ios += n
+            return ios
         lo = max(pos, todo[0] * CHUNK_BYTES)
         hi = min(end, (todo[-1] + 1) * CHUNK_BYTES)
-        skip = {c - lo // CHUNK_BYTES for c in range(first, last)
-                if c in self.merged or not self._is_marked(c)}
+        skip = {c - lo // CHUNK_BYTES for c in range(first, last) if c in self.merged}
         _, repaired, ios = await self._reconcile(lo, hi, skip)
         self.merge_repairs += repaired
         return ios
@@ -353,3 +360,14 @@ class Merge:
                 self.bytes_written += n
         for s, exc in failed.values():
             await vu.expel(s, f"merge repair write failed: {exc}", rule=timeouts.rule_for(exc))
+
+
+def _runs(chunks: list) -> list[range]:
+    """Sorted chunk indexes as runs of consecutive ones. Pure."""
+    out: list[range] = []
+    for c in chunks:
+        if out and out[-1].stop == c:
+            out[-1] = range(out[-1].start, c + 1)
+        else:
+            out.append(range(c, c + 1))
+    return out

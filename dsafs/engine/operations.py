@@ -91,6 +91,9 @@ class OperationsHost(Protocol):
     def minicopy_runs(self, bitmap_id: str) -> Optional[tuple[range, ...]]:
         """The chunks a minicopy over this bitmap copies, or None if it is no longer in use."""
 
+    def hbmm_bits(self) -> Optional[bytes]:
+        """The trusted write-intent bitmap's bits (a demanded merge is a minimerge), or None."""
+
     async def copies_promoted(self) -> None:
         """Copy targets just became sources."""
 
@@ -169,11 +172,24 @@ class Operations:
         merge = self.merge
         return self.merge_required, merge.durable_fence_bytes if merge is not None else None
 
+    def full_merge_owed(self) -> bool:
+        """A merge is owed and it is not a minimerge (HBMM trusts no bitmap meanwhile)."""
+        return self.merge_required and (self.merge is None or self.merge.marked is None)
+
+    def use_minimerge(self, marked: bytes) -> None:
+        """The merge owed is a minimerge of the chunks `marked` (hbmm.py decided it at mount):
+        from the fence the plan gave, before any copy (spec §17.1)."""
+        start = self.merge.fence_bytes if self.merge is not None else 0
+        self.merge = Merge(self.host, start, self.merge_throttle, marked)
+        self.merge_rule = Rule.MINIMERGE
+
     # ----------------------------------------------------------------- copy and merge
     def queue_copy(self, legs: Sequence[Leg]) -> None:
-        """Copy onto `legs` (copy targets) as soon as may be; a running merge is suspended."""
+        """Copy onto `legs` (copy targets) as soon as may be; a running full merge is
+        suspended (a minimerge runs first: spec §17.1)."""
         self._copy_queue += [s for s in legs if s not in self._copy_queue]
-        if self._copy_queue and self._merge_scope is not None:
+        if (self._copy_queue and self._merge_scope is not None
+                and self.merge is not None and self.merge.marked is None):
             self._merge_scope.cancel()       # suspend the merge: copy first, then resume it
         self.kick()
 
@@ -197,7 +213,9 @@ class Operations:
             with trio.CancelScope() as scope:
                 self._scope = scope
                 while True:
-                    if self._copy_queue:
+                    if self._merge_may_run() and self.merge.marked is not None:
+                        await self._run_merge()          # a minimerge comes before copies
+                    elif self._copy_queue:
                         await self._run_copies()
                     elif self._merge_may_run():
                         await self._run_merge()
@@ -350,7 +368,8 @@ class Operations:
         async with membership.lock:
             self.merge_required = True
             self._merge_stopped = ""
-            self.merge = Merge(host, 0, self.merge_throttle)
+            marked = host.hbmm_bits()          # HBMM on: a minimerge (spec §16.5)
+            self.merge = Merge(host, 0, self.merge_throttle, marked)
             self.merge_rule = Rule.DEMAND_MERGE
             log.info("%s: merge required by rule=%s", host.name, Rule.DEMAND_MERGE)
             host.event(Kind.MERGE_REQUIRED, rule=Rule.DEMAND_MERGE)

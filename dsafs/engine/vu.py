@@ -36,6 +36,8 @@ import trio
 from dsafs.engine import balance, decide
 from dsafs.engine.copy import Copy
 from dsafs.engine.bitmap import WriteBitmaps
+from dsafs.engine.hbmm import Hbmm
+from dsafs.engine.hbmmspec import HbmmSpec
 from dsafs.engine.bitpolicy import Policy, absent_policy
 from dsafs.engine.fanout import flush_all, write_all
 from dsafs.engine.fence import RangeGate
@@ -66,7 +68,8 @@ class VirtualUnit:
     """One mounted shadow set. Start it with `await nursery.start(vu.run)`; end it with dissolve()."""
 
     def __init__(self, plan: decide.Plan, members: Sequence, *, readonly: bool = False,
-                 absent_policy: Policy = Policy.NONE):
+                 absent_policy: Policy = Policy.NONE, hbmm: Optional[HbmmSpec] = None,
+                 hbmm_default: bool = False):
         self.name = plan.vu_name
         self.set_uuid = plan.set_uuid
         self.label = plan.label
@@ -86,13 +89,17 @@ class VirtualUnit:
         self.watch = MemberWatch(self)             # member sizes and SCB slots (watch.py)
         self.bitmaps = WriteBitmaps(self)          # minicopy bitmaps (bitmap.py)
         self._absent_policy = absent_policy        # assemble(policy=): bitmaps for the absent
+        self.hbmm = Hbmm(self, self.bitmaps, self.membership.lock,   # write-intent (hbmm.py)
+                         self.operations.full_merge_owed)
+        self._hbmm_request = (hbmm, hbmm_default)  # mount --policy hbmm, serve --hbmm
         self.membership.refresh()
 
     # ----------------------------------------------------------------- assembly and lifetime
     @classmethod
     async def assemble(cls, name: str, members: Sequence, options: decide.Options = decide.Options(),
                        *, readonly: bool = False, confirm: Optional[Confirm] = None,
-                       policy: Policy = Policy.NONE) -> "VirtualUnit":
+                       policy: Policy = Policy.NONE, hbmm: Optional[HbmmSpec] = None,
+                       hbmm_default: bool = False) -> "VirtualUnit":
         """Decide the roles of `members` (opened Member objects, in the order named). Takes
         ownership of them: on a refusal they are closed and nothing was written to any.
         With a minicopy `policy`, members the set lists but `members` lacks get a bitmap."""
@@ -108,7 +115,8 @@ class VirtualUnit:
             for m in members:
                 m.close()
             raise MountRefused(f"{name}: mount canceled; no copy was allowed, nothing was mounted")
-        return cls(plan, members, readonly=readonly, absent_policy=absent)
+        return cls(plan, members, readonly=readonly, absent_policy=absent, hbmm=hbmm,
+                   hbmm_default=hbmm_default)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         try:
@@ -118,6 +126,8 @@ class VirtualUnit:
                 self.operations.queue_copy(self.targets)
                 self.operations.kick()
                 nursery.start_soon(self.watch.run)
+                if not self.readonly:
+                    nursery.start_soon(self.hbmm.run)
                 task_status.started(self)
                 await self._finished.wait()
                 nursery.cancel_scope.cancel()
@@ -130,7 +140,9 @@ class VirtualUnit:
         plan = self._plan
         if not self.readonly:
             await self.bitmaps.wipe(self.targets)      # a returning member's replicas are stale
-            await self.bitmaps.load(self.sources)      # go on recording for absent members
+            marked = await self.hbmm.begin(plan, *self._hbmm_request)   # and bitmaps.load
+            if marked is not None:
+                self.operations.use_minimerge(marked)
             if self._absent_policy is not Policy.NONE:
                 await self.bitmaps.for_absent(plan, self._absent_policy)
         for mp in plan.members:
@@ -144,8 +156,8 @@ class VirtualUnit:
         for note in plan.notes:
             log.info("%s: %s", self.name, note)
         if plan.merge_required:
-            log.info("%s: merge required by rule=%s", self.name, plan.merge_rule)
-            self.event(Kind.MERGE_REQUIRED, rule=plan.merge_rule)
+            log.info("%s: merge required by rule=%s", self.name, self.operations.merge_rule)
+            self.event(Kind.MERGE_REQUIRED, rule=self.operations.merge_rule)
         if plan.branch is not BranchReason.NONE:
             log.info("%s: history branches at generation %s by rule=%s", self.name,
                      describe_generation(plan.source_generation),
@@ -232,6 +244,12 @@ class VirtualUnit:
 
     def members_changed(self, legs: Sequence[Leg]) -> None:
         self.mv.adopt(legs)
+
+    def hbmm_record(self) -> tuple[bytes, str]:
+        return self.hbmm.record()
+
+    def hbmm_bits(self) -> Optional[bytes]:
+        return self.hbmm.marked_now()
 
     def minicopy_bitmap(self, scb: Optional[Scb]) -> Optional[str]:
         return self.bitmaps.usable_for(scb)
