@@ -25,11 +25,12 @@ def test_member_added_during_fio_write(served, tmp_path):
     VU = 128 * MiB
     served.check("init", "DSA1", "--label", "ADD", "--size", str(VU), "a.img", "b.img")
     served.check("mount", "DSA1", "a.img", "b.img")
-    # c.img holds other data everywhere, so the copy must rewrite all of it.
+    # c.img holds other data everywhere, so the copy must rewrite all of it. fio writes 96 MiB
+    # before its verify pass (32 MiB was done before the copy began on a busy machine: CI).
     blank_member(tmp_path / "c.img", VU, fill=bytes(range(256)) * 7)
     vu = served.vu_path("DSA1")
     fio = subprocess.Popen(
-        fio_args(vu, size=VU, direct=True, extra=["--io_size=32M", "--end_fsync=1"]),
+        fio_args(vu, size=VU, direct=True, extra=["--io_size=96M", "--end_fsync=1"]),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
         cwd=tmp_path)
     try:
