@@ -9,7 +9,6 @@ line too (with the traceback only when DSAFS_DEBUG=1) and exits 1.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -20,206 +19,13 @@ from typing import Optional, Sequence
 
 import trio
 
-from dsafs import __version__
+from dsafs.service.cliargs import build_parser as _build_parser
 from dsafs.service.control import Client, default_socket
 from dsafs.service.view import format_bitmaps, format_show
 from dsafs.errors import DsafsError, InvalidArgument, MountRefused, UsageError
 from dsafs.units import format_size, parse_size, vu_name
 
 log = logging.getLogger("dsafs.cli")
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):          # usage errors: one line, exit 2
-        raise UsageError(f"{message} (see dsafs {self.prog.split()[-1]} --help)"
-                         if " " in self.prog else f"{message} (see dsafs --help)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="dsafs", description="Host-based volume shadowing (RAID-1) for Linux.")
-    p.add_argument("--version", action="version", version=f"dsafs {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    s = sub.add_parser("init", help="create or size 1-6 member files with matching metadata",
-                       description="Write matching metadata on 1-6 members of a new shadow set. "
-                       "Missing files are created sparse (all zeros); mounting the members "
-                       "together then needs no copy. Needs no daemon.")
-    s.add_argument("vu", metavar="DSAn")
-    s.add_argument("--label", required=True, help="volume label, 1-12 characters")
-    s.add_argument("--size", required=True, help="VU size (multiple of 4 KiB), e.g. 2G")
-    s.add_argument("--overwrite", action="store_true",
-                   help="erase members that already hold data or another set's metadata")
-    s.add_argument("members", nargs="+", metavar="MEMBER")
-    s.set_defaults(func=cmd_init)
-
-    sock = _Parser(add_help=False)
-    sock.add_argument("--socket", default=None,
-                      help="control socket (default $DSAFS_SOCKET, else /mnt/dsafs.sock)")
-
-    s = sub.add_parser("serve", help="run the daemon in the foreground: one FUSE mount for all VUs")
-    s.add_argument("mountpoint")
-    s.add_argument("--socket", default=None, help="control socket (default MOUNTPOINT.sock)")
-    s.add_argument("--fuse-tasks", type=int, default=16, help="pyfuse3 worker tasks (default 16)")
-    s.add_argument("--max-background", type=int, default=64, metavar="N",
-                   help="asynchronous FUSE requests in flight, 1-65535, set through fusectl "
-                   "(default 64; 0 leaves the kernel's 12)")
-    s.add_argument("--allow-other", action="store_true", help="let other users open the VU files")
-    s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    _merge_setting_args(s, "for every VU (default %(default)s)", defaults=True)
-    s.add_argument("--member-timeout", metavar="S", help="default member timeout of every VU, "
-                   "1-16777215 s (default 120): a member that does not answer is expelled")
-    s.add_argument("--vu-timeout", metavar="S", help="default VU timeout (MVTIMEOUT), "
-                   "1-16777215 s (default 3600): how long I/O waits when no member answers")
-    s.set_defaults(func=cmd_serve)
-
-    s = sub.add_parser("mount", parents=[sock], help="assemble a shadow set, or --add members to it",
-                       description="Assemble DSAn from its members (sources by lineage and generation; "
-                       "others become copy targets), or add members to a mounted DSAn.")
-    s.add_argument("vu", metavar="DSAn")
-    s.add_argument("members", nargs="+", metavar="MEMBER")
-    s.add_argument("--add", action="store_true", help="add the members to the mounted VU (copy targets)")
-    s.add_argument("--nocopy", action="store_true", help="refuse if a copy or merge would be needed")
-    s.add_argument("--priority", type=int, metavar="N",
-                   help="0-10000 (default 5000): 0 = start no copy or merge until raised with "
-                        "dsafs set; remembered by the daemon across dismounts")
-    s.add_argument("--confirm", action="store_true", help="ask before any full copy")
-    s.add_argument("--overwrite", action="store_true",
-                   help="with --add: accept a file that holds data, another set's member or a "
-                        "fork with writes the set lacks (its data is overwritten)")
-    s.add_argument("--nowrite", action="store_true",
-                   help="mount the VU read-only: nothing is written to any member (no copy, no "
-                        "SCB update); absent members allowed, e.g. a split-off member alone")
-    s.add_argument("--source", metavar="M",
-                   help="resolve a split brain: M's data wins, the other members are copy "
-                        "targets (refused if M holds older data than another member)")
-    s.add_argument("--override-membership", action="store_true",
-                   help="use a split-off member writable on its own: a fork of its set "
-                        "(VMS /OVERRIDE=SHADOW_MEMBERSHIP); reassembly decides by lineage")
-    s.add_argument("--verify-label", action="store_true",
-                   help="refuse any copy target not labelled SCRATCH_DISK (VMS /POLICY=VERIFY_LABEL)")
-    s.add_argument("--policy", metavar="P",
-                   help="with --add: minicopy=optional (default: a member split off with a "
-                        "bitmap returns by a minicopy, else a full copy), minicopy (refused "
-                        "unless every member added has a valid bitmap), nominicopy (full copy). "
-                        "At assembly (none by default): members the set lists but the command "
-                        "does not name get a minicopy bitmap (only after a clean dismount; "
-                        "minicopy refuses the mount otherwise)")
-    w = s.add_mutually_exclusive_group()
-    w.add_argument("--wait", action="store_true", help="wait for copies to finish")
-    w.add_argument("--no-wait", action="store_true", help="return at once, even on a terminal")
-    s.set_defaults(func=cmd_mount)
-
-    s = sub.add_parser("dismount", parents=[sock], help="dissolve a VU, or remove one member")
-    s.add_argument("vu", metavar="DSAn")
-    s.add_argument("--member", metavar="M", action="append", default=[],
-                   help="remove this member only (path or basename); repeat it to remove "
-                        "several at one instant, sharing one minicopy bitmap")
-    s.add_argument("--policy", metavar="P",
-                   help="with --member: minicopy=optional (the default: the members that stay "
-                        "record every chunk written from now on, so the return copies only "
-                        "those; without a free bitmap slot, or while a merge is owed, it goes on "
-                        "without and the return is a full copy), minicopy (the same, but "
-                        "refused when no bitmap can be made), nominicopy (no bitmap: the "
-                        "return is a full copy)")
-    s.add_argument("--abort", action="store_true",
-                   help="dissolve even while the VU is open; the next mount merges")
-    s.set_defaults(func=cmd_dismount)
-
-    s = sub.add_parser("show", parents=[sock], help="show shadow sets (SHOW SHADOW)")
-    s.add_argument("vu", metavar="DSAn", nargs="?")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--bitmaps", action="store_true",
-                   help="the write bitmaps in use (SHOW DEVICE/BITMAP): id, size, percent "
-                        "populated, type, created, member (with --json: the same JSON)")
-    s.set_defaults(func=cmd_show)
-
-    s = sub.add_parser("set", parents=[sock], help="change a mounted VU's settings (SET SHADOW)")
-    s.add_argument("vu", metavar="DSAn")
-    s.add_argument("--read-cost", action="append", default=[], metavar="M=N",
-                   help="read cost 1-65535 of member M (repeatable)")
-    s.add_argument("--copy-source", metavar="M", help="member every copy reads from, or 'master'")
-    s.add_argument("--priority", type=int, metavar="N",
-                   help="0-10000: 0 = start no copy or merge; raising it starts what is owed")
-    s.add_argument("--demand-merge", action="store_true",
-                   help="start a full merge now (VMS SET SHADOW/DEMAND_MERGE)")
-    _merge_setting_args(s, "for this VU")
-    s.add_argument("--member-timeout", action="append", default=[], metavar="[M=]S",
-                   help="expel member M (all members without M=) if it does not answer within "
-                   "S seconds, 1-16777215 (repeatable)")
-    s.add_argument("--vu-timeout", metavar="S",
-                   help="when no member answers, hold I/O up to S seconds, then fail it (EIO)")
-    s.add_argument("--force-removal", action="append", default=[], metavar="M",
-                   help="expel M now if in mount verification, else when verification starts")
-    s.add_argument("--noforce-removal", action="append", default=[], metavar="M",
-                   help="clear the --force-removal flag of M")
-    s.add_argument("--abort-vu", action="store_true",
-                   help="end mount verification now: held and later I/O fails with EIO")
-    s.add_argument("--stall-writes", nargs="?", const="default", metavar="S",
-                   help="hold writes (reads go on) for S seconds (default: the member timeout)")
-    s.add_argument("--nostall-writes", nargs="?", const="0", metavar="S",
-                   help="let stalled writes through after S seconds (default: now)")
-    s.set_defaults(func=cmd_set)
-
-    s = sub.add_parser("events", parents=[sock], help="the event stream: every state change",
-                       description="Print the daemon's recent events (membership, copies, "
-                       "mount verification, stalls), each with its rule and VMS-style message; "
-                       "--follow keeps printing new ones (like drbdsetup events2).")
-    s.add_argument("vu", metavar="DSAn", nargs="?", help="only this VU's events")
-    s.add_argument("--follow", "-f", action="store_true", help="keep streaming new events")
-    s.add_argument("--json", action="store_true", help="one JSON object per line")
-    s.set_defaults(func=cmd_events)
-
-    s = sub.add_parser("debug", help="testing aids: fault injection")
-    dsub = s.add_subparsers(dest="debug_command", metavar="DEBUG_COMMAND", parser_class=_Parser)
-    s = dsub.add_parser("inject", parents=[sock], help="make a member fail like a bad disk",
-                        description="Inject faults into one member of a mounted VU, with "
-                        "device-mapper semantics (dm-dust, dm-flakey). Blocks are 512 bytes.")
-    s.add_argument("vu", metavar="DSAn")
-    s.add_argument("member", metavar="MEMBER", help="member path or basename")
-    s.add_argument("--eio-read", action="append", metavar="START-END",
-                   help="reads of these blocks fail until the blocks are written (dm-dust)")
-    s.add_argument("--eio-write", action="append", metavar="START-END",
-                   help="writes to these blocks fail")
-    s.add_argument("--hang", action="store_true", help="hold every request until --clear")
-    s.add_argument("--delay", type=float, metavar="MS", help="complete every request MS late")
-    s.add_argument("--vanish", action="store_true", help="fail everything with ENODEV")
-    s.add_argument("--flakey", metavar="UP_S,DOWN_S", help="up UP_S seconds, then fail DOWN_S seconds")
-    s.add_argument("--clear", action="store_true", help="remove every fault from the member")
-    s.set_defaults(func=cmd_inject)
-
-    s = sub.add_parser("examine", help="one member's metadata, no daemon needed (mdadm --examine)",
-                       description="Show a member's SCB: set, member, label, VU name, "
-                       "generation, lineage, state, membership, fences, dirty, bitmaps and "
-                       "the condition of both SCB slots. Never writes.")
-    s.add_argument("member", metavar="MEMBER")
-    s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.set_defaults(func=cmd_examine)
-
-    s = sub.add_parser("bitmap", help="write bitmaps (minicopy)")
-    bsub = s.add_subparsers(dest="bitmap_cmd", required=True, metavar="delete", parser_class=_Parser)
-    b = bsub.add_parser("delete", parents=[sock],
-                        help="delete a bitmap: the member it served returns by a full copy")
-    b.add_argument("id", metavar="ID", help="8 hex digits, as dsafs show --json lists them")
-    b.set_defaults(func=cmd_bitmap_delete)
-
-    s = sub.add_parser("verify", parents=[sock], help="compare the members' data (exit 1 if they differ)")
-    s.add_argument("vu", metavar="DSAn")
-    s.add_argument("--json", action="store_true")
-    s.set_defaults(func=cmd_verify)
-    return p
-
-
-def _merge_setting_args(p, scope: str, defaults: bool = False) -> None:
-    from dsafs.engine.throttle import DEFAULT_FACTOR, DEFAULT_THRESHOLD
-    p.add_argument("--merge-delay-threshold", type=int, metavar="N",
-                   default=DEFAULT_THRESHOLD if defaults else None,
-                   help=f"0-20000: how much slower than ideal the application may get before the "
-                        f"merge yields (200 = not at all), {scope}")
-    p.add_argument("--merge-delay-factor", type=int, metavar="N",
-                   default=DEFAULT_FACTOR if defaults else None,
-                   help=f"2-100000: how hard the merge yields beyond that (lower = harder), {scope}")
-    p.add_argument("--merge-min-rate", metavar="RATE", default="10M" if defaults else None,
-                   help=f"bytes per second the merge keeps however busy the VU is, e.g. 10M, {scope}")
 
 
 def _merge_settings_of(args) -> dict:
@@ -533,6 +339,14 @@ def cmd_verify(args) -> int:
 
 
 # ----------------------------------------------------------------------------- main
+def build_parser():
+    return _build_parser({
+        "init": cmd_init, "examine": cmd_examine, "serve": cmd_serve, "mount": cmd_mount,
+        "dismount": cmd_dismount, "show": cmd_show, "set": cmd_set, "events": cmd_events,
+        "debug inject": cmd_inject, "bitmap delete": cmd_bitmap_delete, "verify": cmd_verify,
+    })
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The `dsafs` command. Called as the process entry point (argv None), it ignores SIGINT once
     the outcome is decided: a Ctrl-C after that moment would otherwise surface as a
