@@ -80,9 +80,15 @@ def cmd_serve(args) -> int:
     from dsafs.engine.throttle import Settings
     m = _merge_settings_of(args)
     merge = Settings(m["merge_delay_threshold"], m["merge_delay_factor"], m["merge_min_rate"])
+    interval = (None if args.hbmm_reset_interval is None
+                else _seconds(args.hbmm_reset_interval, "--hbmm-reset-interval"))
+    if interval is not None and not 0 < interval < float("inf"):
+        raise InvalidArgument(f"--hbmm-reset-interval {args.hbmm_reset_interval} must be a "
+                              f"number of seconds above 0 (default 150)")
     daemon = Daemon(args.mountpoint, args.socket, fuse_max_tasks=args.fuse_tasks,
                     max_background=args.max_background, allow_other=args.allow_other,
-                    merge_settings=merge, **timeouts)
+                    merge_settings=merge, hbmm=args.hbmm, hbmm_reset_interval=interval,
+                    **timeouts)
     mbr = timeouts.get("member_timeout", 120)
     if mbr >= timeouts.get("vu_timeout", 3600):
         log.warning("dsafs: warning: --member-timeout %g s is not below the VU timeout %g s; give a "
@@ -128,7 +134,7 @@ def cmd_mount(args) -> int:
                overwrite=args.overwrite, nowrite=args.nowrite, verify_label=args.verify_label,
                priority=args.priority, override_membership=args.override_membership,
                source=(os.path.abspath(args.source) if args.source and "/" in args.source
-                       else args.source), policy=args.policy)
+                       else args.source), **_policies(args.policy))
     with _client(args) as c:
         result = c.call("mount", **req)
         if result.get("needs_confirmation"):
@@ -162,6 +168,19 @@ def cmd_mount(args) -> int:
             except KeyboardInterrupt:
                 print(f"\n{name}: it goes on in the background (dsafs show {name})")
     return 0
+
+
+def _policies(values) -> dict:
+    """Repeated --policy values as request fields: `policy` (the last minicopy value) and
+    `hbmm` (the SPEC of the last hbmm[=SPEC], "" for a bare hbmm)."""
+    out: dict = {}
+    for value in values or []:
+        key, _, spec = value.strip().partition("=")
+        if key.lower() == "hbmm":
+            out["hbmm"] = spec
+        else:
+            out["policy"] = value
+    return out
 
 
 def cmd_dismount(args) -> int:
@@ -254,6 +273,15 @@ def cmd_set(args) -> int:
         if not sep or not ref or not val.strip().isdigit():
             raise InvalidArgument(f"--read-cost {item!r} is not MEMBER=N; e.g. --read-cost b.img=5")
         costs[os.path.abspath(ref) if "/" in ref else ref] = int(val)
+    hbmm = _policies(args.policy)
+    if set(hbmm) - {"hbmm"}:
+        raise UsageError(f"--policy {hbmm['policy']!r}: set takes --policy hbmm[=SPEC] only")
+    if hbmm or args.disable_hbmm or args.hbmm_reset_interval is not None:
+        req = dict(vu=name, disable_hbmm=args.disable_hbmm, **hbmm)
+        if args.hbmm_reset_interval is not None:
+            req["hbmm_reset_interval"] = _seconds(args.hbmm_reset_interval,
+                                                  "--hbmm-reset-interval")
+        return _set_call(args, name, req)
     req = dict(vu=name, read_cost=costs, demand_merge=args.demand_merge, priority=args.priority)
     if args.copy_source is not None:
         src = args.copy_source
@@ -266,6 +294,10 @@ def cmd_set(args) -> int:
         raise UsageError("nothing to set; give --read-cost M=N, --copy-source M, --priority N, "
                          "--demand-merge, a --merge-* setting or a failure setting "
                          "(see dsafs set --help)")
+    return _set_call(args, name, req)
+
+
+def _set_call(args, name: str, req: dict) -> int:
     with _client(args) as c:
         r = c.call("set", **req)
     for change in r["changes"]:

@@ -58,6 +58,12 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
                    "1-16777215 s (default 120): a member that does not answer is expelled")
     s.add_argument("--vu-timeout", metavar="S", help="default VU timeout (MVTIMEOUT), "
                    "1-16777215 s (default 3600): how long I/O waits when no member answers")
+    s.add_argument("--hbmm", action="store_true",
+                   help="HBMM (a write-intent bitmap: a crash costs a minimerge) on every set of "
+                   "2+ members mounted without a policy of its own")
+    s.add_argument("--hbmm-reset-interval", metavar="S",
+                   help="seconds between HBMM bitmap reset checks, every VU (default 150, VMS "
+                   "SHADOW_HBMM_RTC)")
     s.set_defaults(func=handlers["serve"])
 
     s = sub.add_parser("mount", parents=[sock], help="assemble a shadow set, or --add members to it",
@@ -85,8 +91,10 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
                         "(VMS /OVERRIDE=SHADOW_MEMBERSHIP); reassembly decides by lineage")
     s.add_argument("--verify-label", action="store_true",
                    help="refuse any copy target not labelled SCRATCH_DISK (VMS /POLICY=VERIFY_LABEL)")
-    s.add_argument("--policy", metavar="P",
-                   help="with --add: minicopy=optional (default: a member split off with a "
+    s.add_argument("--policy", metavar="P", action="append", default=[],
+                   help="repeatable. hbmm[=SPEC] at assembly: a write-intent bitmap (the policy "
+                        "is kept in the SCBs; SPEC as for dsafs set). "
+                        "With --add: minicopy=optional (default: a member split off with a "
                         "bitmap returns by a minicopy, else a full copy), minicopy (refused "
                         "unless every member added has a valid bitmap), nominicopy (full copy). "
                         "At assembly (none by default): members the set lists but the command "
@@ -129,7 +137,18 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     s.add_argument("--priority", type=int, metavar="N",
                    help="0-10000: 0 = start no copy or merge; raising it starts what is owed")
     s.add_argument("--demand-merge", action="store_true",
-                   help="start a full merge now (VMS SET SHADOW/DEMAND_MERGE)")
+                   help="start a merge now (VMS SET SHADOW/DEMAND_MERGE): a minimerge of the "
+                        "marked chunks when HBMM is on, else a full merge")
+    s.add_argument("--policy", metavar="hbmm[=SPEC]", action="append", default=[],
+                   help="enable HBMM: a write-intent bitmap, so a crash costs a minimerge. SPEC "
+                        "(VMS /POLICY=HBMM): ((MASTER_LIST=*,COUNT=n,MULTIUSE=m),"
+                        "RESET_THRESHOLD=blocks,DISMOUNT=d); bare hbmm: every member holds a "
+                        "replica. Re-issue it to change the threshold. Not with other settings")
+    s.add_argument("--disable-hbmm", action="store_true",
+                   help="turn HBMM off (a minimerge running finishes; a crash then means a full "
+                        "merge)")
+    s.add_argument("--hbmm-reset-interval", metavar="S",
+                   help="seconds between this VU's HBMM reset checks (default: serve's, 150)")
     merge_setting_args(s, "for this VU")
     s.add_argument("--member-timeout", action="append", default=[], metavar="[M=]S",
                    help="expel member M (all members without M=) if it does not answer within "

@@ -24,6 +24,7 @@ import trio
 
 from dsafs.engine import decide
 from dsafs.engine.bitpolicy import Policy, parse_policy
+from dsafs.engine.hbmmspec import parse_hbmm
 from dsafs.ondisk.bitmap import check_bitmap_id
 from dsafs.engine.settings import SetPlan
 from dsafs.engine.operations import check_priority
@@ -31,13 +32,16 @@ from dsafs.engine.throttle import Settings as MergeSettings
 from dsafs.engine.verify import verify as verify_vu
 from dsafs.engine.vu import VirtualUnit
 from dsafs.errors import InvalidArgument, MountRefused, VuError
-from dsafs.events import EventLog
+from dsafs.events import EventLog, Kind
 from dsafs.members import memberpath
 from dsafs.members.inject import MAX_DELAY_S, FaultyMember, parse_flakey, parse_lbn_range
 from dsafs.service import control, requests, view
+from dsafs.rules import Rule
 from dsafs.units import BLOCK_BYTES, vu_name
 
 log = logging.getLogger("dsafs.daemon")
+
+HBMM_KEYS = ("hbmm", "disable_hbmm", "hbmm_reset_interval")     # set: not mixed with others
 
 MAX_READ_COST = requests.MAX_READ_COST
 MAX_VUS = 10000
@@ -53,6 +57,8 @@ class Host(Protocol):
     merge_settings: MergeSettings    # serve-time defaults of every VU
     member_timeout: Optional[float]
     vu_timeout: Optional[float]
+    hbmm_default: bool               # serve --hbmm: HBMM on every set of 2+ members
+    hbmm_reset_interval: Optional[float]   # serve --hbmm-reset-interval (None: the default)
 
     async def start_vu(self, vu: VirtualUnit) -> None:
         """Run `vu` under the daemon's nursery and publish its file."""
@@ -125,6 +131,10 @@ class Commands:
                       if args.get("policy") else Policy.OPTIONAL)
             assembly_policy = policy if args.get("policy") else Policy.NONE   # DESIGN §1
             if args.get("add"):
+                if args.get("hbmm") is not None:
+                    raise InvalidArgument(f"{name}: --policy hbmm is for an assembly; turn HBMM "
+                                          f"on for a mounted set with 'dsafs set {name} "
+                                          f"--policy hbmm'")
                 if vu is None:
                     raise VuError(f"{name} is not mounted; mount it first, then add members "
                                   f"with --add")
@@ -145,27 +155,33 @@ class Commands:
                                    f"were open); mount {name} after it has stopped")
             if len(self.host.vus) >= MAX_VUS:
                 raise MountRefused(f"{name}: too many virtual units mounted")
+            hbmm = (parse_hbmm(args["hbmm"], len(paths), what=f"{name}: --policy hbmm")
+                    if args.get("hbmm") is not None else None)
             members, warnings = await self._open(name, paths,
                                                  readonly=bool(args.get("nowrite")))
             try:
                 vu = await VirtualUnit.assemble(name, members, options, policy=assembly_policy,
                                                 readonly=bool(args.get("nowrite")),
-                                                confirm=confirm)
+                                                confirm=confirm, hbmm=hbmm,
+                                                hbmm_default=self.host.hbmm_default)
             except MountRefused:
                 if asked and not confirmed:
                     return view.confirmation_json(name, asked[0])
                 raise
             if args.get("priority") is not None:
                 self.priorities[name] = args["priority"]
+            if self.host.hbmm_reset_interval is not None:
+                vu.hbmm.set_reset_interval(self.host.hbmm_reset_interval)
             vu.configure(events=self.host.events, merge_settings=lambda: self.host.merge_settings,
                          priority=self.priorities.get(name), member_timeout=self.host.member_timeout,
                          vu_timeout=self.host.vu_timeout)
             await self.host.start_vu(vu)
             return {"vu": name, "plan": view.plan_json(vu.plan), "state": vu.state,
                     "path": os.path.join(self.host.mountpoint, name),
-                    "merge_rule": vu.plan.merge_rule or None,
+                    "merge_rule": vu.operations.merge_rule if vu.merge_required else None,
                     "notes": list(vu.plan.notes) + ([vu.bitmaps.absent_note]
-                                                    if vu.bitmaps.absent_note else []),
+                                                    if vu.bitmaps.absent_note else [])
+                             + ([vu.hbmm.note] if vu.hbmm.note else []),
                     "readonly": vu.readonly, "warnings": warnings}
 
     async def _open(self, name: str, paths, readonly: bool = False,
@@ -235,6 +251,9 @@ class Commands:
 
     async def set(self, args) -> dict:
         vu = self._get(args.get("vu", ""))
+        hbmm_keys = [k for k in HBMM_KEYS if args.get(k) not in (None, False)]
+        if hbmm_keys:
+            return await self._set_hbmm(vu, args, hbmm_keys)
         failure_settings = SetPlan(vu, args)          # checked now, applied with the rest
         changes = []
         costs = {}
@@ -289,6 +308,30 @@ class Commands:
         for w in warnings:
             log.warning("%s", w)
         return {"vu": vu.name, "changes": changes, "warnings": warnings}
+
+    async def _set_hbmm(self, vu, args, keys: list) -> dict:
+        """The HBMM options of `set` (VMS: not mixed with other qualifiers in one command)."""
+        others = [k for k, v in args.items()
+                  if k not in HBMM_KEYS and k != "vu" and v not in (None, False, {}, [])]
+        if others:
+            raise InvalidArgument(f"{vu.name}: HBMM options ({', '.join(keys)}) cannot be mixed "
+                                  f"with other settings ({', '.join(others)}) in one set; give "
+                                  f"them in two commands")
+        if args.get("hbmm") is not None and args.get("disable_hbmm"):
+            raise InvalidArgument(f"{vu.name}: give --policy hbmm or --disable-hbmm, not both")
+        changes = []
+        if args.get("hbmm") is not None:
+            spec = parse_hbmm(args["hbmm"], len(vu.current), what=f"{vu.name}: --policy hbmm")
+            changes.append(await vu.hbmm.enable(spec))
+        if args.get("disable_hbmm"):
+            changes.append(await vu.hbmm.disable())
+        if args.get("hbmm_reset_interval") is not None:
+            vu.hbmm.set_reset_interval(args["hbmm_reset_interval"])
+            changes.append(f"HBMM reset interval {vu.hbmm.reset_interval:g} s")
+        for c in changes:
+            log.info("%s: set %s", vu.name, c)
+            vu.event(Kind.SETTING, rule=Rule.OPERATOR, what=c)
+        return {"vu": vu.name, "changes": changes, "warnings": []}
 
     async def events(self, args) -> object:
         """`dsafs events`: the backlog (of one VU, or all); with `follow`, then every new event

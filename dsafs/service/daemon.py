@@ -75,7 +75,8 @@ class Daemon:
                  fuse_max_tasks: int = 16, allow_other: bool = False,
                  max_background: int = fusectl.DEFAULT_MAX_BACKGROUND,
                  member_timeout: Optional[float] = None, vu_timeout: Optional[float] = None,
-                 merge_settings: MergeSettings = MergeSettings()):
+                 merge_settings: MergeSettings = MergeSettings(), hbmm: bool = False,
+                 hbmm_reset_interval: Optional[float] = None):
         self.mountpoint = os.path.abspath(mountpoint)
         self.socket_path = os.path.abspath(socket_path or self.mountpoint.rstrip("/") + ".sock")
         self.fuse_max_tasks = fuse_max_tasks
@@ -101,6 +102,8 @@ class Daemon:
                                timeouts.check_timeout(member_timeout, "--member-timeout"))
         self.vu_timeout = (None if vu_timeout is None else
                            timeouts.check_timeout(vu_timeout, "--vu-timeout"))
+        self.hbmm_default = hbmm                   # serve --hbmm: HBMM on sets of 2+ members
+        self.hbmm_reset_interval = hbmm_reset_interval   # serve --hbmm-reset-interval
 
     def statistics(self) -> DaemonStats:
         fuse = self.ops.statistics() if self.ops is not None else None

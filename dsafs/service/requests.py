@@ -267,6 +267,9 @@ SECONDS = Num(what="a number of seconds")
 RANGES = ListOf(Text(max_bytes=64, what="a block range START-END"),
                 what="a list of block ranges")
 
+HBMM_SPEC = Field(Text(max_bytes=256, nonempty=False,
+                      what="an HBMM policy (the SPEC of --policy hbmm=SPEC, or '')"))
+
 SCHEMAS: dict = {
     "ping": {},
     "show": {"vu": OPTIONAL_VU},
@@ -281,6 +284,7 @@ SCHEMAS: dict = {
         "priority": Field(Int(what="an integer priority"), check=_priority),
         "source": Field(REF),
         "policy": Field(Text(max_bytes=64, nonempty=False, what="a minicopy policy")),
+        "hbmm": HBMM_SPEC,
     },
     "dismount": {
         "vu": VU, "members": Field(REFS), "abort": BOOL,
@@ -307,6 +311,9 @@ SCHEMAS: dict = {
         "stall_writes": Field(Either((Text(choices=("default",)), SECONDS),
                                      what="a number of seconds or 'default'"), check=_stall),
         "nostall_writes": Field(SECONDS, check=_nostall),
+        "hbmm": HBMM_SPEC,
+        "disable_hbmm": BOOL,
+        "hbmm_reset_interval": Field(SECONDS),
     },
     "inject": {
         "vu": VU, "member": Field(REF, required=True),
