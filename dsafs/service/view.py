@@ -17,6 +17,7 @@ text a user sees and the JSON a script reads cannot disagree; `format_bitmaps` (
 from __future__ import annotations
 
 import dataclasses
+import time
 import datetime
 from typing import Any, Optional, Protocol, Sequence
 
@@ -49,6 +50,7 @@ class VuFacts:
     merge_overridden: tuple[str, ...] = ()   # SETTING_NAMES keys set on this VU (dsafs set)
     pending_copy_targets: tuple[str, ...] = ()   # copy targets while state is copying
     last_merge: Any = None               # MergeStats of the last merge finished, or None
+    hbmm: Any = None                     # hbmm.HbmmStats, or None (e.g. an old record)
     warnings: tuple[str, ...] = ()
     members: tuple[MemberFacts, ...] = ()
 
@@ -87,7 +89,7 @@ def facts_of(vu: ShownVu) -> VuFacts:
         merge_settings=vu.merge_settings(), merge_overridden=tuple(vu.operations.merge_overrides),
         pending_copy_targets=tuple(t.member.path for t in vu.targets),
         last_merge=None if vu.last_merge is None else vu.last_merge.statistics(),
-        warnings=tuple(vu.mv.warnings()),
+        hbmm=vu.hbmm.statistics(), warnings=tuple(vu.mv.warnings()),
         members=tuple(MemberFacts(
             faults=tuple(s.member.faults.describe()) if isinstance(s.member, FaultyMember)
             else (), member_timeout=s.member_timeout, force_removal=s in flagged)
@@ -143,6 +145,7 @@ def show_json(st, mv, facts: VuFacts) -> dict:
         "bitmaps": [{**dataclasses.asdict(b), "members": list(b.members)} for b in st.bitmaps],
         "bitmap_writes": (None if st.bitmap_writes is None
                           else dataclasses.asdict(st.bitmap_writes)),
+        "hbmm": None if facts.hbmm is None else dataclasses.asdict(facts.hbmm),
     }
 
 
@@ -156,9 +159,9 @@ def member_json(m, facts: MemberFacts) -> dict:
 
 def merge_counts(m) -> dict:
     """The counters of a merge (MergeStats), running or finished (`last_merge`)."""
-    return {"merge_repairs": m.merge_repairs, "app_repairs": m.app_repairs,
-            "chunks_compared": m.chunks_compared, "bytes_written": m.bytes_written,
-            "seconds": m.seconds}
+    return {"kind": m.kind, "merge_repairs": m.merge_repairs, "app_repairs": m.app_repairs,
+            "chunks_compared": m.chunks_compared, "chunks_marked": m.chunks_marked,
+            "bytes_written": m.bytes_written, "seconds": m.seconds}
 
 
 def _padded(members: Sequence[MemberFacts], n: int) -> Sequence[MemberFacts]:
@@ -212,9 +215,11 @@ def format_show(info: dict) -> str:
         f"  Bitmaps: {bitmaps_summary(info.get('bitmaps') or [])}",
     ]
     merge, ms = info.get("merge"), info.get("merge_settings")
+    lines += hbmm_lines(info.get("hbmm"))
     if merge:
         delay = f"{merge['delay_us'] / 1000:.1f} ms"
-        lines.append(f"  Merge: {merge['percent']:.1f}% (fence LBN {merge['fence_lbn']})"
+        kind = "Minimerge" if merge.get("kind") == "minimerge" else "Merge"
+        lines.append(f"  {kind}: {merge['percent']:.1f}% (fence LBN {merge['fence_lbn']})"
                      + ("" if merge["running"] else " waiting")
                      + f"   Merge Repair Cnt {merge['merge_repairs']}   APP Merge Repair Cnt "
                      f"{merge['app_repairs']}   Delay {delay}")
@@ -241,6 +246,24 @@ def format_show(info: dict) -> str:
         if extra:
             lines.append(f"  {'':<28} {', '.join(extra)}")
     return "\n".join(lines)
+
+
+def hbmm_lines(h: Optional[dict]) -> list[str]:
+    """The HBMM lines of SHOW SHADOW (spec §16.4), none when HBMM is off."""
+    if not h or not h.get("policy"):
+        return [f"  HBMM: off ({h['note']})"] if h and h.get("note") else []
+    last = (time.strftime("%d-%b-%Y %H:%M:%S", time.localtime(h["last_reset_ns"] / 1e9)).upper()
+            if h["last_reset_ns"] else "never")
+    bitmap = (f"{h['bitmap']} on {h['replicas']} member{'s' if h['replicas'] != 1 else ''}"
+              + ("" if h["trusted"] else " (not trusted yet: a crash now means a full merge)")
+              if h.get("bitmap") else "none")
+    out = [f"  HBMM Policy: {h['policy']}   Write-intent bitmap: {bitmap}",
+           f"  HBMM Reset Threshold: {h['reset_threshold_blocks']}   HBMM Reset Count "
+           f"{h['reset_count']}   Last Reset {last}   Reset Interval {h['reset_interval']:g} s",
+           f"  Modified blocks since last bitmap reset: {h['modified_blocks']}"]
+    if h.get("note"):
+        out.append(f"  HBMM: {h['note']}")
+    return out
 
 
 # ----------------------------------------------------------------------------- bitmaps text

@@ -1,14 +1,17 @@
 """view.py by tables on hand-made statistics records (no VU): the field names, order and values of
 `dsafs show --json`, the mount reply's plan, and the `dsafs show` text made from that JSON."""
 
+import dataclasses
 import datetime
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
 
 from dsafs.engine.bitmap import BitmapInfo, BitmapsStats
 from dsafs.engine.copy import CopyStats
+from dsafs.engine.hbmm import HbmmStats
 from dsafs.engine.merge import MergeStats
 from dsafs.engine.mountver import MvStats
 from dsafs.engine.throttle import Settings
@@ -22,6 +25,12 @@ MERGE = MergeStats(percent=37.5, fence_lbn=3072, master="/m/a.img", merge_repair
                    app_repairs=1, chunks_compared=24, bytes_written=262144, delay_us=1234.56,
                    current_us=None, ideal_us=812.345, seconds=2.5)
 LAST = MergeStats(100.0, 8192, "/m/a.img", 7, 0, 64, 458752, 0.0, 900.0, 800.0, 12.25)
+MINIMERGE = MergeStats(100.0, 8192, "/m/a.img", 1, 0, 3, 65536, 0.0, None, None, 0.5,
+                       "minimerge", 3)
+T0 = 1_700_000_000_123_456_789          # 2023-11-14 22:13:20 UTC
+HBMM_ON = HbmmStats("(MASTER_LIST=*),RESET_THRESHOLD=1000000,DISMOUNT=0", "00C0FFEE", True, 2,
+                    1000000, 150.0, 2, T0, 11181)
+HBMM_OFF = HbmmStats(None, None, False, 0, None, 150.0, 0, 0, 0)
 COPY = CopyStats(percent=12.5, fence_lbn=1024, targets=("/m/b.img",), bytes_read=524288,
                  bytes_compared=524288, bytes_written=131072)
 ONLINE = MvStats(None, 120, 3600, None, None, 0, None, False)
@@ -50,7 +59,7 @@ SHOW_KEYS = ["name", "state", "size_bytes", "generation", "generation_hex", "mas
              "merge", "label", "set_uuid", "dirty", "merge_required", "readonly", "copy_source",
              "priority", "merge_settings", "last_merge", "members", "member_timeout",
              "vu_timeout", "mount_verification", "stall_writes_remaining_s", "warnings",
-             "last_copy", "bitmaps", "bitmap_writes"]
+             "last_copy", "bitmaps", "bitmap_writes", "hbmm"]
 MEMBER_KEYS = ["path", "state", "read_cost", "reads", "writes", "read_bytes", "written_bytes",
                "read_errors", "repairs", "faults", "member_timeout", "force_removal"]
 
@@ -76,7 +85,7 @@ def test_steady_vu_every_field_named_and_valued():
              "repairs": 0, "faults": [], "member_timeout": 120, "force_removal": False}],
         "member_timeout": 120, "vu_timeout": 3600, "mount_verification": None,
         "stall_writes_remaining_s": None, "warnings": [], "last_copy": None, "bitmaps": [],
-        "bitmap_writes": None,
+        "bitmap_writes": None, "hbmm": None,
     }
     assert all(list(m) == MEMBER_KEYS for m in d["members"])
     assert json.loads(json.dumps(d)) == d          # JSON types only
@@ -111,8 +120,9 @@ ROWS = {
         stats("merging"), ONLINE, facts(pending_copy_targets=("/m/b.img",)), {"copy": None}),
     "merge running: delays rounded to 0.1 us, None kept": (
         stats("merging", merge=MERGE), ONLINE, facts(merge_running=True),
-        {"merge": {"percent": 37.5, "fence_lbn": 3072, "master": "/m/a.img",
+        {"merge": {"percent": 37.5, "fence_lbn": 3072, "master": "/m/a.img", "kind": "full",
                    "merge_repairs": 4, "app_repairs": 1, "chunks_compared": 24,
+                   "chunks_marked": None,
                    "bytes_written": 262144, "seconds": 2.5, "delay_us": 1234.6,
                    "current_us": None, "ideal_us": 812.3, "running": True},
          "merge_required": True}),
@@ -123,8 +133,18 @@ ROWS = {
                    "ideal_us": 812.3, "running": False}}),
     "last merge: its counters only": (
         stats(), ONLINE, facts(last_merge=LAST),
-        {"last_merge": {"merge_repairs": 7, "app_repairs": 0, "chunks_compared": 64,
+        {"last_merge": {"kind": "full", "merge_repairs": 7, "app_repairs": 0,
+                        "chunks_compared": 64, "chunks_marked": None,
                         "bytes_written": 458752, "seconds": 12.25}}),
+    "last merge a minimerge; HBMM on": (
+        stats(), ONLINE, facts(last_merge=MINIMERGE, hbmm=HBMM_ON),
+        {"last_merge": {"kind": "minimerge", "merge_repairs": 1, "app_repairs": 0,
+                        "chunks_compared": 3, "chunks_marked": 3, "bytes_written": 65536,
+                        "seconds": 0.5},
+         "hbmm": {"policy": HBMM_ON.policy, "bitmap": "00C0FFEE", "trusted": True,
+                  "replicas": 2, "reset_threshold_blocks": 1000000, "reset_interval": 150.0,
+                  "reset_count": 2, "last_reset_ns": T0, "modified_blocks": 11181,
+                  "note": ""}}),
     "mount verification: seconds, remaining, held": (
         stats("mount-verify"), VERIFYING, facts(),
         {"mount_verification": {"seconds": 4.5, "remaining_s": 115.5, "held": 3}}),
@@ -211,6 +231,23 @@ TEXT_ROWS = {
     "merge waiting": (stats("merging", merge=MERGE), ONLINE, facts(),
                       ["  Merge: 37.5% (fence LBN 3072) waiting   Merge Repair Cnt 4   "
                        "APP Merge Repair Cnt 1   Delay 1.2 ms"]),
+    "minimerge running, HBMM lines": (
+        stats("merging", merge=dataclasses.replace(MERGE, kind="minimerge", chunks_marked=9)),
+        ONLINE, facts(hbmm=HBMM_ON),
+        ["  Minimerge: 37.5% (fence LBN 3072) waiting   Merge Repair Cnt 4   "
+         "APP Merge Repair Cnt 1   Delay 1.2 ms",
+         f"  HBMM Policy: {HBMM_ON.policy}   Write-intent bitmap: 00C0FFEE on 2 members",
+         "  HBMM Reset Threshold: 1000000   HBMM Reset Count 2   Last Reset "
+         + time.strftime("%d-%b-%Y %H:%M:%S", time.localtime(T0 / 1e9)).upper()
+         + "   Reset Interval 150 s",
+         "  Modified blocks since last bitmap reset: 11181"]),
+    "HBMM not trusted yet": (
+        stats(), ONLINE, facts(hbmm=dataclasses.replace(HBMM_ON, trusted=False, replicas=1)),
+        [f"  HBMM Policy: {HBMM_ON.policy}   Write-intent bitmap: 00C0FFEE on 1 member "
+         "(not trusted yet: a crash now means a full merge)"]),
+    "HBMM off, with why": (
+        stats(), ONLINE, facts(hbmm=dataclasses.replace(HBMM_OFF, note="the policy is damaged")),
+        ["  HBMM: off (the policy is damaged)"]),
     "verifying": (stats("mount-verify"), VERIFYING, facts(),
                   ["  Virtual Unit State:   Mount Verification in progress",
                    "  VU Timeout Value: 3600 s   Member Timeout: 120 s   "
@@ -236,7 +273,6 @@ def test_format_show_table(st, mv, f, lines):
 
 # ----------------------------------------------------------------------------- show --bitmaps
 UTC = datetime.timezone.utc
-T0 = 1_700_000_000_123_456_789          # 2023-11-14 22:13:20 UTC
 MINI = BitmapInfo("0A1B2C3D", "minicopy", "/m/c.img", 65536, 64, 3, 4.7, T0)
 BIG = BitmapInfo("00010001", "minicopy", None, 65536, 16385, 1, 0.0, 0)   # loaded: no path
 MERGE_BM = BitmapInfo("FFFF0000", "minimerge", "/m/a.img", 65536, 64, 64, 100.0, T0 + 60 * 10**9)
