@@ -276,13 +276,12 @@ def cmd_set(args) -> int:
     hbmm = _policies(args.policy)
     if set(hbmm) - {"hbmm"}:
         raise UsageError(f"--policy {hbmm['policy']!r}: set takes --policy hbmm[=SPEC] only")
-    if hbmm or args.disable_hbmm or args.hbmm_reset_interval is not None:
-        req = dict(vu=name, disable_hbmm=args.disable_hbmm, **hbmm)
-        if args.hbmm_reset_interval is not None:
-            req["hbmm_reset_interval"] = _seconds(args.hbmm_reset_interval,
-                                                  "--hbmm-reset-interval")
-        return _set_call(args, name, req)
-    req = dict(vu=name, read_cost=costs, demand_merge=args.demand_merge, priority=args.priority)
+    if args.disable_hbmm:
+        hbmm["disable_hbmm"] = True
+    if args.hbmm_reset_interval is not None:
+        hbmm["hbmm_reset_interval"] = _seconds(args.hbmm_reset_interval, "--hbmm-reset-interval")
+    req = dict(vu=name, read_cost=costs, demand_merge=args.demand_merge, priority=args.priority,
+               **hbmm)     # mixed with other settings: the daemon refuses it (spec §16.3)
     if args.copy_source is not None:
         src = args.copy_source
         req["copy_source"] = os.path.abspath(src) if "/" in src else src
@@ -290,14 +289,10 @@ def cmd_set(args) -> int:
     req.update(merge)
     req.update(failure)
     if (not costs and args.copy_source is None and not merge and not args.demand_merge
-            and args.priority is None and not failure):
+            and args.priority is None and not failure and not hbmm):
         raise UsageError("nothing to set; give --read-cost M=N, --copy-source M, --priority N, "
-                         "--demand-merge, a --merge-* setting or a failure setting "
+                         "--demand-merge, a --merge-* setting, a failure setting or an HBMM option "
                          "(see dsafs set --help)")
-    return _set_call(args, name, req)
-
-
-def _set_call(args, name: str, req: dict) -> int:
     with _client(args) as c:
         r = c.call("set", **req)
     for change in r["changes"]:

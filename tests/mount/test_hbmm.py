@@ -1,0 +1,102 @@
+"""HBMM with real processes (issue 17): kill -9 under fio costs a minimerge of only the chunks
+the write-intent bitmap marked, fio's data verifies, and the HBMM commands refuse bad input
+without changing anything."""
+
+import subprocess
+
+import pytest
+
+from dsafs.testing.harness import mounted
+from dsafs.units import MiB
+
+from .support import (assert_members_identical, fio_args, needs, needs_fuse, one_line_error,
+                      scb, show)
+from .test_crash import assert_fio_verifies, wait_merged, wait_written
+
+pytestmark = [pytest.mark.mount, needs_fuse, pytest.mark.allow_warnings]
+VU = 256 * MiB
+CHUNKS = VU // (64 * 1024)
+
+
+@needs("fio")
+def test_kill9_under_fio_with_hbmm_is_a_minimerge_of_the_marked_chunks_only(tmp_path):
+    with mounted(tmp_path, clean_exit=False) as m:
+        m.check("init", "DSA1", "--label", "HBMM", "--size", str(VU), "a.img", "b.img")
+        r = m.check("mount", "DSA1", "a.img", "b.img", "--policy", "hbmm")
+        info = show(m)
+        assert info["hbmm"]["trusted"] and info["hbmm"]["replicas"] == 2, info["hbmm"]
+        args = fio_args(m.vu_path("DSA1"), size=VU, direct=True, bs="4k", iodepth=16,
+                        extra=["--verify_state_save=1"])
+        fio = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        try:
+            wait_written(m, 4 * MiB)
+            m.kill()                                       # kill -9, writes in flight
+            out, err = fio.communicate(timeout=60)
+        finally:
+            if fio.poll() is None:
+                fio.kill()
+                fio.wait()
+        assert fio.returncode != 0, "fio finished before the kill: make the VU larger\n" + out
+    a = scb(tmp_path / "a.img")
+    assert a.dirty and a.hbmm_bitmap == info["hbmm"]["bitmap"], a
+
+    with mounted(tmp_path) as m:
+        r = m.check("mount", "DSA1", "a.img", "b.img")   # the policy comes from the SCBs
+        assert "merge required by rule=minimerge" in r.stdout, r.stdout
+        done = wait_merged(m)
+        last = done["last_merge"]
+        assert last["kind"] == "minimerge", last
+        assert 0 < last["chunks_marked"] < CHUNKS // 2, last          # not the whole VU
+        assert last["chunks_compared"] == last["chunks_marked"], last  # only marked chunks
+        assert_fio_verifies(m, VU, tmp_path)
+        assert m.run("verify", "DSA1").returncode == 0
+        assert done["hbmm"]["bitmap"] == info["hbmm"]["bitmap"]      # kept: marking goes on
+    assert_members_identical([tmp_path / "a.img", tmp_path / "b.img"], VU)
+
+
+def test_hbmm_commands_refuse_bad_input_and_change_nothing(tmp_path):
+    with mounted(tmp_path, "--hbmm-reset-interval", "60") as m:
+        m.check("init", "DSA1", "--label", "HB", "--size", str(16 * MiB), "a.img", "b.img")
+        m.check("init", "DSA2", "--label", "ONE", "--size", str(16 * MiB), "c.img")
+        m.check("mount", "DSA1", "a.img", "b.img")
+        m.check("mount", "DSA2", "c.img")
+        before = scb(tmp_path / "a.img")
+        for args, code, text in [
+            (["--policy", "hbmm=COUNT=2"], 1,
+             "DSA1: --policy hbmm: COUNT must be grouped with MASTER_LIST, e.g. "
+             "hbmm=((MASTER_LIST=*,COUNT=2))"),
+            (["--policy", "hbmm", "--priority", "3"], 1,
+             "DSA1: HBMM options (hbmm) cannot be mixed with other settings (priority) in one "
+             "set; give them in two commands"),
+            (["--policy", "hbmm=((MASTER_LIST=*,COUNT=3))"], 1, "COUNT"),
+            (["--disable-hbmm"], 1, "DSA1: HBMM is not enabled"),
+            (["--policy", "minicopy"], 2, "set takes --policy hbmm[=SPEC] only"),
+        ]:
+            r = m.run("set", "DSA1", *args)
+            assert text in one_line_error(r, code), (args, r.stderr)
+        r = m.run("set", "DSA2", "--policy", "hbmm")
+        assert "protects nothing" in one_line_error(r, 1)
+        assert show(m)["hbmm"]["policy"] is None and scb(tmp_path / "a.img") == before
+        r = m.check("set", "DSA1", "--policy", "hbmm=((MASTER_LIST=*,COUNT=1),"
+                    "RESET_THRESHOLD=5000)")
+        assert "write-intent bitmap" in r.stdout and "on a.img" in r.stdout, r.stdout
+        h = show(m)["hbmm"]
+        assert (h["reset_threshold_blocks"], h["reset_interval"], h["replicas"]) == (5000, 60, 1)
+        assert scb(tmp_path / "b.img").hbmm_bitmap == h["bitmap"]
+        r = m.check("show", "DSA1")
+        assert "HBMM Reset Threshold: 5000" in r.stdout, r.stdout
+        m.check("set", "DSA1", "--disable-hbmm")
+        assert scb(tmp_path / "a.img").hbmm_bitmap == ""
+        r = m.run("mount", "DSA2", "c.img", "--add", "--policy", "hbmm")
+        assert "--policy hbmm is for an assembly" in one_line_error(r, 1)
+
+
+def test_serve_hbmm_turns_it_on_for_sets_of_two_or_more(tmp_path):
+    with mounted(tmp_path, "--hbmm") as m:
+        m.check("init", "DSA1", "--label", "TWO", "--size", str(16 * MiB), "a.img", "b.img")
+        m.check("init", "DSA2", "--label", "ONE", "--size", str(16 * MiB), "c.img")
+        m.check("mount", "DSA1", "a.img", "b.img")
+        m.check("mount", "DSA2", "c.img")
+        assert show(m, "DSA1")["hbmm"]["trusted"]
+        assert show(m, "DSA2")["hbmm"]["policy"] is None
