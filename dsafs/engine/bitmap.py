@@ -310,24 +310,47 @@ class WriteBitmaps:
         its member UUID at the very generation its SCB says it left at, as a removed member of
         this set (a member written or mounted apart since has another generation or state), or
         as a clean source (absent at a mount after a clean dismount: for_absent), and with a
-        replica on a current member. None: a full copy. (decide.py's rule is the same.)"""
-        if (scb is None or scb.set_uuid != self.host.set_uuid
-                or not (scb.own_state is MemberState.REMOVED
-                        or (scb.own_state is MemberState.SOURCE and not scb.dirty))):
+        replica on a current member. A multiuse (write-intent) bitmap also serves a member
+        expelled while a source, whose own SCB could not be written (dirty source at the
+        generation it was expelled at). None: a full copy. (decide.py's rule is the same.)"""
+        if scb is None or scb.set_uuid != self.host.set_uuid:
             return None
+        removed = scb.own_state is MemberState.REMOVED
+        source = scb.own_state is MemberState.SOURCE
         for bm in self.in_use.values():
-            if (bm.type is BitmapType.MINICOPY
-                    and any(b.member_uuid == scb.member_uuid and b.base_generation == scb.generation
-                            for b in bm.bound)
-                    and any(leg.state.current for leg in bm.replicas)):
+            if (any(b.member_uuid == scb.member_uuid and b.base_generation == scb.generation
+                    for b in bm.bound)
+                    and any(leg.state.current for leg in bm.replicas)
+                    and (removed or source and (not scb.dirty
+                                                or bm.type is BitmapType.WRITE_INTENT))):
                 return bm.bitmap_id
         return None
 
     def bound_members(self) -> tuple:
         """The Bound (member UUID, generation it left at, stamp, size) of every member a usable
         bitmap serves."""
-        return tuple(b for bm in self.in_use.values() if bm.type is BitmapType.MINICOPY
-                     and any(leg.state.current for leg in bm.replicas) for b in bm.bound)
+        return tuple(b for bm in self.in_use.values()
+                     if any(leg.state.current for leg in bm.replicas) for b in bm.bound)
+
+    def multiuse_bound(self) -> tuple:
+        """The Bound of the members a write-intent bitmap serves as a minicopy bitmap."""
+        return tuple(b for b in self.bound_members()
+                     if any(b in bm.bound for bm in self.in_use.values()
+                            if bm.type is BitmapType.WRITE_INTENT))
+
+    async def rebind(self, bm: InUse, bound: Sequence[Bound]) -> None:
+        """Give a write-intent bitmap another bound list, in memory now, then on each replica
+        (a replica that fails keeps its old header: a return it lacks is a full copy)."""
+        bm.bound = tuple(bound)
+        for leg in list(bm.replicas):
+            if not leg.state.current:
+                continue
+            try:
+                await waits.call(leg, "bitmap bind", self.store(leg).rebind, bm.bitmap_id,
+                                 bm.bound)
+            except (MemberIOError, MetadataError) as exc:
+                log.warning("%s: %s: bitmap %s bound list not written: %s", self.host.name,
+                            leg.name, bm.bitmap_id, exc)
 
     def runs(self, bitmap_id: str) -> tuple[range, ...]:
         """The chunks a minicopy over `bitmap_id` must copy now (sorted, coalesced runs)."""
@@ -337,6 +360,13 @@ class WriteBitmaps:
         """Delete every bitmap whose members are all back as sources (by a minicopy or a full
         copy): nothing will read it again. Returns the ids deleted."""
         back = {leg.uuid for leg in legs if leg.state is MemberState.SOURCE}
+        for bm in list(self.in_use.values()):
+            if bm.type is BitmapType.WRITE_INTENT and any(b.member_uuid in back
+                                                          for b in bm.bound):
+                await self.rebind(bm, [b for b in bm.bound if b.member_uuid not in back])
+                log.info("%s: bitmap %s serves %s", self.host.name, bm.bitmap_id,
+                         "no absent member: a minimerge bitmap again" if not bm.bound
+                         else f"{len(bm.bound)} absent member(s) still")
         done = [bm.bitmap_id for bm in self.in_use.values()
                 if bm.type is BitmapType.MINICOPY and all(b.member_uuid in back for b in bm.bound)]
         for bitmap_id in done:
@@ -362,7 +392,9 @@ class WriteBitmaps:
 
     def describe(self) -> tuple[BitmapInfo, ...]:
         chunks = nchunks_of(self.host.size_bytes)
-        return tuple(BitmapInfo(bm.bitmap_id, bm.type.label, bm.paths[0] if bm.paths else None,
+        return tuple(BitmapInfo(bm.bitmap_id, "multiuse" if bm.bound and bm.type
+                                is BitmapType.WRITE_INTENT else bm.type.label,
+                                bm.paths[0] if bm.paths else None,
                                 CHUNK_BYTES, chunks, bm.populated,
                                 round(100.0 * bm.populated / chunks, 1) if chunks else 0.0,
                                 bm.created_ns, bm.paths)

@@ -119,6 +119,9 @@ class Mounted:
     scb: Optional[Scb] = None     # the sources' SCB as it stands (generation and lineage)
     # every member a valid minicopy bitmap serves: UUID, generation it left at, stamp, size
     minicopy: tuple[Bound, ...] = ()
+    # those served by a multiuse (write-intent) bitmap: expelled members among them left with
+    # their own SCB unwritten (a dirty source at the generation they were expelled at)
+    multiuse: tuple[Bound, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,7 +262,9 @@ def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mo
             if (rule == Rule.ADD_TO_MOUNTED_VU and claim is not None and changed is None
                     and (c.scb.own_state is MemberState.REMOVED       # split off, or absent
                          or (c.scb.own_state is MemberState.SOURCE   # at a mount after a
-                             and not c.scb.dirty))):                # clean dismount
+                             and not c.scb.dirty)                   # clean dismount, or
+                         or (c.scb.own_state is MemberState.SOURCE   # expelled (AMCVP)
+                             and claim in mounted.multiuse))):
                 members.append(MemberPlan(c, MemberState.MINICOPY_TARGET,
                                           joined(rule, Rule.MINICOPY)))
             elif rule == Rule.ADD_TO_MOUNTED_VU and changed is not None:

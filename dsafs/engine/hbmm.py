@@ -23,6 +23,15 @@ when more than RESET_THRESHOLD 512-byte blocks were written since the last reset
 is owed, new writes are held, those in flight drained, the members flushed, and the bitmap
 cleared on every replica (BitmapStore.clear) before writes go on.
 
+Multiuse (AMCVP, spec §16.6). With MULTIUSE >= 1, a source expelled for a timeout or for
+vanishing (not for a media error: that drive is replaced) is bound to the trusted bitmap
+(`expelling`, in memory before the expulsion commits; then its header on each replica), which
+then serves its return as a minicopy bitmap: it has marked every chunk the member may lack
+since the members were last identical. With DISMOUNT >= 1, `dismount --member M --policy
+minicopy[=optional]` binds M to it the same way instead of making a bitmap of its own. A bound
+bitmap is never cleared by a reset; once its members are back it is a minimerge bitmap again
+(WriteBitmaps.release_returned).
+
 Invariant: while the SCBs name a write-intent bitmap, every chunk in which two current members
 may differ has its bit durable in every replica of it on a current member.
 """
@@ -38,6 +47,7 @@ from typing import Callable, Optional, Protocol, Sequence
 import trio
 
 from dsafs.engine.bitmap import WriteBitmaps
+from dsafs.engine.bitpolicy import Policy, departure_stamp
 from dsafs.engine.fanout import flush_all
 from dsafs.engine.hbmmspec import HbmmSpec, decode_spec, encode_spec
 from dsafs.errors import (
@@ -45,7 +55,8 @@ from dsafs.errors import (
 )
 from dsafs.events import Kind
 from dsafs.members import timeouts, waits
-from dsafs.ondisk.bitmap import BitmapType
+from dsafs.ondisk.bitmap import MAX_BOUND, BitmapType, Bound
+from dsafs.ondisk.scb import MemberState
 from dsafs.rules import Rule
 from dsafs.units import BLOCK_BYTES
 
@@ -218,6 +229,8 @@ class Hbmm:
             log.warning("%s: no minimerge: %s", host.name, why)
         if usable and (self.spec is None or kind == "full"):
             await self.bitmaps.delete(named)         # its bits are of no use any more
+        elif usable and self.bitmaps.in_use[named].bound:
+            self.bitmap_id = named                   # multiuse: it serves absent members
         elif usable:                                 # a clean set: the members are identical
             await self._clear(self.bitmaps.in_use[named])
             self.bitmap_id = named
@@ -309,6 +322,57 @@ class Hbmm:
                     "with; a crash before it ends means a full merge")
         return "HBMM disabled; a crash now means a full merge"
 
+    # ----------------------------------------------------------------- multiuse
+    def _bindable(self, legs: Sequence, allowed: int):
+        """The trusted bitmap, when it may serve `legs` too (`allowed` >= 1: the policy's
+        MULTIUSE or DISMOUNT), else None."""
+        bm = self._bitmap()
+        if (allowed < 1 or bm is None or not self.trusted
+                or len(bm.bound) + len(legs) > MAX_BOUND
+                or any(leg.state is not MemberState.SOURCE for leg in legs)):
+            return None
+        return bm
+
+    def expelling(self, leg, rule: Optional[str]) -> Optional[object]:
+        """`leg` is about to be expelled by `rule`: with MULTIUSE, bind it to the bitmap now (in
+        memory, before any reset could clear a bit it needs). Returns the bitmap to `persist`."""
+        if self.spec is None or rule not in (Rule.MEMBER_TIMEOUT, Rule.MEMBER_VANISHED):
+            return None
+        bm = self._bindable([leg], self.spec.multiuse)
+        if bm is None:
+            return None
+        bm.bound = bm.bound + (Bound(leg.uuid, leg.generation, 0, leg.member.size_bytes,
+                                     leg.member.path),)
+        log.info("%s: %s expelled by rule=%s: bitmap %s is now multiuse; its return is a "
+                 "minicopy", self.host.name, leg.name, rule, bm.bitmap_id)
+        return bm
+
+    async def persist(self, bm) -> None:
+        """Write the bound list `expelling` changed to the bitmap's replicas."""
+        await self.bitmaps.rebind(bm, bm.bound)
+        names = ", ".join(b.path.rsplit("/", 1)[-1] for b in bm.bound)
+        self.host.event(Kind.BITMAP_CREATED, rule=Rule.MINICOPY, bitmap=bm.bitmap_id,
+                        message=f"_{self.host.name}: bitmap {bm.bitmap_id} is multiuse: it "
+                                f"records the writes for {names}")
+
+    async def for_departure(self, legs: Sequence, policy) -> Optional[tuple[str, int]]:
+        """`dismount --member` with DISMOUNT >= 1 and a minicopy policy: bind the leaving
+        members (writes are held) to the trusted bitmap; (its id, the stamp their files get),
+        or None (the caller makes a minicopy bitmap as usual)."""
+        if self.spec is None or policy is Policy.NONE or self.host.merge_required:
+            return None
+        bm = self._bindable(legs, self.spec.dismount)
+        if bm is None:
+            return None
+        stamp = departure_stamp(time.time_ns())
+        await self.bitmaps.rebind(bm, bm.bound + tuple(
+            Bound(leg.uuid, leg.generation, stamp if leg.member.mtime_ns is not None else 0,
+                  leg.member.size_bytes, leg.member.path) for leg in legs))
+        for leg in legs:
+            self.host.event(Kind.BITMAP_CREATED, member=leg.member.path, rule=Rule.MINICOPY,
+                            bitmap=bm.bitmap_id)
+        return bm.bitmap_id, stamp
+
     def set_reset_interval(self, seconds: float) -> None:
         if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
             raise MembershipRefused(f"{self.host.name}: HBMM reset interval {seconds!r} is not "
@@ -333,8 +397,8 @@ class Hbmm:
         """Clear the bitmap when more blocks than RESET_THRESHOLD were modified since the last
         reset and no merge is owed. True when it was cleared."""
         host, spec, bm = self.host, self.spec, self._bitmap()
-        if spec is None or bm is None or host.merge_required:
-            return False
+        if spec is None or bm is None or host.merge_required or bm.bound:
+            return False                     # a bound (multiuse) bitmap protects the absent
         modified = self.modified_blocks
         if modified <= spec.reset_threshold_blocks:
             return False

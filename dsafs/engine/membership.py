@@ -105,6 +105,9 @@ class MembershipHost(Protocol):
     def minicopy_bound(self) -> tuple:
         """(member UUID, generation it left at) of every member a valid bitmap serves."""
 
+    def multiuse_bound(self) -> tuple:
+        """The Bound of minicopy_bound() served by a multiuse (write-intent) bitmap."""
+
 
 async def decide_or_close(members: Sequence, fn):
     """Read each member's SCB and decide; on any failure close every member (ownership)."""
@@ -408,7 +411,8 @@ class Membership:
                                      tuple(s.uuid for s in self.current),
                                      tuple(s.member.path for s in self.current),
                                      self.scb_for(self.sources[0]),
-                                     host.minicopy_bound() if policy is not Policy.NONE else ())
+                                     host.minicopy_bound() if policy is not Policy.NONE else (),
+                                     host.multiuse_bound() if policy is not Policy.NONE else ())
             _, plan = await decide_or_close(
                 members, lambda c: decide.plan(host.name, c, options, mounted))
             if not await confirmed(plan, confirm):

@@ -254,6 +254,9 @@ class VirtualUnit:
     def minicopy_bitmap(self, scb: Optional[Scb]) -> Optional[str]:
         return self.bitmaps.usable_for(scb)
 
+    def multiuse_bound(self) -> tuple:
+        return self.bitmaps.multiuse_bound()
+
     def minicopy_bound(self) -> tuple:
         return self.bitmaps.bound_members()
 
@@ -319,8 +322,11 @@ class VirtualUnit:
         await self.membership.commit()
 
     async def expel(self, leg: Leg, why: str, rule: Optional[str] = None) -> None:
-        """Take a failing member out of the set at once; generation up on the survivors."""
+        """Expel a failing member now; generation up on the survivors (HBMM multiuse first)."""
+        multiuse = self.hbmm.expelling(leg, rule) if leg.state.current else None
         await self.membership.expel(leg, why, rule)
+        if multiuse is not None:
+            await self.hbmm.persist(multiuse)
 
     def force_out(self, leg: Leg, why: str, rule: str) -> None:
         self.membership.force_out(leg, why, rule)
@@ -335,8 +341,9 @@ class VirtualUnit:
         async def make_bitmap(legs: list) -> Optional[int]:
             if self.readonly:
                 return None
-            made.append(await self.bitmaps.for_departure(legs, policy))
-            return self.bitmaps.departure_stamp
+            bound = await self.hbmm.for_departure(legs, policy)   # HBMM DISMOUNT=n, else own
+            made.append(bound[0] if bound else await self.bitmaps.for_departure(legs, policy))
+            return bound[1] if bound else self.bitmaps.departure_stamp
 
         await self.membership.remove([refs] if isinstance(refs, str) else list(refs),
                                      on_leave=make_bitmap)

@@ -15,9 +15,13 @@ aligned. Bitmap slot format version 2, little-endian::
                                   valid slot on it when this bitmap was made
     24    16   set_uuid           the set whose writes it records
     40    8    bitmap_id          ASCII, 8 uppercase hex digits, not 00000000 (as VMS shows ids)
-    48    1    type               1 minicopy, 2 write-intent (HBMM; shown "minimerge")
-    49    1    bound_count        entries used in the bound list, 0-5 (minicopy: at least 1,
-                                  write-intent: 0)
+    48    1    type               1 minicopy, 2 write-intent (HBMM; shown "minimerge", or
+                                  "multiuse" while it also serves bound members: AMCVP)
+    49    1    bound_count        entries used in the bound list, 0-5 (minicopy: at least 1;
+                                  write-intent: 0, or the members expelled or split off that
+                                  its bits also serve; the header is rewritten whole when the
+                                  list changes, and a torn rewrite leaves it damaged: never
+                                  trusted, so those members return by a full copy)
     50    2    reserved           0
     52    4    chunk_bytes        65536 (units.CHUNK_BYTES): one bit per chunk
     56    8    vu_size_bytes      the VU size when the bitmap was made; must be the VU's size now
@@ -206,9 +210,8 @@ def _fault(h: BitmapHeader) -> str:
         return f"VU size {h.vu_size_bytes} bytes is not a positive multiple of {PAGE_BYTES}"
     if len(h.bound) > MAX_BOUND:
         return f"{len(h.bound)} bound members (at most {MAX_BOUND})"
-    if (h.type is BitmapType.MINICOPY) != bool(h.bound):
-        return (f"a {h.type.label} bitmap with {len(h.bound)} bound members "
-                f"(minicopy: 1-{MAX_BOUND}, write-intent: none)")
+    if h.type is BitmapType.MINICOPY and not h.bound:
+        return f"a minicopy bitmap with 0 bound members (minicopy: 1-{MAX_BOUND})"
     uuids = [b.member_uuid for b in h.bound]
     if _NIL in uuids or len(set(uuids)) != len(uuids):
         return "bound member list holds a nil or repeated member UUID"

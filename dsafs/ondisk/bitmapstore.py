@@ -250,6 +250,19 @@ class BitmapStore:
             info = await self._find(bitmap_id)
             return runs_of(await self._load(info))
 
+    async def rebind(self, bitmap_id: str, bound: Iterable[Bound]) -> BitmapHeader:
+        """Rewrite the bitmap's header with another bound list (a write-intent bitmap that
+        also serves expelled or split-off members: multiuse), durably. The bits are untouched.
+        A torn rewrite leaves a damaged header: the bitmap is then never trusted (a full merge
+        or a full copy instead), never misread."""
+        async with self._lock:
+            info = await self._find(bitmap_id)
+            header = dataclasses.replace(info.header, bound=tuple(bound))
+            await self.member.write(self.slot_offset(info.index), encode_header(header))
+            await self._flush()
+            self._slots[info.index] = SlotInfo(info.index, SlotStatus.VALID, header)
+            return header
+
     async def clear(self, bitmap_id: str) -> None:
         """Zero every bit of the bitmap, durably (an HBMM reset). Breaks the superset rule of
         bitmap.py on purpose, so the caller must hold every write to the VU, with those in

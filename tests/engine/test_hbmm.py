@@ -4,6 +4,7 @@ marked chunks, resets clear it under held writes, and the trust rules fall back 
 import pytest
 import trio
 
+from dsafs.engine.bitpolicy import Policy
 from dsafs.engine.hbmm import merge_decision, trusted_bitmap
 from dsafs.engine.hbmmspec import HbmmSpec, decode_spec
 from dsafs.engine.vu import VirtualUnit
@@ -251,3 +252,67 @@ async def test_a_full_merge_owed_names_no_bitmap_until_it_completes(autojump_clo
         (bitmap_id,) = wi_ids(vu)
         assert newest_scb(a).hbmm_bitmap == bitmap_id          # named once the merge is done
         nursery.cancel_scope.cancel()
+
+
+# ----------------------------------------------------------------------------- multiuse (AMCVP)
+async def test_a_member_expelled_by_a_hang_returns_by_a_minicopy_of_the_multiuse_bitmap(
+        autojump_clock):
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    spec = HbmmSpec(count=2, multiuse=1, reset_threshold_blocks=1)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c], hbmm=spec)
+    vu.mv.configure(30, 300)
+    async with running(vu):
+        await vu.write(2 * CHUNK_BYTES, b"p" * 4096)          # marked before c leaves
+        c.hang()
+        await vu.write(5 * CHUNK_BYTES, b"q" * 4096)          # c times out: expelled
+        c.unhang()
+        (gone,) = [leg for leg in vu.legs if leg.member is c]
+        assert gone.state.label == "expelled"
+        (bitmap_id,) = wi_ids(vu)
+        bm = vu.bitmaps.in_use[bitmap_id]
+        assert [x.path for x in bm.bound] == [c.path]
+        assert [i.type for i in vu.bitmaps.describe()] == ["multiuse"]
+        header = next(s.header for s in await BitmapStore(a, vu.set_uuid, SIZE).scan()
+                      if s.header is not None)
+        assert [x.member_uuid for x in header.bound] == [gone.uuid]       # durable
+        await vu.write(9 * CHUNK_BYTES, b"r" * 4096)          # while c is away
+        vu.hbmm.set_reset_interval(1)
+        await trio.sleep(2)
+        assert vu.hbmm.reset_count == 0                       # bound: never cleared
+        reopen(c)
+        await vu.add([c])
+        assert vu.find("c.img").state.label == "minicopy-target"
+        await vu.wait_steady()
+        assert vu.last_copy.kind == "minicopy"
+        st = vu.last_copy.statistics()
+        assert st.bytes_compared == 3 * CHUNK_BYTES         # chunks 2, 5, 9: the marked ones
+        assert st.bytes_written >= CHUNK_BYTES              # 9 at least (written while away)
+        assert bm.bound == () and [i.type for i in vu.bitmaps.describe()] == ["minimerge"]
+        assert_members_identical(vu)
+
+
+async def test_a_member_expelled_for_a_media_error_is_not_bound(autojump_clock):
+    a, b = await mem_set("a", "b", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b], hbmm=HbmmSpec(multiuse=1))
+    async with running(vu):
+        await vu.expel(vu.find("b.img"), "bad block", rule=Rule.MEMBER_ERROR)
+        assert all(not bm.bound for bm in vu.bitmaps.in_use.values())
+        reopen(b)
+        await vu.add([b])
+        assert vu.find("b.img").state.label == "copy-target"      # a full copy
+
+
+async def test_dismount_with_dismount_1_binds_the_member_to_the_hbmm_bitmap(autojump_clock):
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c], hbmm=HbmmSpec(dismount=1))
+    async with running(vu):
+        (bitmap_id,) = wi_ids(vu)
+        assert await vu.remove("c.img", Policy.REQUIRED) == bitmap_id
+        assert list(vu.bitmaps.in_use) == [bitmap_id]            # no bitmap of its own
+        await vu.write(4 * CHUNK_BYTES, b"d" * 4096)
+        reopen(c)
+        await vu.add([c])
+        await vu.wait_steady()
+        assert vu.last_copy.kind == "minicopy"
+        assert vu.last_copy.statistics().bytes_written == CHUNK_BYTES
+        assert_members_identical(vu)

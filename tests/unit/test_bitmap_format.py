@@ -123,7 +123,6 @@ def _with(fmt, offset, *values, resign=True) -> bytes:
     (_with("<8s", 40, b"00000000"), {}, r"^bitmap id '00000000' is not 8 uppercase hex"),
     (_with("<8s", 40, b"0001A2\0\0"), {}, r"^bitmap id .* is not 8 uppercase hex"),
     (_with("<B", 48, 3), {}, "^unknown bitmap type 3$"),
-    (_with("<B", 48, 2), {}, "^a minimerge bitmap with 2 bound members"),
     (_with("<B", 49, 0), {}, "^unused bound member entry 0 is not zero$"),
     (_with("<B", 49, 6), {}, r"^bound member list has 6 entries \(at most 5\)$"),
     (_with("<16s", 288, M1.bytes), {}, "nil or repeated member UUID$"),
@@ -164,7 +163,6 @@ def test_a_damaged_header_is_refused_by_decode_header_alone():
 @pytest.mark.parametrize("header, reason", [
     (sample(bitmap_id="1a2b3c4d"), "bitmap id '1a2b3c4d' is not 8 uppercase hex"),
     (sample(bound=()), "a minicopy bitmap with 0 bound members"),
-    (sample(type=BitmapType.WRITE_INTENT), "a minimerge bitmap with 2 bound members"),
     (sample(bound=tuple(Bound(uuid.UUID(int=i + 1), 5) for i in range(6))), "6 bound members"),
     (sample(chunk_bytes=CHUNK_BYTES * 2), "chunk size 131072 bytes"),
 ])

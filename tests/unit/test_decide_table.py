@@ -261,6 +261,25 @@ def test_add_by_minicopy(why, cand, expect, note):
         assert note in said
 
 
+MULTI_MOUNTED = dataclasses.replace(MINI_MOUNTED, multiuse=(MINI_MOUNTED.minicopy[0],))
+
+
+@pytest.mark.parametrize("why, cand, expect", [
+    ("expelled (a dirty source at the bound generation), a multiuse bitmap names it: minicopy",
+     stamped(m("c", 150, state=SRC, dirty=True)), ("c", "minicopy-target",
+                                                    "add-to-mounted-vu,minicopy")),
+    ("expelled, but only a minicopy bitmap names it (d): a full copy",
+     stamped(m("d", 160, state=SRC, dirty=True), None), ("d", "copy-target",
+                                                          "add-to-mounted-vu")),
+    ("expelled at another generation than the multiuse bitmap's: a full copy",
+     stamped(m("c", 140, state=SRC, dirty=True)), ("c", "copy-target", "add-to-mounted-vu")),
+    ("split off and bound to the multiuse bitmap (DISMOUNT=n): minicopy",
+     stamped(m("c", 150, state=GONE)), ("c", "minicopy-target", "add-to-mounted-vu,minicopy")),
+])
+def test_add_by_multiuse_bitmap(why, cand, expect):
+    assert roles(decide.plan("DSA1", [cand], Options(), MULTI_MOUNTED)) == [expect]
+
+
 @pytest.mark.parametrize("claim, size, mtime, changed", [
     (Bound(U["c"], 1), BIG, None, None),                      # nothing recorded: cannot tell
     (Bound(U["c"], 1, 0, BIG), BIG, 77, None),
