@@ -9,8 +9,8 @@ import pytest
 from dsafs.testing.harness import mounted
 from dsafs.units import MiB
 
-from .support import (assert_members_identical, fio_args, needs, needs_fuse, one_line_error,
-                      scb, show)
+from .support import (assert_members_identical, direct_write, fio_args, needs, needs_fuse,
+                      one_line_error, scb, show)
 from .test_crash import assert_fio_verifies, wait_merged, wait_written
 
 pytestmark = [pytest.mark.mount, needs_fuse, pytest.mark.allow_warnings]
@@ -100,3 +100,30 @@ def test_serve_hbmm_turns_it_on_for_sets_of_two_or_more(tmp_path):
         m.check("mount", "DSA2", "c.img")
         assert show(m, "DSA1")["hbmm"]["trusted"]
         assert show(m, "DSA2")["hbmm"]["policy"] is None
+
+
+def test_amcvp_a_hung_member_is_expelled_and_returns_by_a_minicopy(tmp_path):
+    """MULTIUSE=1: b.img hangs, is expelled at its timeout, and its return copies only the
+    chunks the write-intent bitmap marked (spec §16.6)."""
+    size = 64 * MiB
+    with mounted(tmp_path) as m:
+        m.check("init", "DSA1", "--label", "AMCVP", "--size", str(size), "a.img", "b.img",
+                "c.img")
+        m.check("mount", "DSA1", "a.img", "b.img", "c.img", "--policy",
+                "hbmm=((MASTER_LIST=*,COUNT=2,MULTIUSE=1))")
+        m.check("set", "DSA1", "--member-timeout", "c.img=2")
+        vu = m.vu_path("DSA1")
+        direct_write(vu, 0, b"1" * 4096)
+        m.check("debug", "inject", "DSA1", "c.img", "--hang")
+        direct_write(vu, 10 * 64 * 1024, b"2" * 4096)        # c.img times out: expelled
+        info = show(m)
+        assert [x["state"] for x in info["members"]][2] == "expelled", info
+        assert [b["type"] for b in info["bitmaps"]] == ["multiuse"], info["bitmaps"]
+        direct_write(vu, 20 * 64 * 1024, b"3" * 4096)        # while c.img is away
+        r = m.check("mount", "DSA1", "--add", "c.img", "--wait")
+        assert "c.img minicopy-target by rule=add-to-mounted-vu,minicopy" in r.stdout, r.stdout
+        info = show(m)
+        assert info["last_copy"]["kind"] == "minicopy", info["last_copy"]
+        assert info["last_copy"]["chunks_compared"] == 3, info["last_copy"]   # 0, 10, 20
+        assert [b["type"] for b in info["bitmaps"]] == ["minimerge"], info["bitmaps"]
+        assert m.run("verify", "DSA1").returncode == 0
