@@ -284,7 +284,9 @@ class Commands:
             check_priority(vu.name, priority)
         if args.get("demand_merge"):
             await vu.demand_merge()                # refuses before anything changes
-            changes.append("merge demanded: a full merge starts at LBN 0, master "
+            what = ("a minimerge of the chunks HBMM marked" if vu.merge.kind == "minimerge"
+                    else "a full merge")
+            changes.append(f"merge demanded: {what} starts at LBN 0, master "
                            f"{vu.merge_master().name}")
         vu.operations.merge_overrides.update(overrides)
         if priority is not None:

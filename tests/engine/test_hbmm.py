@@ -5,6 +5,7 @@ import pytest
 import trio
 
 from dsafs.engine.bitpolicy import Policy
+from dsafs.engine.decide import Options as decide_options
 from dsafs.engine.hbmm import merge_decision, trusted_bitmap
 from dsafs.engine.hbmmspec import HbmmSpec, decode_spec
 from dsafs.engine.vu import VirtualUnit
@@ -316,3 +317,21 @@ async def test_dismount_with_dismount_1_binds_the_member_to_the_hbmm_bitmap(auto
         assert vu.last_copy.kind == "minicopy"
         assert vu.last_copy.statistics().bytes_written == CHUNK_BYTES
         assert_members_identical(vu)
+
+
+async def test_a_minimerge_runs_before_a_copy_and_a_full_merge_after_it(autojump_clock):
+    """Spec §17.1: minimerge, then copies, then a full merge."""
+    for hbmm, first in ((HbmmSpec(), "merge-start"), (None, "copy-start")):
+        a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+        await crash_after([a, b], [(3, 1)], hbmm=hbmm)        # c was left out: it returns
+        vu = await VirtualUnit.assemble("DSA1", [a, b])
+        vu.operations.set_priority(0)                         # both owed, neither started
+        async with running(vu):
+            reopen(c)
+            await vu.add([c], decide_options(overwrite=True))
+            vu.operations.set_priority(5000)
+            await vu.wait_steady()
+            kinds = [e.kind for e in vu.events.find(vu="DSA1")
+                     if e.kind in ("merge-start", "copy-start")]
+            assert kinds[0] == first and set(kinds) == {"merge-start", "copy-start"}, kinds
+            assert_members_identical(vu)
