@@ -22,6 +22,7 @@ from dsafs.ondisk.scb import (
     BITMAP_SLOTS, SCB_AREA_BYTES, SLOT_BYTES, Scb, choose_slot, describe_generation, layout,
     slot_offsets,
 )
+from dsafs.engine.hbmm import policy_of
 from dsafs.units import BLOCK_BYTES, format_size
 
 
@@ -89,6 +90,7 @@ def examine(path: str) -> dict:
         "state": s.own_state.label if s.own_state else "not-listed",
         "dirty": s.dirty or bool(s.writers),
         "merge_required": s.merge_required,
+        "hbmm": _hbmm_json(s),
         "members": [{"member_uuid": str(e.member_uuid), "state": e.state.label, "path": e.path}
                     for e in s.members],
         "fences": {"copy_fence_lbn": s.copy_fence_lbn,
@@ -138,6 +140,15 @@ def _bitmaps(path: str, s: Scb) -> list:
     return out
 
 
+def _hbmm_json(s: Scb) -> Optional[dict]:
+    """The HBMM policy and trusted write-intent bitmap the SCB records, or None (HBMM off)."""
+    if not any(s.hbmm_policy) and not s.hbmm_bitmap:
+        return None
+    spec, why = policy_of(s.hbmm_policy)
+    return {"policy": spec.text() if spec else None, "damaged": why or None,
+            "bitmap": s.hbmm_bitmap or None}
+
+
 def _lineage_json(s: Scb) -> Optional[dict]:
     lin = s.lineage
     if lin is None:
@@ -166,6 +177,10 @@ def format_examine(d: dict) -> str:
         ("State", d["state"]),
         ("Dirty", "yes (not dismounted cleanly: the next mount merges)" if d["dirty"] else "no"),
         ("Merge required", "yes" if d["merge_required"] else "no"),
+        ("HBMM", "off" if not d.get("hbmm") else
+         (d["hbmm"]["policy"] or d["hbmm"]["damaged"] or "no policy")
+         + (f"; write-intent bitmap {d['hbmm']['bitmap']} (a crash: a minimerge)"
+            if d["hbmm"]["bitmap"] else "; no trusted bitmap (a crash: a full merge)")),
     ]
     if lin is None:
         rows.append(("Lineage", "none (format version 1: compared by generation alone)"))

@@ -2,6 +2,7 @@
 the write-intent bitmap marked, fio's data verifies, and the HBMM commands refuse bad input
 without changing anything."""
 
+import json
 import subprocess
 
 import pytest
@@ -86,6 +87,12 @@ def test_hbmm_commands_refuse_bad_input_and_change_nothing(tmp_path):
         assert scb(tmp_path / "b.img").hbmm_bitmap == h["bitmap"]
         r = m.check("show", "DSA1")
         assert "HBMM Reset Threshold: 5000" in r.stdout, r.stdout
+        ex = json.loads(m.check("examine", str(tmp_path / "b.img"), "--json").stdout)
+        assert ex["hbmm"] == {"policy": "(MASTER_LIST=*,COUNT=1,MULTIUSE=0),RESET_THRESHOLD="
+                                        "5000,DISMOUNT=0", "damaged": None,
+                              "bitmap": h["bitmap"]}, ex["hbmm"]
+        r = m.check("examine", str(tmp_path / "b.img"))
+        assert f"write-intent bitmap {h['bitmap']} (a crash: a minimerge)" in r.stdout
         m.check("set", "DSA1", "--disable-hbmm")
         assert scb(tmp_path / "a.img").hbmm_bitmap == ""
         r = m.run("mount", "DSA2", "c.img", "--add", "--policy", "hbmm")
