@@ -29,6 +29,25 @@ def wait_written(m, nbytes, timeout=60):
                f"{nbytes} bytes written to each member", explain=m.explain)
 
 
+def kill9_under_fio(m, cwd, vu_bytes: int, after_bytes: int) -> tuple[str, str]:
+    """Random 4 KiB direct fio writes over DSA1 (fio saving its verify state when it dies with
+    the mount); kill -9 the daemon once `after_bytes` reached each member. fio's output."""
+    args = fio_args(m.vu_path("DSA1"), size=vu_bytes, direct=True, bs="4k", iodepth=16,
+                    extra=["--verify_state_save=1"])
+    fio = subprocess.Popen(args, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, stdin=subprocess.DEVNULL)
+    try:
+        wait_written(m, after_bytes)
+        m.kill()                                       # kill -9, writes in flight
+        out, err = fio.communicate(timeout=60)
+    finally:
+        if fio.poll() is None:
+            fio.kill()
+            fio.wait()
+    assert fio.returncode != 0, "fio finished before the kill: make the VU larger\n" + out
+    return out, err
+
+
 @needs("fio")
 def test_kill9_during_fio_writes_then_online_merge_and_fio_verify(tmp_path):
     vu_bytes = 256 * MiB
@@ -37,19 +56,7 @@ def test_kill9_during_fio_writes_then_online_merge_and_fio_verify(tmp_path):
         m.check("mount", "DSA1", "a.img", "b.img")
         # Random 4 KiB direct writes (every block once, in fio's repeatable order), fio saving
         # its verify state when it dies with the mount.
-        args = fio_args(m.vu_path("DSA1"), size=vu_bytes, direct=True, bs="4k", iodepth=16,
-                        extra=["--verify_state_save=1"])
-        fio = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-        try:
-            wait_written(m, 8 * MiB)
-            m.kill()                                       # kill -9, writes in flight
-            out, err = fio.communicate(timeout=60)
-        finally:
-            if fio.poll() is None:
-                fio.kill()
-                fio.wait()
-        assert fio.returncode != 0, "fio finished before the kill: make the VU larger\n" + out
+        out, err = kill9_under_fio(m, tmp_path, vu_bytes, 8 * MiB)
     assert glob.glob(str(tmp_path / "*verify.state")), f"fio saved no verify state\n{out}\n{err}"
     for img in ("a.img", "b.img"):
         s = scb(tmp_path / img)

@@ -3,16 +3,15 @@ the write-intent bitmap marked, fio's data verifies, and the HBMM commands refus
 without changing anything."""
 
 import json
-import subprocess
 
 import pytest
 
 from dsafs.testing.harness import mounted
 from dsafs.units import MiB
 
-from .support import (assert_members_identical, direct_write, fio_args, needs, needs_fuse,
+from .support import (assert_members_identical, direct_write, needs, needs_fuse,
                       one_line_error, scb, show)
-from .test_crash import assert_fio_verifies, wait_merged, wait_written
+from .test_crash import assert_fio_verifies, kill9_under_fio, wait_merged
 
 pytestmark = [pytest.mark.mount, needs_fuse, pytest.mark.allow_warnings]
 VU = 256 * MiB
@@ -26,19 +25,7 @@ def test_kill9_under_fio_with_hbmm_is_a_minimerge_of_the_marked_chunks_only(tmp_
         r = m.check("mount", "DSA1", "a.img", "b.img", "--policy", "hbmm")
         info = show(m)
         assert info["hbmm"]["trusted"] and info["hbmm"]["replicas"] == 2, info["hbmm"]
-        args = fio_args(m.vu_path("DSA1"), size=VU, direct=True, bs="4k", iodepth=16,
-                        extra=["--verify_state_save=1"])
-        fio = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-        try:
-            wait_written(m, 4 * MiB)
-            m.kill()                                       # kill -9, writes in flight
-            out, err = fio.communicate(timeout=60)
-        finally:
-            if fio.poll() is None:
-                fio.kill()
-                fio.wait()
-        assert fio.returncode != 0, "fio finished before the kill: make the VU larger\n" + out
+        kill9_under_fio(m, tmp_path, VU, 4 * MiB)
     a = scb(tmp_path / "a.img")
     assert a.dirty and a.hbmm_bitmap == info["hbmm"]["bitmap"], a
 
