@@ -335,3 +335,21 @@ async def test_a_minimerge_runs_before_a_copy_and_a_full_merge_after_it(autojump
                      if e.kind in ("merge-start", "copy-start")]
             assert kinds[0] == first and set(kinds) == {"merge-start", "copy-start"}, kinds
             assert_members_identical(vu)
+
+
+async def test_disabling_hbmm_during_a_minimerge_lets_it_finish_and_says_so(autojump_clock):
+    a, b = await mem_set("a", "b", size_bytes=SIZE)
+    await crash_after([a, b], [(4, 1), (8, 2)], hbmm=HbmmSpec())
+    scramble(b, 8)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    vu.operations.set_priority(0)
+    async with running(vu):
+        assert vu.merge.kind == "minimerge"
+        msg = await vu.hbmm.disable()
+        assert msg == ("HBMM disabled; the minimerge running finishes with the bits it started "
+                       "with; a crash before it ends means a full merge")
+        assert newest_scb(a).hbmm_bitmap == "" and not wi_ids(vu)
+        vu.operations.set_priority(5000)
+        await vu.wait_steady()
+        assert vu.last_merge.kind == "minimerge" and vu.last_merge.chunks_marked == 2
+        assert_members_identical(vu)
