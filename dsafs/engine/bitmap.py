@@ -347,8 +347,10 @@ class WriteBitmaps:
 
     async def delete(self, bitmap_id: str) -> None:
         """Delete a bitmap from every replica (a replica that fails keeps a stale bitmap, which
-        no return trusts once the member it names is back)."""
+        no return trusts once the member it names is back). A write's bitmap update that began
+        with it in use ends first: it would ask the replicas for pages of a deleted bitmap."""
         bm = self.in_use.pop(bitmap_id)
+        await self.marker.settled()
         for leg in bm.replicas:
             if leg.state.current:
                 await self._delete_on(leg, bitmap_id)
