@@ -323,6 +323,15 @@ class WriteBitmaps:
                 return bm.bitmap_id
         return None
 
+    def replica_lost(self) -> bool:
+        """Some bitmap in use has no replica on a current member any more (the members holding
+        them were removed or expelled): a write marks it nowhere durable. Until the survivors'
+        commit is durable, a crash leaves those members the survivors' equals, their replicas
+        trusted (the SCBs name a write-intent bitmap; a minicopy bitmap serves its return)
+        without that write's chunk: the write must wait for the commit (VirtualUnit)."""
+        return any(not any(leg.state.current for leg in bm.replicas)
+                   for bm in self.in_use.values())
+
     def bound_members(self) -> tuple:
         """The Bound (member UUID, generation it left at, stamp, size) of every member a usable
         bitmap serves."""
