@@ -326,6 +326,15 @@ class WriteBitmaps:
                 return bm.bitmap_id
         return None
 
+    def replica_lost(self) -> bool:
+        """Some bitmap in use has no replica on a current member any more (the members holding
+        them were removed or expelled): a write marks it nowhere durable. Until the survivors'
+        commit is durable, a crash leaves those members the survivors' equals, their replicas
+        trusted (the SCBs name a write-intent bitmap; a minicopy bitmap serves its return)
+        without that write's chunk: the write must wait for the commit (VirtualUnit)."""
+        return any(not any(leg.state.current for leg in bm.replicas)
+                   for bm in self.in_use.values())
+
     def bound_members(self) -> tuple:
         """The Bound (member UUID, generation it left at, stamp, size) of every member a usable
         bitmap serves."""
@@ -377,8 +386,10 @@ class WriteBitmaps:
 
     async def delete(self, bitmap_id: str) -> None:
         """Delete a bitmap from every replica (a replica that fails keeps a stale bitmap, which
-        no return trusts once the member it names is back)."""
+        no return trusts once the member it names is back). A write's bitmap update that began
+        with it in use ends first: it would ask the replicas for pages of a deleted bitmap."""
         bm = self.in_use.pop(bitmap_id)
+        await self.marker.settled()
         for leg in bm.replicas:
             if leg.state.current:
                 await self._delete_on(leg, bitmap_id)

@@ -17,7 +17,8 @@ use (minicopy and write-intent alike):
 A replica that fails its update is expelled like a member that failed a write (the write itself
 then goes to the survivors only); when no replica takes it, the write fails and nothing was
 issued. One update runs at a time per VU, so no two writes of one bitmap page are ever in flight
-together (ondisk/bitmap.py's crash-safety argument needs that).
+together (ondisk/bitmap.py's crash-safety argument needs that). An update works on the bitmaps
+in use when it began; deleting one of them (WriteBitmaps.delete) waits for it (`settled`).
 
 Invariant: a data write is issued only after the bit of every chunk it touches is durable on
 every current member that holds a replica of each bitmap in use.
@@ -137,6 +138,13 @@ class Marker:
                 await self._updating.wait()
         if not led:
             self.batched += 1
+
+    async def settled(self) -> None:
+        """Return once the bitmap update running now, if any, has ended: one that began while
+        a bitmap was in use may still write that bitmap's pages after it left `in_use`."""
+        done = self._updating
+        if done is not None:
+            await done.wait()
 
     async def _update(self) -> None:
         """Make every wanted bit durable on every replica, then mark it in memory."""

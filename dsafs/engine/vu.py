@@ -19,7 +19,8 @@ member that fails a write is expelled (generation up on the survivors) before th
 acknowledged; the write succeeds if a source succeeded. flush() flushes every current member,
 and returns only after the commit of any member that just left is durable. The first write
 after a mount or a generation change makes the dirty flag and WRITTEN durable on every member
-before it is issued (membership.mark_written).
+before it is issued (membership.mark_written); a write whose bitmap's replicas all left waits
+for the survivors' commit (bitmap.py `replica_lost`).
 
 Invariant: nothing acknowledged to a caller is lost while one current source survives; nothing
 is written after the clean mark of a dismount (a write that arrives then fails with EIO).
@@ -558,6 +559,8 @@ class VirtualUnit:
         try:
             if self.bitmaps.in_use:        # inside the gate: a split's bitmap sees every write
                 await self.bitmaps.marker.before_write(pos, nbytes)
+                if self.bitmaps.replica_lost():    # its replicas left: only once the survivors'
+                    await self.membership.wait_left()   # commit is durable (bitmap.py)
             copy = self.copy
             if copy is None or end <= copy.fence_bytes:
                 failures = await write_all(self.current, pos, data)

@@ -128,9 +128,12 @@ def holes(trusted: dict, recs: Iterable, members: Iterable[str], writes: Iterabl
 
 
 def trusted_bitmaps(vu) -> dict:
-    """id -> the set chunks of every bitmap a mounted VU holds in use."""
+    """id -> the set chunks of every minicopy bitmap a mounted VU holds in use (a write-intent
+    bitmap is cleared by resets: rule hbmm-hole, tests/crash/hbmm.py, checks it)."""
     out = {}
     for info in vu.statistics().bitmaps:
+        if info.type != "minicopy":
+            continue
         runs = vu.minicopy_runs(info.id) or ()
         out[info.id] = {c for r in runs for c in r}
     return out

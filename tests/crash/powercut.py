@@ -59,6 +59,12 @@ tests/crash/oracle.py's):
   return-refused  adding a member split off before the cut back to the reassembly is refused.
   no-minicopy     that member returns by a full copy although its last split left a bitmap the
                   mount trusts and its own SCB says it was removed.
+  hbmm-hole, minimerge-expected, minimerge-incomplete
+                  HBMM scenarios (a share of the seeds: tests/crash/hbmm.py, which defines
+                  them): the write-intent bitmap the sources' SCBs name holds every chunk in
+                  which they may differ, the mount merges by a minimerge of it, and that
+                  minimerge leaves the members identical.
+  exception       the engine raised (the runner reports it with the seed; not a cut's).
 A violation prints its seed and cut; `make crash SEED=S [CUT=C]` replays it.
 """
 
@@ -74,6 +80,7 @@ import random
 import re
 import sys
 import time
+import traceback
 from typing import Optional
 
 import trio
@@ -91,6 +98,7 @@ from dsafs.units import BLOCK_BYTES, KiB, MiB
 from dsafs.engine.setmeta import init_set, load_candidate
 from dsafs.engine.vu import VirtualUnit
 from tests.crash import bitmaps as bitmapmod
+from tests.crash import hbmm as hbmmmod
 from tests.crash.oracle import AppFlush, Oracle, block_id, payload
 
 try:
@@ -168,6 +176,16 @@ class Result:
     minicopies: int = 0        # returns (during a run or after a cut) by a minicopy
     returns: int = 0           # split-off members added back to a reassembled crash state
     bitmaps_checked: int = 0   # bitmaps a reassembled mount trusted, checked for holes
+    hbmm_scenarios: int = 0    # scenarios with HBMM on (tests/crash/hbmm.py)
+    hbmm_toggles: int = 0      # HBMM enabled or disabled at run time
+    hbmm_resets: int = 0       # write-intent bitmaps cleared by the scenario's reset steps
+    hbmm_checked: int = 0      # crash states whose SCBs name a write-intent bitmap: hbmm-hole
+    hbmm_no_replica: int = 0   # ... naming one with no valid replica on the sources
+    minimerges: int = 0        # reassemblies whose merge was a minimerge
+    minimerges_checked: int = 0  # ... seen complete with identical sources
+    hbmm_full_merges: int = 0  # reassemblies of a set naming a bitmap that merged in full
+    cuts_in_bitmap_updates: int = 0  # cuts with a write-intent bitmap update in doubt
+    cuts_in_resets: int = 0    # cuts with a write-intent bitmap clear (a reset) in doubt
     rules: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
     def violation(self, cut: str, kind: str, text: str) -> None:
@@ -190,6 +208,8 @@ class Run:
         self.tag = tag
         self.faults = True
         self.vu: Optional[VirtualUnit] = None
+        self.hbmm: Optional[hbmmmod.HbmmScenario] = None    # HBMM steps (tests/crash/hbmm.py)
+        self.chained = tag != "1"
 
     def wid(self) -> int:
         self.next_wid[0] += 1
@@ -336,6 +356,12 @@ class Run:
                 nursery.start_soon(self.writer)
             if membership:
                 nursery.start_soon(self.membership)
+            if self.hbmm is not None:
+                if self.chained:
+                    nursery.start_soon(lambda: hbmmmod.steps(self, self.hbmm.chained(self.tag),
+                                                             chained=True))
+                else:
+                    nursery.start_soon(hbmmmod.steps, self, self.hbmm)
             await trio.sleep(seconds)
             nursery.cancel_scope.cancel()
 
@@ -522,8 +548,10 @@ async def check_clean(result: Result, label: str, members: list) -> None:
 
 # ----------------------------------------------------------------------------- scenarios
 async def scenario(seed: int, ncuts: int, *, only_cut: Optional[int] = None,
-                   seconds: float = 0.3, chain: float = 0.3) -> Result:
-    """One scenario (see the module docstring); `only_cut` replays one cut by its number."""
+                   seconds: float = 0.3, chain: float = 0.3, hbmm: Optional[bool] = None
+                   ) -> Result:
+    """One scenario (see the module docstring); `only_cut` replays one cut by its number;
+    `hbmm` True/False forces HBMM on or off (default: the seed decides, tests/crash/hbmm.py)."""
     rng = random.Random(seed)
     result = Result(seed)
     latency = rng.choice((0.0005, 0.001, 0.002))
@@ -539,7 +567,10 @@ async def scenario(seed: int, ncuts: int, *, only_cut: Optional[int] = None,
     oracle = Oracle(journal)
     next_wid = [0]
     run = Run(rng, result, recs, oracle, next_wid, spare)
-    run.vu = vu = await VirtualUnit.assemble("DSA1", recs)
+    run.hbmm = hb = hbmmmod.choose(seed, nmembers, hbmm)
+    result.hbmm_scenarios += hb is not None
+    run.vu = vu = await VirtualUnit.assemble("DSA1", recs,
+                                             **(hb.assemble_kwargs() if hb else {}))
     membership = rng.random() < 0.7
     async with trio.open_nursery() as nursery:
         await nursery.start(vu.run)
@@ -547,14 +578,14 @@ async def scenario(seed: int, ncuts: int, *, only_cut: Optional[int] = None,
         nursery.cancel_scope.cancel()          # the power cut (everything after it is lost)
     result.events = journal.index
     all_recs = list(run.by_path.values())         # the members, and the spare if any
-    cuts = pick_cuts(rng, all_recs, journal, ncuts)
+    cuts = hbmmmod.extra_cuts(hb, all_recs, pick_cuts(rng, all_recs, journal, ncuts), VU_BYTES)
     tracer = bitmapmod.Tracer(VU_BYTES)
     for k, cut in enumerate(cuts):
         if only_cut is not None and k != only_cut:
             continue
         crng = random.Random(f"{seed}/{k}")
         await check_cut(result, f"{k} (event {cut})", crng, all_recs, oracle, cut, next_wid,
-                        latency=latency, chain=chain, tracer=tracer)
+                        latency=latency, chain=chain, tracer=tracer, hbmm=hb)
         result.cuts += 1
     return result
 
@@ -562,13 +593,16 @@ async def scenario(seed: int, ncuts: int, *, only_cut: Optional[int] = None,
 async def check_cut(result: Result, label: str, rng: random.Random, recs: list, oracle: Oracle,
                     cut: int, next_wid: list, *, latency: float, chain: float,
                     tracer: bitmapmod.Tracer, depth: int = 0,
-                    carried: Optional[dict] = None) -> None:
+                    carried: Optional[dict] = None,
+                    hbmm: Optional[hbmmmod.HbmmScenario] = None) -> None:
     images, how = crash_images(rng, recs, cut)
     label = f"{label} {how}"
     got = await check_images(result, label, recs, images, oracle, cut, rng, latency=latency)
     if got is None:
         return
     plan, members = got
+    hbmmmod.classify_cut(result, recs, cut, VU_BYTES)
+    wi = await hbmmmod.check_hole(result, label, plan, images, recs, cut, VU_BYTES, RAW)
     allowed = oracle.allowed(cut)
     if depth == 0 and rng.random() < chain:
         # crash again, this time while the merge (and copy) of this crash state runs
@@ -576,9 +610,11 @@ async def check_cut(result: Result, label: str, rng: random.Random, recs: list, 
         recs2 = [RecordingMember(m, journal) for m in members]
         oracle2 = Oracle(journal, allowed)
         run = Run(rng, result, recs2, oracle2, next_wid, tag=f"{label} chained")
+        run.hbmm = hbmm
         run.vu = vu = VirtualUnit(plan, recs2)
         async with trio.open_nursery() as nursery:
             await nursery.start(vu.run)
+            hbmmmod.check_decision(result, label, vu, wi)
             required = check_bitmaps(result, label, vu, recs, members, oracle, cut, tracer,
                                      carried)
             await run.workload(rng.uniform(0.02, 0.2), rng.random() < 0.5)
@@ -586,7 +622,7 @@ async def check_cut(result: Result, label: str, rng: random.Random, recs: list, 
         cut2 = pick_cuts(rng, recs2, journal, 1)[0]
         await check_cut(result, f"{label} then chained cut (event {cut2})", rng, recs2,
                         oracle2, cut2, next_wid, latency=latency, chain=chain, depth=1,
-                        tracer=bitmapmod.Tracer(VU_BYTES), carried=required)
+                        tracer=bitmapmod.Tracer(VU_BYTES), carried=required, hbmm=hbmm)
         return
     split = [r for r in recs if r.path in oracle.forbidden_sources(cut, recs)
              and _removed_at(oracle, r.path, cut) and has_metadata(images[r.path])]
@@ -600,6 +636,9 @@ async def check_cut(result: Result, label: str, rng: random.Random, recs: list, 
     back = [r.path for r in split if r.path not in named]
     async with trio.open_nursery() as nursery:
         await nursery.start(vu.run)
+        minimerge = hbmmmod.check_decision(result, label, vu, wi)
+        if minimerge is not None:
+            nursery.start_soon(hbmmmod.watch_minimerge, result, label, vu, minimerge, VU_BYTES)
         check_bitmaps(result, label, vu, recs, members, oracle, cut, tracer, carried)
         if back and rng.random() < 0.7:
             returning = JitterMember(RAW, back[0], rng, latency=latency, data=images[back[0]])
@@ -740,6 +779,13 @@ def run_scenario(seed: int, ncuts: int, **kw) -> Result:
 
 
 # ----------------------------------------------------------------------------- the runner
+def _innermost(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (trio nurseries wrap what a task raised)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="powercut",
                                 description="dsafs power-cut simulation (make crash)")
@@ -761,7 +807,13 @@ def main(argv=None) -> int:
     while (seeds is None and total.cuts < args.cuts) or (seeds is not None and seeds):
         s = seeds.pop() if seeds else seed
         seed += 1
-        r = run_scenario(s, args.per_scenario, only_cut=args.cut)
+        try:
+            r = run_scenario(s, args.per_scenario, only_cut=args.cut)
+        except Exception as exc:           # an engine exception: report it like a violation
+            r = Result(seed=s)
+            r.violation("-", "exception", "".join(
+                traceback.format_exception_only(_innermost(exc))).strip())
+            traceback.print_exception(exc)
         scenarios += 1
         for f in dataclasses.fields(Result):
             if f.name in ("seed",):
@@ -791,6 +843,7 @@ def main(argv=None) -> int:
           f"refused as a split brain; {total.bitmap_splits} splits left a bitmap, "
           f"{total.bitmaps_checked} trusted bitmaps checked, {total.returns} returns after a "
           f"cut, {total.minicopies} returns by minicopy) in {time.monotonic() - t0:.1f} s")
+    print(hbmmmod.summary(total))
     if args.verbose:
         print("rules:", dict(total.rules))
     return 1 if total.violations else 0

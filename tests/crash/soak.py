@@ -22,6 +22,13 @@ Each *cycle*:
      DSA1 --demand-merge`, refused while a copy runs: that is fine), and finally kills the
      daemon with SIGKILL (its PID only), sometimes right after a return (inside the minicopy);
      one cycle in ten ends with SIGTERM instead (clean dismount).
+     HBMM (issue 17): a mount sometimes asks for `--policy hbmm`, and the actions turn it on
+     (`dsafs set DSA1 --policy hbmm[=(...,RESET_THRESHOLD=n)]`) and off (`--disable-hbmm`); the
+     daemon runs with `--hbmm-reset-interval 0.5`, so bitmaps are reset under the writers'
+     load. When `show` said the write-intent bitmap was trusted just before a kill, the next
+     mount that owes a merge must say `merge required by rule=minimerge`, and once steady
+     `last_merge.kind` must be minimerge, comparing only marked chunks; `dsafs verify`
+     then finds the members identical and the block check holds.
 Oracle: tests/crash/oracle.py, per 4 KiB block. kill -9 loses no power, and an O_DIRECT
 write is acknowledged only after every member has it, so here *every acknowledged write* is
 required (stricter than the power-cut model, which requires only fsynced ones); a write in
@@ -39,6 +46,7 @@ import json
 import mmap
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -58,6 +66,9 @@ from tests.crash.oracle import AppFlush, Oracle, block_id, pattern as _pattern
 BLK = 4096
 VU_BYTES = 64 * MiB
 STEADY_TIMEOUT_S = 180.0
+HBMM_SPECS = ("hbmm", "hbmm", "hbmm=RESET_THRESHOLD=2000",
+              "hbmm=((MASTER_LIST=*),RESET_THRESHOLD=500)")
+SERVE_ARGS = ("--hbmm-reset-interval", "0.5")
 
 
 def pattern(wid: int, blk: int) -> bytes:
@@ -82,6 +93,13 @@ class SoakResult:
     minicopies_checked: int = 0  # of those, seen done (last_copy.kind) and verified identical
     kills_while_split: int = 0  # kills with a member split off (it returns in a later cycle)
     kills_during_minicopy: int = 0
+    hbmm_enables: int = 0      # set --policy hbmm (or mount --policy hbmm) that turned it on
+    hbmm_disables: int = 0
+    hbmm_refused: int = 0      # e.g. with a member split off: one source protects nothing
+    hbmm_resets: int = 0       # write-intent bitmap resets the daemons reported (show)
+    kills_with_hbmm: int = 0   # kills while show said the write-intent bitmap was trusted
+    minimerges: int = 0        # mounts after such a kill that merged by a minimerge, verified
+    hbmm_full_merges: int = 0  # mounts after a kill without a trusted bitmap that merged
     writes: int = 0
     fsyncs: int = 0
     blocks_checked: int = 0
@@ -95,7 +113,11 @@ class SoakResult:
                 f"({self.bitmap_splits} with a bitmap), {self.adds} adds ({self.minicopies} by "
                 f"minicopy, {self.minicopies_checked} seen done and verified), "
                 f"{self.kills_while_split} kills with a member split off, "
-                f"{self.kills_during_minicopy} during a minicopy, {self.writes} writes, "
+                f"{self.kills_during_minicopy} during a minicopy; HBMM: {self.hbmm_enables} "
+                f"enables, {self.hbmm_disables} disables ({self.hbmm_refused} refused), "
+                f"{self.hbmm_resets} resets, {self.kills_with_hbmm} kills with a trusted "
+                f"write-intent bitmap, {self.minimerges} minimerges after them verified, "
+                f"{self.hbmm_full_merges} full merges after other kills; {self.writes} writes, "
                 f"{self.fsyncs} fsyncs, {self.blocks_checked} blocks checked, "
                 f"{len(self.failures)} failures")
 
@@ -201,6 +223,9 @@ class Soak:
         self.next_wid = [0]
         self.served = None
         self.mount_said_merge = False
+        self.hbmm_at_kill = False           # show said the write-intent bitmap was trusted
+        self.expect_minimerge = False       # ... so this mount's merge must be a minimerge
+        self.last_info: Optional[dict] = None
 
     # ---- the CLI and the control socket
     def cli(self, *args, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -222,7 +247,7 @@ class Soak:
     def cycle(self, n: int) -> bool:
         """One serve-mount-check-load-kill cycle; False when it failed (the soak stops)."""
         rng, r = self.rng, self.result
-        self.served = start_serve(self.dir, log_name="serve.log")
+        self.served = start_serve(self.dir, log_name="serve.log", serve_args=SERVE_ARGS)
         names = list(self.members)
         rng.shuffle(names)
         if self.out is not None and rng.random() < 0.5:
@@ -230,12 +255,16 @@ class Soak:
         else:
             self.out = None
         self.minicopy_running = False
-        m = self.cli("mount", "DSA1", *names, "--no-wait")
+        policy = ["--policy", "hbmm"] if len(names) == 2 and rng.random() < 0.3 else []
+        m = self.cli("mount", "DSA1", *names, "--no-wait", *policy)
         if m.returncode != 0:
             self.fail(n, f"mount refused: {m.stdout}{m.stderr}")
             return False
         self.log(f"cycle {n}: {m.stdout.strip()}") if self.verbose else None
         self.mount_said_merge = "merge" in m.stdout
+        r.hbmm_enables += bool(policy)
+        if not self.merge_rule_ok(n, m.stdout):
+            return False
         if "copy-target" in m.stdout:
             r.copies += 1
         if self.out is not None:              # the bitmap made at the split survived the kill
@@ -245,9 +274,11 @@ class Soak:
             info = self.show()
             if info and info.get("state") in ("merging", "copying"):
                 r.kills_during_merge += 1
-            self.kill()
+            self.kill(info)
             return True
         if not self.wait_steady(n):
+            return False
+        if not self.minimerge_done(n):
             return False
         v = self.cli("verify", "DSA1")
         if v.returncode != 0:
@@ -265,7 +296,7 @@ class Soak:
             action = self.random_action(n)
             if action is False:
                 return False
-            if action in ("merge", "minicopy") and rng.random() < 0.4:
+            if action in ("merge", "minicopy", "hbmm") and rng.random() < 0.4:
                 time.sleep(rng.uniform(0.0, 0.05))   # kill inside the merge or the minicopy
                 break
             if self.minicopy_running and not self.minicopy_done(n):
@@ -274,11 +305,13 @@ class Soak:
         if clean:
             writer.stop.set()
             ok = writer.join(60)
+            self.count_resets(self.show())
             code = self.served.stop(60)
             if not ok or code != 0:
                 self.fail(n, f"clean stop: daemon exit {code}, writers stopped: {ok}")
                 return False
             r.clean_stops += 1
+            self.hbmm_at_kill = False
         else:
             info = self.show()
             if info and info.get("state") in ("merging", "copying"):
@@ -286,7 +319,7 @@ class Soak:
             if info and (info.get("copy") or {}).get("kind") == "minicopy":
                 r.kills_during_minicopy += 1
             r.kills_while_split += self.out is not None
-            self.kill()
+            self.kill(info)
             if not writer.join(60):
                 self.fail(n, "a writer thread is stuck after the daemon was killed")
                 return False
@@ -344,7 +377,67 @@ class Soak:
                 r.demand_merges += 1
                 return "merge"
             r.demand_refused += 1
+        elif x < 0.8:
+            return self.hbmm_step(n)
         return None
+
+    def hbmm_step(self, n: int):
+        """Turn HBMM on (a random SPEC) when it is off, else off one time in three."""
+        rng, r = self.rng, self.result
+        hbmm = (self.show() or {}).get("hbmm") or {}
+        if hbmm.get("policy") is None:
+            s = self.cli("set", "DSA1", "--policy", rng.choice(HBMM_SPECS))
+            if s.returncode == 0:
+                r.hbmm_enables += 1
+                return "hbmm"
+        elif rng.random() < 1 / 3:
+            s = self.cli("set", "DSA1", "--disable-hbmm")
+            if s.returncode == 0:
+                r.hbmm_disables += 1
+                return "hbmm"
+        else:
+            return None
+        if s.returncode != 1 or "\n" in s.stderr.strip():
+            self.fail(n, f"set HBMM: exit {s.returncode}: {s.stdout}{s.stderr}")
+            return False
+        r.hbmm_refused += 1             # refused in one line (e.g. one source member)
+        return None
+
+    def merge_rule_ok(self, n: int, out: str) -> bool:
+        """After a kill with a trusted write-intent bitmap, a merge owed is a minimerge."""
+        self.expect_minimerge = False
+        m = re.search(r"merge required by rule=([a-z-]+)", out)
+        if m is None:
+            return True
+        if self.hbmm_at_kill:
+            if m.group(1) != "minimerge":
+                self.fail(n, f"HBMM was on and trusted at the kill, yet the mount says: {out}")
+                return False
+            self.expect_minimerge = True
+        elif m.group(1) != "minimerge":
+            self.result.hbmm_full_merges += 1
+        return True
+
+    def minimerge_done(self, n: int) -> bool:
+        """The mount's minimerge is done: only its marked chunks were compared, and the
+        members are identical (dsafs verify, run by the caller next) -- counted there."""
+        if not self.expect_minimerge:
+            return True
+        last = (self.last_info or {}).get("last_merge") or {}
+        if last.get("kind") != "minimerge" or last.get("chunks_compared") > \
+                last.get("chunks_marked"):          # (none compared with one source)
+            self.fail(n, f"the merge after a kill with HBMM trusted ended as {last}")
+            return False
+        v = self.cli("verify", "DSA1")
+        if v.returncode != 0:
+            self.fail(n, f"after a minimerge: dsafs verify exit {v.returncode}: {v.stdout}"
+                         f"{v.stderr}")
+            return False
+        self.result.minimerges += 1
+        return True
+
+    def count_resets(self, info: Optional[dict]) -> None:
+        self.result.hbmm_resets += ((info or {}).get("hbmm") or {}).get("reset_count") or 0
 
     def minicopy_done(self, n: int) -> bool:
         """A return by minicopy is under way: once it is done (show says steady), its kind must
@@ -366,7 +459,11 @@ class Soak:
         self.result.minicopies_checked += 1
         return True
 
-    def kill(self) -> None:
+    def kill(self, info: Optional[dict]) -> None:
+        """SIGKILL the daemon; `info` is `show` just before (HBMM trusted then or not)."""
+        self.hbmm_at_kill = bool(((info or {}).get("hbmm") or {}).get("trusted"))
+        self.result.kills_with_hbmm += self.hbmm_at_kill
+        self.count_resets(info)
         self.served.kill()                 # SIGKILL to this daemon's PID only
         self.result.kills += 1
         if is_mounted(self.served.mnt):
@@ -377,7 +474,7 @@ class Soak:
         deadline = time.monotonic() + STEADY_TIMEOUT_S
         seen_merge = False
         while time.monotonic() < deadline:
-            info = self.show()
+            info = self.last_info = self.show()
             if info is not None:
                 seen_merge = seen_merge or info.get("state") == "merging"
                 seen_merge = seen_merge or bool(info.get("merge"))
@@ -433,12 +530,13 @@ class Soak:
                     break
                 r.cycles += 1
             if not r.failures:            # a last restart: the set comes back, merged and right
-                self.served = start_serve(self.dir, log_name="serve.log")
+                self.served = start_serve(self.dir, log_name="serve.log", serve_args=SERVE_ARGS)
                 names = list(self.members)
                 m = self.cli("mount", "DSA1", *names, "--no-wait")
                 if m.returncode != 0:
                     self.fail(r.cycles, f"final mount refused: {m.stdout}{m.stderr}")
-                elif self.wait_steady(r.cycles):
+                elif (self.merge_rule_ok(r.cycles, m.stdout) and self.wait_steady(r.cycles)
+                      and self.minimerge_done(r.cycles)):
                     v = self.cli("verify", "DSA1")
                     if v.returncode != 0:
                         self.fail(r.cycles, f"final verify exit {v.returncode}: {v.stdout}")

@@ -5,11 +5,12 @@ import pytest
 import trio
 import trio.testing
 
-from dsafs.testing.record import Journal
+from dsafs.testing.record import FlushRecord, Journal, RecordingMember, WriteRecord
 from dsafs.testing.fakes import MemMember
-from dsafs.units import BLOCK_BYTES
+from dsafs.units import BLOCK_BYTES, CHUNK_BYTES
 from dsafs.engine.setmeta import init_set
 from dsafs.engine.vu import VirtualUnit
+from tests.crash import hbmm as hbmmmod
 from tests.crash import oracle as orc
 from tests.crash import powercut as pc
 
@@ -140,3 +141,87 @@ def test_bitmap_hole_is_reported_when_bits_are_not_made_durable(monkeypatch):
         if "bitmap-hole" in kinds:
             break
     assert "bitmap-hole" in kinds, kinds
+
+
+# ----------------------------------------------------------------------------- HBMM (issue 17)
+def test_hbmm_oracle_may_differ_table():
+    """Rule hbmm-hole's "may differ": chunks where the sources' crash images differ, and chunks
+    of a member write in doubt at the cut or failed; a write durable on its member is not."""
+    j = Journal()
+    a, b = MemMember(pc.RAW, "/m/a.img"), MemMember(pc.RAW, "/m/b.img")
+    ra, rb = RecordingMember(a, j), RecordingMember(b, j)
+    CH = CHUNK_BYTES
+
+    def wrote(rec, pos, nbytes=4096, completed=True):
+        rec.writes.append(WriteRecord(j.tick(), pos, b"x" * nbytes, 0))
+        if completed:
+            rec.writes[-1].completed = j.tick()
+        return rec.writes[-1]
+
+    wrote(ra, 1 * CH)                               # chunk 1 on a: flushed below (durable)
+    ra.flushes.append(FlushRecord(j.tick(), j.tick()))
+    wrote(rb, 1 * CH)                               # on b: the same write, also durable
+    rb.flushes.append(FlushRecord(j.tick(), j.tick()))
+    wrote(ra, 3 * CH - 512, 1024)                   # chunks 2 and 3: completed, not flushed
+    wrote(rb, 5 * CH, completed=False).failed = True   # chunk 5: failed on b
+    wrote(rb, pc.VU_BYTES + 4096)                   # metadata: never a chunk
+    wrote(rb, 12 * CH - 512, 1024, completed=False).failed = True  # chunks 11-12: failed,
+    wrote(rb, 11 * CH, CH)                          # then copied over (a step per chunk)
+    wrote(rb, 12 * CH, CH)
+    rb.flushes.append(FlushRecord(j.tick(), j.tick()))
+    cut = j.tick()
+    wrote(ra, 7 * CH)                               # after the cut: never happened
+    images = {"/m/a.img": bytearray(pc.RAW), "/m/b.img": bytearray(pc.RAW)}
+    images["/m/b.img"][9 * CH] = 1                  # chunk 9: the images differ
+    got = hbmmmod.may_differ(images, [ra, rb], ["/m/a.img", "/m/b.img"], cut, pc.VU_BYTES)
+    assert sorted(got) == [2, 3, 5, 9], got
+    assert "in doubt" in got[2] and "failed" in got[5] and "differ" in got[9]
+    # only the sources count: a's writes are not asked about when a is not one
+    assert sorted(hbmmmod.may_differ(images, [ra, rb], ["/m/b.img"], cut, pc.VU_BYTES)) == [5]
+
+
+@pytest.mark.allow_warnings
+def test_hbmm_scenarios_cut_inside_bitmap_updates_and_resets_and_merge_by_minimerge():
+    """Coverage of the HBMM scenarios (tests/crash/hbmm.py): HBMM enabled and disabled at run
+    time, resets under load, cuts inside write-intent bitmap updates and inside resets, crash
+    states whose SCBs name a bitmap checked for holes, minimerges seen complete with
+    identical members; and no violation."""
+    total = pc.Result(0)
+    results = []
+    seeds = iter(range(301, 341))
+    names = ("cuts", "hbmm_scenarios", "hbmm_toggles", "hbmm_resets", "hbmm_checked",
+             "minimerges", "minimerges_checked", "cuts_in_bitmap_updates", "cuts_in_resets")
+    while len(results) < 4 or not (total.cuts_in_resets and total.hbmm_resets
+                                   and total.hbmm_toggles):
+        r = pc.run_scenario(next(seeds), 12, hbmm=True)
+        results.append(r)
+        for name in names:
+            setattr(total, name, getattr(total, name) + getattr(r, name))
+    assert total.hbmm_scenarios == len(results)
+    assert total.cuts_in_bitmap_updates >= 5 and total.cuts_in_resets >= 1, total
+    assert total.hbmm_resets >= 1 and total.hbmm_toggles >= 1, total
+    assert total.hbmm_checked >= 10 and total.minimerges >= 10, total
+    assert total.minimerges_checked >= 5, total
+    for r in results:
+        assert not r.violations, _report(r)
+
+
+@pytest.mark.allow_warnings
+def test_hbmm_hole_is_reported_when_write_intent_bits_are_not_made_durable(monkeypatch):
+    """Negative control of rule hbmm-hole: with HBMM on, an engine whose write path sets the
+    bits in memory only is caught at a cut: the bitmap the SCBs name lacks chunks in which
+    the sources may differ (and its minimerge then leaves them different)."""
+    from dsafs.engine.bitmarks import Marker, chunks_touched
+
+    async def before_write(self, pos, nbytes):
+        for bm in self.in_use.values():
+            bm.mark(chunks_touched(pos, nbytes))        # not durable: lost in a crash
+
+    monkeypatch.setattr(Marker, "before_write", before_write)
+    kinds = set()
+    for seed in range(1, 9):
+        r = pc.run_scenario(seed, 10, chain=0.0, hbmm=True)
+        kinds |= {v.split(": ")[1] for v in r.violations}
+        if "hbmm-hole" in kinds:
+            break
+    assert "hbmm-hole" in kinds, kinds

@@ -10,7 +10,8 @@ SOAK_SECONDS = 60
 
 @pytest.mark.mount
 def test_soak_kill9_membership_and_demand_merge(tmp_path):
-    """Kills -9 anywhere, with splits and returns by minicopy among the actions."""
+    """Kills -9 anywhere, with splits and returns by minicopy among the actions, and HBMM
+    turned on and off: a kill while its bitmap is trusted is merged by a minimerge."""
     seed = 424242                      # fixed: the run's random choices replay
     lines = []
     result = soakmod.soak(SOAK_SECONDS, seed, str(tmp_path), log=lines.append,
@@ -19,4 +20,6 @@ def test_soak_kill9_membership_and_demand_merge(tmp_path):
     assert not result.failures, report
     assert result.cycles >= 3 and result.kills >= 2, report
     assert result.removes >= 1 and result.minicopies >= 1, report     # issue 16 split/return
+    assert result.hbmm_enables >= 1 and result.kills_with_hbmm >= 1, report   # issue 17
+    assert result.minimerges >= 1, report      # a kill with HBMM trusted: minimerge, verified
     assert result.writes >= 100 and result.blocks_checked >= 3 * (32 * soakmod.MiB // 4096), report
