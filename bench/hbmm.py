@@ -18,11 +18,14 @@ and ext4-randrw-4k (ext4 on a `losetup --direct-io=on` loop over each VU, made a
 makes it; 70/30 randrw 4 KiB QD16 on a file of half the VU). Repeats interleaved (on, off, on,
 ...). The bitmap is never reset by the bench: as in real use a chunk once marked stays marked
 until the daemon's own reset (more than RESET_THRESHOLD blocks, default 1,000,000, written since
-the last reset, checked every 150 s), so after the first repeat most writes are into marked
-chunks; the resets that happened show in the "resets" column. The first randwrite-4k pair right
-after `set --policy hbmm` runs on an empty bitmap (every chunk's first write needs an update) and
-is reported apart as "fresh", not judged. For each cell the bitmap_writes counters of the on VU
-(updates, batched, free writes; medians per repeat) are shown.
+the last reset, checked every 150 s from the mount; one seqwrite-1m run writes ~10 times that),
+so most writes fall in marked chunks (fio's random sequence is the same in every repeat, too).
+The "resets" column counts the daemon's resets of the on VU's bitmap over the cell, each counted
+for the on run after it (a reset during an off run empties the bitmap that run then refills).
+The first randwrite-4k pair right after `set --policy hbmm` runs on an empty bitmap (every
+chunk's first write needs an update) and is reported apart as "fresh", not judged. For each cell
+the bitmap_writes counters of the on VU (updates, batched, free writes; medians per repeat) are
+shown.
 Floors (issue 17): on >= 0.85x off for randwrite-4k and ext4-randrw-4k, >= 0.9x for seqwrite-1m;
 target 0.95x.
 
@@ -80,6 +83,7 @@ class HbmmBench:
         self.results: dict = {}        # cell -> target -> [run dicts]
         self.merges: dict = {}         # kind -> [run dicts]
         self.notes: list = []
+        self.resets_seen = 0           # the on VU's HBMM reset_count at the end of its last run
 
     def members(self, vu: str):
         return [os.path.join(self.workdir, f"{vu.lower()}-{m}.img") for m in "ab"]
@@ -163,10 +167,11 @@ class HbmmBench:
         for k in COUNTERS:
             if k in s1:
                 res[k] = s1[k] - s0.get(k, 0)
-        h0, h1 = info0.get("hbmm") or {}, info1.get("hbmm") or {}
-        if h1.get("policy"):
-            res["resets"] = h1["reset_count"] - h0.get("reset_count", 0)
-            res["modified_blocks"] = h1["modified_blocks"]
+        h1 = info1.get("hbmm") or {}
+        if h1.get("policy"):           # resets since the last on run: they happen every 150 s,
+            res["resets"] = h1["reset_count"] - self.resets_seen   # also while off is measured
+            self.resets_seen = h1["reset_count"]
+            res["reset_count"], res["modified_blocks"] = h1["reset_count"], h1["modified_blocks"]
         if target == "off" and (res.get("updates") or h1.get("policy")):
             raise RuntimeError(f"{vu} (HBMM off) has a bitmap: {h1} {s1}")
         if target == "on" and not h1.get("trusted"):
@@ -391,14 +396,14 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="See the module docstring (bench/hbmm.py) for the method.")
     p.add_argument("--quick", action="store_true",
-                   help="1 repeat, 2 s cells, 256 MiB write VUs, 1 GiB merge VU")
-    p.add_argument("--repeats", type=int, default=5, help="write-cost repeats per target")
-    p.add_argument("--merge-repeats", type=int, default=2,
-                   help="crash-and-merge runs of each kind (0: none)")
-    p.add_argument("--runtime", type=float, default=8.0, help="seconds per fio cell")
-    p.add_argument("--size", type=parse_size, default=parse_size("1G"), help="write VUs' size")
-    p.add_argument("--merge-size", type=parse_size, default=parse_size("4G"),
-                   help="the crashed VU's size (default 4G)")
+                   help="1 repeat, 2 s cells, 256 MiB write VUs, 1 GiB merge VU (each can still "
+                        "be overridden)")
+    p.add_argument("--repeats", type=int, help="write-cost repeats per target (default 5)")
+    p.add_argument("--merge-repeats", type=int,
+                   help="crash-and-merge runs of each kind (default 2; 0: none)")
+    p.add_argument("--runtime", type=float, help="seconds per fio cell (default 8)")
+    p.add_argument("--size", type=parse_size, help="write VUs' size (default 1G)")
+    p.add_argument("--merge-size", type=parse_size, help="the crashed VU's size (default 4G)")
     p.add_argument("--cells", default=",".join(CELLS), help="write-cost cells ('' for none)")
     p.add_argument("--warm-merges", action="store_true",
                    help="do not drop the page cache before the mount after kill -9 (the "
@@ -409,9 +414,10 @@ def parse_args(argv):
     p.add_argument("--keep", action="store_true", help="keep the scratch directory")
     p.add_argument("--no-json", action="store_true", help="do not write bench/results/*.json")
     a = p.parse_args(argv)
-    if a.quick:
-        a.repeats, a.merge_repeats, a.runtime = 1, 1, 2.0
-        a.size, a.merge_size = parse_size("256M"), parse_size("1G")
+    for key, full, quick in (("repeats", 5, 1), ("merge_repeats", 2, 1), ("runtime", 8.0, 2.0),
+                             ("size", 1 << 30, 256 << 20), ("merge_size", 4 << 30, 1 << 30)):
+        if getattr(a, key) is None:
+            setattr(a, key, quick if a.quick else full)
     a.cells = [c.strip() for c in a.cells.split(",") if c.strip()]
     for c in a.cells:
         if c not in CELLS:
