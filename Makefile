@@ -54,11 +54,15 @@ test: install
 demo: install
 	@bash contrib/demo.sh
 
+# A benchmark that misses a floor (exit 1) does not stop the ones after it: make bench fails at
+# the end. Any other failure (2: usage, not root; 130: Ctrl-C or SIGTERM) stops it at once.
+BENCHES := run merge minicopy hbmm
+
 bench: install
-	$(PY) bench/run.py
-	$(PY) bench/merge.py
-	$(PY) bench/minicopy.py
-	$(PY) bench/hbmm.py
+	@rc=0; for b in $(BENCHES); do \
+	    echo "$(PY) bench/$$b.py"; \
+	    $(PY) bench/$$b.py || { s=$$?; [ $$s -eq 1 ] || exit $$s; rc=1; }; \
+	done; exit $$rc
 
 N       ?= 1000
 SECONDS ?= 600
