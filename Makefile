@@ -2,8 +2,9 @@
 #   make test     install what is missing, then run the whole pytest suite
 #   make demo     install, then show dsafs working
 #   make install  only the install step (Debian packages + .venv)
-#   make bench    install, then run bench/run.py (fio: raw vs DSA), bench/merge.py (merge) and
-#                 bench/minicopy.py (writes with a minicopy bitmap vs none; return time)
+#   make bench    install, then run bench/run.py (fio: raw vs DSA), bench/merge.py (merge),
+#                 bench/minicopy.py (writes with a minicopy bitmap vs none; return time) and
+#                 bench/hbmm.py (writes with HBMM on vs off; minimerge vs full merge after kill -9)
 #   make crash    install, then the power-cut simulation: N cut points (default 1000);
 #                 SEED=S replays one scenario (CUT=C: one cut of it)
 #   make soak     install, then the kill -9 soak with a real daemon for SECONDS (default 600)
@@ -53,10 +54,15 @@ test: install
 demo: install
 	@bash contrib/demo.sh
 
+# A benchmark that misses a floor (exit 1) does not stop the ones after it: make bench fails at
+# the end. Any other failure (2: usage, not root; 130: Ctrl-C or SIGTERM) stops it at once.
+BENCHES := run merge minicopy hbmm
+
 bench: install
-	$(PY) bench/run.py
-	$(PY) bench/merge.py
-	$(PY) bench/minicopy.py
+	@rc=0; for b in $(BENCHES); do \
+	    echo "$(PY) bench/$$b.py"; \
+	    $(PY) bench/$$b.py || { s=$$?; [ $$s -eq 1 ] || exit $$s; rc=1; }; \
+	done; exit $$rc
 
 N       ?= 1000
 SECONDS ?= 600

@@ -322,19 +322,9 @@ class Bench:
         files = {}
         fsize = (self.size // 2) & ~((1 << 20) - 1)
         for t in a.targets:
-            loop = run(["losetup", "--find", "--show", "--direct-io=on", self.path_of(t)]).stdout.strip()
-            self.loops.append(loop)
-            with open(f"/sys/block/{os.path.basename(loop)}/loop/dio") as f:
-                if f.read().strip() != "1":
-                    self.notes.append(f"{t}: loop {loop} did not enable direct I/O")
-            if a.loop_rq_affinity is not None:      # the same tuning on every target's loop
-                with open(f"/sys/block/{os.path.basename(loop)}/queue/rq_affinity", "w") as f:
-                    f.write(f"{a.loop_rq_affinity}\n")
-            run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard", loop])
             mp = os.path.join(self.workdir, f"ext4-{t}")
-            os.makedirs(mp, exist_ok=True)
-            run(["mount", loop, mp])
-            self.ext4_mounts.append(mp)
+            loop = ext4_on_loop(self.path_of(t), mp, self.loops, self.ext4_mounts,
+                                a.loop_rq_affinity, self.notes.append)
             files[t] = os.path.join(mp, "fio.dat")
             log(f"{cell}: ext4 on {loop} (dio) over {t}; prefill a {fsize >> 20} MiB file")
             self.fio_raw("prefill", files[t], fsize)
@@ -347,12 +337,7 @@ class Bench:
         self.teardown_ext4()
 
     def teardown_ext4(self) -> None:
-        while self.ext4_mounts:
-            mp = self.ext4_mounts.pop()
-            if run(["umount", mp], check=False).returncode != 0:
-                run(["umount", "-l", mp], check=False)
-        while self.loops:
-            run(["losetup", "-d", self.loops.pop()], check=False)
+        teardown_ext4(self.loops, self.ext4_mounts)
 
     def run_sweep(self) -> None:
         a = self.args
@@ -398,6 +383,36 @@ class Bench:
                     log(f"kept {self.workdir}")
         finally:
             signal.signal(signal.SIGINT, old)
+
+
+def ext4_on_loop(path: str, mp: str, loops: list, mounts: list, rq_affinity=None,
+                 note=lambda text: None) -> str:
+    """ext4 on a `losetup --direct-io=on` loop over `path` (mkfs overwrites it), mounted on `mp`;
+    returns the loop device. The loop and the mountpoint are appended to `loops` and `mounts` as
+    soon as they exist, so that `teardown_ext4(loops, mounts)` undoes whatever was done."""
+    loop = run(["losetup", "--find", "--show", "--direct-io=on", path]).stdout.strip()
+    loops.append(loop)
+    with open(f"/sys/block/{os.path.basename(loop)}/loop/dio") as f:
+        if f.read().strip() != "1":
+            note(f"{path}: loop {loop} did not enable direct I/O")
+    if rq_affinity is not None:             # the same tuning on every target's loop
+        with open(f"/sys/block/{os.path.basename(loop)}/queue/rq_affinity", "w") as f:
+            f.write(f"{rq_affinity}\n")
+    run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0,nodiscard", loop])
+    os.makedirs(mp, exist_ok=True)
+    run(["mount", loop, mp])
+    mounts.append(mp)
+    return loop
+
+
+def teardown_ext4(loops: list, mounts: list) -> None:
+    """Unmount (lazily if busy) and detach what `ext4_on_loop` set up, emptying both lists."""
+    while mounts:
+        mp = mounts.pop()
+        if run(["umount", mp], check=False).returncode != 0:
+            run(["umount", "-l", mp], check=False)
+    while loops:
+        run(["losetup", "-d", loops.pop()], check=False)
 
 
 def warm(path: str, size: int) -> None:
