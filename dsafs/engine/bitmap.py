@@ -326,6 +326,14 @@ class WriteBitmaps:
                 return bm.bitmap_id
         return None
 
+    async def before_write(self, pos: int, nbytes: int, wait_left) -> None:
+        """Before a data write is issued: its bits durable (Marker.before_write); and when some
+        bitmap's replicas all left the set, the survivors' commit durable too (`wait_left`,
+        Membership.wait_left: see replica_lost)."""
+        await self.marker.before_write(pos, nbytes)
+        if self.replica_lost():
+            await wait_left()
+
     def replica_lost(self) -> bool:
         """Some bitmap in use has no replica on a current member any more (the members holding
         them were removed or expelled): a write marks it nowhere durable. Until the survivors'

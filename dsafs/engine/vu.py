@@ -4,8 +4,9 @@ The parts, each behind its own interface (DESIGN §2): `membership` (membership.
 their roles, generations, lineage and every SCB write), `operations` (operations.py: copies and
 the merge, one at a time), `mv` (mountver.py: member timeouts and mount verification), `stall`
 (stall.py: write stalls), `watch` (watch.py: member sizes and SCB slots), `gate` (fence.py: the
-write gate the copy, the merge and repairs close over a range). Each part receives the VU as a
-`typing.Protocol` of what it uses. (Creating a set and reading members' metadata: setmeta.py.)
+write gate the copy, the merge and repairs close over a range), `bitmaps` (bitmap.py: write
+bitmaps, marked before each write), `hbmm` (hbmm.py: the write-intent bitmap). Each part gets
+the VU as a `typing.Protocol` of what it uses. (Creating a set, reading members: setmeta.py.)
 
 State: `steady` (every current member a source), `copying` (copy targets are being brought up
 to date behind the copy fence) or `merging` (a merge is owed after a crash, or was demanded),
@@ -19,8 +20,7 @@ member that fails a write is expelled (generation up on the survivors) before th
 acknowledged; the write succeeds if a source succeeded. flush() flushes every current member,
 and returns only after the commit of any member that just left is durable. The first write
 after a mount or a generation change makes the dirty flag and WRITTEN durable on every member
-before it is issued (membership.mark_written); a write whose bitmap's replicas all left waits
-for the survivors' commit (bitmap.py `replica_lost`).
+before it is issued (membership.mark_written).
 
 Invariant: nothing acknowledged to a caller is lost while one current source survives; nothing
 is written after the clean mark of a dismount (a write that arrives then fails with EIO).
@@ -558,9 +558,7 @@ class VirtualUnit:
                 raise self._closed_error()
         try:
             if self.bitmaps.in_use:        # inside the gate: a split's bitmap sees every write
-                await self.bitmaps.marker.before_write(pos, nbytes)
-                if self.bitmaps.replica_lost():    # its replicas left: only once the survivors'
-                    await self.membership.wait_left()   # commit is durable (bitmap.py)
+                await self.bitmaps.before_write(pos, nbytes, self.membership.wait_left)
             copy = self.copy
             if copy is None or end <= copy.fence_bytes:
                 failures = await write_all(self.current, pos, data)
