@@ -282,9 +282,12 @@ class Hbmm:
             raise MembershipRefused(f"{host.name}: --policy hbmm: COUNT={spec.count} is more "
                                     f"than the {len(host.current)} members; give at most that")
         async with self.lock:
-            again = self.spec is not None and self._bitmap() is not None
+            again = self.spec is not None and bool(self._live_replicas())
             self.spec = spec
             self.note = ""
+            if not again and self._bitmap() is not None:     # its replicas all left the set
+                await self.bitmaps.delete(self.bitmap_id)
+                self.bitmap_id = ""
             if not again:
                 async with host.gate.closed(0, host.size_bytes):
                     for leg, exc in await flush_all(host.current):

@@ -353,3 +353,32 @@ async def test_disabling_hbmm_during_a_minimerge_lets_it_finish_and_says_so(auto
         await vu.wait_steady()
         assert vu.last_merge.kind == "minimerge" and vu.last_merge.chunks_marked == 2
         assert_members_identical(vu)
+
+
+async def test_a_scattered_minimerge_reads_many_marked_runs_at_once(autojump_clock):
+    """A minimerge step takes up to MINI_RUNS marked runs and submits all their reads before
+    waiting: 20 scattered chunks on members that answer in 1 ms take a few ms, not 20."""
+    a, b = await mem_set("a", "b", size_bytes=SIZE, latency=0.001)
+    chunks = list(range(1, 61, 3))                            # 20 runs of one chunk
+    await crash_after([a, b], [(c, 7) for c in chunks], hbmm=HbmmSpec())
+    for c in chunks[::4]:
+        scramble(b, c)
+    vu = await VirtualUnit.assemble("DSA1", [a, b])
+    async with running(vu):
+        await vu.wait_steady()
+        st = vu.last_merge.statistics()
+        assert st.kind == "minimerge" and st.chunks_compared == 20 and st.merge_repairs == 5
+        assert st.seconds < 0.015, st.seconds                 # one chunk at a time: 0.027
+        assert_members_identical(vu)
+
+
+async def test_re_enabling_after_the_bitmaps_replicas_left_makes_a_new_one(autojump_clock):
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c], hbmm=HbmmSpec(count=1))
+    async with running(vu):
+        (old,) = wi_ids(vu)
+        await vu.remove("a.img", Policy.NONE)                 # the only replica leaves
+        assert not vu.hbmm.trusted and newest_scb(b).hbmm_bitmap == ""
+        await vu.hbmm.enable(HbmmSpec(count=1))
+        (new,) = wi_ids(vu)
+        assert new != old and vu.hbmm.trusted and newest_scb(b).hbmm_bitmap == new
