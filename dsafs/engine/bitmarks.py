@@ -109,6 +109,22 @@ class Marker:
         chunks = chunks_touched(pos, nbytes)
         return all(bm.has(chunks) for bm in self.in_use.values())
 
+    def free(self, pos: int, nbytes: int) -> bool:
+        """before_write's fast path without a coroutine (the VU calls it first): True, and
+        counted, when every bitmap in use has every chunk of this write set already. A bitmap
+        on every write (HBMM) made this path cost ~6 us of CPU per 4 KiB write in generators
+        and awaits: randwrite-4k 0.85x of HBMM off with no bitmap I/O at all."""
+        first, last = pos // CHUNK_BYTES, (pos + max(nbytes, 1) - 1) // CHUNK_BYTES
+        for bm in self.in_use.values():
+            bits = bm.bits
+            for c in range(first, last + 1):
+                if not bits[c >> 3] >> (c & 7) & 1:
+                    return False
+        self.written_bytes += nbytes
+        self.free_writes += 1
+        self._last_end = pos + nbytes
+        return True
+
     async def before_write(self, pos: int, nbytes: int) -> None:
         """Return once the bits of the chunks [pos, pos + nbytes) touches are durable on every
         replica of every bitmap in use."""

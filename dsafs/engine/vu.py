@@ -557,7 +557,7 @@ class VirtualUnit:
                 self.gate.leave(token)
                 raise self._closed_error()
         try:
-            if self.bitmaps.in_use:        # inside the gate: a split's bitmap sees every write
+            if self.bitmaps.in_use and not self.bitmaps.marker.free(pos, nbytes):   # in the gate
                 await self.bitmaps.before_write(pos, nbytes, self.membership.wait_left)
             copy = self.copy
             if copy is None or end <= copy.fence_bytes:

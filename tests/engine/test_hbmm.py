@@ -382,3 +382,17 @@ async def test_re_enabling_after_the_bitmaps_replicas_left_makes_a_new_one(autoj
         await vu.hbmm.enable(HbmmSpec(count=1))
         (new,) = wi_ids(vu)
         assert new != old and vu.hbmm.trusted and newest_scb(b).hbmm_bitmap == new
+
+
+async def test_the_free_path_counts_only_writes_into_chunks_set_in_every_bitmap(autojump_clock):
+    a, b, c = await mem_set("a", "b", "c", size_bytes=SIZE)
+    vu = await VirtualUnit.assemble("DSA1", [a, b, c], hbmm=HbmmSpec())
+    async with running(vu):
+        await vu.write(3 * CHUNK_BYTES, b"f" * 4096)
+        m = vu.bitmaps.marker
+        free0, written0 = m.free_writes, m.written_bytes
+        assert m.free(3 * CHUNK_BYTES + 8192, 4096)
+        assert not m.free(3 * CHUNK_BYTES + 4096, CHUNK_BYTES)      # reaches chunk 4
+        await vu.remove("c.img", Policy.REQUIRED)                   # a second bitmap, empty
+        assert not m.free(3 * CHUNK_BYTES, 4096)
+        assert (m.free_writes, m.written_bytes) == (free0 + 1, written0 + 4096)
