@@ -47,8 +47,6 @@ bench/results/hbmm-<timestamp>.json. Exit status 1 when a floor is missed.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import shutil
 import signal
@@ -59,8 +57,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import (DSAFS, FIO_DIR, RESULTS_DIR, Daemon, ext4_on_loop, log, parse_size,  # noqa: E402
-                 run, teardown_ext4)
+from run import (DSAFS, FIO_DIR, Daemon, ext4_on_loop, fio_json, log, parse_size,  # noqa: E402
+                 run, save_results, teardown_ext4)
 
 CELLS = ["randwrite-4k", "seqwrite-1m", "ext4-randrw-4k"]
 FLOORS = {"randwrite-4k": 0.85, "seqwrite-1m": 0.9, "ext4-randrw-4k": 0.85}
@@ -141,9 +139,7 @@ class HbmmBench:
         if r.returncode != 0:
             raise RuntimeError(f"fio {job} on {filename} failed ({r.returncode}): "
                                f"{(r.stderr or r.stdout).strip()[-500:]}")
-        with open(out) as f:
-            text = f.read()
-        return json.loads(text[text.index("{"):])      # fio may put notes before the JSON
+        return fio_json(out)
 
     # --------------------------------------------------------------- write cost
     def measure(self, cell: str, target: str, filename: str, size: int) -> dict:
@@ -456,12 +452,7 @@ def main(argv=None) -> int:
         b.cleanup()
     out = report(b)
     if not a.no_json:
-        os.makedirs(RESULTS_DIR, exist_ok=True)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = os.path.join(RESULTS_DIR, f"hbmm-{stamp}.json")
-        with open(path, "w") as f:
-            json.dump({"args": {k: v for k, v in vars(a).items()}, **out}, f, indent=1,
-                      default=str)
+        path = save_results("hbmm", {"args": vars(a), **out})
         log(f"results: {path}")
     if rc:
         return rc

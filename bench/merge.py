@@ -225,10 +225,7 @@ def report(res: dict, size: int, a, rc: int) -> None:
               f"merges {med([f['iops'] for f in fg]):,.0f}; repairs in the 10 % runs: "
               f"{', '.join(f'{r}/{n}' for n, r in res['repairs_10pct'])})")
     if not a.no_json:
-        os.makedirs(bench.RESULTS_DIR, exist_ok=True)
-        path = os.path.join(bench.RESULTS_DIR, f"merge-{time.strftime('%Y%m%d-%H%M%S')}.json")
-        with open(path, "w") as f:
-            json.dump({"size": size, "args": vars(a), "rc": rc, **res}, f, indent=1)
+        path = bench.save_results("merge", {"size": size, "args": vars(a), "rc": rc, **res})
         print(f"JSON: {os.path.relpath(path, bench.ROOT)}")
 
 

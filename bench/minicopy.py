@@ -32,8 +32,6 @@ Results: a table on stdout and JSON in bench/results/minicopy-<timestamp>.json.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
 import shutil
 import signal
@@ -44,7 +42,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run import DSAFS, FIO_DIR, RESULTS_DIR, Daemon, log, parse_size, run  # noqa: E402
+from run import DSAFS, FIO_DIR, Daemon, fio_json, log, parse_size, run, save_results  # noqa: E402
 
 CELLS = ["randwrite-4k", "seqwrite-1m"]
 FLOORS = {"randwrite-4k": 0.85, "seqwrite-1m": 0.9}
@@ -116,9 +114,7 @@ class MinicopyBench:
         if r.returncode != 0:
             raise RuntimeError(f"fio {job} on {filename} failed ({r.returncode}): "
                                f"{(r.stderr or r.stdout).strip()[-500:]}")
-        with open(out) as f:
-            text = f.read()
-        return json.loads(text[text.index("{"):])
+        return fio_json(out)
 
     def write_cell(self, cell: str, target: str) -> dict:
         vu, policy = VUS[target]
@@ -281,12 +277,7 @@ def main(argv=None) -> int:
         b.cleanup()
     out = report(b)
     if not a.no_json:
-        os.makedirs(RESULTS_DIR, exist_ok=True)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        path = os.path.join(RESULTS_DIR, f"minicopy-{stamp}.json")
-        with open(path, "w") as f:
-            json.dump({"args": {k: v for k, v in vars(a).items()}, **out}, f, indent=1,
-                      default=str)
+        path = save_results("minicopy", {"args": vars(a), **out})
         log(f"results: {path}")
     return 0 if all(f["pass"] for f in out["floors"].values()) else 1
 

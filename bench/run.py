@@ -89,6 +89,22 @@ class Interrupted(Exception):
     pass
 
 
+def save_results(kind: str, record: dict) -> str:
+    """Write `record` as bench/results/<kind>-<timestamp>.json; returns its path."""
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1, default=str)
+    return path
+
+
+def fio_json(path: str) -> dict:
+    """The JSON fio wrote to `path` (fio may put notes before it)."""
+    with open(path) as f:
+        text = f.read()
+    return json.loads(text[text.index("{"):])
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -266,9 +282,7 @@ class Bench:
         if rc != 0:
             raise RuntimeError(f"fio {job} on {filename} failed ({rc}): "
                                f"{(stderr or stdout).strip()[-500:]}")
-        with open(out) as f:
-            text = f.read()
-        return json.loads(text[text.index("{"):])     # fio may put notes before the JSON
+        return fio_json(out)
 
     def measure(self, cell: str, target: str, filename: str, size: int) -> dict:
         os.sync()                   # no write-back from the previous cell during this one
@@ -618,10 +632,7 @@ def main(argv=None) -> int:
     summary = summarize(b)
     print_report(b, summary, meta)
     if not a.no_json:
-        os.makedirs(RESULTS_DIR, exist_ok=True)
-        path = os.path.join(RESULTS_DIR, f"bench-{time.strftime('%Y%m%d-%H%M%S')}.json")
-        with open(path, "w") as f:
-            json.dump({"meta": meta, **summary, "notes": b.notes}, f, indent=1, default=str)
+        path = save_results("bench", {"meta": meta, **summary, "notes": b.notes})
         print(f"\nJSON: {os.path.relpath(path, ROOT)}   elapsed {meta['elapsed_s'] / 60:.1f} min")
     return rc
 
