@@ -122,11 +122,9 @@ def test_cuts_land_inside_scb_updates_and_membership_changes():
         assert not r.violations, _report(r)
 
 
-@pytest.mark.allow_warnings
-def test_bitmap_hole_is_reported_when_bits_are_not_made_durable(monkeypatch):
-    """Negative control of rule bitmap-hole: an engine whose write path sets a bitmap's bits in
-    memory only (never writes them to the replicas) is caught, at a cut after a split, as a
-    bitmap the reassembled mount trusts without the chunks later writes reached."""
+def _kinds_with_bits_in_memory_only(monkeypatch, rule: str, **scenario) -> set:
+    """The violation kinds seeds 1-8 report (until `rule` shows) with an engine whose write
+    path sets bitmap bits in memory only, never on the replicas."""
     from dsafs.engine.bitmarks import Marker, chunks_touched
 
     async def before_write(self, pos, nbytes):
@@ -134,12 +132,21 @@ def test_bitmap_hole_is_reported_when_bits_are_not_made_durable(monkeypatch):
             bm.mark(chunks_touched(pos, nbytes))        # not durable: lost in a crash
 
     monkeypatch.setattr(Marker, "before_write", before_write)
-    kinds = set()
+    kinds: set = set()
     for seed in range(1, 9):
-        r = pc.run_scenario(seed, 10, chain=0.0)
+        r = pc.run_scenario(seed, 10, chain=0.0, **scenario)
         kinds |= {v.split(": ")[1] for v in r.violations}
-        if "bitmap-hole" in kinds:
+        if rule in kinds:
             break
+    return kinds
+
+
+@pytest.mark.allow_warnings
+def test_bitmap_hole_is_reported_when_bits_are_not_made_durable(monkeypatch):
+    """Negative control of rule bitmap-hole: an engine whose write path sets a bitmap's bits in
+    memory only (never writes them to the replicas) is caught, at a cut after a split, as a
+    bitmap the reassembled mount trusts without the chunks later writes reached."""
+    kinds = _kinds_with_bits_in_memory_only(monkeypatch, "bitmap-hole")
     assert "bitmap-hole" in kinds, kinds
 
 
@@ -211,17 +218,5 @@ def test_hbmm_hole_is_reported_when_write_intent_bits_are_not_made_durable(monke
     """Negative control of rule hbmm-hole: with HBMM on, an engine whose write path sets the
     bits in memory only is caught at a cut: the bitmap the SCBs name lacks chunks in which
     the sources may differ (and its minimerge then leaves them different)."""
-    from dsafs.engine.bitmarks import Marker, chunks_touched
-
-    async def before_write(self, pos, nbytes):
-        for bm in self.in_use.values():
-            bm.mark(chunks_touched(pos, nbytes))        # not durable: lost in a crash
-
-    monkeypatch.setattr(Marker, "before_write", before_write)
-    kinds = set()
-    for seed in range(1, 9):
-        r = pc.run_scenario(seed, 10, chain=0.0, hbmm=True)
-        kinds |= {v.split(": ")[1] for v in r.violations}
-        if "hbmm-hole" in kinds:
-            break
+    kinds = _kinds_with_bits_in_memory_only(monkeypatch, "hbmm-hole", hbmm=True)
     assert "hbmm-hole" in kinds, kinds
