@@ -185,23 +185,56 @@ def _policies(values) -> dict:
 
 def cmd_dismount(args) -> int:
     name = vu_name(args.vu)
+    if (args.quiesce or args.force) and not args.member:
+        raise InvalidArgument(f"{name}: --quiesce and --force go with --member (a split); a "
+                              f"dismount of the whole VU always drains and flushes")
     with _client(args) as c:
         result = c.call("dismount", vu=name, members=args.member, abort=args.abort,
-                        policy=args.policy)
+                        policy=args.policy, quiesce=args.quiesce, force=args.force)
     if args.member:
-        its = "its" if len(args.member) == 1 else "their"
-        if result.get("bitmap"):
-            tail = f"; bitmap {result['bitmap']} records the writes for {its} minicopy"
-        elif result.get("policy") == "nominicopy":
-            tail = f"; no bitmap (--policy nominicopy): {its} return will be a full copy"
-        else:
-            why = result.get("no_bitmap_because")
-            tail = (f"; no minicopy bitmap{f' ({why})' if why else ''}: {its} return will be a "
-                    f"full copy")
-        print(f"{name}: {' and '.join(args.member)} removed from the shadow set{tail}")
+        _print_departure(name, result, args.member,
+                         result.get("held_ms") if args.quiesce else None)
     else:
         print(f"{name}: dissolved" + (" (aborted: the next mount merges)" if args.abort else
                                       "; the members are marked clean"))
+    return 0
+
+
+def _print_departure(name: str, result: dict, members, held_ms=None) -> None:
+    its = "its" if len(members) == 1 else "their"
+    if result.get("bitmap"):
+        tail = f"; bitmap {result['bitmap']} records the writes for {its} minicopy"
+    elif result.get("policy") == "nominicopy":
+        tail = f"; no bitmap (--policy nominicopy): {its} return will be a full copy"
+    else:
+        why = result.get("no_bitmap_because")
+        tail = (f"; no minicopy bitmap{f' ({why})' if why else ''}: {its} return will be a "
+                f"full copy")
+    held = f" (writes held {held_ms:.1f} ms)" if held_ms is not None else ""
+    for warning in result.get("warnings") or ():
+        print(f"dsafs: warning: {warning}", file=sys.stderr)
+    print(f"{name}: {' and '.join(members)} removed from the shadow set{held}{tail}")
+
+
+def parse_splits(pairs: Sequence[str]) -> dict:
+    """`DSA1=b.img DSA2=d.img DSA1=c.img` -> {"DSA1": ["b.img", "c.img"], "DSA2": ["d.img"]}."""
+    out: dict = {}
+    for pair in pairs:
+        vu, sep, member = pair.partition("=")
+        if not sep or not vu or not member:
+            raise UsageError(f"split: {pair!r} is not VU=MEMBER (e.g. DSA1=b.img)")
+        out.setdefault(vu_name(vu), []).append(member)
+    return out
+
+
+def cmd_split(args) -> int:
+    named = parse_splits(args.pairs)
+    with _client(args) as c:
+        result = c.call("split", vus=named, policy=args.policy, force=args.force)
+    for r in result["vus"]:
+        _print_departure(r["vu"], r, named[r["vu"]])
+    print(f"split {', '.join(r['vu'] for r in result['vus'])} at one instant: writes held "
+          f"{result['held_ms']:.1f} ms")
     return 0
 
 
@@ -371,6 +404,7 @@ def build_parser():
         "init": cmd_init, "examine": cmd_examine, "serve": cmd_serve, "mount": cmd_mount,
         "dismount": cmd_dismount, "show": cmd_show, "set": cmd_set, "events": cmd_events,
         "debug inject": cmd_inject, "bitmap delete": cmd_bitmap_delete, "verify": cmd_verify,
+        "split": cmd_split,
     })
 
 

@@ -73,6 +73,7 @@ class Kind(enum.StrEnum):
     BITMAP_RESET = "bitmap-reset"
     HBMM_ENABLED = "hbmm-enabled"
     HBMM_DISABLED = "hbmm-disabled"
+    SPLIT = "split"
 
 
 # kind -> (code, message template). Fields: vu, member (basename), label, and any given.
@@ -129,6 +130,8 @@ KINDS = {
                         "_{vu}: bitmap {bitmap} cleared after {blocks} modified blocks"),
     Kind.HBMM_ENABLED: ("SHADOW-I-HBMMENA", "_{vu}: HBMM enabled, policy {policy}"),
     Kind.HBMM_DISABLED: ("SHADOW-I-HBMMDIS", "_{vu}: HBMM disabled"),
+    Kind.SPLIT: ("DSAFS-I-SPLIT", "_{vu}: members split off with writes held {held_ms} ms "
+                                  "({vus} VU(s) at one instant)"),
 }
 
 

@@ -295,7 +295,7 @@ class Membership:
 
     # ----------------------------------------------------------------- leaving
     @contextlib.asynccontextmanager
-    async def _member_leaving(self):
+    async def member_leaving(self):
         """Around a member's departure and the survivors' commit (see wait_left())."""
         if self._leaving == 0:
             self._left = trio.Event()
@@ -335,7 +335,7 @@ class Membership:
         if self.host.readonly:    # --nowrite writes nothing: out of use here, no SCB is changed
             self.drop(leg, MemberState.EXPELLED, why, rule)
             return
-        async with self._member_leaving():
+        async with self.member_leaving():
             self.drop(leg, MemberState.EXPELLED, why, rule)
             self.host.start_soon(self.close_when_idle, leg)
             await self.commit()
@@ -352,54 +352,59 @@ class Membership:
         await leg.wait_idle()
         leg.member.close()
 
-    async def remove(self, refs: Sequence[str],
-                     on_leave: Optional[Callable[[list], Awaitable[Optional[int]]]] = None
-                     ) -> None:
-        """Dismount members (one command: one instant): drain their I/O, generation up on the
-        rest, mark them removed. `on_leave(legs)` runs once writes are held and drained, before
-        they leave (the minicopy bitmap they share is made there); if it raises, nothing
-        changed. It may return a modification time: each member's file gets it after its last
-        write (Member.stamp), so a write behind dsafs' back shows at its return."""
-        stamp = None
+    # ------------------------------------------------------------ departures
+    # A departure (split.py composes these for one VU or several at one instant), under `lock`:
+    # `leaving_legs` names them; inside `member_leaving()` and a gate window over the whole VU,
+    # `depart` takes them out of `current`; after the window, `departed` commits the
+    # survivors' generation; after `member_leaving()`, `release` marks and closes them.
+
+    def leaving_legs(self, refs: Sequence[str]) -> list[Leg]:
+        """The current members `refs` names, refused when one is named twice or when they are
+        every source (the caller holds `lock`)."""
         name = self.host.name
-        async with self.lock:
-            legs = [self.find(ref) for ref in refs]
-            if len({id(leg) for leg in legs}) < len(legs):
-                raise MembershipRefused(f"{name}: a member is named twice; name each member "
-                                        f"to remove once")
-            if all(s in legs for s in self.sources):
-                named = " and ".join(s.name for s in self.sources)
-                what = ("is the only source member" if len(self.sources) == 1
-                        else "are every source member")
-                raise MembershipRefused(f"{name}: {named} {what} and cannot be removed; "
-                                        f"dismount {name} instead")
-            async with self._member_leaving():
-                async with self.gate.closed(0, self.host.size_bytes):
-                    if on_leave is not None:
-                        stamp = await on_leave(legs)
-                    for leg in legs:
-                        if leg.state is MemberState.SOURCE:
-                            leg.lineage = self.history.member_leaves(leg.generation,
-                                                                      BranchReason.REMOVED)
-                        leg.state = MemberState.REMOVED
-                    self.refresh()
-                for leg in legs:
-                    await leg.wait_idle()
-                    log.info("%s: %s removed by rule=%s", name, leg.name, Rule.OPERATOR)
-                    self.host.event(Kind.MEMBER_REMOVED, member=leg.member.path,
-                                    rule=Rule.OPERATOR)
-                await self.commit()
-            for leg in legs:
-                try:
-                    await waits.call(leg, "flush", leg.member.flush)
-                    await waits.call(leg, "SCB write", leg.store.write, self.scb_for(leg))
-                    if stamp is not None:
-                        await waits.call(leg, "stamp", leg.member.stamp, stamp)
-                except MemberIOError as exc:
-                    log.warning("%s: %s left the set but its SCB could not be marked: %s",
-                                name, leg.name, exc)
-                leg.member.close()
-                self.legs.remove(leg)
+        legs = [self.find(ref) for ref in refs]
+        if len({id(leg) for leg in legs}) < len(legs):
+            raise MembershipRefused(f"{name}: a member is named twice; name each member "
+                                    f"to remove once")
+        if all(s in legs for s in self.sources):
+            named = " and ".join(s.name for s in self.sources)
+            what = ("is the only source member" if len(self.sources) == 1
+                    else "are every source member")
+            raise MembershipRefused(f"{name}: {named} {what} and cannot be removed; "
+                                    f"dismount {name} instead")
+        return legs
+
+    def depart(self, legs: Sequence[Leg]) -> None:
+        """Take `legs` out of `current` (writes are held and drained: the caller's window)."""
+        for leg in legs:
+            if leg.state is MemberState.SOURCE:
+                leg.lineage = self.history.member_leaves(leg.generation, BranchReason.REMOVED)
+            leg.state = MemberState.REMOVED
+        self.refresh()
+
+    async def departed(self, legs: Sequence[Leg]) -> None:
+        """After the window, inside `member_leaving()`: their last I/O ends, then the
+        survivors' new generation is committed."""
+        for leg in legs:
+            await leg.wait_idle()
+            log.info("%s: %s removed by rule=%s", self.host.name, leg.name, Rule.OPERATOR)
+            self.host.event(Kind.MEMBER_REMOVED, member=leg.member.path, rule=Rule.OPERATOR)
+        await self.commit()
+
+    async def release(self, legs: Sequence[Leg], stamp: Optional[int]) -> None:
+        """Flush each departed member, mark its SCB removed, give its file `stamp` (the
+        modification time a minicopy bitmap recorded), close it."""
+        for leg in legs:
+            try:
+                await waits.call(leg, "flush", leg.member.flush)
+                await waits.call(leg, "SCB write", leg.store.write, self.scb_for(leg))
+                if stamp is not None:
+                    await waits.call(leg, "stamp", leg.member.stamp, stamp)
+            except MemberIOError as exc:
+                log.warning("%s: %s left the set but its SCB could not be marked: %s",
+                            self.host.name, leg.name, exc)
+            leg.member.close()
+            self.legs.remove(leg)
 
     async def add(self, members: Sequence, options: decide.Options, confirm: Optional[Confirm],
                   policy: Policy = Policy.OPTIONAL) -> tuple[decide.Plan, list[Leg]]:

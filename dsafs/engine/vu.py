@@ -48,6 +48,7 @@ from dsafs.engine.merge import Merge
 from dsafs.engine.mountver import MountVerification
 from dsafs.engine.operations import Operations
 from dsafs.engine.repair import read_and_repair
+from dsafs.engine.split import Departure, split
 from dsafs.engine.stall import WriteStall
 from dsafs.engine.throttle import Settings as MergeSettings
 from dsafs.engine.vustats import VuStats
@@ -333,22 +334,12 @@ class VirtualUnit:
         self.membership.force_out(leg, why, rule)
 
     async def remove(self, refs, policy: Policy = Policy.NONE) -> Optional[str]:
-        """Dismount one member (`refs` a path or basename) or several at one instant (a list):
-        drain their I/O, generation up on the rest, mark them removed. With a minicopy policy
-        the members that stay first get one bitmap, shared by those leaving, of every chunk
-        written from then on (bitmap.py); returns its id, or None."""
-        made: list = []
-
-        async def make_bitmap(legs: list) -> Optional[int]:
-            if self.readonly:
-                return None
-            bound = await self.hbmm.for_departure(legs, policy)   # HBMM DISMOUNT=n, else own
-            made.append(bound[0] if bound else await self.bitmaps.for_departure(legs, policy))
-            return bound[1] if bound else self.bitmaps.departure_stamp
-
-        await self.membership.remove([refs] if isinstance(refs, str) else list(refs),
-                                     on_leave=make_bitmap)
-        return made[0] if made else None
+        """Dismount one member (`refs` a path or basename) or several at one instant (a list),
+        without the split preconditions (split.py; the service applies them). With a minicopy
+        policy they share one bitmap of every chunk written from then on: its id, or None."""
+        d = Departure(self, [refs] if isinstance(refs, str) else list(refs), policy)
+        await split([d], quiesce=False, force=True)
+        return d.bitmap
 
     async def add(self, members: Sequence, options: decide.Options = decide.Options(),
                   confirm: Optional[Confirm] = None, policy: Policy = Policy.OPTIONAL

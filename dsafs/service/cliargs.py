@@ -117,9 +117,30 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
                         "without and the return is a full copy), minicopy (the same, but "
                         "refused when no bitmap can be made), nominicopy (no bitmap: the "
                         "return is a full copy)")
+    s.add_argument("--quiesce", action="store_true",
+                   help="with --member: hold new writes, drain those in flight and flush every "
+                        "member before the split, then release: the member holds exactly the "
+                        "writes acknowledged before it (crash-consistent)")
+    s.add_argument("--force", action="store_true",
+                   help="with --member: split even while a merge or a copy runs (the image may "
+                        "then not be a consistent backup)")
     s.add_argument("--abort", action="store_true",
                    help="dissolve even while the VU is open; the next mount merges")
     s.set_defaults(func=handlers["dismount"])
+
+    s = sub.add_parser("split", parents=[sock],
+                       help="split members off several VUs at one instant (writes held on all)",
+                       description="Hold new writes on every named VU, drain and flush them, "
+                                   "remove the named members, then release: one consistent cut "
+                                   "across VUs (e.g. a database's data and log). All or nothing.")
+    s.add_argument("pairs", nargs="+", metavar="DSAn=MEMBER",
+                   help="a member to split off a VU; repeat for other VUs or members")
+    s.add_argument("--policy", metavar="P",
+                   help="minicopy=optional (default), minicopy or nominicopy, as for dismount "
+                        "--member")
+    s.add_argument("--force", action="store_true",
+                   help="split even while a merge or a copy runs")
+    s.set_defaults(func=handlers["split"])
 
     s = sub.add_parser("show", parents=[sock], help="show shadow sets (SHOW SHADOW)")
     s.add_argument("vu", metavar="DSAn", nargs="?")

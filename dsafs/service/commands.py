@@ -27,6 +27,7 @@ from dsafs.engine.bitpolicy import Policy, parse_policy
 from dsafs.engine.hbmmspec import parse_hbmm
 from dsafs.ondisk.bitmap import check_bitmap_id
 from dsafs.engine.settings import SetPlan
+from dsafs.engine.split import Departure, split
 from dsafs.engine.operations import check_priority
 from dsafs.engine.throttle import Settings as MergeSettings
 from dsafs.engine.verify import verify as verify_vu
@@ -86,7 +87,7 @@ class Commands:
         return {"mount": self.mount, "dismount": self.dismount, "show": self.show,
                 "set": self.set, "verify": self.verify, "ping": self.ping,
                 "inject": self.inject, "events": self.events,
-                "bitmap_delete": self.bitmap_delete}
+                "bitmap_delete": self.bitmap_delete, "split": self.split}
 
     def _get(self, name: str):
         name = vu_name(name)
@@ -222,12 +223,16 @@ class Commands:
             vu = self._get(args.get("vu", ""))
             members = list(args.get("members") or ())
             if members:
-                policy = (parse_policy([args["policy"]], f"{vu.name}: --policy")
-                          if args.get("policy") else Policy.OPTIONAL)
-                bitmap = await vu.remove(members, policy)
-                return {"vu": vu.name, "removed": members,
-                        "state": vu.state, "bitmap": bitmap, "policy": policy.value,
-                        "no_bitmap_because": None if bitmap else vu.bitmaps.departure_note}
+                policy = self._removal_policy(args, f"{vu.name}: --policy")
+                result = await split([Departure(vu, members, policy)],
+                                     quiesce=bool(args.get("quiesce")),
+                                     force=bool(args.get("force")))
+                return self._departure_reply(result.departures[0]) | {
+                    "held_ms": round(result.held_seconds * 1000, 3)}
+            if args.get("quiesce") or args.get("force"):
+                raise InvalidArgument(f"{vu.name}: --quiesce and --force go with --member "
+                                      f"(a split); a dismount of the whole VU always drains "
+                                      f"and flushes")
             opens = self.host.open_handles(vu.name)
             if vu.mv.state is not None and not args.get("abort"):
                 raise VuError(f"{vu.name} is in {vu.mv.state} (no member answers); its members "
@@ -243,6 +248,34 @@ class Commands:
                 await vu.dissolve()
             self.host.withdraw(vu.name)
             return {"vu": vu.name, "dissolved": True, "clean": not args.get("abort")}
+
+    async def split(self, args) -> dict:
+        """Several VUs at one instant (split.py): writes held on all, then released."""
+        async with self.host.membership_lock:
+            named = args.get("vus") or {}
+            if not named:
+                raise InvalidArgument("split: name at least one VU=MEMBER")
+            policy = self._removal_policy(args, "split: --policy")
+            departures = [Departure(self._get(name), list(refs), policy)
+                          for name, refs in named.items()]
+            for d in departures:
+                if not d.refs:
+                    raise InvalidArgument(f"{d.vu.name}: no member named; give {d.vu.name}=MEMBER")
+            result = await split(departures, quiesce=True, force=bool(args.get("force")))
+            return {"vus": [self._departure_reply(d) for d in result.departures],
+                    "held_ms": round(result.held_seconds * 1000, 3)}
+
+    @staticmethod
+    def _removal_policy(args, where: str) -> Policy:
+        return (parse_policy([args["policy"]], where) if args.get("policy")
+                else Policy.OPTIONAL)
+
+    @staticmethod
+    def _departure_reply(d: Departure) -> dict:
+        return {"vu": d.vu.name, "removed": [leg.member.path for leg in d.legs],
+                "state": d.vu.state, "bitmap": d.bitmap, "policy": d.policy.value,
+                "no_bitmap_because": None if d.bitmap else d.note,
+                "warnings": list(d.warnings)}
 
     async def show(self, args) -> object:
         if args.get("vu"):

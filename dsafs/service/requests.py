@@ -289,6 +289,13 @@ SCHEMAS: dict = {
     "dismount": {
         "vu": VU, "members": Field(REFS), "abort": BOOL,
         "policy": Field(Text(max_bytes=64, nonempty=False, what="a removal policy name")),
+        "quiesce": BOOL, "force": BOOL,
+    },
+    "split": {
+        "vus": Field(MapOf(VuName(), REFS, max_items=64,
+                           what="an object of VU name: list of members"), required=True),
+        "policy": Field(Text(max_bytes=64, nonempty=False, what="a removal policy name")),
+        "force": BOOL,
     },
     "set": {
         "vu": VU,

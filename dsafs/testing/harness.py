@@ -27,7 +27,7 @@ from typing import Optional
 from dsafs.errors import DsafsError
 from dsafs.service.control import Client
 
-_SOCKET_COMMANDS = ("mount", "dismount", "show", "set", "verify", "events")
+_SOCKET_COMMANDS = ("mount", "dismount", "show", "set", "verify", "events", "split")
 
 
 def dsafs_executable() -> str:

@@ -15,7 +15,8 @@ Each *cycle*:
   3. Two writer threads write random 4-64 KiB runs of a self-describing pattern with O_DIRECT
      to /mnt/DSA1 and fsync now and then, logging submission and acknowledgement of each write
      and fsync. Meanwhile the main thread, at random moments, splits a member off (`dsafs
-     dismount DSA1 --member M --policy P`, P minicopy, minicopy=optional or nominicopy at
+     dismount DSA1 --member M --policy P [--force]` (without --force a merge or copy
+     running refuses it: the split preconditions), P minicopy, minicopy=optional or nominicopy at
      random), returns it (`dsafs mount DSA1 --add M`: by a minicopy when the split left a
      bitmap, `show --json` `bitmaps`, and then `last_copy.kind` must say minicopy and `dsafs
      verify` must find the members identical once it is done), demands a merge (`dsafs set
@@ -345,8 +346,15 @@ class Soak:
         if x < 0.25 and self.out is None:
             who = rng.choice(self.members)
             policy = rng.choice(("minicopy", "minicopy=optional", "nominicopy"))
+            force = rng.random() < 0.5   # the split preconditions refuse during a merge/copy
             d = self.cli("dismount", "DSA1", "--member", os.path.basename(who),
-                         "--policy", policy)
+                         "--policy", policy, *(["--force"] if force else []))
+            if d.returncode != 0 and not force and not any(
+                    why in d.stderr for why in ("a merge is", "a copy onto", "no source",
+                                                "only source", "every source")):
+                self.fail(n, f"dismount --member {who} refused for no split precondition: "
+                             f"{d.stderr}")
+                return False
             if d.returncode == 0:
                 self.out = who
                 self.out_bitmap = self.has_bitmap(who)

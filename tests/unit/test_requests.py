@@ -29,6 +29,8 @@ class RecordingClient:
     REPLIES = {
         "mount": {"vu": "DSA1", "plan": [], "state": "steady", "path": "/mnt/DSA1"},
         "dismount": {}, "show": [], "events": [],
+        "split": {"vus": [{"vu": "DSA1", "bitmap": None}, {"vu": "DSA2", "bitmap": None}],
+                  "held_ms": 1.5},
         "bitmap_delete": {"vu": "DSA1", "deleted": "0A1B2C3D"},
         "set": {"changes": [], "warnings": []},
         "inject": {"member": "/x/b.img", "faults": []},
@@ -55,6 +57,8 @@ CLI_COMMANDS = [
     ["dismount", "DSA1"],
     ["dismount", "DSA1", "--member", "b.img", "--policy", "nominicopy"],
     ["dismount", "DSA1", "--abort"],
+    ["dismount", "DSA1", "--member", "b.img", "--quiesce", "--force"],
+    ["split", "DSA1=b.img", "dsa2=/x/d.img", "DSA1=c.img", "--policy", "minicopy", "--force"],
     ["bitmap", "delete", "0A1B2C3D"],
     ["show"], ["show", "DSA1"], ["show", "_DSA1:", "--json"],
     ["set", "DSA1", "--read-cost", "a.img=1", "--read-cost", "/x/b.img=65535"],
