@@ -7,8 +7,9 @@ One *scenario* (everything follows from its seed, trio's scheduling included):
      recorders share one Journal.
   2. Mount a VirtualUnit on them and run, for a short virtual time under trio's MockClock:
      1-4 writer tasks (random 512 B - 64 KiB writes of a self-describing pattern, flushes,
-     reads that are checked), and a membership task (remove a member with a random minicopy
-     policy -- minicopy, minicopy=optional, nominicopy --, add it back, which starts a minicopy
+     reads that are checked), and a membership task (remove a member: a split with random
+     --quiesce and --force, so the split preconditions refuse some, and a random minicopy
+     policy -- minicopy, minicopy=optional, nominicopy --; add it back, which starts a minicopy
      when its removal left a bitmap and a full copy otherwise, add a blank spare, demand a
      merge). Every application event goes into the journal too, so the oracle knows what was
      submitted, acknowledged and flushed when, and each split with the bitmap id it returned.
@@ -87,6 +88,7 @@ import trio
 import trio.testing
 
 from dsafs.engine import copy as copymod
+from dsafs.engine.split import Departure, split
 from dsafs.engine.bitpolicy import Policy
 from dsafs.engine import decide
 from dsafs.engine.decide import Options
@@ -297,8 +299,11 @@ class Run:
                     policy = rng.choice(list(Policy))
                     start = o.journal.note("remove-start", path)
                     o.membership.append((start, "remove-start", path))
-                    bitmap_id = await vu.remove(path, policy)     # may be refused: then
-                    removed = path                                # it stays a member
+                    # the split preconditions refuse during a merge or a copy without
+                    # --force (then it stays a member); --quiesce flushes inside the hold
+                    d = Departure(vu, [path], policy)
+                    await split([d], quiesce=rng.random() < 0.5, force=rng.random() < 0.5)
+                    bitmap_id, removed = d.bitmap, path
                     o.note_split(removed, bitmap_id, policy.value, start)
                     self.result.removes += 1
                     self.result.bitmap_splits += bitmap_id is not None
