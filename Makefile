@@ -5,6 +5,7 @@
 #   make bench    install, then run bench/run.py (fio: raw vs DSA), bench/merge.py (merge),
 #                 bench/minicopy.py (writes with a minicopy bitmap vs none; return time) and
 #                 bench/hbmm.py (writes with HBMM on vs off; minimerge vs full merge after kill -9)
+#                 and bench/split.py (how long a split holds the writes under fio)
 #   make crash    install, then the power-cut simulation: N cut points (default 1000);
 #                 SEED=S replays one scenario (CUT=C: one cut of it)
 #   make soak     install, then the kill -9 soak with a real daemon for SECONDS (default 600)
@@ -56,7 +57,7 @@ demo: install
 
 # A benchmark that misses a floor (exit 1) does not stop the ones after it: make bench fails at
 # the end. Any other failure (2: usage, not root; 130: Ctrl-C or SIGTERM) stops it at once.
-BENCHES := run merge minicopy hbmm
+BENCHES := run merge minicopy hbmm split
 
 bench: install
 	@rc=0; for b in $(BENCHES); do \

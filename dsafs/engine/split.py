@@ -2,7 +2,9 @@
 
 `split(departures, quiesce=, force=)` removes the named members of every named VU in one act:
 it takes each VU's membership lock (in VU number order, so two splits cannot deadlock), checks
-every precondition (`split_check`, pure, tested by a table), then holds new writes on every VU
+every precondition (`split_check`, pure, tested by a table), flushes every member while writes
+still flow (so that the flushes inside the hold, of a bitmap made there or of `quiesce`, find
+little to write back), then holds new writes on every VU
 and drains those in flight (one gate window over each whole VU), with `quiesce` flushes every
 member, makes or binds the minicopy bitmaps, takes the members out, and only then releases the
 writes. The survivors' generation is committed and the departed members are marked removed
@@ -191,6 +193,8 @@ async def split(departures: Sequence[Departure], *, quiesce: bool, force: bool) 
             refusal, d.warnings = split_check(state_of(d.vu, d.legs), force)
             if refusal is not None:
                 raise MembershipRefused(refusal)
+        for d in ordered:       # writes still flow: the flushes in the hold find less to do
+            await flush_all(d.vu.current)
         async with contextlib.AsyncExitStack() as leaving:
             for d in ordered:
                 await leaving.enter_async_context(d.vu.membership.member_leaving())
