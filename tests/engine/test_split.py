@@ -211,3 +211,30 @@ async def test_the_same_vu_twice_and_the_same_member_twice_are_refused(autojump_
         with pytest.raises(MembershipRefused, match="nope.img is not a member"):
             await split([Departure(vu1, ["nope.img"])], quiesce=True, force=False)
         assert len(vu1.current) == 3
+
+
+@pytest.mark.allow_warnings
+async def test_a_vu_in_mount_verification_is_not_split(autojump_clock):
+    """No member answers (both hung): DSA1 enters mount verification, and a split of it is
+    refused at once, naming the state; the other VU of the command is not touched."""
+    vu1, (a, b, c), vu2, _ = await two_vus()
+    vu1.mv.configure(30, 300)
+    async with running(vu1), running(vu2):
+        for m in (a, b, c):
+            m.hang()
+        async with trio.open_nursery() as n:
+            async def writer():
+                with pytest.raises(Exception):
+                    await vu1.write(0, b"n" * 4096)
+            n.start_soon(writer)
+            while vu1.state != "mount-verify":
+                await trio.sleep(1)
+            with pytest.raises(MembershipRefused,
+                               match=r"^DSA1 is in mount-verify \(a member does not answer\): "
+                                     r"b\.img cannot be split off now"):
+                await split([Departure(vu1, ["b.img"]), Departure(vu2, ["e.img"])],
+                            quiesce=True, force=True)
+            assert len(vu2.current) == 3 and len(vu1.current) == 3
+            for m in (a, b, c):
+                m.unhang()
+            await vu1.abort()
