@@ -198,3 +198,32 @@ def test_a_copy_running_needs_force(served, tmp_path):
     served.check("debug", "inject", "DSA1", "a.img", "--clear")
     wait_steady(served)
     assert "identical" in served.check("verify", "DSA1").stdout
+
+
+def test_a_split_member_is_read_as_a_vu_without_a_byte_changed_then_returns_by_minicopy(
+        served, tmp_path):
+    """Reading the backup: `mount DSA9 b.img --nowrite` shows the split member as a VU (its data
+    as at the split) and changes not one byte of it; the return is still a minicopy."""
+    from .support import digest
+    served.check("init", "DSA1", "--label", "READ", "--size", str(16 * MiB), "a.img", "b.img")
+    served.check("mount", "DSA1", "a.img", "b.img")
+    vu = served.vu_path("DSA1")
+    direct_write(vu, 0, b"\x11" * MiB)
+    served.check("dismount", "DSA1", "--member", "b.img", "--quiesce")
+    direct_write(vu, 0, b"\x22" * (64 * KiB))          # after the split: not in b.img
+    before = digest(tmp_path / "b.img")
+    mtime = os.stat(tmp_path / "b.img").st_mtime_ns
+    r = served.check("mount", "DSA9", "b.img", "--nowrite")
+    with open(served.vu_path("DSA9"), "rb") as f:
+        assert f.read(MiB) == b"\x11" * MiB
+    with pytest.raises(OSError):
+        with open(served.vu_path("DSA9"), "r+b") as f:
+            f.write(b"x")
+            f.flush()
+    served.check("dismount", "DSA9")
+    assert digest(tmp_path / "b.img") == before, r.stdout
+    assert os.stat(tmp_path / "b.img").st_mtime_ns == mtime
+    served.check("mount", "DSA1", "--add", "b.img", "--wait")
+    info = show(served)
+    assert info["last_copy"]["kind"] == "minicopy" and info["last_copy"]["chunks_compared"] == 1
+    assert "identical" in served.check("verify", "DSA1").stdout
