@@ -152,11 +152,12 @@ def read_device(devno: str, sys_root: str = "/sys") -> Optional[Device]:
 
 
 def judge(mnt: str, real: str, entries: Sequence[MountEntry], device_of: Callable,
-          vu_files: Sequence[str]) -> FrozenTarget:
+          vu_files: Sequence[str], vu_dir: Optional[str] = None) -> FrozenTarget:
     """Decide whether the directory `real` (MNT resolved) can be frozen for a split of
     `vu_files`: a pure function of the mount table `entries` and `device_of(devno)` (a Device or
-    None). Checks, in order: a mount point; on a block device; a loop device; over a VU file;
-    over one of `vu_files`. Raises InvalidArgument naming MNT, what it is over, and the fix."""
+    None). Checks, in order: a mount point; on a block device; a loop device; over one of
+    `vu_files`; else over another VU (a file in `vu_dir`, the dsafs FUSE mount) or over a file
+    that is no VU. Raises InvalidArgument naming MNT, what it is over, and the fix."""
     vus = ", ".join(os.path.basename(v) for v in vu_files)
     stack = STACK.format(vu=vu_files[0] if vu_files else "/mnt/dsafs/DSA1")
     here = [e for e in entries if e.mountpoint == real]
@@ -169,37 +170,38 @@ def judge(mnt: str, real: str, entries: Sequence[MountEntry], device_of: Callabl
                               f"filesystem over {vus}")
     entry = here[-1]                                   # the last mounted over it is the one seen
     dev = device_of(entry.devno)
-    what = f"{entry.fstype} from {entry.source or 'none'}"
     if dev is None:
-        raise InvalidArgument(f"--freeze {mnt}: a {what}, on no block device; {stack}")
+        raise InvalidArgument(f"--freeze {mnt}: {entry.fstype} from {entry.source or 'none'}, "
+                              f"on no block device; {stack}")
     if dev.backing is None:
         over = f" over {', '.join(dev.under)}" if dev.under else ""
-        raise InvalidArgument(f"--freeze {mnt}: a {entry.fstype} on /dev/{dev.name}{over}, "
+        raise InvalidArgument(f"--freeze {mnt}: {entry.fstype} on /dev/{dev.name}{over}, "
                               f"which is not a loop device; {stack}")
     backing = dev.backing
-    on = f"a {entry.fstype} on /dev/{dev.name} over {backing}"
+    on = f"{entry.fstype} on /dev/{dev.name} over {backing}"
     if backing in vu_files:
         return FrozenTarget(mnt=real, devno=entry.devno, fstype=entry.fstype,
                             device=f"/dev/{dev.name}", vu_file=backing)
-    dsafs_dirs = {os.path.dirname(v) for v in vu_files}
-    if os.path.dirname(backing) in dsafs_dirs and not backing.endswith(" (deleted)"):
+    if vu_dir and os.path.dirname(backing) == vu_dir and not backing.endswith(" (deleted)"):
         other = os.path.basename(backing)
         raise InvalidArgument(f"--freeze {mnt}: {on}, a VU this command does not split; "
                               f"name only filesystems over {vus}, or split {other} too")
     raise InvalidArgument(f"--freeze {mnt}: {on}, which is not a VU file of {vus}; {stack}")
 
 
-def resolve_all(mnts: Sequence[str], vu_files: Sequence[str], *,
+def resolve_all(mnts: Sequence[str], vu_files: Sequence[str], vu_dir: Optional[str] = None, *,
                 mountinfo: Optional[str] = None, sys_root: str = "/sys") -> list:
     """Check every MNT of `--freeze` against the VU files being split (absolute paths in the
-    FUSE mount); the FrozenTargets in the given order, or InvalidArgument for the first refused.
-    The same MNT twice, or two mount points of one filesystem (a bind mount), are refused."""
+    FUSE mount `vu_dir`, which tells another VU from a file that is none); the FrozenTargets in
+    the given order, or InvalidArgument for the first refused. The same MNT twice, or two mount
+    points of one filesystem (a bind mount), are refused."""
     if mountinfo is None:
         with open("/proc/self/mountinfo") as f:
             mountinfo = f.read()
     entries = parse_mountinfo(mountinfo)
     vu_files = [os.path.join(os.path.realpath(os.path.dirname(v)), os.path.basename(v))
                 for v in vu_files]
+    vu_dir = os.path.realpath(vu_dir) if vu_dir else None
     targets: list = []
     for mnt in mnts:
         real = os.path.realpath(mnt)
@@ -210,7 +212,8 @@ def resolve_all(mnts: Sequence[str], vu_files: Sequence[str], *,
             if t.mnt == real:
                 raise InvalidArgument(f"--freeze {mnt}: named twice (as {given}); name each mount "
                                       f"point once")
-        t = judge(mnt, real, entries, lambda d: read_device(d, sys_root), vu_files)
+        t = judge(mnt, real, entries, lambda d: read_device(d, sys_root), vu_files,
+                  vu_dir)
         for other, given in zip(targets, mnts):
             if other.devno == t.devno:
                 raise InvalidArgument(f"--freeze {mnt}: the same filesystem ({t.device}) as "
@@ -375,7 +378,7 @@ def with_freezes(mnts: Sequence[str], vu_names: Sequence[str], mountpoint: str,
     if not mnts:
         return request_fn()
     vu_files = [os.path.join(mountpoint, vu_name(n)) for n in vu_names]
-    targets = resolve_all(mnts, vu_files)
+    targets = resolve_all(mnts, vu_files, mountpoint)
     box: list = []
     try:
         with frozen(targets, fsfreeze=fsfreeze):

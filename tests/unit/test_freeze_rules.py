@@ -33,8 +33,8 @@ TABLE = [
     ("/srv/part", [VU1], "/dev/loop6p1"),                     # a partition of a loop over DSA1
     ("/srv/over", [VU1], "/dev/loop3"),                       # the last mount over a path wins
     ("/srv/data/sub", [VU1], ["not a mount point", "mounted at /srv/data", "over DSA1"]),
-    ("/srv/tmp", [VU1], ["a tmpfs from tmpfs, on no block device", "the only supported stack"]),
-    ("/mnt/dsafs", [VU1], ["a fuse from dsafs, on no block device"]),
+    ("/srv/tmp", [VU1], ["tmpfs from tmpfs, on no block device", "the only supported stack"]),
+    ("/mnt/dsafs", [VU1], ["fuse from dsafs, on no block device"]),
     ("/", [VU1], ["ext4 on /dev/sda1 over sda, which is not a loop device"]),
     ("/srv/lvm", [VU1], ["/dev/dm-0 over loop9, which is not a loop device",
                          "losetup -f /mnt/dsafs/DSA1"]),
@@ -42,19 +42,24 @@ TABLE = [
                            "the only supported stack"]),
     ("/srv/log", [VU1], ["/dev/loop4 over /mnt/dsafs/DSA2, a VU this command does not split",
                          "name only filesystems over DSA1, or split DSA2 too"]),
+    ("/srv/log", [VU1], None),                              # no FUSE mount named: no VU known
     ("/srv/gone", [VU1], ["over /mnt/dsafs/DSA1 (deleted), which is not a VU file of DSA1"]),
 ]
 
 
 @pytest.mark.parametrize("mnt, vus, want", TABLE, ids=[f"{r[0]}-{len(r[1])}" for r in TABLE])
 def test_judge_table(mnt, vus, want):
+    if want is None:
+        with pytest.raises(InvalidArgument, match="which is not a VU file of DSA1; --freeze"):
+            freeze.judge(mnt, mnt, MOUNTS, DEVICES.get, vus)
+        return
     if isinstance(want, str):
-        t = freeze.judge(mnt, mnt, MOUNTS, DEVICES.get, vus)
+        t = freeze.judge(mnt, mnt, MOUNTS, DEVICES.get, vus, "/mnt/dsafs")
         assert (t.mnt, t.device) == (mnt, want)
         assert t.vu_file == DEVICES[t.devno].backing
         return
     with pytest.raises(InvalidArgument) as e:
-        freeze.judge(mnt, mnt, MOUNTS, DEVICES.get, vus)
+        freeze.judge(mnt, mnt, MOUNTS, DEVICES.get, vus, "/mnt/dsafs")
     text = str(e.value)
     assert text.startswith(f"--freeze {mnt}: ") and "\n" not in text
     for words in want:
