@@ -22,7 +22,7 @@ from dsafs.units import MiB
 
 from .support import needs, needs_fuse
 
-pytestmark = [pytest.mark.mount, needs("losetup", "mkfs.ext4", "fsfreeze", "e2fsck"),
+pytestmark = [pytest.mark.mount, needs("losetup", "mkfs.ext4", "fsfreeze", "e2fsck", "dumpe2fs"),
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (losetup, mount)")]
 
 FROZEN_WAIT = 0.5        # a write not done by then is held by the freeze (it takes ~1 ms)
@@ -54,7 +54,7 @@ class Stack:
 
     def loop(self, path, *options):
         dev = sh("losetup", "--find", "--show", *options, path).stdout.strip()
-        self.loops.append(dev)
+        self.loops.append((dev, os.path.realpath(path)))
         return dev
 
     def mount(self, source, name, *options):
@@ -70,12 +70,29 @@ class Stack:
         return self.mount(self.loop(img), name), img
 
     def cleanup(self):
+        """Thaw, unmount (retried: a writer held by a freeze may still have a file open just
+        after the thaw; lazily at last) and detach. Returns the problems met (strings)."""
+        problems = []
         for directory in reversed(self.mounts):
-            if is_mounted(directory):
-                sh("fsfreeze", "-u", directory, check=False)
-                sh("umount", directory, check=False)
-        for dev in reversed(self.loops):
-            sh("losetup", "-d", dev, check=False)
+            if not is_mounted(directory):
+                continue
+            sh("fsfreeze", "-u", directory, check=False)
+            deadline = time.monotonic() + 10
+            while sh("umount", directory, check=False).returncode != 0:
+                if time.monotonic() > deadline:
+                    problems.append(f"umount {directory} failed for 10 s; unmounted lazily")
+                    sh("umount", "-l", directory, check=False)
+                    break
+                time.sleep(0.05)
+        for dev, path in reversed(self.loops):      # ours only: a freed number may be reused
+            try:
+                with open(f"/sys/block/{os.path.basename(dev)}/loop/backing_file") as f:
+                    ours = f.read().strip() == path
+            except OSError:
+                ours = False
+            if ours:
+                sh("losetup", "-d", dev, check=False)
+        return problems
 
 
 @pytest.fixture
@@ -84,7 +101,8 @@ def stack(tmp_path):
     try:
         yield s
     finally:
-        s.cleanup()
+        problems = s.cleanup()
+    assert not problems, "; ".join(problems)
 
 
 def start_write(directory, name="probe"):
@@ -304,6 +322,8 @@ def test_with_freezes_over_a_vu_gives_a_clean_split_member(served, tmp_path):
     assert_thawed(fs1, calls[0])
     assert [m["path"] for m in served.show("DSA1")["members"]] == [str(tmp_path / "a.img")]
 
+    features = sh("dumpe2fs", "-h", tmp_path / "b.img").stdout
+    assert "needs_recovery" not in features, f"the split member's journal needs a replay:\n{features}"
     r = sh("e2fsck", "-fn", tmp_path / "b.img", check=False)
     assert r.returncode == 0, f"the split member is not clean as it is:\n{r.stdout}{r.stderr}"
     copy = str(tmp_path / "b-copy")
