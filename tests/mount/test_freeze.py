@@ -229,6 +229,29 @@ def test_a_second_target_already_frozen_thaws_the_first_and_leaves_it_frozen(sta
     assert_thawed(b, held_b)
 
 
+def test_a_thaw_that_fails_after_the_request_is_an_error_carrying_its_result(stack, capsys):
+    """with_freezes names the VU files as MOUNTPOINT/DSAn: a directory of images named so."""
+    os.mkdir(os.path.join(stack.dir, "vus"))
+    img = stack.image("vus/DSA1")
+    a = stack.mount(stack.loop(img), "a")
+
+    def thaw_fails(flag, mnt):
+        if flag == "-u":
+            return freeze.Outcome(False, "Input/output error")
+        return freeze.run_fsfreeze(flag, mnt)
+
+    with pytest.raises(freeze.ThawFailed) as e:
+        freeze.with_freezes([a], ["dsa1"], os.path.join(stack.dir, "vus"), lambda: {"done": 1},
+                            fsfreeze=thaw_fails)
+    real = os.path.realpath(a)
+    assert str(e.value) == (f"{real} is still frozen: run fsfreeze -u {real} (the thaw failed: "
+                            f"Input/output error)")
+    assert e.value.result == {"done": 1}
+    held = assert_frozen(a)                      # it really is: the test thaws it
+    sh("fsfreeze", "-u", a)
+    assert_thawed(a, held)
+
+
 # ----------------------------------------------------------------------------- resolve_all
 def refused(mnts, vu_files):
     with pytest.raises(InvalidArgument) as e:
