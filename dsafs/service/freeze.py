@@ -280,8 +280,10 @@ class _Signals:
     def _record(self, signum, frame):
         self.pending.append(signum)
 
-    @staticmethod
-    def _raise(signum, frame):
+    def _raise(self, signum, frame):
+        """Raise for this signal, once: later ones are recorded, so that the thaws that the
+        exception leads to cannot be interrupted."""
+        self.defer()
         raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
 
     def _set(self, handler) -> None:
@@ -348,6 +350,7 @@ def frozen(targets: Sequence[FrozenTarget], *, fsfreeze: Callable = run_fsfreeze
             sig.raise_pending()
         sig.deliver()
         yield
+        sig.defer()                  # in the try: a signal just before it still thaws
     except BaseException:
         sig.defer()
         try:
@@ -355,7 +358,6 @@ def frozen(targets: Sequence[FrozenTarget], *, fsfreeze: Callable = run_fsfreeze
         finally:
             sig.restore()
         raise
-    sig.defer()
     try:
         stuck = _thaw(done, fsfreeze)
     finally:

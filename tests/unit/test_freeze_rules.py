@@ -1,6 +1,9 @@
 """service/freeze.py without root: `judge` by a table, mountinfo parsing, and `frozen`'s order of
 freezes and thaws with a scripted fsfreeze (the real one runs in tests/mount/test_freeze.py)."""
 
+import os
+import signal
+
 import pytest
 
 from dsafs.errors import InvalidArgument
@@ -159,3 +162,24 @@ def test_thawed_behind_our_back_is_a_warning_not_an_error(capsys):
 def test_with_freezes_without_mnts_only_calls_the_request():
     assert freeze.with_freezes([], ["DSA1"], "/nonexistent", lambda: 42,
                                fsfreeze=lambda *a: pytest.fail("fsfreeze ran")) == 42
+
+
+def test_ctrl_c_during_the_thaws_does_not_stop_them():
+    """Signals are deferred while thawing: the second Ctrl-C of an impatient user (or a first one
+    that lands in a thaw) cannot leave a filesystem frozen."""
+    run = Script()
+
+    def impatient(flag, mnt):
+        out = run(flag, mnt)
+        if flag == "-u":
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    with pytest.raises(RuntimeError, match="^boom$"):
+        with freeze.frozen(targets("a", "b", "c"), fsfreeze=impatient):
+            raise RuntimeError("boom")
+    assert run.calls[-3:] == [("u", "c"), ("u", "b"), ("u", "a")]
+    with pytest.raises(KeyboardInterrupt):            # after a good body, it is raised at the end
+        with freeze.frozen(targets("a", "b"), fsfreeze=impatient):
+            pass
+    assert run.calls[-2:] == [("u", "b"), ("u", "a")]
