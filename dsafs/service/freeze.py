@@ -278,6 +278,10 @@ class _Signals:
         self.pending: list = []
 
     def _record(self, signum, frame):
+        if not self.pending:
+            print(f"dsafs: {signal.Signals(signum).name}: the fsfreeze running now is waited for "
+                  f"first (it is not killed), then every frozen filesystem is thawed",
+                  file=sys.stderr, flush=True)
         self.pending.append(signum)
 
     def _raise(self, signum, frame):

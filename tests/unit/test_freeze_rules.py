@@ -164,7 +164,7 @@ def test_with_freezes_without_mnts_only_calls_the_request():
                                fsfreeze=lambda *a: pytest.fail("fsfreeze ran")) == 42
 
 
-def test_ctrl_c_during_the_thaws_does_not_stop_them():
+def test_ctrl_c_during_the_thaws_does_not_stop_them(capsys):
     """Signals are deferred while thawing: the second Ctrl-C of an impatient user (or a first one
     that lands in a thaw) cannot leave a filesystem frozen."""
     run = Script()
@@ -179,6 +179,9 @@ def test_ctrl_c_during_the_thaws_does_not_stop_them():
         with freeze.frozen(targets("a", "b", "c"), fsfreeze=impatient):
             raise RuntimeError("boom")
     assert run.calls[-3:] == [("u", "c"), ("u", "b"), ("u", "a")]
+    assert capsys.readouterr().err == ("dsafs: SIGINT: the fsfreeze running now is waited for "
+                                       "first (it is not killed), then every frozen filesystem "
+                                       "is thawed\n")
     with pytest.raises(KeyboardInterrupt):            # after a good body, it is raised at the end
         with freeze.frozen(targets("a", "b"), fsfreeze=impatient):
             pass
