@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 
 import trio
 
+from dsafs.service import freeze
 from dsafs.service.cliargs import build_parser as _build_parser
 from dsafs.service.control import Client, default_socket
 from dsafs.service.view import format_bitmaps, format_show
@@ -188,9 +189,12 @@ def cmd_dismount(args) -> int:
     if (args.quiesce or args.force) and not args.member:
         raise InvalidArgument(f"{name}: --quiesce and --force go with --member (a split); a "
                               f"dismount of the whole VU always drains and flushes")
+    if args.freeze and not args.member:
+        raise InvalidArgument(f"{name}: --freeze goes with --member (a split)")
     with _client(args) as c:
-        result = c.call("dismount", vu=name, members=args.member, abort=args.abort,
-                        policy=args.policy, quiesce=args.quiesce, force=args.force)
+        result = _frozen_request(c, args.freeze, [name], lambda: c.call(
+            "dismount", vu=name, members=args.member, abort=args.abort, policy=args.policy,
+            quiesce=args.quiesce, force=args.force))
     if args.member:
         _print_departure(name, result, args.member,
                          result.get("held_ms") if args.quiesce else None)
@@ -216,6 +220,19 @@ def _print_departure(name: str, result: dict, members, held_ms=None) -> None:
     print(f"{name}: {' and '.join(members)} removed from the shadow set{held}{tail}")
 
 
+def _frozen_request(c, mnts, vus, request):
+    """`request()` with the filesystems `mnts` (--freeze) frozen around it (freeze.py). A VU
+    in mount verification is refused first: a freeze would wait on it."""
+    if not mnts:
+        return request()
+    for vu in vus:
+        state = c.call("show", vu=vu)["state"]
+        if state in ("mount-verify", "mv-timeout"):
+            raise MountRefused(f"{vu} is in {state} (a member does not answer): nothing was "
+                               f"frozen or split; wait until it is steady (dsafs show {vu})")
+    return freeze.with_freezes(mnts, vus, c.call("ping")["mountpoint"], request)
+
+
 def parse_splits(pairs: Sequence[str]) -> dict:
     """`DSA1=b.img DSA2=d.img DSA1=c.img` -> {"DSA1": ["b.img", "c.img"], "DSA2": ["d.img"]}."""
     out: dict = {}
@@ -230,7 +247,8 @@ def parse_splits(pairs: Sequence[str]) -> dict:
 def cmd_split(args) -> int:
     named = parse_splits(args.pairs)
     with _client(args) as c:
-        result = c.call("split", vus=named, policy=args.policy, force=args.force)
+        result = _frozen_request(c, args.freeze, list(named), lambda: c.call(
+            "split", vus=named, policy=args.policy, force=args.force))
     for r in result["vus"]:
         _print_departure(r["vu"], r, named[r["vu"]])
     print(f"split {', '.join(r['vu'] for r in result['vus'])} at one instant: writes held "

@@ -124,6 +124,10 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true",
                    help="with --member: split even while a merge or a copy runs (the image may "
                         "then not be a consistent backup)")
+    s.add_argument("--freeze", metavar="MNT", action="append", default=[],
+                   help="with --member: fsfreeze the filesystem mounted at MNT (on a loop device "
+                        "over this VU) before the split and thaw it after, always: the image is "
+                        "then clean; repeatable")
     s.add_argument("--abort", action="store_true",
                    help="dissolve even while the VU is open; the next mount merges")
     s.set_defaults(func=handlers["dismount"])
@@ -140,6 +144,9 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
                         "--member")
     s.add_argument("--force", action="store_true",
                    help="split even while a merge or a copy runs")
+    s.add_argument("--freeze", metavar="MNT", action="append", default=[],
+                   help="fsfreeze the filesystem at MNT (on a loop device over one of the VUs) "
+                        "before the split and thaw it after, always; repeatable")
     s.set_defaults(func=handlers["split"])
 
     s = sub.add_parser("show", parents=[sock], help="show shadow sets (SHOW SHADOW)")

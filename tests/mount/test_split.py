@@ -227,3 +227,33 @@ def test_a_split_member_is_read_as_a_vu_without_a_byte_changed_then_returns_by_m
     info = show(served)
     assert info["last_copy"]["kind"] == "minicopy" and info["last_copy"]["chunks_compared"] == 1
     assert "identical" in served.check("verify", "DSA1").stdout
+
+
+def test_freeze_through_the_cli_gives_a_clean_image_and_a_bad_mnt_changes_nothing(
+        served, tmp_path):
+    """`dismount --member b.img --freeze FS`: b.img's ext4 needs no journal replay; `--freeze`
+    of a directory that is no mount over the VU is refused before anything is frozen or split."""
+    import subprocess
+    served.check("init", "DSA1", "--label", "FRZ", "--size", str(VU), "a.img", "b.img")
+    served.check("mount", "DSA1", "a.img", "b.img")
+    dev = served.loop_attach(served.vu_path("DSA1"), direct_io=True)
+    assert subprocess.run(["mkfs.ext4", "-q", "-F", dev], capture_output=True).returncode == 0
+    fs = str(tmp_path / "fs")
+    served.mount_ext4(dev, fs)
+    with open(os.path.join(fs, "unsynced.txt"), "w") as f:
+        f.write("written, not synced\n" * 1000)
+    os.makedirs(tmp_path / "plain")
+    r = served.run("dismount", "DSA1", "--member", "b.img", "--freeze", str(tmp_path / "plain"))
+    line = one_line_error(r, 1)
+    assert str(tmp_path / "plain") in line and "not a mount point" in line, line
+    assert len(show(served)["members"]) == 2
+    r = served.check("dismount", "DSA1", "--member", "b.img", "--freeze", fs)
+    assert "b.img removed from the shadow set" in r.stdout, r.stdout
+    with open(os.path.join(fs, "after.txt"), "w") as f:     # thawed: writes go on
+        f.write("after\n")
+    dump = subprocess.run(["dumpe2fs", "-h", str(tmp_path / "b.img")], capture_output=True,
+                          text=True)
+    assert "needs_recovery" not in dump.stdout, dump.stdout
+    fsck = subprocess.run(["e2fsck", "-fn", str(tmp_path / "b.img")], capture_output=True,
+                          text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
