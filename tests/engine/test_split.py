@@ -58,6 +58,17 @@ async def two_vus(latency=0.0):
             await VirtualUnit.assemble("DSA2", two), two)
 
 
+async def after_a_crash(name, *members):
+    """`name` on `members` written, the daemon gone without a clean dismount, assembled again:
+    a merge is owed."""
+    crashed = await VirtualUnit.assemble(name, members)
+    async with running(crashed):
+        await crashed.write(0, b"x" * 4096)
+        await crashed.abort()
+    reopen(*members)
+    return await VirtualUnit.assemble(name, members)
+
+
 def records(member, n):
     """The record numbers found in a member's first n blocks (block i holds record i)."""
     out = []
@@ -128,12 +139,7 @@ async def test_a_refused_vu_changes_nothing_on_any_vu(autojump_clock):
     """All or nothing: DSA2 owes a merge (a crash), so the split of both is refused and DSA1
     keeps its member, its generation and no bitmap."""
     vu1, (a, b, c), _, (d, e, f) = await two_vus()
-    crashed = await VirtualUnit.assemble("DSA2", [d, e, f])
-    async with running(crashed):
-        await crashed.write(0, b"x" * 4096)
-        await crashed.abort()
-    reopen(d, e, f)
-    vu2 = await VirtualUnit.assemble("DSA2", [d, e, f])
+    vu2 = await after_a_crash("DSA2", d, e, f)
     assert vu2.merge_required
     async with running(vu1), running(vu2):
         generation = vu1.generation
@@ -150,12 +156,7 @@ async def test_a_bitmap_made_for_one_vu_is_undone_when_another_vu_cannot_have_it
     """--force past DSA2's merge, but --policy minicopy cannot make DSA2's bitmap while the
     merge is owed: the bitmap already made on DSA1 is deleted again and nobody left."""
     vu1, (a, b, c), _, (d, e, f) = await two_vus()
-    crashed = await VirtualUnit.assemble("DSA2", [d, e, f])
-    async with running(crashed):
-        await crashed.write(0, b"x" * 4096)
-        await crashed.abort()
-    reopen(d, e, f)
-    vu2 = await VirtualUnit.assemble("DSA2", [d, e, f])
+    vu2 = await after_a_crash("DSA2", d, e, f)
     async with running(vu1), running(vu2):
         generation = vu1.generation
         with pytest.raises(MembershipRefused, match=r"^DSA2: e\.img not removed: no minicopy "
