@@ -239,6 +239,7 @@ async def test_a_write_during_a_departure_counts_at_the_new_generation(autojump_
         async with trio.open_nursery() as n:
             n.start_soon(vu.read_from, slot_b, 0, 512)
             await trio.sleep(0.001)
+            b.latency = 0.0                     # the split's own flushes of b are quick
             n.start_soon(vu.remove, "b.img")
             await trio.sleep(0.001)             # b has left `current`; no commit yet
             assert slot_b.state is MemberState.REMOVED and vu.generation == scb(a).generation
