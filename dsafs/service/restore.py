@@ -180,7 +180,8 @@ def restored_scb(scb: Scb, member_path: str) -> Scb:
                 + [g for g, _ in lin.history])
     gen = next_generation(known)
     own = MemberEntry(scb.member_uuid, MemberState.SOURCE, member_path)
-    members = tuple(own if e.member_uuid == scb.member_uuid else e for e in scb.members)
+    members = tuple(own if e.member_uuid == scb.member_uuid else e
+                    for e in restoring_scb(scb).members)     # listed even if it was not
     return scb.replace(
         generation=gen, revision=scb.revision + 1, members=members, restoring=False,
         dirty=False, writers=0, merge_required=False, merge_fence_lbn=None,

@@ -190,3 +190,20 @@ def test_a_member_in_use_is_refused_and_unchanged(set_ab):
     finally:
         os.close(fd)
     assert run("restore", "image", "--into", "b.img", cwd=d).returncode == 0
+
+
+def test_the_stamp_lists_the_member_itself_and_rises_above_its_whole_history():
+    from dsafs.ondisk.scb import Lineage, MemberEntry, Scb
+    import uuid
+    me, other = uuid.UUID(int=7), uuid.UUID(int=8)
+    old = Scb(set_uuid=uuid.UUID(int=1), member_uuid=me, label="DATA", vu_name="DSA1",
+              generation=2**62, vu_size_bytes=VU, copy_fence_generation=2**62 + 5,
+              members=(MemberEntry(other, MemberState.SOURCE, "/d/a.img"),),
+              lineage=Lineage(written=False, history=((5, True),)), dirty=True, writers=1)
+    busy = R.restoring_scb(old)
+    assert busy.restoring and busy.own_state is MemberState.COPY_TARGET
+    new = R.restored_scb(old, "/d/b.img")
+    assert new.restored and new.generation > 2**62 + 5 and not new.dirty and not new.writers
+    assert new.members == (MemberEntry(other, MemberState.SOURCE, "/d/a.img"),
+                           MemberEntry(me, MemberState.SOURCE, "/d/b.img"))
+    assert new.lineage.history == ((2**62, False), (5, True))
