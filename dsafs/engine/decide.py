@@ -263,6 +263,8 @@ def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mo
             members.append(MemberPlan(c, MemberState.COPY_TARGET, Rule.OVERWRITE_DUPLICATE))
         elif c.scb is not None and c.scb.set_uuid == mounted.set_uuid:
             rule = _add_same_set(vu, c, options, mounted)
+            if rule == Rule.OVERWRITE_RESTORED:
+                notes.append(f"{c.name} holds a restored image: the copy erases it (--overwrite)")
             claim = next((b for b in mounted.minicopy if (b.member_uuid, b.base_generation)
                           == (c.scb.member_uuid, c.scb.generation)), None)
             changed = None if claim is None else changed_since(claim, c)

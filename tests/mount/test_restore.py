@@ -144,6 +144,7 @@ def test_add_of_a_restored_member_to_a_running_set_needs_overwrite(served):
     assert digest(path(served, "b.img"), VU) == image
     r = served.check("mount", "DSA1", "--add", "b.img", "--overwrite", "--wait")
     assert "b.img copy-target by rule=overwrite-restored" in r.stdout, r.stdout
+    assert "b.img holds a restored image: the copy erases it" in r.stdout, r.stdout
     wait_steady(served)
     served.check("dismount", "DSA1")
     members_hold(served, ("a.img", "b.img"), running)

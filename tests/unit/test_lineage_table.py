@@ -355,6 +355,7 @@ def test_add_of_a_restored_member_needs_overwrite():
     assert e.value.rule == "add-restored"
     p = decide.plan("DSA1", [b], Options(overwrite=True), MOUNTED)
     assert roles(p) == [("b", "copy-target", "overwrite-restored")]
+    assert p.notes == ("b.img holds a restored image: the copy erases it (--overwrite)",)
     # a restore the running set descends from is nothing to protect: a plain add
     behind = Mounted("DSA1", SET, "DATA", SIZE, (U["a"],), ("/d/a.img",),
                      scb=m("a", G4, [(G3, True), (G1, True)], written=True, listed=AB).scb)
