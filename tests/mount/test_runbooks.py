@@ -23,7 +23,7 @@ from dsafs.units import MiB
 
 from . import ext4load
 from .ext4load import Writer, assert_files, e2fsck_clean, ext4_on_vu, records, write_synced
-from .support import needs, needs_fuse
+from .support import assert_members_identical, digest, needs, needs_fuse, random_fill
 
 pytestmark = [pytest.mark.mount, needs_fuse,
               needs("losetup", "mkfs.ext4", "e2fsck", "fsfreeze", "tar", "dumpe2fs"),
@@ -62,8 +62,8 @@ def test_the_runbooks_use_only_the_documented_variables():
     blocks = readme_blocks()
     documented = set(re.findall(r"^(?:export )?([A-Z_]+)=", blocks.pop("-variables"), re.M))
     assert documented == VARIABLES
-    assert {"frozen-backup", "quiesced-backup", "atomic-split", "not-this-writable-loop",
-            "not-this-fork"} <= set(blocks)
+    assert {"frozen-backup", "quiesced-backup", "atomic-split", "image-backup", "restore",
+            "not-this-writable-loop", "not-this-fork"} <= set(blocks)
     for name, text in blocks.items():
         code = "\n".join(line.split("#", 1)[0] if not line.lstrip().startswith("#") else ""
                          for line in text.splitlines())
@@ -189,6 +189,34 @@ def test_atomic_split_runbook_gives_one_cut_across_data_and_log(served, paths, t
     assert max(seen["DSA1"]) <= max(seen["DSA2"]) + 1, "the data is more than one record ahead"
     assert_files(data_dir, writer.names(max(seen["DSA2"]) + 1), "DSA1's image (data)")
     assert_files(log_dir, writer.names(before), "DSA2's image (log)")
+
+
+# ----------------------------------------------------------------------------- image restore
+def test_image_backup_and_restore_runbooks_bring_the_set_back_to_the_image(served, paths,
+                                                                         tmp_path):
+    """image-backup dd's the VU (mounted --nowrite) to $BACKUP/DSA1.img; the set is written
+    after it; restore writes the image into b.img and re-creates the set: b.img is the source
+    by rule=restored-image, a.img gets a full copy, and both hold the image's data."""
+    vu = 64 * MiB
+    served.check("init", "DSA1", "--label", "DATA", "--size", str(vu), "a.img", "b.img")
+    served.check("mount", "DSA1", "a.img", "b.img")
+    random_fill(served.vu_path("DSA1"), vu)
+    r = run_runbook(served, paths, "image-backup")
+    image = os.path.join(paths["BACKUP"], "DSA1.img")
+    assert os.path.getsize(image) == vu
+    saved = digest(image)
+    assert digest(tmp_path / "a.img", vu) == saved, "the image is not the VU's data"
+    assert served.show("DSA1")["members"][1]["state"] == "source"
+    random_fill(served.vu_path("DSA1"), 8 * MiB)           # written after the backup
+    assert digest(tmp_path / "a.img", vu) != saved
+
+    r = run_runbook(served, paths, "restore")
+    assert "b.img source by rule=restored-image" in r.stdout, r.stdout
+    assert "a.img copy-target by rule=restored-image" in r.stdout, r.stdout
+    info = served.show("DSA1")
+    assert info["state"] == "steady" and info["last_copy"]["kind"] == "full", info
+    assert_members_identical([tmp_path / "a.img", tmp_path / "b.img"], vu)
+    assert digest(tmp_path / "b.img", vu) == saved, "the set is not back to the image"
 
 
 # ----------------------------------------------------------------------------- what not to do
