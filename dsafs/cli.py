@@ -1,6 +1,6 @@
 """The `dsafs` command line. Each subcommand parses its arguments, calls the daemon over the
-control socket (or, needing no daemon, service/prepare.py for `init` and service/examine.py for
-`examine`), and prints; the `show` text is view.py's.
+control socket (or, needing no daemon, service/prepare.py for `init`, service/examine.py for
+`examine` and service/restore.py for `restore`), and prints; the `show` text is view.py's.
 
 Invariant: a user never sees a traceback. A DsafsError prints as one line `dsafs: <message>` on
 stderr with its exit code (0 done, 1 refused, 2 usage, 3 no daemon); anything else prints as one
@@ -24,6 +24,7 @@ from dsafs.service.cliargs import build_parser as _build_parser
 from dsafs.service.control import Client, default_socket
 from dsafs.service.view import format_bitmaps, format_show
 from dsafs.errors import DsafsError, InvalidArgument, MountRefused, UsageError
+from dsafs.ondisk.scb import describe_generation
 from dsafs.units import format_size, parse_size, vu_name
 
 log = logging.getLogger("dsafs.cli")
@@ -62,6 +63,36 @@ def cmd_examine(args) -> int:
     from dsafs.service.examine import examine, format_examine
     info = examine(args.member)
     print(json.dumps(info, indent=2) if args.json else format_examine(info))
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from dsafs.service.restore import restore
+    tty, last = sys.stdout.isatty(), [-1]
+
+    def progress(done: int, total: int) -> None:
+        pct = int(done * 100 / total) if total else 100
+        if tty and pct != last[0]:
+            last[0] = pct
+            sys.stdout.write(f"\rrestore: {pct:3d}% [{'#' * (pct * 40 // 100):<40}]")
+            sys.stdout.flush()
+
+    try:
+        r = trio.run(lambda: restore(args.image, args.into, label=args.label, progress=progress))
+    except KeyboardInterrupt:
+        raise MountRefused(f"restore into {os.path.abspath(args.into)} interrupted: it is marked "
+                           f"restore-in-progress and is never a source; run the restore "
+                           f"again") from None
+    finally:
+        if tty and last[0] >= 0:
+            print()
+    print(f"{r.vu_name}: restored {r.image} ({format_size(r.image_bytes)}) into {r.member}: "
+          f"{r.bytes_written} bytes written, the rest of the {format_size(r.vu_size_bytes)} VU "
+          f"zeroed; generation {describe_generation(r.generation)}, revision {r.revision}, "
+          f"lineage restored-image")
+    print(f"{r.vu_name}: re-create the set with it ('dsafs mount {r.vu_name} {args.into} "
+          f"OTHER...'): it is the source and the others get a copy. Do not --add it to a "
+          f"running set: the copy would erase it")
     return 0
 
 
@@ -422,7 +453,7 @@ def build_parser():
         "init": cmd_init, "examine": cmd_examine, "serve": cmd_serve, "mount": cmd_mount,
         "dismount": cmd_dismount, "show": cmd_show, "set": cmd_set, "events": cmd_events,
         "debug inject": cmd_inject, "bitmap delete": cmd_bitmap_delete, "verify": cmd_verify,
-        "split": cmd_split,
+        "split": cmd_split, "restore": cmd_restore,
     })
 
 

@@ -47,6 +47,10 @@ class Rule(enum.StrEnum):
     DIVERGED_UNWRITTEN = "diverged-unwritten"
     SPLIT_BRAIN = "split-brain"
     OPERATOR_SOURCE = "operator-source"
+    RESTORED_IMAGE = "restored-image"        # `dsafs restore` stamped it: it wins (DESIGN §4)
+    RESTORE_CONFLICT = "restore-conflict"    # two different restores: --source chooses
+    ADD_RESTORED = "add-restored"            # --add of a restored member: the copy would erase it
+    OVERWRITE_RESTORED = "overwrite-restored"
     SOURCE_STALE = "source-stale"
     UNKNOWN_SOURCE = "unknown-source"
     REMOVED_MEMBER = "removed-member"

@@ -17,7 +17,9 @@ Rules, checked in this order (spec §5, DESIGN §4):
     (a minicopy target, `add-to-mounted-vu,minicopy`, when it was split off and a valid
     minicopy bitmap names it at the generation its SCB left at: `Mounted.minicopy`);
     but one that holds writes the mounted set lacks (a fork written since it diverged,
-    lineage.py) is refused (`add-diverged`) unless --overwrite (`overwrite-diverged`).
+    lineage.py) is refused (`add-diverged`) unless --overwrite (`overwrite-diverged`); so is a
+    member stamped by `dsafs restore` (`add-restored`: the copy would erase the restored
+    image; `overwrite-restored` with --overwrite).
  6. `blank-member`       a file with no dsafs metadata: a copy target; one that holds data (a
     file system or partition signature, or non-zero bytes in its first or last MiB: probe.py)
     is refused (`holds-data`) unless --overwrite (`overwrite-data`).
@@ -43,6 +45,10 @@ Rules, checked in this order (spec §5, DESIGN §4):
     copy target. `--source` without a split brain changes nothing when M wins anyway (a note
     says so) and is refused when M would be a copy target (`source-stale`); `unknown-source`:
     M is not among the members named.
+    `restored-image`     (before lineage) members stamped by `dsafs restore` (Scb.restored) that
+    no other member descends from are the sources, whatever the others' generations (the
+    operator's act wins over the old partners, VMS BACKUP/IMAGE); the others copy targets.
+    `restore-conflict`: two different restores: refused, naming both, unless --source.
 12a. `removed-member`    every source is a member split off from its set (its own SCB says
     removed), with no newer member named, and not chosen by --source: refused writable,
     since it would fork the set under the set's own name; with --nowrite it mounts and
@@ -68,7 +74,8 @@ Rules, checked in this order (spec §5, DESIGN §4):
 
 Invariant: no member whose data may be older than, or forked from, the data a source holds is
 ever made a source (it becomes a copy target, or the mount is refused), and every member of a
-Plan carries the rule that placed it.
+Plan carries the rule that placed it. The one exception is the operator's: `--source`, and a
+restored image (which no source descends from).
 """
 
 from __future__ import annotations
@@ -256,6 +263,8 @@ def _plan_add(vu: str, cands: Sequence[Candidate], options: Options, mounted: Mo
             members.append(MemberPlan(c, MemberState.COPY_TARGET, Rule.OVERWRITE_DUPLICATE))
         elif c.scb is not None and c.scb.set_uuid == mounted.set_uuid:
             rule = _add_same_set(vu, c, options, mounted)
+            if rule == Rule.OVERWRITE_RESTORED:
+                notes.append(f"{c.name} holds a restored image: the copy erases it (--overwrite)")
             claim = next((b for b in mounted.minicopy if (b.member_uuid, b.base_generation)
                           == (c.scb.member_uuid, c.scb.generation)), None)
             changed = None if claim is None else changed_since(claim, c)
@@ -308,6 +317,14 @@ def changed_since(claim: Bound, c: Candidate) -> Optional[str]:
 def _add_same_set(vu: str, c: Candidate, options: Options, mounted: Mounted) -> str:
     """Rule 5: a member of this set returns as a copy target, unless it holds writes the set
     lacks (and no --overwrite)."""
+    if c.scb.restored and (mounted.scb is None or lineage.relation(c.scb, mounted.scb)
+                           is not Relation.BEHIND):
+        if options.overwrite:
+            return Rule.OVERWRITE_RESTORED
+        _refuse(f"{vu}: {c.name} holds a restored image ('dsafs restore'); adding it to the "
+                f"running {vu} would erase it with a copy. To make it the source, dismount {vu} "
+                f"and re-create the set with it ('dsafs mount {vu} {c.name} OTHER...'); give "
+                f"--overwrite to discard the restored data", Rule.ADD_RESTORED)
     if (mounted.scb is None or _is_target(c.scb.own_state)
             or not lineage.holds_more(c.scb, mounted.scb)):
         return Rule.ADD_TO_MOUNTED_VU
@@ -351,7 +368,10 @@ def _plan_assemble(vu: str, cands: Sequence[Candidate], options: Options) -> Pla
     else:
         complete = [c for c in cands if not _is_target(c.scb.own_state)]
         if not complete:
-            _refuse(f"{vu}: every member given is an unfinished copy target; name a member "
+            busy = [c.name for c in cands if c.scb.restoring]
+            why = (f" ({', '.join(busy)}: a restore into it did not finish; run 'dsafs restore' "
+                   f"again)" if busy else "")
+            _refuse(f"{vu}: every member given is an unfinished copy target{why}; name a member "
                     f"that holds complete data (a former source)", Rule.NO_COMPLETE_MEMBER)
         sources, rules, notes = _choose_sources(vu, cands, complete, options)
         for c in cands:
@@ -393,6 +413,10 @@ def _choose_sources(vu: str, cands: Sequence[Candidate], complete: Sequence[Cand
     winners = [g for g in gens
                if not any(lineage.holds_more(rep[h], rep[g]) for h in gens if h != g)]
     chosen = _operator_source(vu, cands, complete, options)
+    restored = [c for c in complete if c.scb.restored and not any(
+        lineage.relation(c.scb, o.scb) is Relation.BEHIND for o in complete)]
+    if restored and chosen is None:
+        return _restored_sources(vu, cands, complete, restored)
     notes = []
     if not winners and chosen is None:
         x, y = _conflict(complete)
@@ -404,7 +428,7 @@ def _choose_sources(vu: str, cands: Sequence[Candidate], complete: Sequence[Cand
                 f"again with --source {x.name} (or --source {y.name}); the other side is "
                 f"overwritten by a copy. Look at each first with 'dsafs mount DSAn MEMBER "
                 f"--nowrite'", Rule.SPLIT_BRAIN)
-    if chosen is not None and winners:
+    if chosen is not None and winners and not restored:
         winner = max(winners)
         if chosen.scb.generation != winner:
             loser_rule = _loser_rule(chosen.scb, rep[winner])
@@ -441,6 +465,21 @@ def _choose_sources(vu: str, cands: Sequence[Candidate], complete: Sequence[Cand
         src_rule = Rule.DIVERGED_UNWRITTEN if diverged else Rule.HIGHEST_GENERATION
     rules.update({c.path: src_rule for c in sources})
     return sources, rules, notes
+
+
+def _restored_sources(vu: str, cands: Sequence[Candidate], complete: Sequence[Candidate],
+                      restored: Sequence[Candidate]) -> tuple[list[Candidate], dict, list[str]]:
+    """Rule restored-image: the members of one restore are the sources, the rest copy targets."""
+    other = next((c for c in restored if c.scb.generation != restored[0].scb.generation), None)
+    if other is not None:
+        x = restored[0]
+        _refuse(f"{vu}: {x.name} and {other.name} each hold a different restored image ('dsafs "
+                f"restore'); nothing was written to any member. Choose the one to keep: mount "
+                f"again with --source {x.name} (or --source {other.name}); the others are "
+                f"overwritten by a copy", Rule.RESTORE_CONFLICT)
+    rules = {c.path: Rule.RESTORED_IMAGE if c in complete else Rule.INCOMPLETE_COPY
+             for c in cands}
+    return list(restored), rules, []
 
 
 def _conflict(complete: Sequence[Candidate]) -> tuple[Candidate, Candidate]:

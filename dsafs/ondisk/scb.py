@@ -29,13 +29,17 @@ below) and is rewritten as version 2 at the member's next SCB write::
     12    4    feature_flags          bit 0 EXTMEMB (more than 3 members), bit 1 LINEAGE (bytes
                                       168-183 and the history hold this member's lineage; set by
                                       every version-2 writer), bit 2 HBMM (bytes 184-207 are in
-                                      use; set when either field is); unknown bits refuse
+                                      use; set when either field is), bit 3 RESTORE (an image
+                                      restore: state flag RESTORING or branch reason 4 may be
+                                      set; set exactly when one of them is); unknown bits refuse
     16    8    sequence               +1 on every write of this member's SCB
     24    16   set_uuid               shared by every member of the set
     40    16   member_uuid            this member
     56    12   label                  ASCII, NUL-padded, 1-12 characters
     68    8    vu_name                ASCII, NUL-padded, "DSA0".."DSA9999"
-    76    4    state_flags            bit 0 DIRTY, bit 1 MERGE_REQUIRED, bit 2 NOT_ERASED
+    76    4    state_flags            bit 0 DIRTY, bit 1 MERGE_REQUIRED, bit 2 NOT_ERASED,
+                                      bit 3 RESTORING (`dsafs restore` is writing this member's
+                                      data: not trusted; its own list entry says copy-target)
     80    8    generation             u64; max(time_ns, previous + 1) at every membership change
     88    8    revision               u64; raised by an image restore
     96    8    vu_size_bytes          u64
@@ -53,7 +57,10 @@ below) and is rewritten as version 2 at the member's next SCB write::
     168   8    branch_generation      the generation this member last branched at: it left the set
                                       (split off, expelled), or was mounted apart from members its
                                       list names; 0 = never
-    176   1    branch_reason          0 none, 1 removed, 2 mounted-apart, 3 override-membership
+    176   1    branch_reason          0 none, 1 removed, 2 mounted-apart, 3 override-membership,
+                                      4 restored-image (`dsafs restore` stamped it; while the
+                                      branch generation is the current one, the restore is
+                                      unconsumed: `Scb.restored`)
     177   1    history_count          entries used in the history, 0-64
     178   2    lineage_flags          bit 0 WRITTEN: a data write was acknowledged at the current
                                       generation (durable before the write was issued)
@@ -86,6 +93,12 @@ other's history is behind it; two members neither of which holds the other's gen
 diverged, and the written flags after their newest common generation tell which holds writes the
 other lacks. A version-1 member has no lineage (`Scb.lineage` is None): it is compared by
 generation alone, as before.
+
+Image restore (service/restore.py): a member being restored carries RESTORING (and its own entry
+copy-target), so a crash mid-restore leaves a member that is never a source; the finished
+restore writes revision + 1, a new generation and branch reason 4 at that generation. Both need
+feature bit RESTORE, so a dsafs from before refuses such a member ("unknown features") rather
+than misreading it; the format version stays 2 (as for HBMM: a feature bit, not a new layout).
 """
 
 from __future__ import annotations
@@ -125,7 +138,9 @@ HISTORY_ENTRY_BYTES = 16
 FEATURE_EXTMEMB = 1 << 0
 FEATURE_LINEAGE = 1 << 1
 FEATURE_HBMM = 1 << 2
-KNOWN_FEATURES = FEATURE_EXTMEMB | FEATURE_LINEAGE | FEATURE_HBMM
+FEATURE_RESTORE = 1 << 3
+KNOWN_FEATURES = FEATURE_EXTMEMB | FEATURE_LINEAGE | FEATURE_HBMM | FEATURE_RESTORE
+DERIVED_FEATURES = FEATURE_LINEAGE | FEATURE_HBMM | FEATURE_RESTORE   # set from the fields
 HBMM_OFFSET = 184
 HBMM_POLICY_BYTES = 16
 HBMM_END = HBMM_OFFSET + HBMM_POLICY_BYTES + 8
@@ -135,6 +150,7 @@ LINEAGE_WRITTEN = 1 << 0
 FLAG_DIRTY = 1 << 0
 FLAG_MERGE_REQUIRED = 1 << 1
 FLAG_NOT_ERASED = 1 << 2
+FLAG_RESTORING = 1 << 3
 
 _HEADER = struct.Struct("<8sHHIQ16s16s12s8sIQQQIB3xQQQQIIQQ88x")
 _ENTRY = struct.Struct("<16sBxH12x256s")
@@ -177,6 +193,7 @@ class BranchReason(enum.IntEnum):
     REMOVED = 1               # split off: dismount --member
     MOUNTED_APART = 2         # assembled without members its list names (or an expelled member alone)
     OVERRIDE = 3              # a split-off member used writable on its own (--override-membership)
+    RESTORED_IMAGE = 4        # `dsafs restore` wrote an image into it and stamped it
 
     @property
     def label(self) -> str:
@@ -288,6 +305,7 @@ class Scb:
     lineage: Optional[Lineage] = None   # None: lineage unknown (a version-1 member); written as empty
     hbmm_policy: bytes = bytes(HBMM_POLICY_BYTES)   # hbmmspec.py's record; all zero: no policy
     hbmm_bitmap: str = ""               # the trusted write-intent bitmap's id, or ""
+    restoring: bool = False             # `dsafs restore` is writing its data (not trusted)
 
     def replace(self, **changes) -> "Scb":
         return dataclasses.replace(self, **changes)
@@ -307,6 +325,15 @@ class Scb:
     @property
     def layout(self) -> Layout:
         return layout(self.vu_size_bytes)
+
+    @property
+    def restored(self) -> bool:
+        """An unconsumed image restore: `dsafs restore` finished on this member and its
+        generation has not moved since (a mount that raises it consumes the mark)."""
+        lin = self.lineage
+        return (lin is not None and lin.branch_reason is BranchReason.RESTORED_IMAGE
+                and lin.branch_generation == self.generation and not self.restoring
+                and self.own_state is MemberState.SOURCE)
 
     def entry_for(self, member_uuid: uuidlib.UUID) -> Optional[MemberEntry]:
         for entry in self.members:
@@ -331,6 +358,7 @@ def encode(scb: Scb) -> bytes:
         (FLAG_DIRTY if scb.dirty else 0)
         | (FLAG_MERGE_REQUIRED if scb.merge_required else 0)
         | (FLAG_NOT_ERASED if scb.not_erased else 0)
+        | (FLAG_RESTORING if scb.restoring else 0)
     )
     head = _HEADER.pack(
         MAGIC, FORMAT_VERSION, SLOT_BYTES, _features(scb), scb.sequence,
@@ -359,7 +387,9 @@ def encode(scb: Scb) -> bytes:
 
 def _features(scb: Scb) -> int:
     hbmm = FEATURE_HBMM if any(scb.hbmm_policy) or scb.hbmm_bitmap else 0
-    return (scb.feature_flags & ~FEATURE_HBMM) | FEATURE_LINEAGE | hbmm
+    restore = FEATURE_RESTORE if scb.restoring or (
+        scb.lineage is not None and scb.lineage.branch_reason is BranchReason.RESTORED_IMAGE) else 0
+    return (scb.feature_flags & ~DERIVED_FEATURES) | FEATURE_LINEAGE | hbmm | restore
 
 
 def _encode_hbmm(buf: bytearray, scb: Scb) -> None:
@@ -431,6 +461,15 @@ def _decode_lineage(raw: bytes, generation: int) -> Lineage:
                    branch_generation=branch, branch_reason=BranchReason(reason))
 
 
+def _check_restore(features: int, flags: int, lineage: Optional[Lineage]) -> None:
+    """Feature bit RESTORE is set exactly when the RESTORING flag or branch reason 4 is."""
+    used = bool(flags & FLAG_RESTORING) or (
+        lineage is not None and lineage.branch_reason is BranchReason.RESTORED_IMAGE)
+    if used != bool(features & FEATURE_RESTORE):
+        raise SlotError(f"restore fields {'set without' if used else 'all clear with'} the "
+                        f"RESTORE feature")
+
+
 def decode(raw: bytes) -> Scb:
     """Decode one slot; raises SlotError with one reason."""
     if len(raw) != SLOT_BYTES:
@@ -455,6 +494,7 @@ def decode(raw: bytes) -> Scb:
                         f"feature belongs to version 2")
     lineage = _decode_lineage(raw, generation) if version >= 2 else None
     hbmm_policy, hbmm_bitmap = _decode_hbmm(raw, features)
+    _check_restore(features, flags, lineage)
     if lineage is None and (any(raw[LINEAGE_OFFSET:LIST_OFFSET]) or any(raw[HISTORY_OFFSET:CHECKSUM_OFFSET])):
         raise SlotError("format version 1 with non-zero reserved bytes")
     if count > MAX_MEMBERS:
@@ -477,9 +517,9 @@ def decode(raw: bytes) -> Scb:
         copy_fence_lbn=None if copy_fence == NO_LBN else copy_fence,
         copy_fence_generation=copy_fence_gen,
         merge_fence_lbn=None if merge_fence == NO_LBN else merge_fence,
-        feature_flags=features & ~(FEATURE_LINEAGE | FEATURE_HBMM), created_ns=created_ns,
+        feature_flags=features & ~DERIVED_FEATURES, created_ns=created_ns,
         updated_ns=updated_ns, sequence=sequence, format_version=version, lineage=lineage,
-        hbmm_policy=hbmm_policy, hbmm_bitmap=hbmm_bitmap,
+        hbmm_policy=hbmm_policy, hbmm_bitmap=hbmm_bitmap, restoring=bool(flags & FLAG_RESTORING),
     )
     if (bitmap_offset, bitmap_slot_bytes, bitmap_slots) != dataclasses.astuple(scb.layout)[1:]:
         raise SlotError("bitmap directory does not match the VU size")

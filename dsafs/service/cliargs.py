@@ -230,6 +230,21 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=handlers["examine"])
 
+    s = sub.add_parser("restore", help="write a raw VU image into a member: it becomes the "
+                       "source when the set is re-created with it (no daemon needed)",
+                       description="Image restore (VMS BACKUP/IMAGE onto a member): write IMAGE "
+                       "(a raw VU image, file or block device, no larger than the VU) into "
+                       "member M, which nothing may hold (dismount its VU first); the rest of "
+                       "M's data is zeroed. M is then stamped (revision + 1, a new generation, "
+                       "lineage mark restored-image): 'dsafs mount DSAn M OTHER...' makes it the "
+                       "source and the others copy targets. Do not '--add' it to a running set: "
+                       "the copy would erase it (refused without --overwrite).")
+    s.add_argument("image", metavar="IMAGE")
+    s.add_argument("--into", required=True, metavar="M", help="the member to write it into")
+    s.add_argument("--label", metavar="LABEL",
+                   help="refuse unless M belongs to the shadow set with this label")
+    s.set_defaults(func=handlers["restore"])
+
     s = sub.add_parser("bitmap", help="write bitmaps (minicopy)")
     bsub = s.add_subparsers(dest="bitmap_cmd", required=True, metavar="delete", parser_class=Parser)
     b = bsub.add_parser("delete", parents=[sock],

@@ -154,6 +154,8 @@ def _lineage_json(s: Scb) -> Optional[dict]:
     if lin is None:
         return None
     return {"written": lin.written,
+            "restored": s.restored,                 # an unconsumed `dsafs restore` (scb.py)
+            "restore_in_progress": s.restoring,
             "written_since_branch": (lin.written_since(lin.branch_generation, s.generation)
                                      if lin.branch_generation else None),
             "branch_generation": lin.branch_generation or None,
@@ -187,9 +189,17 @@ def format_examine(d: dict) -> str:
     else:
         rows.append(("Written", "yes, at this generation" if lin["written"] else "not at this generation"))
         if lin["branch_generation"]:
-            since = "written since" if lin["written_since_branch"] else "not written since"
+            since = ("written since" if lin["written_since_branch"] else "not written since"
+                     ) if not lin["restored"] else "the image written there"
             rows.append(("Branched", f"{lin['branch_reason']} at "
                          f"{describe_generation(lin['branch_generation'])}; {since}"))
+        if lin["restore_in_progress"]:
+            rows.append(("Restored", "NO: a restore into it is in progress or was interrupted; "
+                         "it is never a source: run 'dsafs restore IMAGE --into M' again"))
+        elif lin["restored"]:
+            rows.append(("Restored", "yes: 'dsafs restore' wrote an image into it; re-creating "
+                         "the set with it makes it the source (do not --add it to a running "
+                         "set: the copy would erase it)"))
         hist = ", ".join(f"{h['generation_hex']}{' (written)' if h['written'] else ''}"
                          for h in lin["history"][:4])
         more = len(lin["history"]) - 4

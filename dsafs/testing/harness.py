@@ -106,10 +106,13 @@ class Served:
         return f"{head}--- daemon log ({self.log_path}) ---\n{self.log()}"
 
     # ---- loop devices and filesystems (registered for cleanup)
-    def loop_attach(self, path: str, direct_io: bool = False, read_only: bool = False) -> str:
-        """`losetup --find --show` on `path`; the device is detached at cleanup."""
+    def loop_attach(self, path: str, direct_io: bool = False, read_only: bool = False,
+                    size_limit: Optional[int] = None) -> str:
+        """`losetup --find --show` on `path` (its first `size_limit` bytes if given, e.g. a
+        member's VU data); the device is detached at cleanup."""
         cmd = (["losetup", "--find", "--show"] + (["--direct-io=on"] if direct_io else [])
-               + (["--read-only"] if read_only else []) + [path])
+               + (["--read-only"] if read_only else [])
+               + ([f"--sizelimit={size_limit}"] if size_limit is not None else []) + [path])
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
                            stdin=subprocess.DEVNULL)
         assert r.returncode == 0, f"{' '.join(cmd)}: {r.stderr}\n" + self.explain()

@@ -270,3 +270,94 @@ def test_source_may_choose_a_split_off_member_in_a_split_brain():
     with pytest.raises(MountRefused) as e:
         decide.plan("DSA1", [b], Options(source="b.img"))
     assert e.value.rule == "removed-member"
+
+
+# ---- image restore (issue 18; DESIGN §4 row restored-image): `dsafs restore` stamps b with a
+# new generation G and the lineage mark restored-image at G (service/restore.py restored_scb).
+def restored(name, gen, history, listed=None, **kw):
+    return m(name, gen, history, written=True, listed=listed or {"a": SRC, "b": SRC}, branch=gen,
+             reason=BranchReason.RESTORED_IMAGE, **kw)
+
+
+RESTORE_ROWS = [
+    ("example 2: the set dissolved at G2, b restored (G3): b is the source, a a copy target",
+     [m("a", G2, [(G1, True)], written=True, listed=AB), restored("b", G3, [(G2, True), (G1, True)])],
+     Options(),
+     [("a", "copy-target", "restored-image"), ("b", "source", "restored-image")]),
+    ("b split off at G1 then restored (G3), the set written on to G4: the operator's act wins",
+     [m("a", G4, [(G2, True), (G1, True)], written=True, listed={"a": SRC, "b": GONE}),
+      restored("b", G3, [(G1, True)], listed={"a": SRC, "b": SRC})], Options(),
+     [("a", "copy-target", "restored-image"), ("b", "source", "restored-image")]),
+    ("example 3: a spare c restored; the two old members at a higher generation get copies",
+     [m("a", G4, [(G2, True)], written=True, listed=AB), m("b", G4, [(G2, True)], written=True,
+                                                           listed=AB),
+      restored("c", G3, [(G1, False)], listed={"a": SRC, "b": SRC, "c": SRC})], Options(),
+     [("a", "copy-target", "restored-image"), ("b", "copy-target", "restored-image"),
+      ("c", "source", "restored-image")]),
+    ("a member that descends from b's restore (its copy completed, b's SCB was not updated): "
+     "lineage decides, the restore is not replayed over it",
+     [m("a", G4, [(G3, True), (G2, True)], written=True, listed=AB),
+      restored("b", G3, [(G2, True)])], Options(),
+     [("a", "source", "highest-generation"), ("b", "copy-target", "lower-generation")]),
+    ("a restore left unfinished (RESTORING, own entry copy-target) is never a source",
+     [m("a", G2, [(G1, True)], written=True, listed=AB),
+      Candidate("/d/b.img", BIG, m("b", G2, [(G1, True)], written=True,
+                                   listed={"a": SRC, "b": TGT}).scb.replace(restoring=True))],
+     Options(),
+     [("a", "source", "highest-generation"), ("b", "copy-target", "incomplete-copy")]),
+    ("--source names the other member: the operator's choice wins over the restore",
+     [m("a", G2, [(G1, True)], written=True, listed=AB), restored("b", G3, [(G2, True)])],
+     Options(source="a.img"),
+     [("a", "source", "operator-source"), ("b", "copy-target", "operator-source")]),
+    ("two different restores, --source c resolves it",
+     [m("a", G2, [(G1, True)], listed=AB), restored("b", G3, [(G2, True)]),
+      restored("c", G4, [(G2, True)], listed={"a": SRC, "c": SRC})], Options(source="c.img"),
+     [("a", "copy-target", "operator-source"), ("b", "copy-target", "operator-source"),
+      ("c", "source", "operator-source")]),
+]
+
+
+@pytest.mark.parametrize("why, cands, opts, expect", RESTORE_ROWS,
+                         ids=[r[0][:60] for r in RESTORE_ROWS])
+def test_restored_image_rows(why, cands, opts, expect):
+    p = decide.plan("DSA1", cands, opts)
+    assert roles(p) == expect
+    assert not p.merge_required
+
+
+def test_restored_member_alone_is_a_source_and_records_the_mount_apart():
+    p = decide.plan("DSA1", [restored("b", G3, [(G2, True)])])
+    assert roles(p) == [("b", "source", "restored-image")]
+    assert p.dropped == (U["a"],) and p.branch is BranchReason.MOUNTED_APART
+
+
+@pytest.mark.parametrize("cands, rule, msg", [
+    ([m("a", G2, [(G1, True)], listed=AB), restored("b", G3, [(G2, True)]),
+      restored("c", G4, [(G2, True)], listed={"a": SRC, "c": SRC})], "restore-conflict",
+     r"^DSA1: b.img and c.img each hold a different restored image .*--source b.img "
+     r"\(or --source c.img\)"),
+    ([Candidate("/d/b.img", BIG, m("b", G2, [(G1, True)], listed={"a": SRC, "b": TGT})
+                .scb.replace(restoring=True))], "no-complete-member",
+     r"b.img: a restore into it did not finish; run 'dsafs restore' again"),
+])
+def test_restored_image_refusals(cands, rule, msg):
+    with pytest.raises(MountRefused, match=msg) as e:
+        decide.plan("DSA1", cands)
+    assert e.value.rule == rule
+
+
+def test_add_of_a_restored_member_needs_overwrite():
+    """VMS: do not add a restored volume to an existing set, the copy would erase it."""
+    b = restored("b", G3, [(G1, True)], listed={"a": SRC, "b": SRC})
+    with pytest.raises(MountRefused, match=r"b.img holds a restored image .* would erase it"
+                       r".*re-create the set with it.*--overwrite") as e:
+        decide.plan("DSA1", [b], Options(), MOUNTED)
+    assert e.value.rule == "add-restored"
+    p = decide.plan("DSA1", [b], Options(overwrite=True), MOUNTED)
+    assert roles(p) == [("b", "copy-target", "overwrite-restored")]
+    assert p.notes == ("b.img holds a restored image: the copy erases it (--overwrite)",)
+    # a restore the running set descends from is nothing to protect: a plain add
+    behind = Mounted("DSA1", SET, "DATA", SIZE, (U["a"],), ("/d/a.img",),
+                     scb=m("a", G4, [(G3, True), (G1, True)], written=True, listed=AB).scb)
+    assert roles(decide.plan("DSA1", [b], Options(), behind)) == [
+        ("b", "copy-target", "add-to-mounted-vu")]

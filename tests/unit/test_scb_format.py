@@ -229,3 +229,41 @@ def test_lineage_history_is_bounded_and_advances():
     assert S.decode(S.encode(s)).lineage == lin
     assert lin.written_since(70, 1000) and not Lineage(history=((5, True),)).written_since(5, 9)
     assert Lineage(written=True).written_since(5, 9) and not Lineage(written=True).written_since(9, 9)
+
+
+def test_restore_fields_at_documented_offsets_round_trip_and_set_their_feature():
+    """Image restore (issue 18): state flag bit 3 RESTORING while `dsafs restore` writes, branch
+    reason 4 restored-image after; either sets feature bit 3 RESTORE, which a dsafs from before
+    refuses as an unknown feature."""
+    busy = sample(restoring=True, dirty=False, not_erased=False)
+    raw = S.encode(busy)
+    assert struct.unpack_from("<I", raw, 12)[0] == 0b1010               # LINEAGE | RESTORE
+    assert struct.unpack_from("<I", raw, 76)[0] == 0b1000               # RESTORING
+    assert S.decode(raw) == busy and S.decode(raw).feature_flags == 0
+    done = sample(restoring=False, generation=0x0123456789ABCDEF, lineage=Lineage(
+        written=True, history=((0x500, True),), branch_generation=0x0123456789ABCDEF,
+        branch_reason=BranchReason.RESTORED_IMAGE))
+    raw = S.encode(done)
+    assert struct.unpack_from("<I", raw, 12)[0] == 0b1010
+    assert struct.unpack_from("<QBBH", raw, 168) == (0x0123456789ABCDEF, 4, 1, 1)
+    assert S.decode(raw) == done and BranchReason.RESTORED_IMAGE.label == "restored-image"
+    plain = S.encode(sample())
+    assert struct.unpack_from("<I", plain, 12)[0] == 0b10              # no restore: no feature
+    with pytest.raises(S.SlotError, match="restore fields set without the RESTORE feature"):
+        S.decode(_with(raw, "<I", 12, 0b10))
+    with pytest.raises(S.SlotError, match="restore fields all clear with the RESTORE feature"):
+        S.decode(_with(plain, "<I", 12, 0b1010))
+    # what a dsafs from before this feature does with it: an unknown feature, refused
+    assert S.FEATURE_RESTORE == 1 << 3 and S.FEATURE_RESTORE & S.KNOWN_FEATURES
+
+
+def test_restored_means_an_unconsumed_restore_on_a_complete_member():
+    G = 0x0123456789ABCDEF
+    mark = Lineage(written=True, branch_generation=G, branch_reason=BranchReason.RESTORED_IMAGE)
+    own = (MemberEntry(M2, MemberState.SOURCE, "/srv/b.img"),)
+    assert sample(generation=G, lineage=mark, members=own).restored
+    assert not sample(generation=G, lineage=mark, members=own, restoring=True).restored
+    assert not sample(generation=G, lineage=mark).restored              # own entry copy-target
+    later = mark.advanced(G)                                            # a mount raised it
+    assert not sample(generation=G + 1, lineage=later, members=own).restored
+    assert not sample(generation=G, members=own).restored
