@@ -34,7 +34,6 @@ import trio
 from dsafs.errors import MemberIOError
 from dsafs.engine.fanout import flush_all
 from dsafs.engine.fence import RangeGate
-from dsafs.ondisk.scb import MemberState
 from dsafs.members.timeouts import rule_for
 from dsafs.members.waits import wait, wait_each
 from dsafs.units import BLOCK_BYTES, CHUNK_BYTES, MiB

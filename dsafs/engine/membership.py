@@ -51,7 +51,7 @@ from dsafs.errors import (
 )
 from dsafs.members import timeouts, waits
 from dsafs.ondisk.scb import (
-    FEATURE_EXTMEMB, BranchReason, Lineage, MemberEntry, MemberState, Scb, next_generation,
+    FEATURE_EXTMEMB, BranchReason, MemberEntry, MemberState, Scb, next_generation,
 )
 from dsafs.ondisk.scbstore import ScbStore
 from dsafs.events import Kind

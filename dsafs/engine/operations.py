@@ -30,7 +30,6 @@ from dsafs.engine.membership import Membership
 from dsafs.engine.merge import Merge
 from dsafs.engine.throttle import Settings as MergeSettings, Throttle
 from dsafs.errors import DsafsError, InvalidArgument, MembershipRefused
-from dsafs.ondisk.scb import MemberState
 from dsafs.events import Kind
 from dsafs.rules import Rule
 from dsafs.units import BLOCK_BYTES, CHUNK_BYTES
