@@ -2,34 +2,15 @@
 no traceback and no byte changed on any member."""
 
 import fcntl
-import hashlib
 import os
 import subprocess
-import sys
 
 import pytest
 
-from dsafs.ondisk.scb import choose_slot, min_member_bytes
+from dsafs.ondisk.scb import min_member_bytes
 from dsafs.units import MiB
 
-DSAFS = os.path.join(os.path.dirname(sys.executable), "dsafs")
-
-
-def run(*args, cwd):
-    return subprocess.run([DSAFS, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
-
-
-def digest(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def scb_of(path):
-    with open(path, "rb") as f:
-        f.seek(-8192, os.SEEK_END)
-        tail = f.read()
-    return choose_slot(tail[:4096], tail[4096:]).scb
+from .cli_support import digest, run, scb_of
 
 
 def test_init_creates_matching_members(tmp_path):

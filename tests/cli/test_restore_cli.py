@@ -3,40 +3,21 @@ the write order that keeps an interrupted restore untrusted, and every bad input
 one line, exit 1, no traceback and no byte changed in any file."""
 
 import fcntl
-import hashlib
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import trio
 
 from dsafs.engine import decide
 from dsafs.engine.decide import Candidate
-from dsafs.ondisk.scb import BranchReason, MemberState, choose_slot, layout
+from dsafs.ondisk.scb import BranchReason, MemberState, layout
 from dsafs.service import restore as R
 from dsafs.units import MiB
 
-DSAFS = os.path.join(os.path.dirname(sys.executable), "dsafs")
+from .cli_support import digest, run, scb_of
+
 VU = 8 * MiB
-
-
-def run(*args, cwd):
-    return subprocess.run([DSAFS, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
-                          stdin=subprocess.DEVNULL)
-
-
-def digest(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def scb_of(path):
-    with open(path, "rb") as f:
-        f.seek(-8192, os.SEEK_END)
-        tail = f.read()
-    return choose_slot(tail[:4096], tail[4096:]).scb
 
 
 def one_line(r, code=1):
