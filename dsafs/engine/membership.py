@@ -470,7 +470,8 @@ class Membership:
                     MemberState.COPY_TARGET, scb.generation if same_set else 0,
                     lineage=scb.lineage if same_set else None)
         leg.store.current = scb
-        leg.proxy = scb.proxy if same_set else None
+        # a parted proxy that returns (proxy rejoin, or mount --add) is joined again
+        leg.proxy = scb.proxy.joined(self.host.name) if same_set and scb.proxy else None
         if keep_uuid and role is MemberState.MINICOPY_TARGET:
             leg.bitmap_id = self.host.minicopy_bitmap(scb)
             if leg.bitmap_id:
