@@ -77,6 +77,9 @@ def test_part_under_a_writer_then_rejoin_by_a_minicopy(served, tmp_path):
     mark = scb(p).proxy
     assert (mark.state.label, mark.master, mark.volume, mark.jrm) == ("part", "DSA1", "DSA101",
                                                                       True)
+    ex = json.loads(served.check("examine", p, "--json").stdout)["proxy"]
+    assert ex == {"state": "part", "master": "DSA1", "volume": "DSA101", "jrm": "on"}
+    assert "Proxy" in served.check("examine", p).stdout
     assert [m["path"] for m in show(served)["members"]] == [str(tmp_path / "a.img"),
                                                            str(tmp_path / "b.img")]
     marked = show(served)["bitmaps"][0]["populated"]
@@ -178,3 +181,29 @@ def test_a_proxy_still_copying_is_not_parted(served, tmp_path):
     served.check("proxy", "part", "DSA1", "p.img", "--as", "DSA5")
     with open(served.vu_path("DSA5"), "rb") as f:
         assert f.read(MiB) == b"\x5a" * MiB
+
+
+def test_proxy_state_survives_a_daemon_restart(tmp_path):
+    """The proxy state lives in the SCBs: after a restart, the master and the proxy volume
+    (mounted again, read-only) show the same proxy, and the rejoin is still a minicopy."""
+    from dsafs.testing.harness import mounted
+    with mounted(tmp_path) as served:
+        p = joined_set(served, tmp_path)
+        served.check("proxy", "part", "DSA1", "p.img", "--as", "DSA101", "--quiesce")
+        direct_write(served.vu_path("DSA1"), 5 * CHUNK, b"\x44" * 4096)
+        rows = proxies(served)
+    assert served.proc.returncode == 0
+    with mounted(tmp_path) as served:
+        served.check("mount", "DSA1", "a.img", "b.img")
+        served.check("mount", "DSA101", "p.img", "--nowrite")
+        assert proxies(served) == rows == [{"master": "DSA1", "path": p, "volume": "DSA101",
+                                            "state": "part", "status": "stop", "jrm": "on"}]
+        line = one_line_error(served.run("dismount", "DSA101"), 1)
+        assert "use dsafs proxy rejoin DSA101" in line
+        served.check("proxy", "rejoin", "DSA101", "--wait")
+        info = wait_steady(served)
+        assert info["last_copy"]["kind"] == "minicopy" and info["last_copy"]["chunks_compared"] == 1
+        assert proxies(served)[0]["state"] == "join"
+        assert "identical" in served.check("verify", "DSA1").stdout
+    for img in ("a.img", "b.img", "p.img"):
+        os.unlink(tmp_path / img)
