@@ -29,7 +29,8 @@ class PartState:
     volume_in_use: bool = False               # a VU of that name is mounted
     member_state: Optional[MemberState] = None   # P's role in the master; None: not a member
     mark: Optional[ProxyMark] = None          # P's proxy record
-    copy_percent: Optional[float] = None      # a copy onto P running (or owed: 0.0)
+    copy_percent: Optional[float] = None      # a copy running on the master (or owed: 0.0)
+    copy_targets: tuple[str, ...] = ()        # the names of its targets
     merging: bool = False                     # a merge running or owed on the master
     master_readonly: bool = False
     rw: bool = False
@@ -52,10 +53,13 @@ def part_refusal(s: PartState) -> Optional[str]:
     if s.master_readonly:
         return (f"{s.master} is mounted read-only (--nowrite): nothing can be parted; mount it "
                 f"writable first")
-    if s.member_state.is_target or s.copy_percent is not None:
-        pct = f" ({s.copy_percent:.0f}%)" if s.copy_percent is not None else ""
+    pct = f" ({s.copy_percent:.0f}%)" if s.copy_percent is not None else ""
+    if s.member_state.is_target:
         return (f"{s.master}: proxy {s.ref} is still being copied{pct}, not in sync; part it "
                 f"after the copy completes (dsafs proxy show: status stop)")
+    if s.copy_percent is not None:
+        return (f"{s.master}: a copy onto {', '.join(s.copy_targets) or 'a new member'} is "
+                f"running{pct}; part {s.ref} after it completes (dsafs show {s.master})")
     if s.merging:
         return (f"{s.master} is merging: proxy {s.ref} may differ from the master where writes "
                 f"were in flight at a crash; part it after the merge completes (dsafs show "

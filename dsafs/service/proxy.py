@@ -118,6 +118,7 @@ class ProxyCommands:
                 mark=leg.proxy if leg is not None else None,
                 copy_percent=copy.percent if copy is not None else (
                     0.0 if master.targets else None),
+                copy_targets=tuple(t.name for t in master.targets),
                 merging=master.merge is not None or master.merge_required,
                 master_readonly=master.readonly, rw=bool(args.get("rw"))))
             if refusal is not None:

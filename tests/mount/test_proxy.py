@@ -207,3 +207,43 @@ def test_proxy_state_survives_a_daemon_restart(tmp_path):
         assert "identical" in served.check("verify", "DSA1").stdout
     for img in ("a.img", "b.img", "p.img"):
         os.unlink(tmp_path / img)
+
+
+def test_a_frozen_part_is_a_clean_ext4_loop_mounted_read_only_for_a_backup(served, tmp_path):
+    """ext4 over DSA1 with files written (not synced) before the part: `proxy part --freeze`
+    gives a proxy volume whose ext4 needs no journal replay, loop-mounts read-only and holds
+    the tree as it was; the master's filesystem goes on (thawed); a rejoin is refused while the
+    volume is open, then returns the proxy by a minicopy."""
+    import subprocess
+    p = joined_set(served, tmp_path)
+    dev = served.loop_attach(served.vu_path("DSA1"), direct_io=True)
+    assert subprocess.run(["mkfs.ext4", "-q", "-F", dev], capture_output=True).returncode == 0
+    fs = served.mount_ext4(dev, str(tmp_path / "fs"))
+    tree = {f"f{i}.txt": (f"file {i}\n" * (i * 300 + 1)).encode() for i in range(20)}
+    for name, data in tree.items():
+        with open(os.path.join(fs, name), "wb") as f:
+            f.write(data)
+    served.check("proxy", "part", "DSA1", "p.img", "--as", "DSA101", "--freeze", fs)
+    with open(os.path.join(fs, "after.txt"), "w") as f:          # thawed: writes go on
+        f.write("after the part\n")
+    os.sync()
+    vdev = served.loop_attach(served.vu_path("DSA101"), read_only=True)
+    dump = subprocess.run(["dumpe2fs", "-h", vdev], capture_output=True, text=True)
+    assert "needs_recovery" not in dump.stdout, dump.stdout
+    fsck = subprocess.run(["e2fsck", "-fn", vdev], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    backup = served.mount_ext4(vdev, str(tmp_path / "backup"), "ro")
+    got = {n: open(os.path.join(backup, n), "rb").read() for n in os.listdir(backup)
+           if n != "lost+found"}
+    assert got == tree
+    line = one_line_error(served.run("proxy", "rejoin", "DSA101"), 1)
+    assert "DSA101 is in use" in line and "unmount or close it first" in line, line
+    assert proxies(served)[0]["state"] == "part"
+    served.umount(backup)
+    served.loop_detach(vdev)
+    served.check("proxy", "rejoin", "DSA101", "--wait")
+    assert wait_steady(served)["last_copy"]["kind"] == "minicopy"
+    served.umount(fs)
+    served.loop_detach(dev)
+    assert "identical" in served.check("verify", "DSA1").stdout
+    assert digest(p, VU) == digest(tmp_path / "a.img", VU)

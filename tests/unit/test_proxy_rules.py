@@ -28,7 +28,8 @@ OK = dict(master="DSA1", ref="p.img", volume="DSA101", member_state=MemberState.
     ({"member_state": MemberState.COPY_TARGET, "copy_percent": 42.0},
      "DSA1: proxy p.img is still being copied (42%), not in sync; part it after the copy"),
     ({"member_state": MemberState.MINICOPY_TARGET}, "proxy p.img is still being copied,"),
-    ({"copy_percent": 10.0}, "still being copied (10%)"),
+    ({"copy_percent": 10.0, "copy_targets": ("c.img",)},
+     "DSA1: a copy onto c.img is running (10%); part p.img after it completes"),
     ({"merging": True}, "DSA1 is merging: proxy p.img may differ"),
 ])
 def test_part_refusal(change, refusal):
