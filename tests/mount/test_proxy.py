@@ -247,3 +247,25 @@ def test_a_frozen_part_is_a_clean_ext4_loop_mounted_read_only_for_a_backup(serve
     served.loop_detach(dev)
     assert "identical" in served.check("verify", "DSA1").stdout
     assert digest(p, VU) == digest(tmp_path / "a.img", VU)
+
+
+def test_a_refused_rejoin_leaves_the_proxy_volume_mounted(served, tmp_path):
+    """The master took other members up to the limit of 6 while the proxy was parted: the
+    rejoin's add is refused, and the proxy volume is mounted again, still parted."""
+    served.check("init", "DSA1", "--label", "FULL", "--size", str(16 * MiB), "a.img", "b.img")
+    served.check("mount", "DSA1", "a.img", "b.img")
+    blank_member(tmp_path / "p.img", 16 * MiB)
+    served.check("proxy", "join", "DSA1", "p.img", "--wait")
+    served.check("proxy", "part", "DSA1", "p.img", "--as", "DSA101")
+    others = [blank_member(tmp_path / f"{c}.img", 16 * MiB) for c in "cdef"]
+    served.check("mount", "DSA1", "--add", *others, "--wait")
+    before = show(served)
+    r = served.run("proxy", "rejoin", "DSA101")
+    line = one_line_error(r, 1)
+    assert "DSA1: a shadow set holds at most 6 members" in line, line
+    assert proxies(served)[-1] == {"master": "DSA1", "path": str(tmp_path / "p.img"),
+                                   "volume": "DSA101", "state": "part", "status": "stop",
+                                   "jrm": "on"}
+    assert os.path.getsize(served.vu_path("DSA101")) == 16 * MiB
+    after = show(served)
+    assert after["generation"] == before["generation"] and len(after["members"]) == 6
