@@ -287,6 +287,64 @@ def cmd_split(args) -> int:
     return 0
 
 
+def cmd_proxy_join(args) -> int:
+    name = vu_name(args.vu)
+    with _client(args) as c:
+        r = c.call("proxy_join", vu=name, member=os.path.abspath(args.member),
+                   overwrite=args.overwrite)
+        for mp in r.get("plan", []):
+            print(f"{name}: {mp['path']} {mp['role'] or 'unchanged'} by rule={mp['rule']}")
+        print(f"{name}: {r['proxy']} joined as a proxy (dsafs proxy show)")
+        _proxy_wait(c, name, r.get("state"), args.wait)
+    return 0
+
+
+def _proxy_wait(c, name: str, state, wait: bool) -> None:
+    if state == "copying" and wait:
+        _progress(c, name, show_bar=sys.stdout.isatty())
+
+
+def cmd_proxy_part(args) -> int:
+    name, volume = vu_name(args.vu), vu_name(args.as_vu)
+    member = os.path.abspath(args.member) if "/" in args.member else args.member
+    with _client(args) as c:
+        r = _frozen_request(c, args.freeze, [name], lambda: c.call(
+            "proxy_part", vu=name, member=member, jrm=args.jrm == "on", quiesce=args.quiesce,
+            rw=args.rw, **{"as": volume}))
+    for warning in r.get("warnings") or ():
+        print(f"dsafs: warning: {warning}", file=sys.stderr)
+    held = f" (writes held {r['held_ms']:.1f} ms)" if args.quiesce else ""
+    tail = (f"bitmap {r['bitmap']} records {name}'s writes for the rejoin's minicopy"
+            if r.get("bitmap") else "no bitmap" + (f" ({r['no_bitmap_because']})" if
+                                                   r.get("no_bitmap_because") else "")
+            + ": the rejoin will be a full copy")
+    print(f"{name}: proxy {r['proxy']} parted{held}; JRM {r['jrm']}; {tail}")
+    print(f"{volume}: mounted read-only at {r['path']}; return it with dsafs proxy rejoin {volume}")
+    return 0
+
+
+def cmd_proxy_rejoin(args) -> int:
+    volume = vu_name(args.vu)
+    with _client(args) as c:
+        r = c.call("proxy_rejoin", vu=volume)
+        print(f"{volume}: dismounted; proxy {r['proxy']} rejoins {r['vu']} by a {r['copy']}")
+        _proxy_wait(c, r["vu"], r.get("state"), args.wait)
+    return 0
+
+
+def cmd_proxy_show(args) -> int:
+    with _client(args) as c:
+        rows = c.call("proxy_show")
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'MASTER':<8} {'PROXY':<40} {'VOLUME':<8} {'STATE':<5} {'STATUS':<7} JRM")
+    for r in rows:
+        print(f"{r['master']:<8} {r['path']:<40} {r['volume'] or '-':<8} {r['state']:<5} "
+              f"{r['status']:<7} {r['jrm']}")
+    return 0
+
+
 def cmd_show(args) -> int:
     with _client(args) as c:
         info = c.call("show", vu=vu_name(args.vu) if args.vu else None)
@@ -453,7 +511,9 @@ def build_parser():
         "init": cmd_init, "examine": cmd_examine, "serve": cmd_serve, "mount": cmd_mount,
         "dismount": cmd_dismount, "show": cmd_show, "set": cmd_set, "events": cmd_events,
         "debug inject": cmd_inject, "bitmap delete": cmd_bitmap_delete, "verify": cmd_verify,
-        "split": cmd_split, "restore": cmd_restore,
+        "split": cmd_split, "restore": cmd_restore, "proxy join": cmd_proxy_join,
+        "proxy part": cmd_proxy_part, "proxy rejoin": cmd_proxy_rejoin,
+        "proxy show": cmd_proxy_show,
     })
 
 

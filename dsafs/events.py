@@ -74,6 +74,9 @@ class Kind(enum.StrEnum):
     HBMM_ENABLED = "hbmm-enabled"
     HBMM_DISABLED = "hbmm-disabled"
     SPLIT = "split"
+    PROXY_JOIN = "proxy-join"
+    PROXY_PART = "proxy-part"
+    PROXY_REJOIN = "proxy-rejoin"
 
 
 # kind -> (code, message template). Fields: vu, member (basename), label, and any given.
@@ -132,6 +135,11 @@ KINDS = {
     Kind.HBMM_DISABLED: ("SHADOW-I-HBMMDIS", "_{vu}: HBMM disabled"),
     Kind.SPLIT: ("DSAFS-I-SPLIT", "_{vu}: members split off with writes held {held_ms} ms "
                                   "({vus} VU(s) at one instant)"),
+    Kind.PROXY_JOIN: ("DSAFS-I-PROXYJOIN", "_{vu}: {member} joined as a proxy (JRM {jrm})"),
+    Kind.PROXY_PART: ("DSAFS-I-PROXYPART",
+                      "_{vu}: proxy {member} parted as read-only volume {volume} (JRM {jrm})"),
+    Kind.PROXY_REJOIN: ("DSAFS-I-PROXYREJOIN",
+                        "_{vu}: proxy {member} rejoined from volume {volume} by a {how}"),
 }
 
 

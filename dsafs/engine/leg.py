@@ -60,6 +60,7 @@ class Leg:
         self.member_timeout = timeouts.DEFAULT_MEMBER_TIMEOUT_S   # effective (mountver.adopt)
         self.timeout_override: Optional[float] = None   # dsafs set --member-timeout M=S
         self.bitmap_id: Optional[str] = None   # a minicopy target: the bitmap of what it lacks
+        self.proxy = None       # scb.ProxyMark of a proxy volume (service/proxy.py), kept in its SCB
 
     @property
     def name(self) -> str:

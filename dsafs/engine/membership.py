@@ -156,6 +156,7 @@ class Membership:
             leg = Leg(by_path[mp.path], ScbStore(by_path[mp.path]), scb.member_uuid, mp.role,
                         scb.generation, mp.resume_fence_lbn, scb.lineage)
             leg.store.current = scb
+            leg.proxy = scb.proxy
             self.legs.append(leg)
         self.current: list[Leg] = []
         self.sources: list[Leg] = []
@@ -214,7 +215,8 @@ class Membership:
             copy_fence_generation=self.generation if target else 0,
             feature_flags=self.feature_flags, created_ns=self.created_ns,
             lineage=leg.lineage if own_lineage else self.history.lineage,
-            hbmm_policy=hbmm_policy, hbmm_bitmap=hbmm_bitmap if leg.state.current else "")
+            hbmm_policy=hbmm_policy, hbmm_bitmap=hbmm_bitmap if leg.state.current else "",
+            proxy=leg.proxy)
 
     async def write_scbs(self, legs: Sequence[Leg]) -> None:
         """Write the SCB of each leg (in this order), durably. A member that fails is expelled."""
@@ -468,6 +470,8 @@ class Membership:
                     MemberState.COPY_TARGET, scb.generation if same_set else 0,
                     lineage=scb.lineage if same_set else None)
         leg.store.current = scb
+        # a parted proxy that returns (proxy rejoin, or mount --add) is joined again
+        leg.proxy = scb.proxy.joined(self.host.name) if same_set and scb.proxy else None
         if keep_uuid and role is MemberState.MINICOPY_TARGET:
             leg.bitmap_id = self.host.minicopy_bitmap(scb)
             if leg.bitmap_id:

@@ -83,7 +83,17 @@ below) and is rewritten as version 2 at the member's next SCB write::
                            and strictly descending
                  +8   4    flags       bit 0 WRITTEN: a data write was acknowledged at it
                  +12  4    reserved 0
-    3008  1080 reserved               0
+    3008  24   proxy record (PRIMECLUSTER GDS proxy volumes, issue 19; all zero: no proxy)
+                 +0   1    proxy_state  0 none, 1 join (a member kept in sync with its master
+                           VU, to be parted), 2 part (parted off its master: a volume of its own)
+                 +1   1    proxy_flags  bit 0 JRM: the master kept a minicopy bitmap of its
+                           writes since the part (a rejoin may be a minicopy); clear: every
+                           rejoin is a full copy. Bits 1-7 reserved 0
+                 +2   6    reserved 0
+                 +8   8    master       ASCII, NUL-padded: the master VU's name; set: set_uuid
+                 +16  8    volume       ASCII, NUL-padded: the proxy volume's name while parted
+                           ("DSA101"), all zero while joined
+    3032  1056 reserved               0
     4088  8    checksum               xxh3_64 of bytes [0, 4088)
 
 Lineage (DESIGN §3-4, after DRBD's history UUIDs): a member's *history* is its current generation
@@ -99,6 +109,8 @@ copy-target), so a crash mid-restore leaves a member that is never a source; the
 restore writes revision + 1, a new generation and branch reason 4 at that generation. Both need
 feature bit RESTORE, so a dsafs from before refuses such a member ("unknown features") rather
 than misreading it; the format version stays 2 (as for HBMM: a feature bit, not a new layout).
+Proxy volumes (proxymark.py): feature bit PROXY, so an older dsafs refuses a proxy, never drops
+its mark; `scb_for` (membership.py) carries the mark through every SCB write.
 """
 
 from __future__ import annotations
@@ -115,6 +127,8 @@ from typing import Optional
 import xxhash
 
 from dsafs.errors import InvalidArgument
+from dsafs.ondisk import proxymark
+from dsafs.ondisk.proxymark import ProxyMark
 from dsafs.units import MAX_MEMBERS, MiB, NO_LBN, align_up, nchunks_of
 
 log = logging.getLogger("dsafs.scb")
@@ -139,8 +153,10 @@ FEATURE_EXTMEMB = 1 << 0
 FEATURE_LINEAGE = 1 << 1
 FEATURE_HBMM = 1 << 2
 FEATURE_RESTORE = 1 << 3
-KNOWN_FEATURES = FEATURE_EXTMEMB | FEATURE_LINEAGE | FEATURE_HBMM | FEATURE_RESTORE
-DERIVED_FEATURES = FEATURE_LINEAGE | FEATURE_HBMM | FEATURE_RESTORE   # set from the fields
+FEATURE_PROXY = 1 << 4
+DERIVED_FEATURES = FEATURE_LINEAGE | FEATURE_HBMM | FEATURE_RESTORE | FEATURE_PROXY   # from fields
+KNOWN_FEATURES = FEATURE_EXTMEMB | DERIVED_FEATURES
+PROXY_OFFSET, PROXY_END = 3008, 3008 + proxymark.RECORD_BYTES
 HBMM_OFFSET = 184
 HBMM_POLICY_BYTES = 16
 HBMM_END = HBMM_OFFSET + HBMM_POLICY_BYTES + 8
@@ -158,6 +174,7 @@ _LINEAGE = struct.Struct("<QBBH")
 _HISTORY_ENTRY = struct.Struct("<QI4x")
 assert _HEADER.size == LIST_OFFSET and _ENTRY.size == ENTRY_BYTES
 assert _HISTORY_ENTRY.size == HISTORY_ENTRY_BYTES
+assert PROXY_OFFSET == HISTORY_OFFSET + HISTORY_ENTRIES * HISTORY_ENTRY_BYTES
 assert LIST_OFFSET + 6 * ENTRY_BYTES == HISTORY_OFFSET
 _LABEL_RE = re.compile(r"^[A-Za-z0-9$_.-]{1,12}$")
 
@@ -306,6 +323,7 @@ class Scb:
     hbmm_policy: bytes = bytes(HBMM_POLICY_BYTES)   # hbmmspec.py's record; all zero: no policy
     hbmm_bitmap: str = ""               # the trusted write-intent bitmap's id, or ""
     restoring: bool = False             # `dsafs restore` is writing its data (not trusted)
+    proxy: Optional[ProxyMark] = None   # a proxy volume's record (bytes 3008-3031), or None
 
     def replace(self, **changes) -> "Scb":
         return dataclasses.replace(self, **changes)
@@ -375,6 +393,7 @@ def encode(scb: Scb) -> bytes:
     buf[:LIST_OFFSET] = head
     _encode_lineage(buf, scb)
     _encode_hbmm(buf, scb)
+    _encode_proxy(buf, scb)
     for i, entry in enumerate(scb.members):
         path = entry.path.encode("utf-8")
         if len(path) > MAX_PATH_HINT_BYTES:
@@ -389,7 +408,25 @@ def _features(scb: Scb) -> int:
     hbmm = FEATURE_HBMM if any(scb.hbmm_policy) or scb.hbmm_bitmap else 0
     restore = FEATURE_RESTORE if scb.restoring or (
         scb.lineage is not None and scb.lineage.branch_reason is BranchReason.RESTORED_IMAGE) else 0
-    return (scb.feature_flags & ~DERIVED_FEATURES) | FEATURE_LINEAGE | hbmm | restore
+    proxy = FEATURE_PROXY if scb.proxy is not None else 0
+    return (scb.feature_flags & ~DERIVED_FEATURES) | FEATURE_LINEAGE | hbmm | restore | proxy
+
+
+def _encode_proxy(buf: bytearray, scb: Scb) -> None:
+    if scb.proxy is not None:
+        buf[PROXY_OFFSET:PROXY_END] = proxymark.pack(scb.proxy, scb.vu_name)
+
+
+def _decode_proxy(raw: bytes, features: int) -> Optional[ProxyMark]:
+    """The proxy record of bytes 3008-3031, checked against feature bit PROXY."""
+    if not features & FEATURE_PROXY:
+        if any(raw[PROXY_OFFSET:PROXY_END]):
+            raise SlotError("proxy bytes are set without the PROXY feature")
+        return None
+    try:
+        return proxymark.unpack(bytes(raw[PROXY_OFFSET:PROXY_END]))
+    except ValueError as exc:
+        raise SlotError(f"proxy record: {exc}") from None
 
 
 def _encode_hbmm(buf: bytearray, scb: Scb) -> None:
@@ -438,7 +475,7 @@ def _decode_lineage(raw: bytes, generation: int) -> Lineage:
     lineage makes no sense (written by a buggy or hostile tool) is damaged, never guessed at."""
     branch, reason, count, flags = _LINEAGE.unpack_from(raw, LINEAGE_OFFSET)
     if any(raw[LINEAGE_OFFSET + _LINEAGE.size:HBMM_OFFSET]) or any(raw[HBMM_END:LIST_OFFSET]) or any(
-            raw[HISTORY_OFFSET + HISTORY_ENTRIES * HISTORY_ENTRY_BYTES:CHECKSUM_OFFSET]):
+            raw[PROXY_END:CHECKSUM_OFFSET]):
         raise SlotError("lineage: reserved bytes are not zero")
     if reason not in {r.value for r in BranchReason} or flags & ~LINEAGE_WRITTEN:
         raise SlotError(f"lineage: unknown branch reason {reason} or flags 0x{flags:x}")
@@ -495,6 +532,7 @@ def decode(raw: bytes) -> Scb:
     lineage = _decode_lineage(raw, generation) if version >= 2 else None
     hbmm_policy, hbmm_bitmap = _decode_hbmm(raw, features)
     _check_restore(features, flags, lineage)
+    proxy = _decode_proxy(raw, features)
     if lineage is None and (any(raw[LINEAGE_OFFSET:LIST_OFFSET]) or any(raw[HISTORY_OFFSET:CHECKSUM_OFFSET])):
         raise SlotError("format version 1 with non-zero reserved bytes")
     if count > MAX_MEMBERS:
@@ -520,6 +558,7 @@ def decode(raw: bytes) -> Scb:
         feature_flags=features & ~DERIVED_FEATURES, created_ns=created_ns,
         updated_ns=updated_ns, sequence=sequence, format_version=version, lineage=lineage,
         hbmm_policy=hbmm_policy, hbmm_bitmap=hbmm_bitmap, restoring=bool(flags & FLAG_RESTORING),
+        proxy=proxy,
     )
     if (bitmap_offset, bitmap_slot_bytes, bitmap_slots) != dataclasses.astuple(scb.layout)[1:]:
         raise SlotError("bitmap directory does not match the VU size")

@@ -252,11 +252,58 @@ def build_parser(handlers: Mapping[str, Callable]) -> argparse.ArgumentParser:
     b.add_argument("id", metavar="ID", help="8 hex digits, as dsafs show --json lists them")
     b.set_defaults(func=handlers["bitmap delete"])
 
+    proxy_args(sub, sock, handlers)
+
     s = sub.add_parser("verify", parents=[sock], help="compare the members' data (exit 1 if they differ)")
     s.add_argument("vu", metavar="DSAn")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=handlers["verify"])
     return p
+
+
+def proxy_args(sub, sock, handlers: Mapping[str, Callable]) -> None:
+    """`dsafs proxy join | part | rejoin | show` (PRIMECLUSTER GDS proxy volumes, issue 19)."""
+    s = sub.add_parser("proxy", help="proxy volumes: a member kept in sync, parted for a backup, "
+                       "rejoined by a minicopy (PRIMECLUSTER GDS sdxproxy)")
+    psub = s.add_subparsers(dest="proxy_cmd", required=True, metavar="join|part|rejoin|show",
+                            parser_class=Parser)
+    wait = Parser(add_help=False)
+    wait.add_argument("--wait", action="store_true",
+                      help="wait for the copy onto the proxy to finish (status copy -> stop)")
+    p = psub.add_parser("join", parents=[sock, wait], help="add P to DSAn as a proxy",
+                        description="Add P to the mounted DSAn as --add does (a copy, or a "
+                        "minicopy when a bitmap names it) and mark it a proxy in its SCB.")
+    p.add_argument("vu", metavar="DSAn")
+    p.add_argument("member", metavar="P")
+    p.add_argument("--overwrite", action="store_true",
+                   help="accept a file that holds data or another set's metadata (overwritten)")
+    p.set_defaults(func=handlers["proxy join"])
+    p = psub.add_parser("part", parents=[sock], help="part a joined proxy as a read-only VU",
+                        description="Split the joined, in-sync proxy P off DSAn (writes held "
+                        "with --quiesce) and mount it in this daemon as the one-member "
+                        "read-only VU DSAm, for a backup (loop-mount it read-only, tar, dd).")
+    p.add_argument("vu", metavar="DSAn")
+    p.add_argument("member", metavar="P")
+    p.add_argument("--as", dest="as_vu", required=True, metavar="DSAm",
+                   help="the proxy volume's name (a VU not in use)")
+    p.add_argument("--jrm", choices=("on", "off"), default="on",
+                   help="on (default): DSAn keeps a bitmap of its later writes, so the rejoin "
+                        "is a minicopy; off: no bitmap, the rejoin is a full copy")
+    p.add_argument("--rw", action="store_true", help="writable proxy volume (not yet supported)")
+    p.add_argument("--quiesce", action="store_true",
+                   help="hold new writes, drain and flush every member before the part")
+    p.add_argument("--freeze", metavar="MNT", action="append", default=[],
+                   help="fsfreeze the filesystem at MNT (over DSAn) around the part; repeatable")
+    p.set_defaults(func=handlers["proxy part"])
+    p = psub.add_parser("rejoin", parents=[sock, wait], help="return a parted proxy to its master",
+                        description="Dismount the proxy volume DSAm and add its member back "
+                        "to its master: a minicopy of the master's writes since the part (JRM "
+                        "on), else a full copy.")
+    p.add_argument("vu", metavar="DSAm")
+    p.set_defaults(func=handlers["proxy rejoin"])
+    p = psub.add_parser("show", parents=[sock], help="every proxy: master, volume, state, status")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=handlers["proxy show"])
 
 
 def merge_setting_args(p, scope: str, defaults: bool = False) -> None:

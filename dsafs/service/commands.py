@@ -23,6 +23,7 @@ from typing import Optional, Protocol
 import trio
 
 from dsafs.engine import decide
+from dsafs.engine import proxy as proxy_rules
 from dsafs.engine.bitpolicy import Policy, parse_policy
 from dsafs.engine.hbmmspec import parse_hbmm
 from dsafs.ondisk.bitmap import check_bitmap_id
@@ -84,10 +85,16 @@ class Commands:
 
     def handlers(self) -> dict:
         """Command name -> handler, for control.serve_connection."""
+        from dsafs.service.proxy import ProxyCommands
         return {"mount": self.mount, "dismount": self.dismount, "show": self.show,
                 "set": self.set, "verify": self.verify, "ping": self.ping,
                 "inject": self.inject, "events": self.events,
-                "bitmap_delete": self.bitmap_delete, "split": self.split}
+                "bitmap_delete": self.bitmap_delete, "split": self.split,
+                **ProxyCommands(self.host, self).handlers()}
+
+    def get(self, name: str):
+        """The mounted VU `name`, or VuError naming the fix."""
+        return self._get(name)
 
     def _get(self, name: str):
         name = vu_name(name)
@@ -185,6 +192,31 @@ class Commands:
                              + ([vu.hbmm.note] if vu.hbmm.note else []),
                     "readonly": vu.readonly, "warnings": warnings}
 
+    async def add_members(self, vu, paths, policy: Policy, overwrite: bool = False):
+        """`mount --add` without a confirmation, for service/proxy.py (the caller holds the
+        membership lock): (the plan or None, warnings)."""
+        options = decide.Options(overwrite=overwrite, in_use=tuple(
+            (v.set_uuid, v.name) for v in self.host.vus.values()))
+        members, warnings = await self._open(vu.name, paths, adding_to=vu.name)
+        plan = await vu.add(members, options, None, policy) if members else None
+        return plan, warnings
+
+    async def open_members(self, name: str, paths, readonly: bool = False) -> list:
+        """Open (and lock) every member or none, checked as for a mount (`_open`)."""
+        return (await self._open(name, paths, readonly=readonly))[0]
+
+    async def mount_readonly(self, name: str, path: str) -> VirtualUnit:
+        """Assemble `name` read-only (--nowrite) from the one member `path` and publish it
+        (the caller holds the membership lock)."""
+        members, _ = await self._open(name, [path], readonly=True)
+        vu = await VirtualUnit.assemble(name, members, decide.Options(nowrite=True),
+                                        policy=Policy.NONE, readonly=True)
+        vu.configure(events=self.host.events, merge_settings=lambda: self.host.merge_settings,
+                     priority=self.priorities.get(name), member_timeout=self.host.member_timeout,
+                     vu_timeout=self.host.vu_timeout)
+        await self.host.start_vu(vu)
+        return vu
+
     async def _open(self, name: str, paths, readonly: bool = False,
                     adding_to: Optional[str] = None) -> tuple[list, list]:
         """Open (and lock) every member, or none: a failure closes those already opened.
@@ -222,6 +254,10 @@ class Commands:
         async with self.host.membership_lock:
             vu = self._get(args.get("vu", ""))
             members = list(args.get("members") or ())
+            mark = proxy_rules.parted_mark(vu.readonly, [leg.proxy for leg in vu.legs])
+            if mark is not None:
+                raise VuError(f"{vu.name} is a proxy volume parted from {mark.master}; it is "
+                              f"not dismounted: use dsafs proxy rejoin {vu.name}")
             if members:
                 policy = self._removal_policy(args, f"{vu.name}: --policy")
                 result = await split([Departure(vu, members, policy)],

@@ -91,6 +91,9 @@ def examine(path: str) -> dict:
         "dirty": s.dirty or bool(s.writers),
         "merge_required": s.merge_required,
         "hbmm": _hbmm_json(s),
+        "proxy": None if s.proxy is None else {
+            "state": s.proxy.state.label, "master": s.proxy.master,
+            "volume": s.proxy.volume or None, "jrm": "on" if s.proxy.jrm else "off"},
         "members": [{"member_uuid": str(e.member_uuid), "state": e.state.label, "path": e.path}
                     for e in s.members],
         "fences": {"copy_fence_lbn": s.copy_fence_lbn,
@@ -184,6 +187,10 @@ def format_examine(d: dict) -> str:
          + (f"; write-intent bitmap {d['hbmm']['bitmap']} (a crash: a minimerge)"
             if d["hbmm"]["bitmap"] else "; no trusted bitmap (a crash: a full merge)")),
     ]
+    if d.get("proxy"):
+        px = d["proxy"]
+        rows.append(("Proxy", f"{px['state']} (master {px['master']}"
+                     + (f", volume {px['volume']}" if px["volume"] else "") + f", JRM {px['jrm']})"))
     if lin is None:
         rows.append(("Lineage", "none (format version 1: compared by generation alone)"))
     else:

@@ -322,6 +322,13 @@ SCHEMAS: dict = {
         "disable_hbmm": BOOL,
         "hbmm_reset_interval": Field(SECONDS),
     },
+    "proxy_join": {"vu": VU, "member": Field(Text(what="a member path"), required=True),
+                   "overwrite": BOOL},
+    "proxy_part": {"vu": VU, "member": Field(REF, required=True),
+                   "as": Field(VuName(), required=True), "jrm": BOOL, "quiesce": BOOL,
+                   "rw": BOOL},
+    "proxy_rejoin": {"vu": VU},
+    "proxy_show": {},
     "inject": {
         "vu": VU, "member": Field(REF, required=True),
         "eio_read": Field(RANGES, check=_block_ranges("--eio-read")),

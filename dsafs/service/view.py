@@ -35,6 +35,7 @@ class MemberFacts:
     faults: tuple[str, ...] = ()     # injected faults (dsafs debug inject), described
     member_timeout: Optional[float] = None
     force_removal: bool = False
+    proxy: bool = False              # a proxy volume (its SCB's proxy record, issue 19)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +59,7 @@ class VuFacts:
 class ShownSlot(Protocol):
     member: Any                  # .path; a FaultyMember has .faults.describe()
     member_timeout: float
+    proxy: Any                   # scb.ProxyMark of a proxy, or None
 
 
 class ShownVu(Protocol):
@@ -92,7 +94,8 @@ def facts_of(vu: ShownVu) -> VuFacts:
         hbmm=vu.hbmm.statistics(), warnings=tuple(vu.mv.warnings()),
         members=tuple(MemberFacts(
             faults=tuple(s.member.faults.describe()) if isinstance(s.member, FaultyMember)
-            else (), member_timeout=s.member_timeout, force_removal=s in flagged)
+            else (), member_timeout=s.member_timeout, force_removal=s in flagged,
+            proxy=s.proxy is not None)
             for s in vu.legs))
 
 
@@ -154,7 +157,8 @@ def member_json(m, facts: MemberFacts) -> dict:
     return {"path": m.path, "state": m.state, "read_cost": m.read_cost, "reads": m.reads,
             "writes": m.writes, "read_bytes": m.read_bytes, "written_bytes": m.written_bytes,
             "read_errors": m.read_errors, "repairs": m.repairs, "faults": list(facts.faults),
-            "member_timeout": facts.member_timeout, "force_removal": facts.force_removal}
+            "member_timeout": facts.member_timeout, "force_removal": facts.force_removal,
+            **({"proxy": True} if facts.proxy else {})}
 
 
 def merge_counts(m) -> dict:
@@ -243,6 +247,8 @@ def format_show(info: dict) -> str:
             extra.append(f"member timeout {m['member_timeout']:g} s")
         if m.get("force_removal"):
             extra.append("flagged for forced removal")
+        if m.get("proxy"):
+            extra.append("proxy (dsafs proxy show)")
         if extra:
             lines.append(f"  {'':<28} {', '.join(extra)}")
     return "\n".join(lines)

@@ -64,7 +64,7 @@ class Served:
         args = [str(a) for a in args]
         if args and args[0] in _SOCKET_COMMANDS:
             args = [args[0], "--socket", self.sock, *args[1:]]
-        elif args[:2] in (["debug", "inject"], ["bitmap", "delete"]):
+        elif args[:2] in (["debug", "inject"], ["bitmap", "delete"]) or args[:1] == ["proxy"]:
             args = [*args[:2], "--socket", self.sock, *args[2:]]
         return [dsafs_executable(), *args]
 

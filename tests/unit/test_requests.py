@@ -36,6 +36,12 @@ class RecordingClient:
         "inject": {"member": "/x/b.img", "faults": []},
         "verify": {"members": [], "transient": [], "read_errors": [], "failed": [],
                    "identical": True, "blocks_compared": 0},
+        "proxy_join": {"vu": "DSA1", "plan": [], "state": "steady", "proxy": "/x/p.img"},
+        "proxy_part": {"vu": "DSA1", "proxy": "/x/p.img", "volume": "DSA101", "bitmap": None,
+                       "jrm": "off", "path": "/mnt/DSA101", "held_ms": 1.0},
+        "proxy_rejoin": {"vu": "DSA1", "proxy": "/x/p.img", "volume": "DSA101",
+                         "copy": "minicopy", "state": "steady"},
+        "proxy_show": [],
     }
 
     def call(self, cmd, **args):
@@ -80,6 +86,9 @@ CLI_COMMANDS = [
     ["debug", "inject", "DSA1", "b.img", "--delay", "2.5", "--vanish", "--flakey", "5,1"],
     ["debug", "inject", "DSA1", "b.img", "--clear"],
     ["verify", "DSA1"], ["verify", "DSA1", "--json"],
+    ["proxy", "join", "DSA1", "p.img", "--wait", "--overwrite"],
+    ["proxy", "part", "DSA1", "p.img", "--as", "dsa101", "--jrm", "off", "--quiesce", "--rw"],
+    ["proxy", "rejoin", "DSA101", "--wait"], ["proxy", "show"], ["proxy", "show", "--json"],
 ]
 
 

@@ -267,3 +267,33 @@ def test_restored_means_an_unconsumed_restore_on_a_complete_member():
     later = mark.advanced(G)                                            # a mount raised it
     assert not sample(generation=G + 1, lineage=later, members=own).restored
     assert not sample(generation=G, members=own).restored
+
+
+def test_proxy_record_at_documented_offsets_round_trips_and_sets_its_feature():
+    """Proxy volumes (issue 19): bytes 3008-3031 (state, flags with JRM, master, volume) and
+    feature bit 4 PROXY, which a dsafs from before refuses as an unknown feature."""
+    from dsafs.ondisk.proxymark import ProxyMark, ProxyState
+    joined = ProxyMark(ProxyState.JOIN, "DSA1", jrm=True)
+    raw = S.encode(sample(proxy=joined))
+    assert struct.unpack_from("<I", raw, 12)[0] == 0b10010               # LINEAGE | PROXY
+    assert raw[3008:3032] == b"\x01\x01" + bytes(6) + b"DSA1".ljust(8, b"\0") + bytes(8)
+    assert S.decode(raw).proxy == joined and S.decode(raw).feature_flags == 0
+    parted = joined.parted("DSA101", jrm=False)
+    raw = S.encode(sample(proxy=parted))
+    assert raw[3008:3032] == b"\x02\x00" + bytes(6) + b"DSA1\0\0\0\0DSA101\0\0"
+    assert S.decode(raw).proxy == parted and parted.joined("DSA1") == ProxyMark(
+        ProxyState.JOIN, "DSA1", jrm=False)
+    plain = S.encode(sample())
+    assert struct.unpack_from("<I", plain, 12)[0] == 0b10 and plain[3008:3032] == bytes(24)
+    assert S.decode(plain).proxy is None
+    with pytest.raises(S.SlotError, match="proxy bytes are set without the PROXY feature"):
+        S.decode(_with(raw, "<I", 12, 0b10))
+    for fmt, off, val, why in (("<B", 3008, 3, "unknown state 3"), ("<B", 3009, 2, "flags 0x2"),
+                               ("<B", 3012, 1, "reserved"), ("<8s", 3016, b"XSA1", "not a VU"),
+                               ("<8s", 3024, bytes(8), "exactly while parted"),
+                               ("<B", 3040, 1, "reserved bytes are not zero")):
+        with pytest.raises(S.SlotError, match=why):
+            S.decode(_with(raw, fmt, off, val))
+    with pytest.raises(InvalidArgument, match="exactly while parted"):
+        S.encode(sample(proxy=ProxyMark(ProxyState.PART, "DSA1")))
+    assert S.FEATURE_PROXY == 1 << 4 and S.FEATURE_PROXY & S.KNOWN_FEATURES
