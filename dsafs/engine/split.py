@@ -180,10 +180,12 @@ async def split(departures: Sequence[Departure], *, quiesce: bool, force: bool) 
     """Remove every departure's members at one instant (module docstring). Raises
     MembershipRefused, with nothing changed, when a VU fails its checks or a required bitmap
     cannot be made."""
-    vus = [d.vu for d in departures]
-    if len({id(v) for v in vus}) < len(vus):
-        raise MembershipRefused(f"{vus[0].name}: a VU is named twice in one split; name each "
-                                f"member of a VU in one place")
+    seen: set = set()
+    for d in departures:
+        if id(d.vu) in seen:
+            raise MembershipRefused(f"{d.vu.name}: a VU is named twice in one split; name each "
+                                    f"member of a VU in one place")
+        seen.add(id(d.vu))
     ordered = sorted(departures, key=lambda d: _vu_number(d.vu))
     async with contextlib.AsyncExitStack() as locks:
         for d in ordered:

@@ -202,11 +202,11 @@ async def test_a_copy_running_needs_force(autojump_clock):
 
 
 async def test_the_same_vu_twice_and_the_same_member_twice_are_refused(autojump_clock):
-    vu1, _, _, _ = await two_vus()
-    async with running(vu1):
-        with pytest.raises(MembershipRefused, match="a VU is named twice"):
-            await split([Departure(vu1, ["b.img"]), Departure(vu1, ["c.img"])],
-                        quiesce=True, force=False)
+    vu1, _, vu2, _ = await two_vus()
+    async with running(vu1), running(vu2):
+        with pytest.raises(MembershipRefused, match="^DSA1: a VU is named twice"):
+            await split([Departure(vu2, ["e.img"]), Departure(vu1, ["b.img"]),
+                         Departure(vu1, ["c.img"])], quiesce=True, force=False)
         with pytest.raises(MembershipRefused, match="a member is named twice"):
             await split([Departure(vu1, ["b.img", "/m/b.img"])], quiesce=True, force=False)
         with pytest.raises(MembershipRefused, match="nope.img is not a member"):
